@@ -1,0 +1,43 @@
+"""From uint8 arrays to model input, one batch at a time: the only place pixels become floats.
+
+Grayscale becomes the 3 channels a pretrained stem expects by broadcasting per batch; no float or 3-channel copy
+of the dataset is ever stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class Preprocess:
+    """uint8 batch (B×H×W or B×C×H×W, any device) -> normalised float32 B×3×H×W on `device`."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        # Fold /255 and the normalisation into one multiply-add: x * scale + shift.
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True)
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        x = x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # a view: the grayscale channel is read three times, not copied
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """Share the uint8 array's memory with a tensor (no copy)."""
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n items: shuffled with `generator`, in order without one. The last batch may be short."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    yield from order.split(batch_size)

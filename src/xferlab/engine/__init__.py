@@ -1,0 +1,1 @@
+"""Training engine: the fit loop, the feature cache for fixed backbones, run folders."""
