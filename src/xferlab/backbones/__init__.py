@@ -1,0 +1,1 @@
+"""Backbones: the registry (weights, normalisation, head, stages), weight resolution and training regimes."""

@@ -1,0 +1,125 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from xferlab.cli import main
+from xferlab.config import DataConfig, TrainConfig, build, read_yaml
+from xferlab.engine.run import HISTORY_COLUMNS, train
+
+
+def _cfg(path, **kw):
+    base = dict(data=DataConfig(path=path), backbone="resnet18", weights="none", regime="frozen", epochs=3,
+                batch_size=8, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def _history(run):
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("regime", ["frozen", "finetune"])
+def test_a_run_writes_a_complete_run_folder(tiny_npy, tmp_path, regime):
+    train(_cfg(tiny_npy, regime=regime), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "history.csv", "metrics.json", "model.pt", "curves.png"}
+    rows = _history(run)
+    assert tuple(rows[0]) == HISTORY_COLUMNS and len(rows) == 3
+    m = json.loads((run / "metrics.json").read_text())
+    val_accs = [float(r["val_acc"]) for r in rows]
+    assert m["best_epoch"] == val_accs.index(max(val_accs)) + 1  # first epoch with the best val accuracy
+    assert m["val"]["accuracy"] == pytest.approx(max(val_accs))
+    for split in ("val", "test"):
+        assert set(m[split]) == {"accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity"}
+    assert m["inference_images_per_s"] > 0 and m["train_seconds"] > 0
+    assert m["trainable_params"] < m["params"] if regime == "frozen" else m["trainable_params"] == m["params"]
+    # the saved config is complete: it rebuilds the same run configuration
+    assert build(TrainConfig, read_yaml(run / "config.yaml")) == _cfg(tiny_npy, regime=regime)
+    # model.pt holds the best epoch's weights and reloads with weights-only unpickling
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["class_names"] == ["normal", "pneumonia"] and "head.weight" in ckpt["state_dict"]
+
+
+
+def test_a_learnable_task_is_learned(tiny_npy, tmp_path):
+    res = train(_cfg(tiny_npy, regime="finetune", epochs=4, lr=3e-3), tmp_path / "run", progress=False)
+    assert res.metrics["val"]["accuracy"] >= 0.9
+
+
+def test_the_same_seed_gives_the_same_history(tiny_npy, tmp_path):
+    def losses(run):
+        return [(r["train_loss"], r["val_loss"], r["test_acc"]) for r in _history(run)]
+
+    for name in ("a", "b"):
+        train(_cfg(tiny_npy, regime="partial:1", epochs=2), tmp_path / name, progress=False)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_cached_features_train_the_head_like_the_uncached_path(tiny_npy, tmp_path):
+    """The frozen regime's feature cache is an optimisation only: same seed, same head, same curves."""
+    from xferlab.backbones.regimes import Regime
+
+    cached = train(_cfg(tiny_npy), tmp_path / "cached", progress=False)
+    import xferlab.backbones.regimes as regimes
+
+    original = Regime.cache_features
+    try:
+        Regime.cache_features = property(lambda self: False)
+        uncached = train(_cfg(tiny_npy), tmp_path / "uncached", progress=False)
+    finally:
+        Regime.cache_features = original
+    assert regimes.parse_regime("frozen").cache_features
+    for a, b in zip(cached.history, uncached.history):
+        for key in ("train_loss", "val_loss", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4)
+
+
+def test_an_existing_run_folder_is_not_overwritten_silently(tiny_npy, tmp_path):
+    (tmp_path / "run").mkdir()
+    code = main(["train", "--data", str(tiny_npy), "--out", str(tmp_path / "run"), "--weights", "none",
+                 "--epochs", "1"])
+    assert code == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "resnet81"], "did you mean 'resnet18'"),
+    (["--regime", "frozn"], "did you mean 'frozen'"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--lr", "-1"], "lr"),
+    (["--epochs", "0"], "epochs"),
+    (["--weights", "imagenet", "--backbone", "resnet34"], "resnet34-b627a593.pth"),
+])
+def test_bad_settings_are_one_line_errors_and_leave_no_run_folder(tiny_npy, tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    base = ["train", "--data", str(tiny_npy), "--out", str(out), "--epochs", "1"]
+    if "--weights" not in args:
+        base += ["--weights", "none"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_unknown_config_key_is_named(tiny_npy, tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data:\n  path: {tiny_npy}\nbackbone: resnet18\nlearning_rate: 0.1\n")
+    assert main(["train", "-c", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown key 'learning_rate'" in capsys.readouterr().err
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  path: x\nbackbone: [resnet18\n")
+    assert main(["train", "-c", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert "line" in capsys.readouterr().err
+
+
+def test_cli_train_runs_from_a_yaml_config(tiny_npy, tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data:\n  path: {tiny_npy}\nweights: none\nepochs: 1\nbatch_size: 16\ndevice: cpu\n")
+    assert main(["train", "-c", str(cfg), "--out", str(tmp_path / "run"), "--regime", "finetune"]) == 0
+    saved = read_yaml(tmp_path / "run" / "config.yaml")
+    assert saved["regime"] == "finetune" and saved["batch_size"] == 16
+    assert "val acc" in capsys.readouterr().out
