@@ -16,7 +16,7 @@ log = logging.getLogger("xferlab")
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="dataset folder (npy, folder, medmnist) or manifest (csv)")
-    g.add_argument("--format", choices=["npy", "folder", "csv", "medmnist"], help="data layout (default: npy)")
+    g.add_argument("--format", help="data layout: npy (default), folder, csv or medmnist")
     g.add_argument("--image-size", type=int, help="resize images to S×S (default: their own size)")
     g.add_argument("--val-split", choices=["ordered", "random"],
                    help="carve val from train: last 20%% per class (reference) or seeded random")

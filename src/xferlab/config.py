@@ -13,10 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from xferlab.errors import XferlabError
-
-DataFormat = Literal["npy", "folder", "csv", "medmnist"]
-
+from xferlab.errors import XferlabError, did_you_mean
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -26,7 +23,7 @@ class DataConfig(_Strict):
     """Where the images are and how to read them."""
 
     path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
-    format: DataFormat = "npy"
+    format: str = Field("npy", description="a registered data source: npy, folder, csv, medmnist")
     image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
     val_split: Literal["ordered", "random"] = Field(
         "ordered", description="how val is carved from the train pool when the source has no val split"
@@ -36,6 +33,15 @@ class DataConfig(_Strict):
     medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist")
     skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
     seed: int = 0
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from xferlab.data.sources import SOURCES
+
+        if v not in SOURCES:
+            raise ValueError(f"unknown data format{did_you_mean(v, SOURCES)}; choose one of {', '.join(sorted(SOURCES))}")
+        return v
 
 
 class TrainConfig(_Strict):

@@ -1,0 +1,6 @@
+"""Data: sources (npy, folder, csv, medmnist) -> ImageDataset, pixel helpers and stratified, group-aware splits."""
+
+from xferlab.data.dataset import ImageDataset
+from xferlab.data.sources import load_dataset
+
+__all__ = ["ImageDataset", "load_dataset"]

@@ -1,0 +1,270 @@
+"""Pixel plumbing shared by every source: checked conversion to uint8, Pillow resizing and image-file decoding.
+
+Images are uint8 H×W (grayscale) or 3×H×W (RGB, channel-first); batches add a leading N.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xferlab.errors import XferlabError
+
+# Bilinear with Pillow's support scaling is antialiased when shrinking (the same filter as torchvision's
+# antialias=True default), and it does not ring like LANCZOS on the hard edges of X-ray collimation.
+RESAMPLE = Image.Resampling.BILINEAR
+
+# Float arrays are converted in slices of about this many elements so no full-size float temporary is made.
+_CHUNK_ELEMENTS = 1 << 22
+
+# 16-bit pixels map to 8 bits by their full range (65535 -> 255), the same for every image, so intensities stay
+# comparable across files; a per-image min-max stretch would not.
+_UINT16_TO_UINT8 = 255.0 / 65535.0
+
+_GRAY_MODES = ("1", "L", "LA", "La")
+_WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _row_chunks(array: np.ndarray) -> Iterator[slice]:
+    """Slices along axis 0 covering about _CHUNK_ELEMENTS elements each."""
+    if array.ndim == 0:
+        yield slice(None)
+        return
+    per_row = max(1, int(np.prod(array.shape[1:])))
+    step = max(1, _CHUNK_ELEMENTS // per_row)
+    for start in range(0, array.shape[0], step):
+        yield slice(start, start + step)
+
+
+def _float_range(array: np.ndarray, where: str) -> tuple[float, float]:
+    """Min and max of a float array, chunk by chunk; NaN or inf is an error."""
+    lo, hi = np.inf, -np.inf
+    for rows in _row_chunks(array):
+        chunk = array[rows]
+        if not np.isfinite(chunk).all():
+            raise XferlabError(
+                f"{where}: pixel values contain NaN or infinity; clean or re-export the images with finite values"
+            )
+        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+    return lo, hi
+
+
+def _floats_to_uint8(array: np.ndarray, scale: float) -> np.ndarray:
+    out = np.empty(array.shape, dtype=np.uint8)
+    for rows in _row_chunks(array):
+        chunk = array[rows] * scale if scale != 1.0 else array[rows]
+        out[rows] = np.clip(np.rint(chunk), 0, 255)
+    return out
+
+
+def to_uint8(array: np.ndarray, where: str) -> np.ndarray:
+    """Convert loaded pixels to uint8, refusing anything whose meaning is not clear.
+
+    uint8 passes through untouched (no copy). Other integers must lie in 0..255; bool becomes 0/255. Floats must be
+    finite and lie in [0, 1] (scaled by 255) or in [0, 255] (rounded); [0, 1] wins when both hold, so an all-zero or
+    all-one float array is read as [0, 1] data. `where` (a file name) prefixes every error.
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255)
+    if array.size == 0 and np.issubdtype(array.dtype, np.number):
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            raise XferlabError(
+                f"{where}: integer pixels ({array.dtype}) range {lo}..{hi}, outside 0..255; "
+                "rescale them to 0..255 (uint8) before loading"
+            )
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        lo, hi = _float_range(array, where)
+        if lo >= 0.0 and hi <= 1.0:
+            return _floats_to_uint8(array, 255.0)
+        if lo >= 0.0 and hi <= 255.0:
+            return _floats_to_uint8(array, 1.0)
+        raise XferlabError(
+            f"{where}: float pixels range {lo:g}..{hi:g}; accepted ranges are [0, 1] or [0, 255]; "
+            "rescale the images into one of them"
+        )
+    raise XferlabError(
+        f"{where}: pixels have non-numeric dtype {array.dtype}; save them as uint8, another integer type or float"
+    )
+
+
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize one uint8 H×W or C×H×W image (C is 1 or 3) to size×size or (H, W); same-size input is returned."""
+    hw = _size_hw(size)
+    if tuple(image.shape[-2:]) == hw:
+        return image
+    if image.ndim == 3:
+        if image.shape[0] == 1:
+            return resize_image(image[0], hw)[None]
+        rgb = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
+        return np.asarray(rgb.resize((hw[1], hw[0]), RESAMPLE)).transpose(2, 0, 1)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((hw[1], hw[0]), RESAMPLE))
+
+
+def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize an N×H×W or N×C×H×W uint8 batch to size×size (or (H, W)) with antialiased bilinear Pillow.
+
+    Returns the input itself when it already has that size.
+    """
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise XferlabError(
+            f"resize_images needs an N×H×W or N×C×H×W uint8 batch, got {images.dtype} {images.shape}; "
+            "convert with to_uint8 first"
+        )
+    hw = _size_hw(size)
+    if tuple(images.shape[-2:]) == hw:
+        return images
+    out = np.empty(images.shape[:-2] + hw, dtype=np.uint8)
+    for i, image in enumerate(images):
+        out[i] = resize_image(image, hw)
+    return out
+
+
+def _gray_or_rgb(pixels: np.ndarray) -> np.ndarray:
+    """H×W×3 -> 3×H×W, or H×W when the three channels are identical.
+
+    Gray content saved as RGB (common in X-ray JPEG collections) is kept single-channel: measured with Pillow 13 /
+    libjpeg-turbo, gray pixels written as RGB JPEG decode with exactly equal channels at quality 75-95.
+    """
+    if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
+        return np.ascontiguousarray(pixels[..., 0])
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _decode(image: Image.Image, where: str) -> np.ndarray:
+    if image.mode in _GRAY_MODES:
+        return np.asarray(image.convert("L"))
+    if image.mode in _WIDE_INT_MODES:
+        pixels = np.asarray(image).astype(np.int64)
+        lo, hi = int(pixels.min()), int(pixels.max())
+        if lo < 0 or hi > 65535:
+            raise XferlabError(f"{where}: integer pixels range {lo}..{hi}, outside 0..65535; re-export as 8 or 16 bit")
+        return np.rint(pixels * _UINT16_TO_UINT8).astype(np.uint8)
+    if image.mode == "F":
+        return to_uint8(np.asarray(image), where)
+    return _gray_or_rgb(np.asarray(image.convert("RGB")))
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Decode one PNG/JPEG/TIFF/BMP/... file into uint8 H×W (grayscale) or 3×H×W (colour).
+
+    Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the full 16-bit range; F -> gray by to_uint8's float
+    rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all equal come back as H×W.
+    Unreadable or corrupt files raise XferlabError naming the file.
+    """
+    where = str(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _decode(image, where)
+    except XferlabError:
+        raise
+    except FileNotFoundError:
+        raise XferlabError(f"{where}: image file not found; check the path") from None
+    except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on broken files
+        raise XferlabError(
+            f"{where}: cannot read image ({type(err).__name__}: {err}); replace or remove the file"
+        ) from None
+
+
+def _shape_report(shapes: Sequence[tuple[int, ...]], names: Sequence[str] | None) -> str:
+    counts = Counter(shapes)
+    parts = []
+    for shape, k in counts.most_common(4):
+        example = f", e.g. {names[shapes.index(shape)]}" if names is not None else ""
+        parts.append(f"{'×'.join(map(str, shape))} ({k} image{'s' if k > 1 else ''}{example})")
+    more = f" and {len(counts) - 4} more" if len(counts) > 4 else ""
+    return "; ".join(parts) + more
+
+
+def check_same_size(sizes: Sequence[tuple[int, int]], where: str, names: Sequence[str] | None = None) -> None:
+    """Raise when the (H, W) sizes differ, listing the sizes found (with an example name each) and the fix."""
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    if len(set(sizes)) > 1:
+        raise XferlabError(
+            f"{where}: images differ in size: {_shape_report(sizes, names)}; "
+            "pass --image-size S (or data.image_size) to resize them all to S×S"
+        )
+
+
+def check_file_sizes(paths: Sequence[Path], where: str) -> None:
+    """check_same_size from the file headers alone, so a mixed-size folder fails before any pixel is decoded.
+
+    Files whose header cannot be read are left out here; decoding reports them.
+    """
+    sizes, names = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append((image.height, image.width))
+                names.append(str(path))
+        except Exception:  # noqa: BLE001 - unreadable files are reported by read_image_file
+            continue
+    check_same_size(sizes, where, names)
+
+
+def stack_images(
+    images: Sequence[np.ndarray],
+    where: str,
+    image_size: int | None = None,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Stack uint8 H×W / 3×H×W images into one N×H×W or N×3×H×W batch.
+
+    When any image is colour the grayscale ones are repeated to 3 channels. With `image_size` every image is resized
+    to image_size×image_size first; without it all images must share one size, else the error lists the sizes found
+    (with an example from `names`) and the fix.
+    """
+    if not images:
+        raise XferlabError(f"{where}: no images to stack; check that the folder or manifest lists image files")
+    if image_size is None:
+        check_same_size([im.shape[-2:] for im in images], where, names)
+    hw = _size_hw(image_size) if image_size is not None else tuple(images[0].shape[-2:])
+    rgb = any(im.ndim == 3 for im in images)
+    out = np.empty((len(images), 3, *hw) if rgb else (len(images), *hw), dtype=np.uint8)
+    for i, im in enumerate(images):
+        out[i] = resize_image(im, hw)  # an H×W image broadcasts into all three channels of an RGB slot
+    return out
+
+
+def concat_batches(batches: Sequence[np.ndarray], names: Sequence[str], where: str) -> np.ndarray:
+    """Concatenate uint8 N×H×W / N×3×H×W batches into one preallocated array (gray ones become RGB when any is).
+
+    Batches must share H×W; the error names the first two files that differ and the fix.
+    """
+    hw = tuple(batches[0].shape[-2:])
+    for batch, name in zip(batches, names):
+        if tuple(batch.shape[-2:]) != hw:
+            raise XferlabError(
+                f"{where}: {names[0]} holds {hw[0]}×{hw[1]} images but {name} holds "
+                f"{batch.shape[-2]}×{batch.shape[-1]}; pass --image-size S (or data.image_size) to resize all to S×S"
+            )
+    rgb = any(b.ndim == 4 for b in batches)
+    total = sum(len(b) for b in batches)
+    out = np.empty((total, 3, *hw) if rgb else (total, *hw), dtype=np.uint8)
+    start = 0
+    for batch in batches:
+        out[start:start + len(batch)] = batch[:, None] if rgb and batch.ndim == 3 else batch
+        start += len(batch)
+    return out
+
+
+def describe_files(paths: Sequence[Path], limit: int = 3) -> str:
+    """'a.png, b.png, c.png and 4 more' for messages about many files."""
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")

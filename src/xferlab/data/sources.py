@@ -1,0 +1,460 @@
+"""Data sources: each reads one on-disk layout (npy, folder, csv, medmnist) into an ImageDataset.
+
+A source is a function DataConfig -> ImageDataset registered under its format name; load_dataset picks it.
+Every source returns uint8 N×H×W (gray) or N×3×H×W (RGB) images, resized to cfg.image_size when given.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xferlab.config import DataConfig
+from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.data.images import (
+    check_file_sizes,
+    concat_batches,
+    describe_files,
+    read_image_file,
+    resize_image,
+    resize_images,
+    stack_images,
+    to_uint8,
+)
+from xferlab.data.splits import carve_val, draw_splits
+from xferlab.errors import XferlabError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+SourceFn = Callable[[DataConfig], ImageDataset]
+SOURCES: dict[str, SourceFn] = {}
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+NPY_TEST_PREFIX = "test_"
+MEDMNIST_DEFAULT_SIZE = 28  # `<flag>.npz` holds the original 28×28 release; `<flag>_<S>.npz` the MedMNIST+ sizes
+
+
+def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
+    """Decorator: make `fn` the loader for data format `name`."""
+
+    def register(fn: SourceFn) -> SourceFn:
+        if name in SOURCES:
+            raise ValueError(f"data source '{name}' is already registered (by {SOURCES[name].__qualname__})")
+        SOURCES[name] = fn
+        return fn
+
+    return register
+
+
+def load_dataset(cfg: DataConfig) -> ImageDataset:
+    """Read the dataset cfg describes with the source registered for cfg.format."""
+    source = SOURCES.get(cfg.format)
+    if source is None:
+        raise XferlabError(
+            f"unknown data format '{cfg.format}'; choose one of {sorted(SOURCES)}{did_you_mean(cfg.format, SOURCES)}"
+        )
+    if not Path(cfg.path).exists():
+        raise XferlabError(f"{cfg.path}: data path does not exist; check data.path (--data)")
+    return source(cfg)
+
+
+# ---- shared steps -------------------------------------------------------------------------------------------------
+
+
+def _dataset(
+    cfg: DataConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    splits: np.ndarray,
+    groups: np.ndarray | None = None,
+    **meta: object,
+) -> ImageDataset:
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        class_names=list(class_names),
+        splits=splits,
+        groups=groups,
+        source=str(cfg.path),
+        meta={"format": cfg.format, **meta},
+    )
+
+
+def _carve(
+    splits: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, cfg: DataConfig, class_names: Sequence[str]
+) -> np.ndarray:
+    """Turn part of the train split into val (in place) with cfg.val_split / val_fraction / seed."""
+    pool = np.flatnonzero(splits == "train")
+    pool_groups = None if groups is None else groups[pool]
+    val = carve_val(
+        labels[pool], pool_groups, cfg.val_fraction, cfg.val_split, cfg.seed, class_names=class_names
+    )
+    splits[pool[val]] = "val"
+    return splits
+
+
+def _channels_first(array: np.ndarray, where: str) -> np.ndarray:
+    """N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3) -> N×H×W or N×3×H×W, as a view.
+
+    A 4-D shape that reads both ways (N×3×H×3) is taken as channel-first, xferlab's own layout.
+    """
+    if array.ndim == 4:
+        first, last = array.shape[1] in (1, 3), array.shape[-1] in (1, 3)
+        if last and not first:
+            array = array.transpose(0, 3, 1, 2)
+        if array.shape[1] == 1:
+            return array[:, 0]
+        if array.shape[1] == 3:
+            return array
+    elif array.ndim == 3:
+        return array
+    raise XferlabError(
+        f"{where}: array shape {array.shape} is not images; expected N×H×W, N×H×W×C or N×C×H×W with C = 1 or 3 "
+        "(3D volumes are not supported)"
+    )
+
+
+def _prepare_batch(array: np.ndarray, where: str, image_size: int | None) -> np.ndarray:
+    batch = to_uint8(_channels_first(array, where), where)
+    return batch if image_size is None else resize_images(batch, image_size)
+
+
+def _read_images(paths: Sequence[Path], cfg: DataConfig, where: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """Decode files into one batch. Returns (images, indices of the files kept, files skipped as unreadable).
+
+    Images are resized as they are read, so a folder of large scans never sits in memory at full size.
+    """
+    if cfg.image_size is None:
+        check_file_sizes(paths, where)
+    images, kept, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            image = read_image_file(path)
+        except XferlabError as err:
+            if not cfg.skip_unreadable:
+                raise XferlabError(f"{err} (or set data.skip_unreadable: true to skip unreadable files)") from None
+            skipped.append(path)
+            continue
+        images.append(image if cfg.image_size is None else resize_image(image, cfg.image_size))
+        kept.append(i)
+    if skipped:
+        logger.warning("%s: skipped %d unreadable image(s): %s", where, len(skipped), describe_files(skipped))
+    names = [str(paths[i]) for i in kept]
+    return stack_images(images, where, cfg.image_size, names), np.asarray(kept, dtype=np.int64), skipped
+
+
+# ---- npy: <class>.npy per class, optional test_<class>.npy ---------------------------------------------------------
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        # Memory-mapped: uint8 files are copied once, straight into the final array.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise XferlabError(
+            f"{path}: cannot load .npy ({err}); the file may be truncated, corrupt or pickled: "
+            "re-save it with np.save from a numeric (not object) array"
+        ) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive renamed to .npy
+        raise XferlabError(f"{path}: holds an .npz archive, not one array; save each class with np.save")
+    return array
+
+
+def _npy_files(root: Path) -> tuple[list[Path], list[Path]]:
+    if not root.is_dir():
+        raise XferlabError(f"{root}: the npy format expects a folder of <class>.npy files, not a file")
+    files = sorted(root.glob("*.npy"))
+    train = [f for f in files if not f.stem.startswith(NPY_TEST_PREFIX)]
+    test = [f for f in files if f.stem.startswith(NPY_TEST_PREFIX)]
+    if not train:
+        found = describe_files([f.name for f in files]) or "no .npy files"
+        raise XferlabError(
+            f"{root}: no <class>.npy files (found {found}); save one array per class, e.g. normal.npy, pneumonia.npy"
+        )
+    class_names = [f.stem for f in train]
+    for f in test:
+        name = f.stem[len(NPY_TEST_PREFIX):]
+        if name not in class_names:
+            raise XferlabError(
+                f"{f}: test class '{name}' has no {name}.npy in the train pool; name test files "
+                f"test_<class>.npy with a class from {class_names}{did_you_mean(name, class_names)}"
+            )
+    return train, test
+
+
+@register_source("npy")
+def load_npy(cfg: DataConfig) -> ImageDataset:
+    """A folder of `<class>.npy` arrays (the train pool; val carved from it) and optional `test_<class>.npy`."""
+    root = Path(cfg.path)
+    train, test = _npy_files(root)
+    class_names = [f.stem for f in train]
+    files = train + test
+    batches = [_prepare_batch(_load_npy(f), str(f), cfg.image_size) for f in files]
+    file_labels = [class_names.index(f.stem.removeprefix(NPY_TEST_PREFIX)) for f in files]
+    file_splits = ["train"] * len(train) + ["test"] * len(test)
+    labels = np.concatenate([np.full(len(b), c, dtype=np.int64) for b, c in zip(batches, file_labels)])
+    splits = np.concatenate([np.full(len(b), s, dtype=object) for b, s in zip(batches, file_splits)])
+    images = concat_batches(batches, [str(f) for f in files], str(root))
+    splits = _carve(splits, labels, None, cfg, class_names)
+    return _dataset(cfg, images, labels, class_names, splits, val_carved=cfg.val_split)
+
+
+# ---- folder: train/<class>/*.png, optional val/ and test/ ----------------------------------------------------------
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    """Class folders, sorted; hidden and '__MACOSX'-style folders are not classes."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "__")))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        f for f in folder.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[str]]:
+    """Class names (train subfolders) and, per image file, its path, label and split."""
+    if not (root / "train").is_dir():
+        inside = [d.name for d in _subdirs(root)] if root.is_dir() else []
+        raise XferlabError(
+            f"{root}: no train/ folder; the folder format expects train/<class>/, optional val/ and test/ "
+            f"(subfolders here: {inside or 'none'}); point data.path at the folder that holds train/"
+        )
+    class_names = [d.name for d in _subdirs(root / "train")]
+    if not class_names:
+        raise XferlabError(f"{root / 'train'}: no class subfolders; put each class's images in train/<class>/")
+    paths, labels, splits = [], [], []
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            continue
+        for class_dir in _subdirs(root / split):
+            if class_dir.name not in class_names:
+                raise XferlabError(
+                    f"{class_dir}: '{class_dir.name}' is not a class of train/ {class_names}"
+                    f"{did_you_mean(class_dir.name, class_names)}; rename or remove the folder"
+                )
+            files = _image_files(class_dir)
+            paths += files
+            labels += [class_names.index(class_dir.name)] * len(files)
+            splits += [split] * len(files)
+    return class_names, paths, labels, splits
+
+
+@register_source("folder")
+def load_folder(cfg: DataConfig) -> ImageDataset:
+    """`train/<class>/` image files (PNG/JPEG/TIFF/BMP), optional `val/` and `test/`; val carved when absent."""
+    root = Path(cfg.path)
+    class_names, paths, labels, splits = _folder_entries(root)
+    images, kept, skipped = _read_images(paths, cfg, str(root))
+    labels = np.asarray(labels, dtype=np.int64)[kept]
+    splits = np.asarray(splits, dtype=object)[kept]
+    carved = not (splits == "val").any()
+    if carved:
+        splits = _carve(splits, labels, None, cfg, class_names)
+    meta = {"val_carved": cfg.val_split if carved else None, "skipped": [str(p) for p in skipped]}
+    return _dataset(cfg, images, labels, class_names, splits, **meta)
+
+
+# ---- csv: manifest with path,label[,split][,group] -----------------------------------------------------------------
+
+
+def _manifest_rows(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header (stripped, lower-case) and (line number, row) pairs; errors name the file."""
+    if manifest.is_dir():
+        raise XferlabError(f"{manifest}: the csv format expects a manifest file, not a folder")
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip().lower() for h in next(reader, [])]
+            rows = [(reader.line_num, dict(zip(header, row))) for row in reader if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise XferlabError(f"{manifest}: cannot read manifest ({err}); save it as UTF-8 CSV") from None
+    if not header:
+        raise XferlabError(f"{manifest}: empty manifest; write a header line 'path,label' (optional split, group)")
+    for column in ("path", "label"):
+        if column not in header:
+            raise XferlabError(
+                f"{manifest}: missing column '{column}' (found {header}){did_you_mean(column, header)}; "
+                "the header must name path and label (optional split, group)"
+            )
+    if not rows:
+        raise XferlabError(f"{manifest}: the manifest has a header but no rows; list one image per line")
+    return header, rows
+
+
+def _cell(row: dict, column: str, line: int, manifest: Path, required: bool = True) -> str:
+    value = (row.get(column) or "").strip()
+    if required and not value:
+        raise XferlabError(f"{manifest}, line {line}: empty '{column}'; fill it in or remove the row")
+    return value
+
+
+def _manifest_split(value: str, line: int, manifest: Path) -> str:
+    value = value.lower()
+    if value and value not in SPLITS:
+        raise XferlabError(
+            f"{manifest}, line {line}: split '{value}' is not one of {list(SPLITS)}{did_you_mean(value, SPLITS)}; "
+            "or leave it blank to have it drawn"
+        )
+    return value
+
+
+def _manifest_columns(manifest: Path) -> dict[str, list]:
+    """Resolved paths, label names, split cells ('' = draw) and groups (None without a group column)."""
+    header, rows = _manifest_rows(manifest)
+    cols: dict[str, list] = {"path": [], "label": [], "split": [], "group": [] if "group" in header else None}
+    for line, row in rows:
+        path = Path(_cell(row, "path", line, manifest))
+        cols["path"].append(path if path.is_absolute() else manifest.parent / path)
+        cols["label"].append(_cell(row, "label", line, manifest))
+        cols["split"].append(_manifest_split(_cell(row, "split", line, manifest, required=False), line, manifest))
+        if cols["group"] is not None:
+            cols["group"].append(_cell(row, "group", line, manifest))
+    missing = [(line, p) for (line, _), p in zip(rows, cols["path"]) if not p.is_file()]
+    if missing:
+        line, path = missing[0]
+        raise XferlabError(
+            f"{manifest}, line {line}: image file {path} not found ({len(missing)} row(s) point at missing files); "
+            f"relative paths are read from the manifest's folder {manifest.parent}"
+        )
+    return cols
+
+
+def _manifest_splits(
+    cells: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, cfg: DataConfig, class_names: Sequence[str]
+) -> tuple[np.ndarray, str]:
+    """Fill blank split cells by drawing (stratified, group-aware); carve val when the manifest gives none."""
+    splits = cells.copy()
+    blank = np.flatnonzero(splits == "")
+    if len(blank):
+        sizes = {"val": cfg.val_fraction, "test": cfg.test_fraction}
+        blank_groups = None if groups is None else groups[blank]
+        splits[blank] = draw_splits(labels[blank], blank_groups, sizes, cfg.seed, class_names=class_names)
+        return splits, "drawn"
+    if not (splits == "val").any():
+        return _carve(splits, labels, groups, cfg, class_names), f"val carved ({cfg.val_split})"
+    return splits, "manifest"
+
+
+@register_source("csv")
+def load_csv(cfg: DataConfig) -> ImageDataset:
+    """A manifest `path,label[,split][,group]`; blank or absent splits are drawn with val/test_fraction."""
+    manifest = Path(cfg.path)
+    cols = _manifest_columns(manifest)
+    class_names = sorted(set(cols["label"]))
+    images, kept, skipped = _read_images(cols["path"], cfg, str(manifest))
+    labels = np.asarray([class_names.index(v) for v in cols["label"]], dtype=np.int64)[kept]
+    groups = None if cols["group"] is None else np.asarray(cols["group"], dtype=str)[kept]
+    cells = np.asarray(cols["split"], dtype=object)[kept]
+    splits, how = _manifest_splits(cells, labels, groups, cfg, class_names)
+    meta = {"splits_from": how, "skipped": [str(p) for p in skipped]}
+    return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
+
+
+# ---- medmnist: local .npz files, never downloaded ------------------------------------------------------------------
+
+
+def _medmnist_sizes(folder: Path, flag: str) -> dict[int, Path]:
+    pattern = re.compile(rf"{re.escape(flag)}(?:_(\d+))?\.npz")
+    sizes = {}
+    for f in folder.glob("*.npz"):
+        m = pattern.fullmatch(f.name)
+        if m:
+            sizes[int(m.group(1)) if m.group(1) else MEDMNIST_DEFAULT_SIZE] = f
+    return sizes
+
+
+def _medmnist_file(cfg: DataConfig) -> Path:
+    """cfg.path itself, or the `<flag>[_<size>].npz` in that folder closest to cfg.image_size (never smaller if any)."""
+    path = Path(cfg.path)
+    if path.is_file():
+        return path
+    flag = cfg.medmnist_flag
+    if not flag:
+        raise XferlabError(f"{path} is a folder; set data.medmnist_flag (e.g. pneumoniamnist) or give the .npz file")
+    sizes = _medmnist_sizes(path, flag)
+    if not sizes:
+        stems = sorted(f.stem for f in path.glob("*.npz"))
+        raise XferlabError(
+            f"{path}: no {flag}.npz or {flag}_<size>.npz (found {stems or 'no .npz files'})"
+            f"{did_you_mean(flag, stems)}; download it with the medmnist package first (xferlab never downloads)"
+        )
+    wanted = cfg.image_size
+    if wanted is None or wanted in sizes:
+        return sizes[wanted if wanted is not None else min(sizes)]
+    larger = [s for s in sizes if s >= wanted]
+    return sizes[min(larger) if larger else max(sizes)]
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    keys = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise XferlabError(
+                    f"{path}: not a MedMNIST file, missing arrays {missing} (found {npz.files}); "
+                    "use the .npz the medmnist package downloads"
+                )
+            return {k: npz[k] for k in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise XferlabError(f"{path}: cannot read .npz ({err}); download the file again") from None
+
+
+def _medmnist_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise XferlabError(
+            f"{where}: labels have shape {labels.shape} (multi-label); xferlab needs one class per image, "
+            "choose a single-label MedMNIST dataset"
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
+        raise XferlabError(f"{where}: labels must be non-negative integers, got {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _medmnist_class_names(flag: str, n_labels: int) -> list[str]:
+    """Names from medmnist.INFO when the package is installed (imported lazily: it pulls in torch), else classK."""
+    fallback = [f"class{i}" for i in range(n_labels)]
+    try:
+        from medmnist import INFO
+    except ImportError:
+        return fallback
+    info = INFO.get(flag)
+    if info is None:
+        logger.warning("medmnist flag '%s' is unknown to the medmnist package%s; using class0..", flag,
+                       did_you_mean(flag, INFO))
+        return fallback
+    if "multi-label" in info.get("task", ""):
+        raise XferlabError(f"{flag} is a multi-label dataset; xferlab needs one class per image")
+    names = [info["label"][k] for k in sorted(info["label"], key=int)]
+    return names if len(names) >= n_labels else fallback
+
+
+@register_source("medmnist")
+def load_medmnist(cfg: DataConfig) -> ImageDataset:
+    """A local MedMNIST `.npz` (train/val/test images and labels); the splits are the file's own."""
+    path = _medmnist_file(cfg)
+    flag = cfg.medmnist_flag or re.sub(r"_\d+$", "", path.stem)
+    arrays = _load_npz(path)
+    names = [f"{path}:{s}_images" for s in SPLITS]
+    batches = [_prepare_batch(arrays.pop(f"{s}_images"), name, cfg.image_size) for s, name in zip(SPLITS, names)]
+    labels = [_medmnist_labels(arrays[f"{s}_labels"], f"{path}:{s}_labels") for s in SPLITS]
+    for batch, lab, name in zip(batches, labels, names):
+        if len(batch) != len(lab):
+            raise XferlabError(f"{name}: {len(batch)} images but {len(lab)} labels; download the file again")
+    images = concat_batches(batches, names, str(path))
+    splits = np.concatenate([np.full(len(lab), s, dtype=object) for s, lab in zip(SPLITS, labels)])
+    labels = np.concatenate(labels)
+    class_names = _medmnist_class_names(flag, int(labels.max()) + 1 if len(labels) else 0)
+    return _dataset(cfg, images, labels, class_names, splits, flag=flag, file=str(path))

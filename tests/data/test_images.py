@@ -1,0 +1,153 @@
+"""Pixel conversion, resizing, decoding and stacking (xferlab.data.images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xferlab.data.images import (
+    check_file_sizes,
+    concat_batches,
+    read_image_file,
+    resize_image,
+    resize_images,
+    stack_images,
+    to_uint8,
+)
+from xferlab.errors import XferlabError
+
+
+def test_uint8_passes_through_without_copy():
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert to_uint8(a, "x") is a
+
+
+def test_integers_in_range_convert():
+    out = to_uint8(np.array([0, 7, 255], dtype=np.int64), "x")
+    assert out.dtype == np.uint8 and out.tolist() == [0, 7, 255]
+
+
+def test_integers_out_of_range_error():
+    with pytest.raises(XferlabError, match=r"x: integer pixels \(uint16\) range 0\.\.4095"):
+        to_uint8(np.array([0, 4095], dtype=np.uint16), "x")
+
+
+def test_bool_becomes_0_255():
+    assert to_uint8(np.array([True, False]), "x").tolist() == [255, 0]
+
+
+def test_floats_in_unit_range_are_scaled():
+    assert to_uint8(np.array([0.0, 0.5, 1.0], dtype=np.float32), "x").tolist() == [0, 128, 255]
+
+
+def test_floats_in_byte_range_are_rounded():
+    assert to_uint8(np.array([0.0, 2.6, 255.0]), "x").tolist() == [0, 3, 255]
+
+
+def test_nan_float_errors():
+    with pytest.raises(XferlabError, match="x: pixel values contain NaN or infinity"):
+        to_uint8(np.array([0.1, np.nan]), "x")
+
+
+def test_floats_outside_accepted_ranges_error_with_range():
+    with pytest.raises(XferlabError, match=r"range -1\.5\.\.3; accepted ranges are \[0, 1\] or \[0, 255\]"):
+        to_uint8(np.array([-1.5, 3.0]), "x")
+
+
+def test_non_numeric_dtype_errors():
+    with pytest.raises(XferlabError, match="non-numeric dtype"):
+        to_uint8(np.array(["a", "b"]), "x")
+
+
+def test_float_conversion_is_chunked(monkeypatch):
+    monkeypatch.setattr("xferlab.data.images._CHUNK_ELEMENTS", 16)
+    a = np.linspace(0, 1, 10 * 4 * 4).reshape(10, 4, 4)
+    np.testing.assert_array_equal(to_uint8(a, "x"), np.rint(a * 255).astype(np.uint8))
+
+
+def test_resize_gray_and_rgb_batches():
+    gray = np.random.default_rng(0).integers(0, 256, (2, 16, 12), dtype=np.uint8)
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 3, 16, 12), dtype=np.uint8)
+    assert resize_images(gray, 8).shape == (2, 8, 8)
+    out = resize_images(rgb, (8, 6))
+    assert out.shape == (2, 3, 8, 6) and out.dtype == np.uint8
+
+
+def test_resize_is_noop_at_same_size():
+    gray = np.zeros((2, 8, 8), dtype=np.uint8)
+    assert resize_images(gray, 8) is gray
+
+
+def test_resize_antialiases_a_checkerboard_to_mid_gray():
+    board = (np.indices((16, 16)).sum(0) % 2 * 255).astype(np.uint8)
+    small = resize_image(board, 4)
+    assert abs(float(small.mean()) - 127.5) < 2 and small.std() < 2
+
+
+def test_read_gray_png(tmp_path):
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    out = read_image_file(tmp_path / "a.png")
+    np.testing.assert_array_equal(out, pixels)
+
+
+def test_read_rgba_png_becomes_3_channels(tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 256, (8, 10, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = read_image_file(tmp_path / "a.png")
+    np.testing.assert_array_equal(out, rgba[..., :3].transpose(2, 0, 1))
+
+
+def test_read_gray_content_saved_as_rgb_stays_gray(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "a.jpg", quality=90)
+    assert read_image_file(tmp_path / "a.jpg").shape == (8, 8)
+
+
+def test_read_16bit_png_scales_by_full_range(tmp_path):
+    Image.fromarray(np.array([[0, 65535], [257, 32896]], dtype=np.uint16)).save(tmp_path / "a.png")
+    assert read_image_file(tmp_path / "a.png").tolist() == [[0, 255], [1, 128]]
+
+
+def test_read_float_tiff_follows_float_rules(tmp_path):
+    Image.fromarray(np.array([[0.0, 1.0]], dtype=np.float32)).save(tmp_path / "a.tif")
+    assert read_image_file(tmp_path / "a.tif").tolist() == [[0, 255]]
+
+
+def test_read_corrupt_file_names_it(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(XferlabError, match=r"bad\.png: cannot read image"):
+        read_image_file(tmp_path / "bad.png")
+
+
+def test_stack_mixed_sizes_without_image_size_lists_sizes_and_fix():
+    images = [np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), np.zeros((10, 12), np.uint8)]
+    expected = r"8×8 \(2 images, e\.g\. a\); 10×12 \(1 image, e\.g\. c\).*--image-size S"
+    with pytest.raises(XferlabError, match=expected):
+        stack_images(images, "ds", names=["a", "b", "c"])
+
+
+def test_stack_resizes_when_image_size_given():
+    images = [np.zeros((8, 8), np.uint8), np.full((10, 12), 9, np.uint8)]
+    out = stack_images(images, "ds", image_size=6)
+    assert out.shape == (2, 6, 6) and out[1].min() == 9
+
+
+def test_stack_mixed_gray_and_rgb_makes_all_rgb():
+    gray = np.full((4, 4), 7, np.uint8)
+    rgb = np.zeros((3, 4, 4), np.uint8)
+    out = stack_images([gray, rgb], "ds")
+    assert out.shape == (2, 3, 4, 4) and (out[0] == 7).all()
+
+
+def test_check_file_sizes_fails_from_headers(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(XferlabError, match="images differ in size"):
+        check_file_sizes([tmp_path / "a.png", tmp_path / "b.png"], "ds")
+
+
+def test_concat_batches_names_both_files_on_size_mismatch():
+    with pytest.raises(XferlabError, match=r"a\.npy holds 8×8 images but b\.npy holds 9×9.*--image-size"):
+        concat_batches([np.zeros((2, 8, 8), np.uint8), np.zeros((2, 9, 9), np.uint8)], ["a.npy", "b.npy"], "ds")
