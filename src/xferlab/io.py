@@ -43,6 +43,16 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
     _atomic(Path(path), lambda p: torch.save(obj, p))
 
 
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+    import numpy as np
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: np.savez would append '.npz' to a bare temporary name
+            np.savez_compressed(f, **arrays)
+
+    _atomic(Path(path), write)
+
+
 def save_figure(path: str | os.PathLike, fig) -> None:
     _atomic(Path(path), lambda p: fig.savefig(p, format=Path(path).suffix.lstrip("."), dpi=110, bbox_inches="tight"))
 

@@ -1,12 +1,14 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from xferlab.cli import main
 from xferlab.config import DataConfig, TrainConfig, build, read_yaml
 from xferlab.engine.run import HISTORY_COLUMNS, train
+from xferlab.evaluation.metrics import classification_metrics
 
 
 def _cfg(path, **kw):
@@ -24,7 +26,8 @@ def _history(run):
 def test_a_run_writes_a_complete_run_folder(tiny_npy, tmp_path, regime):
     train(_cfg(tiny_npy, regime=regime), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "history.csv", "metrics.json", "model.pt", "curves.png"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "history.csv", "metrics.json", "model.pt", "predictions.npz",
+                                                  "curves.png"}
     rows = _history(run)
     assert tuple(rows[0]) == HISTORY_COLUMNS and len(rows) == 3
     m = json.loads((run / "metrics.json").read_text())
@@ -37,6 +40,8 @@ def test_a_run_writes_a_complete_run_folder(tiny_npy, tmp_path, regime):
     assert m["trainable_params"] < m["params"] if regime == "frozen" else m["trainable_params"] == m["params"]
     # the saved config is complete: it rebuilds the same run configuration
     assert build(TrainConfig, read_yaml(run / "config.yaml")) == _cfg(tiny_npy, regime=regime)
+    saved = np.load(run / "predictions.npz")
+    assert classification_metrics(saved["test_labels"], saved["test_probs"]) == m["test"]
     # model.pt holds the best epoch's weights and reloads with weights-only unpickling
     ckpt = torch.load(run / "model.pt", weights_only=True)
     assert ckpt["class_names"] == ["normal", "pneumonia"] and "head.weight" in ckpt["state_dict"]

@@ -1,6 +1,7 @@
 """A training run, top to bottom: config -> data -> model + regime -> loop -> best epoch -> run folder.
 
-The run folder holds config.yaml (resolved), history.csv, metrics.json, model.pt (best weights) and curves.png.
+The run folder holds config.yaml (resolved), history.csv, metrics.json, model.pt (best weights), predictions.npz
+(labels and class probabilities of val and test at the best epoch, what reports compute metrics from) and curves.png.
 Everything that can fail on bad input (data, backbone, weights) is checked before the folder is created, and the
 folder is staged and renamed, so a run folder that exists is complete. Test data is evaluated every epoch for the
 curves but never chooses anything: the best epoch is chosen on val accuracy alone.
@@ -93,7 +94,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         model.load_state_dict(best["state"])
         throughput = inference_throughput(model, splits["val"][0], preprocess, cfg.batch_size, device)
         metrics = _metrics(cfg, data, model, history, best, feature_timer.seconds, throughput, device, t_start)
-        _write_run(stage, cfg, data, model, history, metrics)
+        _write_run(stage, cfg, data, model, history, metrics, best["probs"])
     return RunResult(Path(out), metrics, history)
 
 
@@ -151,7 +152,7 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
     }
 
 
-def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics) -> None:
+def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, probs: dict) -> None:
     from xferlab.report.figures import curves_figure
 
     io.write_text(stage / "config.yaml", to_yaml(cfg))
@@ -161,6 +162,8 @@ def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics) ->
     writer.writerows(history)
     io.write_text(stage / "history.csv", buf.getvalue())
     io.write_json(stage / "metrics.json", metrics)
+    io.save_npz(stage / "predictions.npz", **{f"{s}_{kind}": arr for s, p in probs.items()
+                                             for kind, arr in (("labels", data.split(s)[1]), ("probs", p))})
     io.save_torch(stage / "model.pt", {
         "state_dict": model.state_dict(), "backbone": cfg.backbone, "class_names": data.class_names,
         "image_size": list(data.image_size), "mean": list(model.spec.mean), "std": list(model.spec.std),
