@@ -115,3 +115,15 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def to_yaml(cfg: BaseModel) -> str:
     """The fully resolved config as YAML (paths as strings), saved beside every result."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class AuditConfig(_Strict):
+    """The split audit: shift tests, pixel statistics, leakage and the re-split experiment (xferlab.audit)."""
+
+    backbone: str = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
+    weights: str = "imagenet"
+    regime: str = Field("frozen", description="regime trained on every re-split")
+    resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    permutations: int = Field(1000, ge=1, description="permutations for the MMD and classifier tests")
+    seed: int = 0
