@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from tinydata import write_tiny_npy
 
 
 @pytest.fixture(autouse=True)
@@ -15,20 +15,6 @@ def offline_torch_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setenv("XFERLAB_OFFLINE", "1")
     return home
-
-
-def write_tiny_npy(root: Path, n: int = 20, n_test: int = 8, size: int = 32, seed: int = 0,
-                   classes: tuple[str, ...] = ("normal", "pneumonia")) -> Path:
-    """A learnable npy-layout dataset: class k has a bright square in a class-specific place, plus noise."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for k, name in enumerate(classes):
-        for prefix, count in (("", n), ("test_", n_test)):
-            x = rng.integers(0, 80, size=(count, size, size)).astype(np.uint8)
-            q = size // 4
-            x[:, q * k: q * (k + 1), q: 2 * q] = 220
-            np.save(root / f"{prefix}{name}.npy", x)
-    return root
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: the reference study)")
     g.add_argument("--backbone", help="registered backbone (xferlab backbones); default resnet18")
     g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
-    g.add_argument("--regime", help="frozen (default), finetune or partial:K")
+    g.add_argument("--regime", help="frozen (default), adabn, finetune or partial:K")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
@@ -36,6 +36,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    _add_speed_args(g)
+
+
+def _add_speed_args(g) -> None:
+    g.add_argument("--amp", choices=["auto", "bf16", "off"],
+                   help="bf16 autocast; auto: on for CUDA GPUs with native bf16, off on CPU")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="NHWC layout; auto: on for CUDA only")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +69,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_train_args(p)
 
-    p = sub.add_parser("demo", help="the offline demo on the embedded phantoms")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--epochs", type=int, default=None)
+    p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
+                                    "phantoms, with the split audit")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="train every run this many epochs (a quick look)")
+    p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
+
+    p = sub.add_parser("bench", help="training-step and inference throughput and FLOPs per image, as JSON")
+    p.add_argument("--backbone", required=True, help="registered backbone (xferlab backbones)")
+    p.add_argument("--image-size", type=int, required=True, help="square image side S")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--regime", default="finetune", help="what the timed training step trains (default finetune)")
+    p.add_argument("--weights", default="none", help="none (default: speed does not depend on them), imagenet, file")
+    p.add_argument("--steps", type=int, default=4, help="timed training steps (and inference batches)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    _add_speed_args(p)
+    _add_audit_parser(sub)
+    _add_study_parsers(sub)
     return parser
+
+
+def _add_study_parsers(sub) -> None:
+    p = sub.add_parser("study", help="train a grid of backbones × regimes × seeds; results.csv/json and report.html")
+    p.add_argument("study", type=Path, help="study YAML (see configs/reference.yaml)")
+    p.add_argument("--out", type=Path, help="study folder (default runs/<YAML name>)")
+    p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
+    p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
+
+    p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder")
+    p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR)")
+
+
+def _add_audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="can the test split be trusted? shift tests, pixel statistics, leakage, "
+                                     "re-split experiment; writes audit.json and figures")
+    p.add_argument("-c", "--config", type=Path, help="YAML with data: and audit: sections; options override it")
+    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create (default runs/audit)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing audit folder")
+    _add_data_args(p)
+    g = p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)")
+    g.add_argument("--backbone", help="fixed backbone for the embeddings (default efficientnet_lite0)")
+    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
+    g.add_argument("--regime", help="regime trained on every re-split: frozen (default), finetune or partial:K")
+    g.add_argument("--resplits", type=int, help="R re-splits of the pooled data (default 20; 0 skips)")
+    g.add_argument("--permutations", type=int, help="permutations for the classifier and MMD tests (default 1000)")
+    g.add_argument("--alpha", type=float, help="significance level (default 0.05)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--num-threads", type=int, help="CPU threads for torch")
 
 
 def _train_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,7 +137,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
         raise XferlabError("no data given; pass --data DIR (or set data.path in the config)")
     values["data"] = data
     for key in ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
-                "num_threads"):
+                "num_threads", "amp", "channels_last", "compile"):
         v = getattr(args, key)
         if v is not None:
             values[key] = v
@@ -136,12 +192,108 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from xferlab.demo import run_demo
+    from xferlab.study.summary import summary_table
 
-    run_demo(args.out, epochs=args.epochs)
+    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force)
+    print(f"\n{summary_table(results)}")
+    print(f"demo finished in {seconds:.0f}s; report: {report}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backbones, "demo": cmd_demo}
+def cmd_study(args: argparse.Namespace) -> int:
+    from xferlab.study import build_outputs, load_study, run_study
+    from xferlab.study.summary import summary_table
+
+    study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
+    out = args.out or Path("runs") / args.study.stem
+    outcome = run_study(study, out, force=args.force)
+    results, report = build_outputs(out)
+    print(f"\n{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished")
+    print(summary_table(results))
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from xferlab.study import build_outputs
+    from xferlab.study.summary import summary_table
+
+    results, report = build_outputs(args.dir)
+    print(summary_table(results))
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from xferlab.engine.bench import bench
+    from xferlab.io import write_text
+
+    result = bench(args.backbone, args.image_size, args.batch_size, args.device, weights=args.weights,
+                   regime=args.regime, amp=args.amp or "auto", channels_last=args.channels_last or "auto",
+                   compile=bool(args.compile), steps=args.steps, warmup=args.warmup, threads=args.num_threads)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+AUDIT_YAML_KEYS = ("data", "audit")
+
+
+def _audit_configs(args: argparse.Namespace):
+    """DataConfig and AuditConfig from the YAML file (data: and audit: sections) and the command-line options."""
+    from xferlab.config import AuditConfig, DataConfig, build, read_yaml
+    from xferlab.errors import did_you_mean
+
+    values = read_yaml(args.config) if args.config else {}
+    for key in values:
+        if key not in AUDIT_YAML_KEYS:
+            raise XferlabError(f"{args.config}: unknown key '{key}'{did_you_mean(str(key), AUDIT_YAML_KEYS)}; an audit "
+                               "config has a data: and an audit: section")
+        if values[key] is not None and not isinstance(values[key], dict):
+            raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
+                               f"got {type(values[key]).__name__}")
+    data = dict(values.get("data") or {})
+    for key in ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable"):
+        v = getattr(args, key)
+        if v is not None:
+            data["path" if key == "data" else key] = v
+    if "path" not in data:
+        raise XferlabError("no data given; pass --data DIR (or set data.path in the config)")
+    audit = dict(values.get("audit") or {})
+    for key in ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads"):
+        v = getattr(args, key)
+        if v is not None:
+            audit[key] = v
+    where = str(args.config or "options")
+    for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
+        for key in values_:
+            if key not in model.model_fields:
+                hint = did_you_mean(str(key), model.model_fields)
+                raise XferlabError(f"{where}: unknown key '{section}.{key}'{hint}; remove it or check its spelling")
+    return build(DataConfig, data, where=where), build(AuditConfig, audit, where=where)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from xferlab.audit import run_audit
+    from xferlab.io import staged_dir
+
+    data_cfg, audit_cfg = _audit_configs(args)
+    with staged_dir(args.out, overwrite=args.overwrite) as stage:
+        result = run_audit(data_cfg, audit_cfg, stage)
+    verdict = result["verdict"]
+    print(f"{verdict['level'].upper()}: {verdict['headline']}")
+    for finding in verdict["findings"]:
+        print(f"  [{finding['level']}] {finding['text']}")
+    print(f"audit folder: {args.out} (audit.json, figures; {result['seconds']['total']:.0f}s)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backbones, "demo": cmd_demo,
+            "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

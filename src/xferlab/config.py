@@ -59,6 +59,14 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="bf16 autocast; auto: on for a CUDA GPU with native bf16, off (fp32) on CPU"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
+    )
+    compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
 
     @field_validator("regime")
     @classmethod
@@ -69,10 +77,34 @@ class TrainConfig(_Strict):
         return v
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """One line naming the first offending field, what was received and what is allowed."""
+class YamlValues(dict):
+    """A mapping read from a YAML file that remembers the line of every key, for error messages."""
+
+    key_lines: dict[tuple[str, ...], int]
+
+
+def _key_lines(node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                path = prefix + (key.value,)
+                lines[path] = key.start_mark.line + 1
+                lines.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            lines.update(_key_lines(value, prefix + (str(i),)))
+    return lines
+
+
+def format_validation_error(err: ValidationError, where: str, key_lines: dict | None = None) -> str:
+    """One line naming the first offending field (and its YAML line), what was received and what is allowed."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    path = tuple(str(p) for p in e["loc"])
+    loc = ".".join(path) or "(top level)"
+    line = next(((key_lines or {}).get(path[:n]) for n in range(len(path), 0, -1)
+                 if (key_lines or {}).get(path[:n])), None)
+    where = f"{where} line {line}" if line else where
     if e["type"] == "extra_forbidden":
         return f"{where}: unknown key '{loc}'; remove it or check its spelling"
     if e["type"] == "missing":
@@ -84,15 +116,16 @@ def format_validation_error(err: ValidationError, where: str) -> str:
 
 
 def build(model: type[BaseModel], values: dict[str, Any], where: str = "config"):
-    """Validate `values` into `model`, turning pydantic's report into an XferlabError."""
+    """Validate `values` into `model`, turning pydantic's report into an XferlabError (with the YAML line when
+    `values` came from read_yaml)."""
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        raise XferlabError(format_validation_error(err, where)) from None
+        raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None))) from None
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a YAML mapping with the safe loader; errors name the file and line."""
+def read_yaml(path: str | os.PathLike) -> YamlValues:
+    """Load a YAML mapping with the safe loader (no Python object tags); errors name the file and line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -106,10 +139,12 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise XferlabError(f"{path}: YAML syntax error{line}: {problem}; fix the file") from None
     if values is None:
-        return {}
+        values = {}
     if not isinstance(values, dict):
         raise XferlabError(f"{path}: a config must be a mapping of keys to values, got {type(values).__name__}")
-    return values
+    out = YamlValues(values)
+    out.key_lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader)) if values else {}
+    return out
 
 
 def to_yaml(cfg: BaseModel) -> str:
@@ -118,7 +153,10 @@ def to_yaml(cfg: BaseModel) -> str:
 
 
 class AuditConfig(_Strict):
-    """The split audit: shift tests, pixel statistics, leakage and the re-split experiment (xferlab.audit)."""
+    """The split audit: shift tests, pixel statistics, leakage and the re-split experiment (xferlab.audit).
+
+    Defaults are sized for the demo phantoms (1300 images at 64 px): about a minute on 2 CPU cores.
+    """
 
     backbone: str = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
     weights: str = "imagenet"
@@ -127,3 +165,96 @@ class AuditConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1)
     permutations: int = Field(1000, ge=1, description="permutations for the MMD and classifier tests")
     seed: int = 0
+    components: int = Field(32, ge=2, description="PCA components the classifier and MMD tests work on")
+    ks_components: int = Field(8, ge=1, description="leading PCA components tested one by one with KS (Bonferroni)")
+    folds: int = Field(5, ge=2, le=20, description="cross-validation folds of the domain classifier")
+    near_duplicate_quantile: float = Field(
+        0.01, gt=0, lt=0.5, description="near-duplicate calibration: this quantile of within-split NN distances ..."
+    )
+    near_duplicate_factor: float = Field(
+        0.5, gt=0, le=1, description="... times this factor is the distance below which a cross-split pair is flagged"
+    )
+    thumbnails: int = Field(8, ge=1, le=32, description="images per row in the thumbnail figures")
+    epochs: int = Field(30, gt=0, description="re-split training epochs (the reference study's 30)")
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+
+    @field_validator("regime")
+    @classmethod
+    def _known_regime(cls, v: str) -> str:
+        from xferlab.backbones.regimes import parse_regime
+
+        parse_regime(v)  # raises XferlabError with the valid choices
+        return v
+
+
+# Training options a study sets per grid cell, so they may not appear in its `train`/`per_*` option maps.
+GRID_KEYS = ("data", "backbone", "regime", "seed")
+
+
+class StudyConfig(_Strict):
+    """A study: every combination of backbones × regimes × seeds trained on one dataset (xferlab.study).
+
+    Training options come from `train`, then `per_backbone[name]`, then `per_regime[name]`; one key set by both a
+    backbone and a regime override is an error rather than a silent precedence. The bootstrap settings are the
+    evaluation's (xferlab.evaluation.bootstrap); `audit`, when given, runs the split audit once into DIR/audit.
+    """
+
+    name: str = Field("study", min_length=1, description="title of the report")
+    data: DataConfig
+    backbones: list[str] = Field(min_length=1)
+    regimes: list[str] = Field(["frozen", "finetune"], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    train: dict[str, Any] = Field({}, description="any TrainConfig option (epochs, batch_size, lr, weights, ...)")
+    per_backbone: dict[str, dict[str, Any]] = Field({}, description="backbone name -> TrainConfig options")
+    per_regime: dict[str, dict[str, Any]] = Field({}, description="regime name -> TrainConfig options")
+    bootstrap_resamples: int = Field(2000, ge=100, description="resamples of every bootstrap confidence interval")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_seed: int = 0
+    audit: AuditConfig | None = None
+
+    @field_validator("backbones", "regimes", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        repeated = sorted({str(x) for x in v if v.count(x) > 1})
+        if repeated:
+            raise ValueError(f"lists each value once; repeated: {', '.join(repeated)}")
+        return v
+
+    @field_validator("regimes")
+    @classmethod
+    def _known_regimes(cls, v: list[str]) -> list[str]:
+        from xferlab.backbones.regimes import parse_regime
+
+        for regime in v:
+            try:
+                parse_regime(regime)
+            except XferlabError as err:  # as a ValueError, the message gets the file, line and key
+                raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _check_train_keys(v, "")
+        return v
+
+    @field_validator("per_backbone", "per_regime")
+    @classmethod
+    def _override_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, options in v.items():
+            _check_train_keys(options, f"{name}: ")
+        return v
+
+
+def _check_train_keys(options: dict[str, Any], where: str) -> None:
+    """Training option maps hold TrainConfig keys other than the grid's own."""
+    for key in options:
+        if key in GRID_KEYS:
+            raise ValueError(f"{where}'{key}' is set by the study grid (data, backbones, regimes, seeds), not here")
+        if key not in TrainConfig.model_fields:
+            choices = [k for k in TrainConfig.model_fields if k not in GRID_KEYS]
+            raise ValueError(f"{where}unknown training option '{key}'{did_you_mean(str(key), choices)}; "
+                             f"valid: {', '.join(choices)}")

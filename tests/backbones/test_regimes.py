@@ -73,13 +73,23 @@ def test_partial_trains_only_the_last_stages():
     assert "body.layer4.0.bn1.running_mean" in changed and "body.layer4.0.conv1.weight" in changed
 
 
+def test_adabn_freezes_like_frozen_once_its_statistics_are_set():
+    """adabn changes the BN statistics once, before training (tests/engine/test_adabn.py); training moves nothing."""
+    model = _model("adabn")
+    assert model.frozen == ("body",)
+    before = _snapshot(model)
+    _train_steps(model)
+    assert _changed(before, model, "body.") == set()
+
+
 def test_cache_features_only_for_a_fixed_backbone():
     assert parse_regime("frozen").cache_features
+    assert parse_regime("adabn").cache_features
     assert not parse_regime("finetune").cache_features
     assert not parse_regime("partial:2").cache_features
 
 
-@pytest.mark.parametrize("bad", ["froze", "partial:0", "partial:x", ""])
+@pytest.mark.parametrize("bad", ["froze", "adabm", "partial:0", "partial:x", ""])
 def test_bad_regimes_are_errors(bad):
     with pytest.raises(XferlabError, match="regime"):
         parse_regime(bad)

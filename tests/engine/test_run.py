@@ -111,7 +111,7 @@ def test_unknown_config_key_is_named(tiny_npy, tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"data:\n  path: {tiny_npy}\nbackbone: resnet18\nlearning_rate: 0.1\n")
     assert main(["train", "-c", str(cfg), "--out", str(tmp_path / "run")]) == 2
-    assert "unknown key 'learning_rate'" in capsys.readouterr().err
+    assert "run.yaml line 4: unknown key 'learning_rate'" in capsys.readouterr().err
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path, capsys):

@@ -34,3 +34,63 @@ def test_multiclass_metrics_are_macro_averages():
 def test_auroc_is_none_when_only_one_class_is_present():
     m = classification_metrics(np.zeros(4, int), np.tile([0.7, 0.3], (4, 1)))
     assert m["auroc"] is None and m["accuracy"] == 1.0
+
+
+def _probs(rng, y, k, ties=False):
+    probs = rng.dirichlet(np.ones(k), len(y))
+    probs[np.arange(len(y)), y] += 0.4
+    if ties:  # coarse scores: many tied values, which AUROC must count as one half
+        probs = np.round(probs, 1) + 1e-3
+    return probs / probs.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_point_metrics_match_scikit_learn(k):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, recall_score
+
+    from xferlab.evaluation.metrics import METRICS, point_metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, k, 150)
+    probs = _probs(rng, y, k, ties=True)
+    pred = probs.argmax(1)
+    m = point_metrics(y, probs)
+    assert tuple(m) == METRICS
+    avg = {"average": "binary", "pos_label": 1} if k == 2 else {"average": "macro"}
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(precision_score(y, pred, **avg))
+    assert m["f1"] == pytest.approx(f1_score(y, pred, **avg))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred, **avg))
+    auroc = roc_auc_score(y, probs[:, 1]) if k == 2 else roc_auc_score(y, probs, multi_class="ovr")
+    assert m["auroc"] == pytest.approx(auroc)
+    # the run folder's metrics stay exactly the five keys they always had
+    assert classification_metrics(y, probs) == {key: m[key] for key in METRICS[:5]}
+
+
+def test_precision_and_f1_are_zero_when_nothing_is_predicted_positive():
+    from xferlab.evaluation.metrics import point_metrics
+
+    y = np.array([0, 0, 1, 1])
+    m = point_metrics(y, np.tile([0.9, 0.1], (4, 1)))
+    assert m["precision"] == 0.0 and m["f1"] == 0.0 and m["sensitivity"] == 0.0 and m["specificity"] == 1.0
+
+
+def test_confusion_and_roc_curves_match_scikit_learn():
+    from sklearn.metrics import roc_curve
+
+    from xferlab.evaluation.metrics import confusion, roc_curves
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 90)
+    probs = _probs(rng, y, 3)
+    assert confusion(y, probs) == confusion_matrix(y, probs.argmax(1)).tolist()
+    curves = roc_curves(y, probs)
+    assert sorted(curves) == [0, 1, 2]
+    fpr, tpr, _ = roc_curve(y == 2, probs[:, 2])
+    np.testing.assert_allclose(curves[2][0], fpr)
+    np.testing.assert_allclose(curves[2][1], tpr)
+    assert curves[2][2] == pytest.approx(roc_auc_score(y == 2, probs[:, 2]))
+    binary = roc_curves(np.array([0, 1, 1, 0]), np.array([[.8, .2], [.3, .7], [.4, .6], [.6, .4]]))
+    assert list(binary) == [1] and binary[1][2] == 1.0
+    assert roc_curves(np.zeros(3, int), np.tile([.5, .5], (3, 1))) == {}  # one class: no curve

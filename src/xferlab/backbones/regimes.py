@@ -3,7 +3,9 @@
 `frozen`    the backbone is a fixed feature extractor (parameters and BatchNorm statistics), so its features are
             computed once per split and only the head trains;
 `finetune`  every weight trains;
-`partial:K` the last K stages and the head train; earlier stages stay fixed, BatchNorm included.
+`partial:K` the last K stages and the head train; earlier stages stay fixed, BatchNorm included;
+`adabn`     like `frozen`, but the BatchNorm statistics are first re-estimated once on the training images (AdaBN,
+            Li et al. 2016), then fixed: the cacheable form of what a frozen backbone left in train mode drifts towards.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from dataclasses import dataclass
 
 from xferlab.errors import XferlabError, did_you_mean
 
-REGIMES = ("frozen", "finetune", "partial:K")
+REGIMES = ("frozen", "adabn", "finetune", "partial:K")
 
 
 @dataclass(frozen=True)
 class Regime:
     name: str
     trainable_stages: int | None  # None: all weights; 0: head only; K: last K stages + head
+    adapt_bn: bool = False  # re-estimate BatchNorm statistics on the training images once, before caching features
 
     @property
     def cache_features(self) -> bool:
@@ -29,6 +32,8 @@ class Regime:
 def parse_regime(text: str) -> Regime:
     if text == "frozen":
         return Regime("frozen", 0)
+    if text == "adabn":
+        return Regime("adabn", 0, adapt_bn=True)
     if text == "finetune":
         return Regime("finetune", None)
     if text.startswith("partial:"):
@@ -36,7 +41,7 @@ def parse_regime(text: str) -> Regime:
         if not k.isdigit() or int(k) < 1:
             raise XferlabError(f"regime '{text}': K must be a whole number >= 1, e.g. partial:2")
         return Regime(text, int(k))
-    raise XferlabError(f"unknown regime '{text}'{did_you_mean(text, ('frozen', 'finetune', 'partial'))}; "
+    raise XferlabError(f"unknown regime '{text}'{did_you_mean(text, ('frozen', 'adabn', 'finetune', 'partial'))}; "
                        f"choose one of {', '.join(REGIMES)}")
 
 

@@ -13,23 +13,29 @@ import torch
 
 
 class Preprocess:
-    """uint8 batch (B×H×W or B×C×H×W, any device) -> normalised float32 B×3×H×W on `device`."""
+    """uint8 batch (B×H×W or B×C×H×W, any device) -> normalised float32 B×3×H×W on `device`.
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu"):
+    `channels_last=True` returns the batch in NHWC memory order, for a model converted to channels_last.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu",
+                 channels_last: bool = False):
         self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Fold /255 and the normalisation into one multiply-add: x * scale + shift.
         std_t = torch.tensor(std, dtype=torch.float32)
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
         self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        # Only the uint8 batch crosses to the device (a quarter of float32's bytes); the float work happens there.
         x = batch.to(self.device, non_blocking=True)
         if x.ndim == 3:
             x = x.unsqueeze(1)
         x = x.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # a view: the grayscale channel is read three times, not copied
-        return torch.addcmul(self.shift, x, self.scale)
+        return torch.addcmul(self.shift, x, self.scale).contiguous(memory_format=self.memory_format)
 
 
 def as_tensor(images: np.ndarray) -> torch.Tensor:
@@ -37,7 +43,14 @@ def as_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Index batches over n items: shuffled with `generator`, in order without one. The last batch may be short."""
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n items: shuffled with `generator`, in order without one. The last batch may be short.
+
+    The order is drawn on the host (the same seed gives the same batches on every device) and, with `device`, moved
+    there in one copy per epoch, so indexing device-resident data needs no host-device transfer per batch.
+    """
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if device is not None:
+        order = order.to(device)
     yield from order.split(batch_size)

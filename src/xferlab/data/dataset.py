@@ -74,8 +74,10 @@ class ImageDataset:
         n = len(self.images)
         if len(self.labels) != n or len(self.splits) != n or (self.groups is not None and len(self.groups) != n):
             raise XferlabError(f"{where}: images, labels, splits and groups must have the same length ({n})")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise XferlabError(f"{where}: duplicated class names {self.class_names}; give every class a unique name")
+        folded = [name.strip().casefold() for name in self.class_names]  # 'NORMAL' and 'normal' are one class
+        if len(set(folded)) != len(folded):
+            raise XferlabError(f"{where}: duplicated class names {self.class_names} (case and spaces ignored); "
+                               "give every class a unique name")
         if n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
             raise XferlabError(
                 f"{where}: labels must lie in 0..{self.num_classes - 1} for classes {self.class_names}, "

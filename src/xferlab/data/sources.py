@@ -438,7 +438,10 @@ def _medmnist_class_names(flag: str, n_labels: int) -> list[str]:
     if "multi-label" in info.get("task", ""):
         raise XferlabError(f"{flag} is a multi-label dataset; xferlab needs one class per image")
     names = [info["label"][k] for k in sorted(info["label"], key=int)]
-    return names if len(names) >= n_labels else fallback
+    if n_labels > len(names):
+        raise XferlabError(f"{flag}: label {n_labels - 1} is out of range for its {len(names)} classes "
+                           f"(0..{len(names) - 1}); the file is damaged or belongs to another dataset")
+    return names
 
 
 @register_source("medmnist")

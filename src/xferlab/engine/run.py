@@ -5,6 +5,10 @@ The run folder holds config.yaml (resolved), history.csv, metrics.json, model.pt
 Everything that can fail on bad input (data, backbone, weights) is checked before the folder is created, and the
 folder is staged and renamed, so a run folder that exists is complete. Test data is evaluated every epoch for the
 curves but never chooses anything: the best epoch is chosen on val accuracy alone.
+
+Speed (README, Performance): images stay uint8 until a batch is on the device; fixed backbones (frozen, adabn) run
+once over every split and their cached features serve every epoch's training and evaluation; on CUDA the uint8
+dataset stays on the GPU when it fits, with bf16 autocast, channels_last and cuDNN autotuning (xferlab.engine.accel).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,10 +33,11 @@ from xferlab.config import TrainConfig, to_yaml
 from xferlab.data.batches import Preprocess, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
-from xferlab.engine.loop import evaluate, extract_features, train_one_epoch
+from xferlab.engine.accel import Accel, accel_for, place
+from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
-from xferlab.evaluation.timing import Timer, inference_throughput
+from xferlab.evaluation.timing import Timer
 
 log = logging.getLogger(__name__)
 
@@ -66,46 +72,97 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     device = resolve_device(cfg.device)
+    accel = accel_for(cfg, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     data = load_dataset(cfg.data)
     generator = seed_everything(cfg.seed)
     model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
     apply_regime(model, regime)
-    model.to(device)
-    preprocess = Preprocess(model.spec.mean, model.spec.std, device)
-    splits = {s: (as_tensor(x), torch.from_numpy(y)) for s in ("train", "val", "test")
-              for x, y in [data.split(s)] if len(y)}
+    accel.prepare(model)
+    preprocess = Preprocess(model.spec.mean, model.spec.std, device, channels_last=accel.channels_last)
+    splits = place(_split_tensors(data), device)
 
     with io.staged_dir(out, overwrite=overwrite) as stage:
-        feature_timer = Timer(device)
-        if regime.cache_features:
-            with feature_timer:
-                inputs = {s: extract_features(model.body, x, preprocess, cfg.batch_size) for s, (x, _) in splits.items()}
-            forward = model.head
-        else:
-            inputs = {s: x for s, (x, _) in splits.items()}
-
-            def forward(batch):
-                return model(preprocess(batch))
-
-        history, best = _fit(cfg, model, forward, inputs, {s: y for s, (_, y) in splits.items()},
-                             generator, device, progress)
-        model.load_state_dict(best["state"])
-        throughput = inference_throughput(model, splits["val"][0], preprocess, cfg.batch_size, device)
-        metrics = _metrics(cfg, data, model, history, best, feature_timer.seconds, throughput, device, t_start)
+        prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits)
+        labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs: no syncs
+        history, best = _fit(cfg, model, prepared.forward, prepared.inputs, labels, generator, device, progress)
+        model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
+        throughput = prepared.images_per_s or _eval_throughput(history[-1], splits)
+        metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
+        metrics["accel"] = accel.describe()
         _write_run(stage, cfg, data, model, history, metrics, best["probs"])
     return RunResult(Path(out), metrics, history)
 
 
+def _split_tensors(data: ImageDataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images and labels of each non-empty split. The split images are copies, so the pooled array is released
+    afterwards (keeping both would double the dataset's memory); labels, splits and sizes stay readable."""
+    out = {}
+    for s in ("train", "val", "test"):
+        idx = data.indices(s)
+        if len(idx):
+            out[s] = (as_tensor(data.images[idx]), torch.from_numpy(data.labels[idx]))
+    data.images = data.images[:0]
+    return out
+
+
+def _labels(data: ImageDataset, split: str) -> np.ndarray:
+    return data.labels[data.indices(split)]
+
+
+@dataclass
+class _Prepared:
+    """What the fit loop trains on: stored inputs per split, the function from a batch of them to logits, the seconds
+    spent preparing them and, for cached features, the images/s of that backbone pass."""
+
+    inputs: dict[str, torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    seconds: float = 0.0
+    images_per_s: float | None = None
+
+
+def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict) -> _Prepared:
+    """Fixed backbones: (AdaBN once, then) features of every split, once. Otherwise: the images and a forward."""
+    if not regime.cache_features:
+        return _Prepared({s: x for s, (x, _) in splits.items()}, _image_forward(model, preprocess, accel))
+    adapt_timer, extract_timer = Timer(accel.device), Timer(accel.device)
+    with accel.autocast():
+        if regime.adapt_bn:
+            with adapt_timer:  # a generator of its own, so adabn and frozen train the head on the same batches
+                adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
+                                torch.Generator().manual_seed(cfg.seed))
+        body = accel.compiled(model.body)
+        with extract_timer:
+            feats = {s: extract_features(body, x, preprocess, cfg.batch_size) for s, (x, _) in splits.items()}
+    n_images = sum(len(x) for x, _ in splits.values())
+    return _Prepared(feats, model.head, adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
+
+
+def _image_forward(model: TransferModel, preprocess, accel: Accel) -> Callable[[torch.Tensor], torch.Tensor]:
+    net = accel.compiled(model)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with accel.autocast():
+            return net(preprocess(batch))
+
+    return forward
+
+
+def _eval_throughput(last_epoch: dict, splits: dict) -> float:
+    """Inference images/s of the whole model, from the last (warm) epoch's pass over val and test."""
+    n_eval = sum(len(x) for s, (x, _) in splits.items() if s in ("val", "test"))
+    return n_eval / last_epoch["eval_seconds"]
+
+
 def _fit(cfg, model: TransferModel, forward, inputs: dict, labels: dict, generator, device, progress: bool):
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * -(-len(labels["train"]) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
     history, best = [], {"val_acc": -1.0}
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.backbone} {cfg.regime}", unit="epoch",
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: off unless a tty
     for epoch in bar:
         train_timer, eval_timer = Timer(device), Timer(device)
         model.train()
@@ -125,14 +182,20 @@ def _fit(cfg, model: TransferModel, forward, inputs: dict, labels: dict, generat
         row["train_seconds"], row["eval_seconds"] = train_timer.seconds, eval_timer.seconds
         history.append(row)
         if row["val_acc"] > best["val_acc"]:  # strictly better: ties keep the earlier epoch
-            best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs, "state": _changing_state(model)}
         bar.set_postfix(val_acc=f"{row['val_acc']:.3f}", best=best["epoch"])
     return history, best
 
 
+def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:
+    """Copies of the weights and buffers that training can change: everything outside the regime's fixed modules
+    (for frozen and adabn, the head alone rather than a second copy of the backbone)."""
+    fixed = tuple(f + "." for f in model.frozen)
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(fixed)}
+
+
 def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, throughput, device, t_start) -> dict:
-    split_metrics = {s: classification_metrics(data.split(s)[1], p) for s, p in best["probs"].items()}
+    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in best["probs"].items()}
     return {
         "backbone": cfg.backbone,
         "regime": cfg.regime,
@@ -163,7 +226,7 @@ def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, pr
     io.write_text(stage / "history.csv", buf.getvalue())
     io.write_json(stage / "metrics.json", metrics)
     io.save_npz(stage / "predictions.npz", **{f"{s}_{kind}": arr for s, p in probs.items()
-                                             for kind, arr in (("labels", data.split(s)[1]), ("probs", p))})
+                                             for kind, arr in (("labels", _labels(data, s)), ("probs", p))})
     io.save_torch(stage / "model.pt", {
         "state_dict": model.state_dict(), "backbone": cfg.backbone, "class_names": data.class_names,
         "image_size": list(data.image_size), "mean": list(model.spec.mean), "std": list(model.spec.std),

@@ -1,4 +1,5 @@
-"""Figures drawn from saved results: per-run accuracy and loss curves (the reference study's figure style)."""
+"""Figures drawn from saved results: per-run curves, all runs' val curves on shared axes, timing, confusion matrices
+and ROC curves (the reference study's figure style). Each function returns a matplotlib Figure; the caller saves it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
@@ -23,10 +27,102 @@ def curves_figure(history: Sequence[dict], title: str = ""):
             if all(v is not None for v in values):
                 ax.plot(epochs, values, color=colour, label=split, marker="o", markersize=2.5)
         ax.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best epoch ({best})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+REGIME_STYLES = ("-", "--", ":", "-.")
+
+
+def comparison_figure(runs: Sequence[tuple[str, str, str, Sequence[dict]]]):
+    """Every run's val accuracy and val loss per epoch on shared axes (the reference study's Fig. 2).
+
+    `runs`: (label, backbone, regime, history). Colour tells the backbone, line style the regime; seeds of one
+    configuration share both.
+    """
+    backbones = list(dict.fromkeys(b for _, b, _, _ in runs))
+    regimes = list(dict.fromkeys(r for _, _, r, _ in runs))
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    labelled = set()
+    for label, backbone, regime, history in runs:
+        epochs = [row["epoch"] for row in history]
+        style = {"color": colours[backbone], "linestyle": REGIME_STYLES[regimes.index(regime) % len(REGIME_STYLES)],
+                 "marker": "o", "markersize": 2.5, "linewidth": 1.4}
+        key = (backbone, regime)
+        name = f"{backbone} · {regime}" if key not in labelled else None
+        labelled.add(key)
+        axes[0].plot(epochs, [row["val_acc"] for row in history], label=name, **style)
+        axes[1].plot(epochs, [row["val_loss"] for row in history], **style)
+    for ax, ylabel in zip(axes, ("val accuracy", "val cross-entropy loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.legend(loc="upper center", ncol=min(4, len(labelled)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def timing_figure(runs: Sequence[tuple[str, dict]]):
+    """Per run: seconds of feature caching, training loop and evaluation (stacked), and inference images/s."""
+    labels = [label for label, _ in runs]
+    y = list(range(len(runs)))[::-1]  # first run on top
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.9 + 0.45 * len(runs)), sharey=True,
+                             gridspec_kw={"width_ratios": (3, 2)})
+    left = [0.0] * len(runs)
+    for key, name, colour in (("feature_seconds", "feature caching", "tab:gray"),
+                              ("fit_seconds", "training loop", "tab:blue"),
+                              ("eval_seconds", "val + test evaluation", "tab:orange")):
+        widths = [t.get(key) or 0.0 for _, t in runs]
+        axes[0].barh(y, widths, left=left, color=colour, label=name, height=0.6)
+        left = [a + b for a, b in zip(left, widths)]
+    axes[0].set_xlabel("seconds")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].barh(y, [t.get("inference_images_per_s") or 0.0 for _, t in runs], color="tab:green", height=0.6)
+    axes[1].set_xlabel("inference images/s")
+    axes[0].set_yticks(y, labels, fontsize=8)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrices: dict[str, Sequence[Sequence[int]]], class_names: Sequence[str], title: str = ""):
+    """One confusion matrix per split (rows: true class, columns: predicted), counts in the cells."""
+    k = len(class_names)
+    size = 2.2 + 0.35 * k
+    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices) + 0.6, size), squeeze=False)
+    for ax, (split, cm) in zip(axes[0], matrices.items()):
+        ConfusionMatrixDisplay(np.asarray(cm), display_labels=list(class_names)).plot(
+            ax=ax, cmap="Blues", colorbar=False, values_format="d")
+        ax.set_title(split, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.label.set_size(8)
+        ax.yaxis.label.set_size(8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float], float]]]]):
+    """ROC panels side by side; each panel is (title, [(label, fpr, tpr, auc), ...]) with the chance diagonal."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for label, fpr, tpr, auc in curves:
+            ax.plot(fpr, tpr, linewidth=1.4, label=f"{label} (AUC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("false positive rate (1 − specificity)")
+        ax.set_ylabel("true positive rate (sensitivity)")
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig

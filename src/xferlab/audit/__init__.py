@@ -1,0 +1,18 @@
+"""Split audit: can this test split be trusted? Shift tests on backbone embeddings, pixel statistics, leakage and
+the re-split experiment, summed up in a verdict (`run_audit`) and an HTML section (`report.render_audit_section`).
+
+  common.py    the comparison (train+val vs test), size floors, permutation p-values
+  embed.py     backbone embeddings, computed once
+  shift.py     classifier, MMD and KS two-sample tests, pooled and per class; class balance (chi-square)
+  pixels.py    intensity, sharpness and noise statistics per split and class, with tests
+  leakage.py   exact and near-duplicates across splits, patient-group overlap
+  resplit.py   R stratified group-aware re-splits, trained like the original
+  verdict.py   the findings in words
+  figures.py   PNG figures
+  report.py    the self-contained HTML section
+  run.py       run_audit: all of the above, written to a folder
+"""
+
+from xferlab.audit.run import run_audit
+
+__all__ = ["run_audit"]

@@ -1,0 +1,58 @@
+"""Embeddings for the audit: every image through the fixed backbone once (eval mode, BatchNorm frozen), on the
+engine's feature path; the shift tests, the nearest-neighbour leakage search and every frozen re-split reuse them."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
+from xferlab.backbones.regimes import apply_regime, parse_regime
+from xferlab.backbones.registry import TransferModel, create_model
+from xferlab.config import AuditConfig
+from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.dataset import ImageDataset
+from xferlab.engine.loop import extract_features
+from xferlab.errors import XferlabError
+
+log = logging.getLogger(__name__)
+
+# Images handed to extract_features per call: small enough for a progress bar that moves, large enough that the
+# per-call overhead is negligible.
+_CHUNK = 256
+_FEATURE_BATCH = 64
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise XferlabError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -> TransferModel:
+    """The audit backbone with the frozen regime applied (parameters and BatchNorm statistics fixed)."""
+    model = create_model(cfg.backbone, max(2, data.num_classes), cfg.weights, image_size=data.image_size[0])
+    apply_regime(model, parse_regime("frozen"))
+    return model.to(device).eval()
+
+
+def embed_dataset(data: ImageDataset, cfg: AuditConfig, progress: bool = True) -> np.ndarray:
+    """Pooled backbone features of every image (N × D float32, dataset order)."""
+    device = resolve_device(cfg.device)
+    model = fixed_backbone(data, cfg, device)
+    preprocess = Preprocess(model.spec.mean, model.spec.std, device)
+    images = as_tensor(data.images)
+    chunks = range(0, len(images), _CHUNK)
+    bar = tqdm(chunks, desc=f"embedding ({cfg.backbone})", unit="chunk", disable=not progress, leave=False)
+    feats = [extract_features(model.body, images[i:i + _CHUNK], preprocess, _FEATURE_BATCH).float().cpu()
+             for i in bar]
+    out = torch.cat(feats).numpy()
+    if not np.isfinite(out).all():
+        raise XferlabError(f"backbone '{cfg.backbone}' produced non-finite features; check the weights file")
+    log.debug("embedded %d images into %d dimensions", *out.shape)
+    return out

@@ -1,0 +1,186 @@
+"""The audit's figures (matplotlib, files only): embedding scatter and test p-values, pixel statistics, the most
+test-like images, leakage pairs and the re-split experiment (the reference's Fig. 3, before vs after re-splitting)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from xferlab import io  # noqa: E402
+from xferlab.audit.common import domain_masks  # noqa: E402
+from xferlab.audit.pixels import STATS  # noqa: E402
+from xferlab.audit.shift import METHODS  # noqa: E402
+from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
+
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+MARKERS = "os^Dvx+*"
+METHOD_LABELS = {"classifier": "classifier AUC", "mmd": "MMD", "ks": "KS (Bonferroni)"}
+
+
+def _save(fig, path: Path) -> str:
+    io.save_figure(path, fig)
+    plt.close(fig)
+    return path.name
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image.transpose(1, 2, 0) if image.ndim == 3 else image
+
+
+def _show(ax, image: np.ndarray, title: str) -> None:
+    ax.imshow(_gray(image), cmap="gray", vmin=0, vmax=255)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha: float, path: Path) -> str:
+    """Left: the embeddings' first two principal components by split side and class. Right: every test's p-value."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ref, target = domain_masks(data)
+    xy = PCA(n_components=2, random_state=0).fit_transform(embeddings.astype(np.float64))
+    for k, name in enumerate(data.class_names):
+        for side, mask, colour in (("train+val", ref, SPLIT_COLOURS["train"]), ("test", target, SPLIT_COLOURS["test"])):
+            m = mask & (data.labels == k)
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.5, color=colour, marker=MARKERS[k % len(MARKERS)],
+                       label=f"{side} · {name}")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="backbone embeddings")
+    ax.legend(fontsize=7, markerscale=2)
+    scopes = {"all": shift["pooled"], **shift["per_class"]}
+    width = 0.8 / len(METHODS)
+    for i, method in enumerate(METHODS):
+        heights = [-np.log10(max(r[method]["p"], 1e-300)) if r.get("status") == "ok" else 0.0 for r in scopes.values()]
+        bx.bar(np.arange(len(scopes)) + i * width, heights, width, label=METHOD_LABELS[method])
+    bx.axhline(-np.log10(alpha), color="grey", linestyle=":", label=f"alpha = {alpha}")
+    bx.set_xticks(np.arange(len(scopes)) + width * (len(METHODS) - 1) / 2, list(scopes))
+    bx.set(ylabel="-log10 p", title="shift tests, train+val vs test (unadjusted)")
+    bx.set_yscale("symlog", linthresh=3)
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pixel_figure(data: ImageDataset, values: np.ndarray, path: Path) -> str:
+    """One panel per statistic: boxes per class and split."""
+    names = list(STATS)
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    splits = [s for s in SPLITS if (data.splits == s).any()]
+    for j, (ax, stat) in enumerate(zip(axes.flat, names)):
+        for k in range(data.num_classes):
+            for i, s in enumerate(splits):
+                v = values[(data.splits == s) & (data.labels == k), j]
+                if len(v):
+                    pos = k * (len(splits) + 1) + i
+                    box = ax.boxplot(v, positions=[pos], widths=0.8, patch_artist=True, showfliers=False)
+                    box["boxes"][0].set_facecolor(SPLIT_COLOURS[s])
+        centres = [k * (len(splits) + 1) + (len(splits) - 1) / 2 for k in range(data.num_classes)]
+        ax.set_xticks(centres, data.class_names, fontsize=7)
+        ax.set_title(STATS[stat], fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=SPLIT_COLOURS[s]) for s in splits]
+    fig.legend(handles, splits, loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def test_like_figure(data: ImageDataset, scores: np.ndarray, count: int, path: Path) -> str | None:
+    """Per class: the test images least like train+val and the train+val images most like test, by the
+    within-class domain classifier's out-of-fold score."""
+    ref, target = domain_masks(data)
+    rows = []
+    for k, name in enumerate(data.class_names):
+        for label, mask in ((f"{name}: test images least like train+val", target),
+                            (f"{name}: train+val images most like test", ref)):
+            idx = np.flatnonzero(mask & (data.labels == k) & np.isfinite(scores))
+            if len(idx):
+                rows.append((label, idx[np.argsort(-scores[idx])][:count]))
+    if not rows:
+        return None
+    fig = plt.figure(figsize=(1.3 * count, 1.75 * len(rows)), layout="constrained")
+    for (label, idx), sub in zip(rows, np.atleast_1d(fig.subfigures(len(rows), 1))):
+        sub.suptitle(label, fontsize=8, weight="bold", x=0.01, ha="left")
+        for ax, i in zip(np.atleast_1d(sub.subplots(1, count)), list(idx) + [None] * count):
+            if i is None:
+                ax.axis("off")
+            else:
+                _show(ax, data.images[i], f"{data.splits[i]} #{i}, score {scores[i]:.2f}")
+    return _save(fig, path)
+
+
+def _leak_pairs(data: ImageDataset, leakage: dict, limit: int) -> list[tuple[int, int, str]]:
+    pairs = []
+    for group in leakage["exact"]["cross_split"]:
+        a, b = group["images"][0]["index"], group["images"][1]["index"]
+        pairs.append((a, b, "exact copy"))
+    for kind, unit in (("phash", "bits"), ("embedding", "cos")):
+        for p in leakage[kind].get("pairs", []):
+            pairs.append((p["query"]["index"], p["match"]["index"], f"{kind} {p['distance']:.3g} {unit}"))
+    for g in leakage["groups"].get("overlapping", []):
+        ex = g["examples"]
+        pairs.append((ex[-1]["index"], ex[0]["index"], f"group {g['group']}"))
+    return pairs[:limit]
+
+
+def leakage_figure(data: ImageDataset, leakage: dict, limit: int, path: Path) -> str | None:
+    """Each finding as a pair of thumbnails: the later split's image and its partner."""
+    pairs = _leak_pairs(data, leakage, limit)
+    if not pairs:
+        return None
+    cols = min(4, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.6 * cols, 1.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for n, (a, b, what) in enumerate(pairs):
+        r, c = divmod(n, cols)
+        _show(axes[r, 2 * c], data.images[a], f"{data.splits[a]} #{a}\n{what}")
+        _show(axes[r, 2 * c + 1], data.images[b], f"{data.splits[b]} #{b}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _curves(ax, history: list[dict], title: str) -> None:
+    epochs = [h["epoch"] for h in history]
+    for s in ("train", "val", "test"):
+        ax.plot(epochs, [h[s] for h in history], color=SPLIT_COLOURS[s], label=s, marker="o", markersize=2)
+    ax.set(xlabel="epoch", ylabel="accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def resplit_figure(resplit: dict, path: Path) -> str:
+    """(a) accuracy per epoch on the original split; (b) the mean over re-splits; (c) best-epoch accuracy per split,
+    original (diamonds) against the re-split distribution (boxes and points)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    _curves(axes[0], resplit["original"]["history"], "(a) original split")
+    _curves(axes[1], resplit["resplit_history_mean"], f"(b) after re-splitting (mean of {resplit['resplits']})")
+    lo = min(min(h[s] for h in resplit["original"]["history"] + resplit["resplit_history_mean"]) for s in SPLITS)
+    for ax in axes[:2]:
+        ax.set_ylim(max(0.0, lo - 0.05), 1.01)
+    ax = axes[2]
+    keys = ("train", "val", "test", "gap")
+    for i, key in enumerate(keys):
+        values = [r[key] for r in resplit["runs"]]
+        colour = SPLIT_COLOURS.get(key, "tab:grey")
+        box = ax.boxplot(values, positions=[i], widths=0.5, patch_artist=True, showfliers=False)
+        box["boxes"][0].set(facecolor=colour, alpha=0.35)
+        jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(values))
+        ax.scatter(i + jitter, values, s=8, color=colour, alpha=0.8)
+        ax.scatter([i], [resplit["original"][key]], marker="D", s=60, color="black", zorder=3,
+                   label="original split" if i == 0 else None)
+    ax.set_xticks(range(len(keys)), ["train", "val", "test", "val − test"])
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set(ylabel="accuracy at the best epoch", title="(c) original vs re-splits")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)

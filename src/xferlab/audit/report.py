@@ -1,0 +1,172 @@
+"""The audit as a self-contained HTML fragment (`<section id="audit">`, figures inline as base64 PNG) for the study
+report to embed; it reads only what run_audit saved."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from xferlab.audit.pixels import STATS
+from xferlab.audit.run import AUDIT_JSON
+from xferlab.audit.shift import METHODS
+from xferlab.errors import XferlabError
+
+_STYLE = """<style>
+#audit table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+#audit th, #audit td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+#audit th:first-child, #audit td:first-child { text-align: left; }
+#audit .verdict { padding: 0.6em 1em; border-left: 6px solid; }
+#audit .ok { border-color: #2a9d4b; background: #eef8f0; }
+#audit .caution { border-color: #d89b00; background: #fdf6e3; }
+#audit .problem { border-color: #c0392b; background: #fbecea; }
+#audit .tag { font-size: 0.8em; font-weight: bold; text-transform: uppercase; margin-right: 0.4em; }
+#audit img { max-width: 100%; }
+#audit .muted { color: #666; font-size: 0.85em; }
+</style>"""
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1e}" if 0 < abs(value) < 10 ** -digits else f"{value:.{digits}f}"
+    return escape(str(value))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _image(audit_dir: Path, name: str | None, alt: str) -> str:
+    if not name or not (audit_dir / name).is_file():
+        return ""
+    data = base64.b64encode((audit_dir / name).read_bytes()).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _verdict(verdict: dict) -> str:
+    items = "".join(f'<li><span class="tag">{escape(f["level"])}</span>{escape(f["text"])}</li>'
+                    for f in verdict["findings"])
+    headline = f'<p class="verdict {escape(verdict["level"])}"><strong>{escape(verdict["headline"])}</strong></p>'
+    return f"{headline}<ul>{items}</ul>"
+
+
+def _shift(result: dict, audit_dir: Path) -> str:
+    shift = result["shift"]
+    rows, notes = [], []
+    for scope, r in {"all classes": shift["pooled"], **shift["per_class"]}.items():
+        if r.get("status") != "ok":
+            notes.append(f"<li>{escape(scope)}: {escape(r['reason'])}</li>")
+            continue
+        rows.append([scope, r["n_ref"], r["n_test"], r["classifier"]["auc"], r["classifier"]["p"], r["mmd"]["mmd2"],
+                     r["mmd"]["p"], max(r["ks"]["d"]), r["ks"]["p"]])
+    header = ["scope", "train+val", "test", "classifier AUC", "p", "MMD²", "p", "max KS D", "p (Bonferroni)"]
+    table = _table(header, rows)
+    d = shift["within_class"]
+    if d["status"] == "ok":
+        per_method = ", ".join(f"{m} {_fmt(d['method_p'][m])}" for m in METHODS)
+        decision = (f"<p>Within-class decision (Bonferroni over classes, then over tests): p = {_fmt(d['p'])} "
+                    f"({per_method}); image shift {'detected' if d['reject'] else 'not detected'} at alpha "
+                    f"{d['alpha']}.</p>")
+        if d.get("note"):
+            decision += f'<p class="muted">{escape(d["note"])}</p>'
+    else:
+        decision = f"<p>Within-class decision: not made ({escape(d['reason'])}).</p>"
+    skipped = f"<ul>{''.join(notes)}</ul>" if notes else ""
+    return (f"<h3>Shift tests: train+val vs test</h3>{table}{skipped}{decision}"
+            f"{_image(audit_dir, result['figures'].get('shift'), 'embeddings and shift-test p-values')}")
+
+
+def _balance(result: dict) -> str:
+    b = result["class_balance"]
+    names = result["dataset"]["class_names"]
+    counts = b["counts"]
+    rows = [[s] + counts[s] + [sum(counts[s])] for s in ("train", "val", "test") if sum(counts[s])]
+    text = (f"<p>Chi-square train+val vs test: {_fmt(b['chi2'])} (dof {b['dof']}), p = {_fmt(b['p'])}.</p>"
+            if b.get("status") == "ok" and "dof" in b else f"<p>{escape(b.get('reason') or b.get('note') or '')}</p>")
+    if b.get("note"):
+        text += f'<p class="muted">{escape(b["note"])}</p>'
+    return f"<h3>Class balance</h3>{_table(['split'] + names + ['total'], rows)}{text}"
+
+
+def _pixels(result: dict, audit_dir: Path) -> str:
+    rows = []
+    for cls, tests in result["pixels"]["tests"].items():
+        if tests.get("status") != "ok":
+            rows.append([cls, tests["reason"], None, None, None, None])
+            continue
+        for stat, label in STATS.items():
+            t = tests[stat]
+            rows.append([f"{cls}: {label}", t["ref_median"], t["test_median"], t["auc"], t["p_adjusted"], t["reject"]])
+    table = _table(["class: statistic", "train+val median", "test median", "P(test > train+val)", "p (Bonferroni)",
+                    "differs"], rows)
+    return (f"<h3>What differs: pixel statistics</h3>{table}"
+            f"{_image(audit_dir, result['figures'].get('pixels'), 'pixel statistics per split and class')}"
+            f"<p>Images the within-class domain classifier finds most test-like:</p>"
+            f"{_image(audit_dir, result['figures'].get('test_like'), 'most test-like images')}")
+
+
+def _leakage(result: dict, audit_dir: Path) -> str:
+    lk = result["leakage"]
+    rows = [["exact copies across splits (content hash)", lk["exact"]["cross_split_groups"], "identical bytes", None]]
+    for kind, label in (("phash", "perceptual hash"), ("embedding", "embedding nearest neighbour")):
+        r = lk[kind]
+        if r.get("status") == "ok":
+            rows.append([f"near-duplicates: {label}", r["count"], f"≤ {_fmt(r['threshold'])} {r['unit']}",
+                         r["calibration"]["within_split_rate"]])
+        else:
+            rows.append([f"near-duplicates: {label}", None, r.get("reason"), None])
+    g = lk["groups"]
+    rows.append(["groups in more than one split", g.get("count"), g.get("reason", f"of {g.get('groups')} groups"),
+                 None])
+    table = _table(["check", "findings", "threshold", "within-split rate below threshold"], rows)
+    listed = []
+    for kind in ("phash", "embedding"):
+        for p in lk[kind].get("pairs", [])[:10]:
+            q, m = p["query"], p["match"]
+            listed.append(f"<li>{kind}: {q['split']} #{q['split_index']} ({escape(q.get('file', q['class']))}) ~ "
+                          f"{m['split']} #{m['split_index']} ({escape(m.get('file', m['class']))}), "
+                          f"distance {_fmt(p['distance'])}</li>")
+    for grp in lk["exact"]["cross_split"][:10]:
+        names = ", ".join(f"{i['split']} #{i['split_index']}" for i in grp["images"])
+        listed.append(f"<li>exact copy: {escape(names)}</li>")
+    items = f"<ul>{''.join(listed)}</ul>" if listed else ""
+    return (f"<h3>Leakage</h3>{table}{items}"
+            f"{_image(audit_dir, result['figures'].get('leakage'), 'leakage findings')}")
+
+
+def _resplit(result: dict, audit_dir: Path) -> str:
+    r = result["resplit"]
+    if r.get("status") != "ok":
+        return f"<h3>Re-split experiment</h3><p>Not run: {escape(r['reason'])}.</p>"
+    t, g, o = r["test_accuracy"], r["gap"], r["original"]
+    rows = [[name, o[key], p["resplit_mean"], p["resplit_sd"], p["percentile"], p["p_lower"], p["p_higher"]]
+            for name, key, p in (("test accuracy", "test", t), ("val − test gap", "gap", g))]
+    table = _table(["", "original", f"re-split mean (R = {r['resplits']})", "sd", "percentile", "p (as low)",
+                    "p (as high)"], rows)
+    note = f'<p class="muted">{escape(r["note"])}</p>' if r.get("note") else ""
+    return (f"<h3>Re-split experiment ({escape(r['regime'])})</h3>{table}{note}"
+            f"{_image(audit_dir, result['figures'].get('resplit'), 'accuracy before and after re-splitting')}")
+
+
+def render_audit_section(audit_dir: Path) -> str:
+    """`<section id="audit">` with the verdict, tables and inline figures of the audit saved in `audit_dir`."""
+    audit_dir = Path(audit_dir)
+    try:
+        result = json.loads((audit_dir / AUDIT_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise XferlabError(f"{audit_dir}: no readable {AUDIT_JSON} ({err}); run `xferlab audit --out {audit_dir}` "
+                           "first") from None
+    cfg = result["config"]["audit"]
+    meta = (f'<p class="muted">Backbone {escape(cfg["backbone"])} ({escape(cfg["weights"])}), {cfg["permutations"]} '
+            f'permutations, alpha {cfg["alpha"]}, seed {cfg["seed"]}; {result["dataset"]["images"]} images; '
+            f'{result["seconds"]["total"]:.0f} s.</p>')
+    parts = [_STYLE, "<h2>Split audit</h2>", _verdict(result["verdict"]), _shift(result, audit_dir), _balance(result),
+             _pixels(result, audit_dir), _leakage(result, audit_dir), _resplit(result, audit_dir), meta]
+    return '<section id="audit">' + "\n".join(parts) + "</section>"

@@ -1,0 +1,134 @@
+"""The re-split experiment (the reference study's Task E, made a test): pool every split, draw R stratified,
+group-aware re-splits with the original sizes, train the chosen regime on each and place the original split's test
+accuracy and val-test gap in the re-split distribution.
+
+If the original split is as good as a random one, its statistics are exchangeable with the R re-splits', so the
+rank p-value (1 + #{re-splits at least as extreme}) / (R + 1) is exact. The frozen regime trains a linear head on
+the audit's cached embeddings, so a re-split costs a fraction of a second; other regimes train the backbone anew.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xferlab.audit.common import skipped
+from xferlab.audit.embed import resolve_device
+from xferlab.backbones.regimes import apply_regime, parse_regime
+from xferlab.backbones.registry import create_model
+from xferlab.config import AuditConfig
+from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.dataset import ImageDataset
+from xferlab.data.splits import draw_splits, split_counts
+from xferlab.engine.loop import evaluate, train_one_epoch
+from xferlab.errors import XferlabError
+
+# make(seed) -> (module whose trainable parameters learn, forward over stored inputs)
+ModelFactory = Callable[[int], tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]
+
+
+def _factory(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig,
+             device: torch.device) -> tuple[torch.Tensor, ModelFactory]:
+    """Stored inputs (cached features or uint8 images) and a model factory for the configured regime."""
+    regime = parse_regime(cfg.regime)
+    classes = max(2, data.num_classes)
+    if regime.cache_features:
+        features = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+
+        def make_head(seed: int):
+            torch.manual_seed(seed)
+            head = nn.Linear(features.shape[1], classes).to(device)
+            return head, head
+
+        return features, make_head
+
+    def make_model(seed: int):
+        torch.manual_seed(seed)
+        model = create_model(cfg.backbone, classes, cfg.weights, image_size=data.image_size[0])
+        apply_regime(model, regime)
+        model.to(device)
+        preprocess = Preprocess(model.spec.mean, model.spec.std, device)
+        return model, lambda batch: model(preprocess(batch))
+
+    return as_tensor(data.images), make_model
+
+
+def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make: ModelFactory, cfg: AuditConfig,
+              seed: int, device: torch.device) -> dict:
+    """Train on one split (Adam, cosine per step, best epoch by val accuracy as in a training run); accuracies at
+    the best epoch and the per-epoch history of train, val and test accuracy."""
+    model, forward = make(seed)
+    parts = {s: torch.from_numpy(np.flatnonzero(splits == s)) for s in ("train", "val", "test")}
+    x = {s: inputs[idx.to(inputs.device)] for s, idx in parts.items()}
+    y = {s: torch.from_numpy(labels)[idx] for s, idx in parts.items()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    steps = cfg.epochs * math.ceil(len(y["train"]) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    generator = torch.Generator().manual_seed(seed)
+    history, best = [], None
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        _, train_acc = train_one_epoch(forward, x["train"], y["train"], optimizer, scheduler, cfg.batch_size,
+                                       generator, device)
+        model.eval()
+        row = {"epoch": epoch, "train": train_acc,
+               **{s: evaluate(forward, x[s], y[s], cfg.batch_size, device)[1] for s in ("val", "test")}}
+        history.append(row)
+        if best is None or row["val"] > best["val"]:  # strictly better: ties keep the earlier epoch
+            best = row
+    return {"best_epoch": best["epoch"], "train": best["train"], "val": best["val"], "test": best["test"],
+            "gap": best["val"] - best["test"], "sizes": split_counts(splits), "history": history}
+
+
+def placement(original: float, values: np.ndarray) -> dict:
+    """Where `original` falls among the re-split values: mid-rank percentile and both one-sided rank p-values."""
+    r = len(values)
+    below, equal = np.count_nonzero(values < original), np.count_nonzero(values == original)
+    return {"original": original, "resplit_mean": float(values.mean()),
+            "resplit_sd": float(values.std(ddof=1)) if r > 1 else 0.0,
+            "resplit_q025": float(np.quantile(values, 0.025)), "resplit_q975": float(np.quantile(values, 0.975)),
+            "percentile": float(100.0 * (below + 0.5 * equal) / r),
+            "p_lower": float((1 + below + equal) / (r + 1)),  # as low or lower than the original
+            "p_higher": float((1 + r - below) / (r + 1))}  # as high or higher
+
+
+def _mean_history(runs: list[dict]) -> list[dict]:
+    epochs = len(runs[0]["history"])
+    return [{"epoch": e + 1, **{s: float(np.mean([run["history"][e][s] for run in runs]))
+                                for s in ("train", "val", "test")}} for e in range(epochs)]
+
+
+def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, progress: bool = True) -> dict:
+    """The original split against R re-splits of the pooled data with the same sizes."""
+    if cfg.resplits == 0:
+        return skipped("resplits is 0")
+    if not (data.splits == "test").any():
+        return skipped("the dataset has no test split to compare")
+    device = resolve_device(cfg.device)
+    inputs, make = _factory(data, embeddings, cfg, device)
+    seeds = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(cfg.resplits + 1)]
+    original = fit_split(inputs, data.labels, data.splits, make, cfg, seeds[0], device)
+    sizes = split_counts(data.splits)
+    runs = []
+    for seed in tqdm(seeds[1:], desc=f"re-splits ({cfg.regime})", unit="split", disable=not progress, leave=False):
+        try:
+            splits = draw_splits(data.labels, data.groups, sizes, seed, class_names=data.class_names)
+        except XferlabError as err:
+            return skipped(f"re-splitting failed: {err}", original=original)
+        runs.append({"seed": seed, **fit_split(inputs, data.labels, splits, make, cfg, seed, device)})
+    test = placement(original["test"], np.array([r["test"] for r in runs]))
+    gap = placement(original["gap"], np.array([r["gap"] for r in runs]))
+    smallest = 1.0 / (cfg.resplits + 1)
+    note = (f"with {cfg.resplits} re-splits the smallest p-value is {smallest:.3g}, above alpha {cfg.alpha}; "
+            f"use at least {math.ceil(1 / cfg.alpha) - 1} re-splits for a test at this alpha"
+            if smallest > cfg.alpha else None)
+    return {"status": "ok", "regime": cfg.regime, "resplits": cfg.resplits, "sizes": sizes,
+            "original": original, "runs": [{k: v for k, v in r.items() if k != "history"} for r in runs],
+            "resplit_history_mean": _mean_history(runs), "test_accuracy": test, "gap": gap,
+            "test_lower": bool(test["p_lower"] <= cfg.alpha), "gap_larger": bool(gap["p_higher"] <= cfg.alpha),
+            "test_higher": bool(test["p_higher"] <= cfg.alpha), "note": note}

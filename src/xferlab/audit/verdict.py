@@ -1,0 +1,158 @@
+"""The verdict in words: one headline and one finding per question (image shift, class balance, what differs,
+leakage, re-split), each with the numbers behind it."""
+
+from __future__ import annotations
+
+from xferlab.audit.common import is_ok
+from xferlab.audit.pixels import STATS
+
+LEVELS = ("ok", "caution", "problem")
+NEAR = {"phash": "perceptual hash", "embedding": "embedding distance"}
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _range(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}" if abs(hi - lo) < 0.005 else f"{lo:.2f}-{hi:.2f}"
+
+
+def shift_finding(shift: dict) -> tuple[str, str]:
+    """(level, text) for the within-class image-shift decision, with the pooled tests as context."""
+    decision = shift["within_class"]
+    if decision["status"] != "ok":
+        reasons = "; ".join(decision.get("untested_classes", {}).values()) or decision["reason"]
+        return "caution", f"Image shift: not tested ({reasons})."
+    tested = {c: shift["per_class"][c] for c in decision["tested_classes"]}
+    aucs = [r["classifier"]["auc"] for r in tested.values()]
+    mp = decision["method_p"]
+    numbers = (f"domain-classifier AUC {_range(aucs)} within classes (0.5 = indistinguishable); adjusted "
+               f"classifier {_p(mp['classifier'])}, MMD {_p(mp['mmd'])}, KS {_p(mp['ks'])}; "
+               f"combined {_p(decision['p'])}")
+    skipped = decision.get("untested_classes") or {}
+    extra = f" Not tested: {'; '.join(skipped.values())}." if skipped else ""
+    if decision["reject"]:
+        return "problem", (f"Image shift: the test images differ from train+val within classes ({numbers}), so test "
+                           f"accuracy measures transfer to another distribution, not held-out performance.{extra}")
+    pooled = shift["pooled"]
+    note = ""
+    if is_ok(pooled) and min(pooled[m]["p"] for m in ("classifier", "mmd", "ks")) <= decision["alpha"]:
+        note = " The pooled tests differ, which the within-class tests attribute to class balance rather than images."
+    return "ok", f"Image shift: no evidence within classes ({numbers}).{note}{extra}"
+
+
+def balance_finding(balance: dict, class_names: list[str]) -> tuple[str, str]:
+    if balance.get("status") != "ok":
+        return "caution", f"Class balance: not tested ({balance['reason']})."
+    counts = balance["counts"]
+    ref = [a + b for a, b in zip(counts["train"], counts["val"])]
+    test = counts["test"]
+    shares = ", ".join(f"{c} {100 * r / sum(ref):.0f} % vs {100 * t / sum(test):.0f} %"
+                       for c, r, t in zip(class_names, ref, test))
+    stat = f"chi-square {balance['chi2']:.1f}, {_p(balance['p'])}"
+    if balance["reject"]:
+        return "caution", (f"Class balance differs between train+val and test ({shares}; {stat}): accuracy is not "
+                           "comparable across the splits; compare balanced accuracy.")
+    return "ok", f"Class balance: no evidence of a difference ({shares}; {stat})."
+
+
+def pixel_finding(pixels: dict, limit: int = 4) -> tuple[str, str] | None:
+    """The pixel statistics that differ most (largest effect first), one mention per statistic."""
+    if not pixels.get("differs"):
+        tested = [c for c, r in pixels.get("tests", {}).items() if r.get("status") == "ok"]
+        return ("ok", f"Pixel statistics: no significant difference within classes ({pixels['tests_count']} "
+                      "Bonferroni-adjusted tests).") if tested else None
+    seen, parts = set(), []
+    for d in pixels["differs"]:
+        if d["stat"] in seen:
+            continue
+        seen.add(d["stat"])
+        word = "higher" if d["difference"] > 0 else "lower"
+        parts.append(f"{STATS[d['stat']]} {word} in test ({d['test_median']:.3g} vs {d['ref_median']:.3g}, "
+                     f"class {d['class']}, P(test > train+val) = {d['auc']:.2f}, adjusted {_p(d['p_adjusted'])})")
+        if len(parts) == limit:
+            break
+    return "caution", "What differs: " + "; ".join(parts) + "."
+
+
+def leakage_finding(leakage: dict) -> tuple[str, str]:
+    exact = leakage["exact"]["cross_split_groups"]
+    near = leakage["near_duplicate_images"]
+    groups = leakage["groups"]
+    parts = []
+    if exact:
+        parts.append(f"{exact} image(s) appear pixel-identical in two splits")
+    if near:
+        thresholds = ", ".join(f"{NEAR[k]} ≤ {leakage[k]['threshold']:.3g} {leakage[k]['unit']}"
+                               for k in NEAR if is_ok(leakage[k]))
+        parts.append(f"{near} val/test image(s) have a near-duplicate in an earlier split ({thresholds}, calibrated "
+                     "on within-split nearest neighbours)")
+    if groups.get("count"):
+        parts.append(f"{groups['count']} of {groups['groups']} groups (patients) span more than one split "
+                     f"({groups['images']} images)")
+    if leakage["exact"]["label_conflicts"]:
+        parts.append(f"{leakage['exact']['label_conflicts']} duplicate group(s) carry conflicting labels")
+    within = leakage["exact"]["within_split_groups"]
+    within_text = f" {within} group(s) of exact copies sit within single splits." if within else ""
+    if parts:
+        return "problem", "Leakage: " + "; ".join(parts) + "." + within_text
+    checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage[k])]
+    unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if not is_ok(leakage[k])]
+    group_text = "no group overlap" if is_ok(groups) else "groups not checked (no patient ids)"
+    text = f"Leakage: none found ({', '.join(checked)}; {group_text})"
+    return "ok", text + (f"; not usable: {'; '.join(unchecked)}." if unchecked else ".") + within_text
+
+
+def resplit_finding(resplit: dict) -> tuple[str, str]:
+    if not is_ok(resplit):
+        return "caution", f"Re-split experiment: not run ({resplit['reason']})."
+    t, g, o = resplit["test_accuracy"], resplit["gap"], resplit["original"]
+    r = resplit["resplits"]
+    numbers = (f"original test accuracy {o['test']:.3f} (val {o['val']:.3f}) sits at percentile "
+               f"{t['percentile']:.0f} of {r} re-splits ({t['resplit_mean']:.3f} ± {t['resplit_sd']:.3f}, {_p(t['p_lower'])} for "
+               f"as low); val-test gap {o['gap']:+.3f} vs {g['resplit_mean']:+.3f} ± {g['resplit_sd']:.3f} after "
+               f"re-splitting ({_p(g['p_higher'])} for as large)")
+    note = f" ({resplit['note']})" if resplit.get("note") else ""
+    if resplit["test_lower"] or resplit["gap_larger"]:
+        closes = (f" Re-splitting closes the gap ({o['gap']:+.3f} -> {g['resplit_mean']:+.3f} on average)."
+                  if resplit["gap_larger"] else "")
+        return "problem", (f"Re-split ({resplit['regime']}): {numbers}; the original test split is harder than a "
+                           f"random one.{closes}{note}")
+    if resplit["test_higher"]:
+        return "problem", (f"Re-split ({resplit['regime']}): {numbers}; the original test split is easier than a "
+                           f"random one ({_p(t['p_higher'])}), as leakage would make it.{note}")
+    return "ok", f"Re-split ({resplit['regime']}): {numbers}; consistent with a random split.{note}"
+
+
+def _headline(level: str, flags: dict[str, str]) -> str:
+    if level == "ok":
+        return "No evidence against the test split: it behaves like a random held-out sample of the same data."
+    problems = [k for k, v in flags.items() if v == "problem"]
+    if "leakage" in problems:
+        return "Do not trust the test accuracy: images or patients leak between splits."
+    if problems:
+        return ("Do not read the test accuracy as held-out performance: the test split is not a random sample of "
+                "the training distribution.")
+    return "The test split mostly holds up, with the cautions below."
+
+
+def make_verdict(result: dict) -> dict:
+    """Level ('ok', 'caution', 'problem'), a headline and the findings, from a finished audit's results."""
+    findings = {"shift": shift_finding(result["shift"]),
+                "class_balance": balance_finding(result["class_balance"], result["dataset"]["class_names"]),
+                "pixels": pixel_finding(result["pixels"]),
+                "leakage": leakage_finding(result["leakage"]),
+                "resplit": resplit_finding(result["resplit"])}
+    findings = {k: v for k, v in findings.items() if v is not None}
+    if findings["shift"][0] != "problem" and "pixels" in findings:
+        findings["pixels"] = ("ok", findings["pixels"][1])  # pixel differences alone are context, not a verdict
+    flags = {k: lvl for k, (lvl, _) in findings.items()}
+    level = max(flags.values(), key=LEVELS.index)
+    headline = _headline(level, flags)
+    items = [{"topic": k, "level": lvl, "text": text} for k, (lvl, text) in findings.items()]
+    return {"level": level, "headline": headline, "findings": items,
+            "text": " ".join([headline] + [i["text"] for i in items])}

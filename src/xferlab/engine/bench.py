@@ -1,0 +1,160 @@
+"""`xferlab bench`: training-step and inference throughput of one backbone at one image size, and its FLOPs per image.
+
+Synthetic uint8 images go through the engine's own code (Preprocess, train_one_epoch, the accel settings), after
+warm-up steps and with device synchronisation around the timed ones, so the figures are what a `xferlab train` step
+costs. FLOPs come from torch.utils.flop_counter.FlopCounterMode: convolutions and matrix products only (BatchNorm,
+activations and the optimizer are not counted, the usual convention), set beside the machine's measured matmul FLOP/s.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
+from xferlab.backbones.regimes import apply_regime, parse_regime
+from xferlab.backbones.registry import TransferModel, create_model
+from xferlab.data.batches import Preprocess
+from xferlab.engine.accel import Accel, native_bf16, num_threads, resolve_accel
+from xferlab.engine.loop import make_adam, train_one_epoch
+from xferlab.errors import XferlabError
+from xferlab.evaluation.timing import Timer, inference_throughput, matmul_flops_per_s, peak_rss_bytes
+
+MIN_IMAGE_SIZE = 32  # ResNets downsample 32x: below this the last stage has no spatial extent left
+
+
+def cpu_name() -> str:
+    """The CPU model and logical core count, e.g. 'AMD EPYC, 2 cores' (from /proc/cpuinfo where there is one)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Each requested gradient of a convolution costs what its forward costs.
+
+    Replaces torch's formula (torch 2.14), which counts the weight gradient of a grouped convolution as if it were
+    ungrouped: C times too many FLOPs for a depthwise one, 40x too many per EfficientNet-Lite0 training step.
+    """
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def count_flops(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor | None = None) -> float:
+    """FLOPs per image of one forward pass (labels None) or one training step (forward + backward) on `batch`.
+
+    Counted on a copy of the model on the meta device: shapes only, no arithmetic, and the model itself (its
+    BatchNorm statistics, its gradients) is left untouched. Counted eagerly: what torch.compile fuses away are the
+    uncounted elementwise ops anyway.
+    """
+    meta = copy.deepcopy(model).to("meta")
+    x = torch.empty(batch.shape, device="meta")
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+    if labels is None:
+        meta.eval()
+        with counter, torch.no_grad():
+            meta(x)
+    else:
+        meta.train()
+        with counter:
+            F.cross_entropy(meta(x), torch.empty(labels.shape, dtype=torch.long, device="meta")).backward()
+    return counter.get_total_flops() / len(batch)
+
+
+def _check(image_size: int, batch_size: int, steps: int, warmup: int) -> None:
+    if image_size < MIN_IMAGE_SIZE:
+        raise XferlabError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    for name, value, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
+        if value < low:
+            raise XferlabError(f"--{name} must be at least {low}, got {value}")
+
+
+def _train_rate(forward, model, images, labels, batch_size: int, steps: int, warmup: int, device) -> float:
+    """Training images/s over `steps` timed steps of train_one_epoch, after `warmup` untimed ones."""
+    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    if warmup:
+        n = warmup * batch_size
+        train_one_epoch(forward, images[:n], labels[:n], optimizer, None, batch_size, generator, device)
+    timer = Timer(device)
+    with timer:  # train_one_epoch ends in .item(): the timed block waits for the device's last step
+        train_one_epoch(forward, images, labels, optimizer, None, batch_size, generator, device)
+    return len(images) / timer.seconds
+
+
+def _model(backbone: str, weights: str, regime: str, image_size: int, accel: Accel) -> TransferModel:
+    model = create_model(backbone, 2, weights, image_size=image_size)
+    apply_regime(model, parse_regime(regime))
+    return accel.prepare(model)
+
+
+def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "auto", *, weights: str = "none",
+          regime: str = "finetune", amp: str = "auto", channels_last: str = "auto", compile: bool = False,
+          steps: int = 4, warmup: int = 2, threads: int | None = None, matmul_size: int | None = None) -> dict:
+    """Throughput and FLOPs of `backbone` on image_size² grayscale uint8 images; a JSON-ready dict.
+
+    The training step is the uncached one in `regime` (a frozen backbone still runs forward every step); inference is
+    the whole model in eval mode. `*_matmul_fraction` = achieved FLOP/s / measured matmul FLOP/s (same dtype).
+    """
+    from xferlab.engine.run import resolve_device
+
+    _check(image_size, batch_size, steps, warmup)
+    dev = resolve_device(device)
+    accel = resolve_accel(dev, amp, channels_last, compile)
+    with num_threads(threads):
+        model = _model(backbone, weights, regime, image_size, accel)
+        preprocess = Preprocess(model.spec.mean, model.spec.std, dev, channels_last=accel.channels_last)
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (steps * batch_size, image_size, image_size), dtype=torch.uint8, generator=gen)
+        labels = torch.randint(0, 2, (len(images),), generator=gen)
+        images, labels = images.to(dev), labels.to(dev)  # resident, as a run's data is when it fits
+        net = accel.compiled(model)
+
+        def forward(batch):
+            with accel.autocast():
+                return net(preprocess(batch))
+
+        with accel.autocast():
+            flops = {"train_step": count_flops(model, preprocess(images[:batch_size]), labels[:batch_size]),
+                     "inference": count_flops(model, preprocess(images[:batch_size]))}
+        train_rate = _train_rate(forward, model, images, labels, batch_size, steps, warmup, dev)
+        infer_rate = inference_throughput(model, images, preprocess, batch_size, dev, max_images=len(images),
+                                          warmup_batches=max(warmup, 1), forward=forward)
+        peak = matmul_flops_per_s(dev, accel.amp_dtype or torch.float32, size=matmul_size)
+        used_threads = torch.get_num_threads()
+    return _report(backbone, regime, weights, image_size, batch_size, accel, used_threads, steps, warmup,
+                   flops, train_rate, infer_rate, peak)
+
+
+def _report(backbone, regime, weights, image_size, batch_size, accel: Accel, threads, steps, warmup,
+            flops, train_rate, infer_rate, peak) -> dict:
+    dev = accel.device
+    return {
+        "backbone": backbone, "regime": regime, "weights": weights, "image_size": image_size,
+        "batch_size": batch_size, **accel.describe(), "native_bf16": native_bf16(dev),
+        "threads": threads if dev.type == "cpu" else None, "steps": steps, "warmup_steps": warmup,
+        "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "flops_per_image": flops,
+        "train_images_per_s": train_rate,
+        "inference_images_per_s": infer_rate,
+        "matmul_flops_per_s": peak,
+        "train_flops_per_s": train_rate * flops["train_step"],
+        "inference_flops_per_s": infer_rate * flops["inference"],
+        "train_matmul_fraction": train_rate * flops["train_step"] / peak,
+        "inference_matmul_fraction": infer_rate * flops["inference"] / peak,
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
+        "peak_device_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+    }

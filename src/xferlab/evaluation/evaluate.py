@@ -1,0 +1,43 @@
+"""Evaluate one split's saved predictions: every metric with its bootstrap confidence interval and the confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from xferlab.evaluation.bootstrap import DEFAULT_RESAMPLES, metric_intervals
+from xferlab.evaluation.metrics import METRICS, confusion, point_metrics
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How every confidence interval of a study is drawn (StudyConfig's bootstrap_* and confidence)."""
+
+    resamples: int = DEFAULT_RESAMPLES
+    confidence: float = 0.95
+    seed: int = 0
+
+    def as_kwargs(self) -> dict:
+        return {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed}
+
+
+def evaluate_split(labels: np.ndarray, probs: np.ndarray, settings: BootstrapSettings = BootstrapSettings()) -> dict:
+    """{n, class_counts, metrics: {name: {value, low, high}}, confusion_matrix} of one split's predictions.
+
+    low/high are None where the metric or its interval is undefined (AUROC with one class present; CIs when a class
+    has fewer than two cases).
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    values = point_metrics(labels, probs)
+    intervals = metric_intervals(labels, probs, **settings.as_kwargs()) or {}
+    metrics = {}
+    for name in METRICS:
+        low, high = intervals.get(name, (None, None)) if values[name] is not None else (None, None)
+        metrics[name] = {"value": values[name], "low": low, "high": high}
+    return {
+        "n": int(len(labels)),
+        "class_counts": np.bincount(labels, minlength=probs.shape[1]).tolist(),
+        "metrics": metrics,
+        "confusion_matrix": confusion(labels, probs),
+    }

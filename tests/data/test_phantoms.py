@@ -1,0 +1,163 @@
+"""Tests for the synthetic chest-radiograph phantoms: determinism, layout, the shift contract and argument checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from xferlab.data.phantoms import (
+    CLASS_NAMES,
+    GENERATOR_VERSION,
+    AcquisitionParams,
+    generate_phantoms,
+    lung_mask,
+    render_phantom,
+    sample_anatomy,
+)
+from xferlab.errors import XferlabError
+
+SIZE = 32
+N = 10
+N_TEST = 4
+TRAIN_FILES = ("normal.npy", "pneumonia.npy")
+TEST_FILES = ("test_normal.npy", "test_pneumonia.npy")
+
+
+def _make(out: Path, **kwargs) -> Path:
+    args = {"size": SIZE, "n_per_class": N, "n_test_per_class": N_TEST, "seed": 0} | kwargs
+    return generate_phantoms(out, **args)
+
+
+def _arrays(folder: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(folder / name) for name in TRAIN_FILES + TEST_FILES}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make(tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make(tmp_path_factory.mktemp("shifted"), shift="acquisition")
+
+
+def test_files_shapes_and_dtypes(plain: Path) -> None:
+    arrays = _arrays(plain)
+    for name in TRAIN_FILES:
+        assert arrays[name].shape == (N, SIZE, SIZE)
+    for name in TEST_FILES:
+        assert arrays[name].shape == (N_TEST, SIZE, SIZE)
+    assert all(a.dtype == np.uint8 for a in arrays.values())
+    assert not list(plain.glob("*.tmp")), "temporary files must be renamed or removed"
+    # images use the display range, not a sliver of it
+    assert all(a.min() < 40 and a.max() > 180 for a in arrays.values())
+
+
+def test_metadata_records_every_parameter(plain: Path, shifted: Path) -> None:
+    meta = json.loads((plain / "phantoms.json").read_text())
+    assert meta["size"] == SIZE
+    assert meta["n_per_class"] == N
+    assert meta["n_test_per_class"] == N_TEST
+    assert meta["seed"] == 0
+    assert meta["shift"] is None
+    assert meta["generator_version"] == GENERATOR_VERSION
+    assert meta["class_names"] == list(CLASS_NAMES)
+    assert meta["train_fraction"] == 0.8
+    assert sorted(meta["files"].values()) == sorted(TRAIN_FILES + TEST_FILES)
+    assert json.loads((shifted / "phantoms.json").read_text())["shift"] == "acquisition"
+
+
+def test_same_seed_is_byte_identical(plain: Path, tmp_path: Path) -> None:
+    again = _arrays(_make(tmp_path / "again"))
+    for name, array in _arrays(plain).items():
+        assert np.array_equal(array, again[name]), name
+
+
+def test_other_seed_differs(plain: Path, tmp_path: Path) -> None:
+    other = _arrays(_make(tmp_path / "other", seed=1))
+    for name, array in _arrays(plain).items():
+        assert not np.array_equal(array, other[name]), name
+
+
+def test_images_do_not_depend_on_how_many_were_asked_for(plain: Path, tmp_path: Path) -> None:
+    fewer = _arrays(_make(tmp_path / "fewer", n_per_class=3, n_test_per_class=2))
+    for name, array in fewer.items():
+        assert np.array_equal(array, _arrays(plain)[name][: len(array)]), name
+
+
+def test_shift_changes_the_test_split_only(plain: Path, shifted: Path) -> None:
+    base, moved = _arrays(plain), _arrays(shifted)
+    for name in TRAIN_FILES:
+        assert np.array_equal(base[name], moved[name]), f"{name}: the shift must leave the train pool identical"
+    for name in TEST_FILES:
+        assert not np.array_equal(base[name], moved[name]), f"{name}: the shift must change the test images"
+    assert np.array_equal(_arrays(_make(plain.parent / "none", shift="none"))["test_normal.npy"], base["test_normal.npy"])
+
+
+def test_opacities_brighten_the_lungs_and_nothing_else() -> None:
+    """Same patients with and without lesions, same noise: the lesions add density inside the lung fields only."""
+    size = 48
+    inside, outside = [], []
+    for seed in range(12):
+        anatomy = sample_anatomy(np.random.default_rng(seed), pneumonia=True)
+        assert 1 <= len(anatomy.lesions) <= 3
+        normal, sick = (
+            render_phantom(np.random.default_rng(seed), size, pneumonia, noise_rng=np.random.default_rng(99)).astype(float)
+            for pneumonia in (False, True)
+        )
+        lungs = lung_mask(anatomy, size)
+        far = gaussian_filter(lungs, 3.0) < 1e-3  # beyond the detector blur's reach
+        inside.append((sick - normal)[lungs > 0.5].mean())
+        outside.append(np.abs(sick - normal)[far].max())
+    assert np.mean(inside) > 1.0 and min(inside) > 0.0
+    assert max(outside) == 0.0
+
+
+def test_pneumonia_class_is_brighter_on_average_in_the_lung_fields(tmp_path: Path) -> None:
+    arrays = _arrays(_make(tmp_path / "many", size=48, n_per_class=40, n_test_per_class=1))
+    size = 48
+    # central lung zones of an average patient: clear of the spine, heart, shoulders and diaphragm
+    rows, cols = slice(size * 3 // 10, size * 6 // 10), np.r_[size // 5 : size * 2 // 5, size * 3 // 5 : size * 4 // 5]
+    lung_mean = {name: arrays[name][:, rows][:, :, cols].mean() for name in TRAIN_FILES}
+    assert lung_mean["pneumonia.npy"] > lung_mean["normal.npy"] + 1.0
+
+
+def test_render_phantom_accepts_dict_and_marker() -> None:
+    image = render_phantom(np.random.default_rng(0), 40, False, {"gamma": 1.5, "marker": True, "noise": 0.0})
+    assert image.shape == (40, 40) and image.dtype == np.uint8
+    plain = render_phantom(np.random.default_rng(0), 40, False, AcquisitionParams(gamma=1.5, noise=0.0))
+    corner = (slice(0, 10), slice(0, 10))
+    assert image[corner].astype(int).mean() > plain[corner].astype(int).mean() + 50
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"size": 16}, "size"),
+        ({"size": 32.0}, "size"),
+        ({"n_per_class": 0}, "n_per_class"),
+        ({"n_test_per_class": -1}, "n_test_per_class"),
+        ({"shift": "acquisiton"}, "shift"),
+        ({"shift": "site"}, "shift"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_arguments_name_the_field(tmp_path: Path, kwargs: dict, field: str) -> None:
+    with pytest.raises(XferlabError, match=field):
+        _make(tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad" / "phantoms.json").exists()
+
+
+def test_typo_in_shift_suggests_the_right_value(tmp_path: Path) -> None:
+    with pytest.raises(XferlabError, match="did you mean 'acquisition'"):
+        _make(tmp_path, shift="acquisiton")
+
+
+def test_unknown_acquisition_key_is_an_error() -> None:
+    with pytest.raises(XferlabError, match="gama"):
+        render_phantom(np.random.default_rng(0), 32, False, {"gama": 1.2})

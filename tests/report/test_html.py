@@ -1,0 +1,113 @@
+import base64
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+
+import xferlab.engine.run as engine_run
+from xferlab.cli import main
+from xferlab.report.html import SECTIONS
+from xferlab.study import build_outputs
+
+
+class ReportParser(HTMLParser):
+    """Collects section ids, every tag name, every URL-bearing attribute and the <style> text."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.tags, self.urls, self.images, self.css, self._in_style = [], set(), [], [], "", False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.add(tag)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        for name in ("src", "href", "srcset", "action", "data", "poster"):
+            if name in attrs:
+                self.urls.append((tag, name, attrs[name]))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        self._in_style = tag == "style"
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.css += data
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+
+def _parse(path):
+    parser = ReportParser()
+    parser.feed(path.read_text())
+    return parser
+
+
+def test_the_report_has_every_section_and_is_self_contained(study_dir, fake_audit):
+    _, report = build_outputs(study_dir)
+    page = _parse(report)
+    assert page.sections == list(SECTIONS)  # audit included: study_dir/audit/audit.json exists
+    assert not page.tags & {"script", "link", "iframe", "object", "embed", "base"}
+    assert "url(" not in page.css and "@import" not in page.css
+    for tag, attr, url in page.urls:  # links stay inside the page, images are inline PNGs
+        assert url.startswith("#") if attr == "href" else url.startswith("data:image/png;base64,"), (tag, url[:60])
+    # comparison 1 + curves 4 + timing 1 + confusion 4 + ROC 1 + the audit's own 1
+    assert len(page.images) == 12
+    for src in page.images:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    html = report.read_text()
+    assert "report test &lt;study&gt;" in html and "<study>" not in html  # text is escaped
+    assert "stand-in verdict" in html
+    for run in ("resnet18-frozen-seed0", "resnet34-finetune-seed0"):
+        assert f"{run}/config.yaml" in html
+    assert "Is the bigger backbone better beyond the confidence intervals?" in html
+    assert "What does fine-tuning gain over the frozen backbone" in html
+
+
+def test_without_an_audit_there_is_no_audit_section(study_dir, tmp_path, fake_audit):
+    copy = tmp_path / "copy"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("audit"))
+    (copy / "environment.json").unlink()
+    _, report = build_outputs(copy)
+    page = _parse(report)
+    assert page.sections == [s for s in SECTIONS if s != "audit"]
+    assert "captured when this report was built" in report.read_text()
+
+
+def test_xferlab_report_rebuilds_everything_without_training(study_dir, monkeypatch, capsys, fake_audit):
+    def no_training(*args, **kwargs):
+        raise AssertionError("xferlab report must not train")
+
+    monkeypatch.setattr(engine_run, "train", no_training)
+    for name in ("report.html", "results.csv", "results.json"):
+        (study_dir / name).unlink(missing_ok=True)
+    assert main(["report", str(study_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {study_dir / 'report.html'}" in out and "resnet34" in out
+    assert all((study_dir / name).is_file() for name in ("report.html", "results.csv", "results.json"))
+
+
+def test_xferlab_report_on_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "no finished runs" in err
+
+
+def test_an_audit_that_cannot_be_rendered_is_noted_not_fatal(study_dir, tmp_path, monkeypatch):
+    import sys
+
+    copy = tmp_path / "copy"
+    shutil.copytree(study_dir, copy)
+    monkeypatch.setitem(sys.modules, "xferlab.audit.report", None)
+    _, report = build_outputs(copy)
+    assert "holds a split audit, but xferlab.audit cannot be imported" in report.read_text()
+    assert _parse(report).sections == list(SECTIONS)
+
+
+@pytest.mark.parametrize("missing", ["history.csv", "predictions.npz"])
+def test_a_damaged_run_folder_is_a_clear_error(study_dir, tmp_path, missing, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(study_dir, copy)
+    (copy / "runs" / "resnet18-frozen-seed0" / missing).unlink()
+    assert main(["report", str(copy)]) == 2
+    assert "resnet18-frozen-seed0: unreadable run folder" in capsys.readouterr().err

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from xferlab.study import collect_results
+from xferlab.study.answers import answer_questions
+
+LABELS = {"val": np.repeat([0, 1], 40), "test": np.repeat([0, 1], 60)}
+
+
+@pytest.fixture
+def make_study(tmp_path, run_folder, predictions):
+    """make_study({(backbone, regime): (val acc, test acc, train seconds)}) -> StudyResults of written run folders."""
+
+    def make(cells, params=None):
+        params = params or {"small": 1_000_000, "big": 5_000_000}
+        for i, ((backbone, regime), (val, test, seconds)) in enumerate(cells.items()):
+            probs = {"val": predictions(LABELS["val"], val, seed=i), "test": predictions(LABELS["test"], test, seed=i)}
+            run_folder(tmp_path / "out" / "runs" / f"{backbone}-{regime}-seed0", backbone, regime, 0, probs, LABELS,
+                       params[backbone], seconds)
+        return collect_results(tmp_path / "out")
+
+    return make
+
+
+def _answers(results):
+    return {a.key: a for a in answer_questions(results)}
+
+
+def test_a_clearly_better_bigger_backbone_is_called_better_beyond_the_intervals(make_study):
+    results = make_study({("small", "frozen"): (0.95, 0.60, 1.0), ("big", "frozen"): (0.95, 0.95, 2.0)})
+    answer = _answers(results)["backbone_size"]
+    assert "big (5.0M parameters) vs small (1.0M)" in answer.headline
+    assert "the bigger backbone is better beyond the CI when frozen" in answer.headline
+    assert "big 95.0% vs small 60.0% test accuracy; difference +35.0 points" in answer.details[0]
+
+
+def test_a_small_difference_is_not_called_beyond_the_intervals(make_study):
+    results = make_study({("small", "frozen"): (0.9, 0.80, 1.0), ("big", "frozen"): (0.9, 0.8167, 2.0)})
+    answer = _answers(results)["backbone_size"]
+    assert "no difference beyond the confidence intervals" in answer.headline
+    assert "difference +1.7 points" in answer.details[0] and "not beyond the uncertainty" in answer.details[0]
+
+
+def test_finetuning_gain_and_time_cost_come_from_the_runs(make_study):
+    results = make_study({("small", "frozen"): (0.9, 0.70, 10.0), ("small", "finetune"): (0.95, 0.90, 45.0)})
+    answer = _answers(results)["finetune_gain"]
+    assert answer.headline == ("small: finetune +20.0 points test accuracy (beyond the uncertainty) at 4.5× the "
+                               "training time.")
+    assert "training time 45 s vs 10 s (4.5×)" in answer.details[0]
+    assert "backbone_size" not in _answers(results)  # one backbone: no size question
+
+
+def test_a_val_test_gap_beyond_the_intervals_points_to_the_audit(make_study):
+    shifted = make_study({("small", "frozen"): (0.98, 0.70, 1.0), ("big", "frozen"): (0.97, 0.72, 1.0)})
+    answer = _answers(shifted)["val_test_gap"]
+    assert answer.headline.startswith("Test accuracy is below val in 2 of 2 runs")
+    assert "do not overlap in 2 of 2" in answer.headline and "split audit" in answer.details[0]
+
+
+def test_agreeing_val_and_test_raise_no_alarm(make_study):
+    results = make_study({("small", "frozen"): (0.85, 0.85, 1.0)})
+    answer = _answers(results)["val_test_gap"]
+    assert "do not overlap in 0 of 1" in answer.headline and "nothing here suggests" in answer.details[0]
