@@ -1,7 +1,7 @@
 """xferlab against the reference study's notebook loop on the same data, model and settings: speed, memory, accuracy.
 
     .venv/bin/python benchmarks/compare_reference.py              # default size: a few minutes on 2 CPU cores
-    .venv/bin/python benchmarks/compare_reference.py --full       # the reference size: 1,600/400/400 at 256², 30 epochs
+    .venv/bin/python benchmarks/compare_reference.py --full       # reference size: 1,600/400/400 at 256², 30 epochs
 
 Data: the acquisition-shifted phantoms (`generate_phantoms(shift="acquisition")`): the train pool is the unshifted
 one, so val accuracy compares the loops, while test accuracy shows what the shift does to frozen vs adabn. Every run
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ---- one run, in its own process --------------------------------------------------------------------------------------
+# ---- one run, in its own process -------------------------------------------------------------------------------------
 
 
 def worker(spec: dict) -> dict:
@@ -135,7 +135,7 @@ def spawn(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# ---- the comparison ---------------------------------------------------------------------------------------------------
+# ---- the comparison --------------------------------------------------------------------------------------------------
 
 
 def machine_yardsticks(args) -> dict:
@@ -152,7 +152,8 @@ def machine_yardsticks(args) -> dict:
     model = create_model(args.backbone, 2, "none", image_size=args.image_size)
     x = torch.randn(4, 3, args.image_size, args.image_size)
     device = torch.device(args.device)
-    return {"flops_inference": count_flops(model, x), "flops_train_step": count_flops(model, x, torch.tensor([0, 1] * 2)),
+    return {"flops_inference": count_flops(model, x),
+            "flops_train_step": count_flops(model, x, torch.tensor([0, 1] * 2)),
             "matmul_flops_per_s": matmul_flops_per_s(device, repeats=5),
             "threads": torch.get_num_threads(), "machine": cpu_name(), "torch": torch.__version__}
 
@@ -190,7 +191,8 @@ def report(results: dict, y: dict, args) -> str:
     lines = [f"machine: {y['machine']}, torch {y['torch']}, {y['threads']} threads; measured matmul "
              f"{y['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s fp32 (here; each run measures its own: 'mm GF/s'); "
              f"{args.backbone} ({args.weights} weights) "
-             f"{y['flops_inference'] / 1e9:.3f} GFLOP/image forward, {y['flops_train_step'] / 1e9:.3f} per training step",
+             f"{y['flops_inference'] / 1e9:.3f} GFLOP/image forward, "
+             f"{y['flops_train_step'] / 1e9:.3f} per training step",
              f"data: {results[next(iter(results))]['n']} images at {args.image_size}², acquisition-shifted test; "
              f"epochs: {args.epochs} frozen/adabn, {args.finetune_epochs} fine-tune; batch {args.batch_size}",
              "",

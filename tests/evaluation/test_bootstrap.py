@@ -29,7 +29,7 @@ def test_batched_metrics_equal_scikit_learn_for_every_prediction_set(k):
 
 
 def _simulated_case(rng, n_per_class, separation):
-    """Scores N(-s, 1) for class 0 and N(+s, 1) for class 1; P(class 1) = sigmoid(score), so the argmax threshold is 0."""
+    """Scores N(-s, 1) for class 0 and N(+s, 1) for class 1; P(class 1) = sigmoid(score): argmax threshold 0."""
     y = np.repeat([0, 1], n_per_class)
     score = rng.normal(np.where(y == 1, separation, -separation), 1.0)
     p1 = expit(score)

@@ -36,9 +36,9 @@ def write_run_folder(run_dir: Path, data: Path, backbone: str, regime: str, seed
                       weights="none", device="cpu")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     accs = {s: float((probs[s].argmax(1) == labels[s]).mean()) for s in probs}
-    history = [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": accs["val"] - 0.1 * (e < epochs),
-                "test_loss": 0.7, "test_acc": accs["test"], "train_seconds": train_seconds / epochs,
-                "eval_seconds": 0.1} for e in range(1, epochs + 1)]
+    history = [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6,
+                "val_acc": accs["val"] - 0.1 * (e < epochs), "test_loss": 0.7, "test_acc": accs["test"],
+                "train_seconds": train_seconds / epochs, "eval_seconds": 0.1} for e in range(1, epochs + 1)]
     with open(run_dir / "history.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()

@@ -21,6 +21,7 @@ from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 MARKERS = "os^Dvx+*"
 METHOD_LABELS = {"classifier": "classifier AUC", "mmd": "MMD", "ks": "KS (Bonferroni)"}
+P_CLIP = 10  # -log10 p above this (KS reaches 300 on a site change) would flatten every other bar
 
 
 def _save(fig, path: Path) -> str:
@@ -53,13 +54,15 @@ def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha:
     ax.legend(fontsize=7, markerscale=2)
     scopes = {"all": shift["pooled"], **shift["per_class"]}
     width = 0.8 / len(METHODS)
+    top = -np.log10(alpha)
     for i, method in enumerate(METHODS):
-        heights = [-np.log10(max(r[method]["p"], 1e-300)) if r.get("status") == "ok" else 0.0 for r in scopes.values()]
+        heights = [min(P_CLIP, -np.log10(r[method]["p"])) if r.get("status") == "ok" else 0.0 for r in scopes.values()]
         bx.bar(np.arange(len(scopes)) + i * width, heights, width, label=METHOD_LABELS[method])
+        top = max(top, *heights)
     bx.axhline(-np.log10(alpha), color="grey", linestyle=":", label=f"alpha = {alpha}")
     bx.set_xticks(np.arange(len(scopes)) + width * (len(METHODS) - 1) / 2, list(scopes))
-    bx.set(ylabel="-log10 p", title="shift tests, train+val vs test (unadjusted)")
-    bx.set_yscale("symlog", linthresh=3)
+    bx.set(ylabel=f"-log10 p (clipped at {P_CLIP})", ylim=(0, 1.15 * top),
+           title="shift tests, train+val vs test (unadjusted; skipped scopes empty)")
     bx.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
@@ -119,9 +122,9 @@ def test_like_figure(data: ImageDataset, scores: np.ndarray, count: int, path: P
 def _leak_pairs(data: ImageDataset, leakage: dict, limit: int) -> list[tuple[int, int, str]]:
     pairs = []
     for group in leakage["exact"]["cross_split"]:
-        a, b = group["images"][0]["index"], group["images"][1]["index"]
-        pairs.append((a, b, "exact copy"))
-    for kind, unit in (("phash", "bits"), ("embedding", "cos")):
+        members = sorted(group["images"], key=lambda i: SPLITS.index(i["split"]))
+        pairs.append((members[-1]["index"], members[0]["index"], "exact copy"))
+    for kind, unit in (("phash", "bits"), ("embedding", "1-cos")):
         for p in leakage[kind].get("pairs", []):
             pairs.append((p["query"]["index"], p["match"]["index"], f"{kind} {p['distance']:.3g} {unit}"))
     for g in leakage["groups"].get("overlapping", []):

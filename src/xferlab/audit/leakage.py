@@ -92,7 +92,7 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
                     cfg: AuditConfig) -> dict:
     """Cross-split pairs closer than the calibrated threshold (exact copies are reported separately, not here).
 
-    `scale` converts sklearn's distance into the reported unit (64 for Hamming: bits).
+    `scale` converts sklearn's distance into the reported unit (PHASH_BITS for Hamming: bits).
     """
     unique = np.zeros(len(hashes), dtype=bool)
     unique[np.unique(hashes, return_index=True)[1]] = True
@@ -155,8 +155,8 @@ def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig) 
         "embedding": near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg),
         "groups": group_overlap(data),
     }
-    result["phash"]["unit"] = f"bits of {PHASH_BITS}"
-    result["embedding"]["unit"] = "cosine distance"
+    result["phash"]["unit"] = f"of {PHASH_BITS} bits"
+    result["embedding"]["unit"] = "(1 - cosine similarity)"
     flagged = {p["query"]["index"] for kind in ("phash", "embedding") for p in result[kind].get("pairs", [])}
     for kind in ("phash", "embedding"):
         if "pairs" in result[kind]:

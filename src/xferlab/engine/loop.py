@@ -72,7 +72,8 @@ def extract_features(body: torch.nn.Module, images: torch.Tensor, preprocess, ba
     """
     was_training = body.training
     body.eval()
-    feats = [body(preprocess(images[idx])).float() for idx in batch_indices(len(images), batch_size, device=images.device)]
+    batches = batch_indices(len(images), batch_size, device=images.device)
+    feats = [body(preprocess(images[idx])).float() for idx in batches]
     body.train(was_training)
     return torch.cat(feats)
 
@@ -88,6 +89,7 @@ def adapt_batchnorm(body: torch.nn.Module, images: torch.Tensor, preprocess, bat
     from torch.optim.swa_utils import update_bn
 
     bns = [m for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    batches = (preprocess(images[idx]) for idx in batch_indices(len(images), batch_size, generator, device=images.device))
+    order = batch_indices(len(images), batch_size, generator, device=images.device)
+    batches = (preprocess(images[idx]) for idx in order)
     update_bn(batches, body)  # restores body.training and each layer's momentum afterwards
     return len(bns)

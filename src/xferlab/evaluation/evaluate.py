@@ -1,4 +1,5 @@
-"""Evaluate one split's saved predictions: every metric with its bootstrap confidence interval and the confusion matrix."""
+"""Evaluate one split's saved predictions: every metric with its bootstrap confidence interval, and the confusion
+matrix."""
 
 from __future__ import annotations
 

@@ -8,13 +8,10 @@ DIR/audit/audit.json exists), environment.
 from __future__ import annotations
 
 import base64
-import io as _io
 import logging
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-
-import matplotlib.pyplot as plt
 
 from xferlab import io
 from xferlab.evaluation.metrics import METRICS, roc_curves
@@ -34,7 +31,6 @@ TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", 
           "audit": "Split audit", "environment": "Environment"}
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "auroc": "AUROC",
                  "sensitivity": "sensitivity", "specificity": "specificity", "precision": "precision", "f1": "F1"}
-FIGURE_DPI = 100  # sharp on screen while keeping a 4-run report around 1 MB
 
 STYLE = """<style>
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -44,7 +40,7 @@ nav { position: sticky; top: 0; background: #fff; padding: 0.4em 0; border-botto
 nav a { margin-right: 1em; color: #2457a6; text-decoration: none; font-size: 0.92em; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.88em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f4f6f8; } th:first-child, td:first-child, table.kv td { text-align: left; }
+th { background: #f4f6f8; } th.left, td.left, table.kv td { text-align: left; }
 .scroll { overflow-x: auto; max-width: 100%; } .ci { color: #666; font-size: 0.86em; }
 tr.best td { background: #eef8f0; font-weight: 600; }
 img { max-width: 100%; height: auto; }
@@ -60,10 +56,7 @@ details { margin: 0.3em 0; }
 
 def figure_uri(fig) -> str:
     """A matplotlib figure as a data: URI (PNG, base64); the figure is closed."""
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI)  # figures lay themselves out (tight_layout): no second draw
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(figures.to_png(fig)).decode("ascii")
 
 
 def _figure(fig, alt: str, caption: str = "") -> str:
@@ -79,11 +72,17 @@ def _cell(value) -> str:
     return value if isinstance(value, Html) else escape(str(value))
 
 
-def _table(header: list[str], rows: list[list], row_classes: list[str] | None = None, cls: str = "") -> str:
-    """An HTML table in a horizontally scrolling box (wide tables never widen the page); cells are escaped here."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+def _table(header: list[str], rows: list[list], row_classes: list[str] | None = None, cls: str = "",
+           text_columns: int = 1) -> str:
+    """An HTML table in a horizontally scrolling box (wide tables never widen the page); cells are escaped here.
+    The first `text_columns` columns are left-aligned, the rest (numbers) right-aligned."""
+
+    def align(i: int) -> str:
+        return ' class="left"' if i < text_columns else ""
+
+    head = "".join(f"<th{align(i)}>{escape(h)}</th>" for i, h in enumerate(header))
     body = "".join(
-        f'<tr class="{rc}">' + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
+        f'<tr class="{rc}">' + "".join(f"<td{align(i)}>{_cell(c)}</td>" for i, c in enumerate(row)) + "</tr>"
         for row, rc in zip(rows, row_classes or [""] * len(rows)))
     return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -121,25 +120,29 @@ def _label(record) -> str:
 def _summary(results: StudyResults) -> str:
     split, conf = results.primary_split, f"{100 * results.settings.confidence:.0f}%"
     configs = ranked(results)
-    header = ["#", "backbone", "regime", "params", "trainable", "val accuracy", f"{split} accuracy",
-              f"{split} AUROC", f"{split} balanced acc.", f"{split} sensitivity", f"{split} specificity",
-              "training s", "s / epoch"]
+    header = ["#", "backbone", "regime", "params (trainable)", "val accuracy", f"{split} accuracy",
+              f"{split} AUROC", f"{split} balanced acc.", "training s", "s / epoch"]
     rows = []
     for c in configs:
         t = c["timing"]
-        rows.append([c["rank"], c["backbone"], c["regime"], f"{c['params'] / 1e6:.2f}M",
-                     f"{c['trainable_params'] / 1e6:.3f}M", _config_cell(c, "val", "accuracy"),
-                     *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy", "sensitivity",
-                                                          "specificity")),
+        rows.append([c["rank"], c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
+                     _config_cell(c, "val", "accuracy"),
+                     *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
                      f"{t['train_seconds']['mean']:.1f}", f"{t['seconds_per_epoch']['mean']:.2f}"])
     seeds = sorted({s for c in configs for s in c["seeds"]})
     intro = (f"Configurations ranked by {split} accuracy. One seed: value [{conf} stratified bootstrap CI, "
              f"{results.settings.resamples} resamples]; several seeds: mean ± sd across seeds {seeds}. "
              "Each run's best epoch was chosen on val accuracy; test never chooses anything.")
-    body = _table(header, rows, ["best" if c["rank"] == 1 else "" for c in configs])
+    body = _table(header, rows, ["best" if c["rank"] == 1 else "" for c in configs], text_columns=3)
     if results.missing:
         body += f'<p class="muted">Not run yet (no run folder): {escape(", ".join(results.missing))}.</p>'
     return _section("summary", body, intro)
+
+
+def _params(total: int | None, trainable: int | None) -> Html:
+    if total is None:
+        return Html("n/a")
+    return Html(f'{total / 1e6:.2f}M<br><span class="ci">({(trainable or 0) / 1e6:.3f}M)</span>')
 
 
 def _answers(results: StudyResults) -> str:
@@ -166,7 +169,8 @@ def _metrics(results: StudyResults) -> str:
             continue
         rows = [[r.name, r.evaluation[split]["n"], *(_ci(r.evaluation[split]["metrics"][m]) for m in METRICS)]
                 for r in records]
-        parts.append(f"<h3>{split} (best epoch)</h3>" + _table(["run", "n", *(METRIC_LABELS[m] for m in METRICS)], rows))
+        header = ["run", "n", *(METRIC_LABELS[m] for m in METRICS)]
+        parts.append(f"<h3>{split} (best epoch)</h3>" + _table(header, rows))
     multi = [c for c in ranked(results) if len(c["runs"]) > 1]
     if multi:
         for split in SPLITS:
@@ -207,13 +211,13 @@ def _timing(results: StudyResults) -> str:
         rows.append([r.name, r.metrics.get("device", ""), f"{t['feature_seconds']:.1f}", f"{t['fit_seconds']:.1f}",
                      f"{t['train_seconds']:.1f}", f"{t['seconds_per_epoch']:.2f}", _num(t["eval_seconds"], 1),
                      _num(t["total_seconds"], 1), _num(t["inference_images_per_s"], 0),
-                     f"{m.get('params', 0):,}", f"{m.get('trainable_params', 0):,}"])
-    header = ["run", "device", "feature caching s", "training loop s", "training s", "s / epoch", "evaluation s",
-              "run total s", "inference img/s", "params", "trainable params"]
+                     _params(m.get("params"), m.get("trainable_params"))])
+    header = ["run", "device", "features s", "loop s", "training s", "s / epoch", "evaluation s", "run total s",
+              "inference img/s", "params (trainable)"]
     intro = ("Training = feature caching (fixed backbones compute their features once) + the training loop; "
              "evaluation = val and test passes of every epoch; inference img/s measured after warm-up, "
              "synchronised on GPU.")
-    return _section("timing", _figure(fig, "timing per run") + _table(header, rows), intro)
+    return _section("timing", _figure(fig, "timing per run") + _table(header, rows, text_columns=2), intro)
 
 
 def _num(value, digits: int) -> str:
@@ -242,7 +246,8 @@ def _roc(results: StudyResults) -> str:
                 panels.append((f"{split} ({names[1]} positive)", curves))
     else:
         split = results.primary_split
-        panels = [(f"{r.name} · {split}", [(names[c], *curve) for c, curve in roc_curves(*r.predictions[split]).items()])
+        panels = [(f"{r.name} · {split}",
+                   [(names[c], *curve) for c, curve in roc_curves(*r.predictions[split]).items()])
                   for r in results.records]
     if not panels:
         return _section("roc", "<p>No split has both classes, so there is no ROC curve.</p>")
@@ -267,11 +272,14 @@ def _environment(results: StudyResults) -> str:
     env = results.environment
     note = "captured when the study last ran"
     if env is None:
-        env, note = capture_environment(), "no environment.json in the study folder: captured when this report was built"
+        env = capture_environment()
+        note = "no environment.json in the study folder: captured when this report was built"
     rows = [["python", env["python"]], ["platform", env["platform"]], ["CPU", f"{env['cpu']} ({env['cpu_count']} "
             f"logical cores, torch threads {env['torch_threads']})"],
             ["GPU", ", ".join(env["gpus"]) or "none visible"], ["CUDA (torch build)", env["cuda_version"] or "none"],
             ["run devices", ", ".join(sorted({str(r.metrics.get('device')) for r in results.records}))],
+            ["run torch threads", ", ".join(sorted({str(r.config.get("num_threads") or "torch default")
+                                                    for r in results.records}))],
             ["captured", env["captured_at"]]]
     packages = [[name, version or "not installed"] for name, version in env["packages"].items()]
     seeds = [["training seeds", ", ".join(sorted({str(r.config.get("seed")) for r in results.records}))],

@@ -58,7 +58,8 @@ def _compare(results: StudyResults, a: RunRecord, b: RunRecord) -> dict | None:
 
 
 def _difference_text(results: StudyResults, pairs: list[tuple[RunRecord, RunRecord]]) -> tuple[str, int, int]:
-    """'+3.1 points (95% CI +0.4 to +5.8)' per seed pair; also how many pairs are beyond the CI, and how many have one."""
+    """'+3.1 points (95% CI +0.4 to +5.8)' per seed pair; also how many pairs are beyond the CI and how many
+    have a CI at all."""
     conf = f"{100 * results.settings.confidence:.0f}%"
     parts, beyond, with_ci = [], 0, 0
     for a, b in pairs:
@@ -166,9 +167,10 @@ def _val_test_gap(results: StudyResults) -> Answer | None:
         if None not in (val["low"], test["low"]) and (test["high"] < val["low"] or val["high"] < test["low"]):
             separate += 1
     below = sum(g > 0 for g in gaps)
+    conf = f"{100 * results.settings.confidence:.0f}%"
     head = (f"Test {METRIC} is below val in {below} of {len(runs)} runs (val − test from {_points(min(gaps))} to "
-            f"{_points(max(gaps))}, mean {_points(sum(gaps) / len(gaps))}); the two {100 * results.settings.confidence:.0f}% "
-            f"CIs do not overlap in {separate} of {len(runs)}.")
+            f"{_points(max(gaps))}, mean {_points(sum(gaps) / len(gaps))}); the two {conf} CIs do not overlap in "
+            f"{separate} of {len(runs)}.")
     details = []
     if separate:
         audit = "the split audit below" if (results.out / "audit" / "audit.json").is_file() else \
