@@ -170,7 +170,8 @@ def derived(r: dict, regime: str, impl: str, y: dict, epochs: int) -> dict:
     elif impl == "reference":
         work = epochs * n_train * y["flops_inference"]
     else:
-        work = n_all * y["flops_inference"]  # the head's few FLOPs per epoch are not counted
+        passes = n_all + (n_train if regime == "adabn" else 0)  # adabn: one more (train-mode) pass over train
+        work = passes * y["flops_inference"]  # the head's few FLOPs per epoch are not counted
     if impl == "reference":
         infer = epochs * (n_all - n_train) / r["eval_s"]
     else:

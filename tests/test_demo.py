@@ -62,3 +62,20 @@ def test_xferlab_demo_writes_phantoms_runs_the_study_and_prints_the_table_and_re
     assert main(["demo", "--out", str(out)]) == 0  # phantoms and runs exist: only the report is rebuilt
     assert len(tiny_demo) == 1
     torch.set_num_threads(threads)
+
+
+def test_phantoms_from_another_generator_version_are_rewritten_and_the_runs_redone(tiny_demo, tmp_path, monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    meta = out / "phantoms" / "phantoms.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "generator_version": "0"}))
+    trained = []
+    real_train = engine_run.train
+    monkeypatch.setattr(engine_run, "train",
+                        lambda cfg, run, **kw: trained.append(run.name) or real_train(cfg, run, **kw))
+    assert main(["demo", "--out", str(out)]) == 0
+    assert len(tiny_demo) == 2 and sorted(trained) == ["resnet18-finetune-seed0", "resnet18-frozen-seed0"]
+    torch.set_num_threads(threads)

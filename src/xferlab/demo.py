@@ -7,11 +7,12 @@ A second run reuses every finished run and only rebuilds the report.
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import resources
 from pathlib import Path
 
-from xferlab.data.phantoms import generate_phantoms
+from xferlab.data.phantoms import GENERATOR_VERSION, generate_phantoms
 from xferlab.errors import XferlabError
 from xferlab.study import StudyResults, build_outputs, load_study, run_study
 
@@ -33,14 +34,24 @@ def config_path(name: str) -> Path:
                        "reinstall xferlab from its source checkout")
 
 
+def _current_phantoms(data_dir: Path) -> bool:
+    """Complete phantoms (phantoms.json is written last) from this version of the generator."""
+    try:
+        meta = json.loads((data_dir / "phantoms.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("generator_version") == GENERATOR_VERSION and meta.get("shift") == PHANTOM_SHIFT
+
+
 def run_demo(out: str | Path, epochs: int | None = None, force: bool = False,
              progress: bool = True) -> tuple[StudyResults, Path, float]:
     """Run the demo study into `out`; returns (results, report path, wall seconds)."""
     t0 = time.perf_counter()
     out = Path(out)
     data_dir = out / "phantoms"
-    if not (data_dir / "phantoms.json").is_file():  # written last: its presence means the folder is complete
+    if not _current_phantoms(data_dir):
         generate_phantoms(data_dir, shift=PHANTOM_SHIFT, seed=PHANTOM_SEED)
+        force = force or (out / "runs").is_dir()  # runs trained on the old phantoms are not results of these
     study = load_study(config_path(DEMO_CONFIG), data=data_dir, train={"epochs": epochs} if epochs else None)
     run_study(study, out, force=force, progress=progress)
     results, report = build_outputs(out)

@@ -88,3 +88,10 @@ def test_adabn_is_a_cached_head_only_regime():
     regime = parse_regime("adabn")
     assert regime.cache_features and regime.adapt_bn and regime.trainable_stages == 0
     assert not parse_regime("frozen").adapt_bn
+
+
+def test_adabn_leaves_out_a_last_batch_of_one_image():
+    """ResNet-18's last stage is 1×1 at 32²: a one-image train-mode batch there has no variance and would raise."""
+    model, images = _model(), _images(n=17)
+    adapt_batchnorm(model.body, images, Preprocess(model.spec.mean, model.spec.std), batch_size=8)
+    assert int(model.body.bn1.num_batches_tracked) == 2

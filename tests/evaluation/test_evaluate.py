@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from sklearn.metrics import confusion_matrix
 
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
@@ -20,6 +21,7 @@ def test_evaluate_split_reports_every_metric_with_its_interval_and_the_confusion
         assert m["value"] == point[name] and m["low"] <= m["value"] <= m["high"]
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found")  # scikit-learn, on purpose here
 def test_undefined_metrics_and_intervals_are_none():
     one_class = evaluate_split(np.zeros(5, int), np.tile([0.7, 0.3], (5, 1)), BootstrapSettings(resamples=100))
     assert one_class["metrics"]["auroc"] == {"value": None, "low": None, "high": None}

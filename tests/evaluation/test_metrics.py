@@ -31,6 +31,7 @@ def test_multiclass_metrics_are_macro_averages():
     assert m["auroc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found")  # scikit-learn, on purpose here
 def test_auroc_is_none_when_only_one_class_is_present():
     m = classification_metrics(np.zeros(4, int), np.tile([0.7, 0.3], (4, 1)))
     assert m["auroc"] is None and m["accuracy"] == 1.0

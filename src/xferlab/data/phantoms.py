@@ -50,8 +50,8 @@ _PATIENT, _ACQUISITION = 0, 1
 _EDGE_PX = 0.7  # soft organ edges, in pixels: anti-aliasing without supersampling
 _NOISE_GAIN = 1.6  # quantum noise grows as exp(gain*A/2): fewer photons reach the detector behind dense tissue
 _AIR_CONTRAST = 0.36  # aerated lung versus soft tissue: lung fields a dark grey, not black, at the default window
-_WINDOW = (0.02, 0.95)
-_BARREL = 0.08  # relative narrowing of the chest from the lower ribs to the axillae: a can looks wrong, a barrel not  # attenuation mapped to display black/white before the tone curve
+_WINDOW = (0.02, 0.95)  # attenuation mapped to display black/white before the tone curve
+_BARREL = 0.08  # relative narrowing of the chest from the lower ribs to the axillae: a can looks wrong, a barrel not
 
 
 @dataclass(frozen=True)
@@ -314,20 +314,8 @@ def _lung_fields(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarr
     return lungs
 
 
-def _segments(
-    x: np.ndarray, y: np.ndarray, start: np.ndarray, end: np.ndarray, width: np.ndarray, taper: float
-) -> np.ndarray:
-    """Sum of K soft line segments (start, end: K×2; width: K), each thinning and fading by `taper` toward its end."""
-    px, py = x[None] - start[:, 0, None, None], y[None] - start[:, 1, None, None]
-    d = end - start
-    length2 = np.maximum((d**2).sum(axis=1), 1e-9)[:, None, None]
-    s = np.clip((px * d[:, 0, None, None] + py * d[:, 1, None, None]) / length2, 0.0, 1.0)
-    dist2 = (px - s * d[:, 0, None, None]) ** 2 + (py - s * d[:, 1, None, None]) ** 2
-    local_width = width[:, None, None] * (1.0 - taper * s)
-    return ((1.0 - taper * s) * np.exp(-dist2 / local_width**2)).sum(axis=0)
-
-
 _RIB_CONTRAST = 0.06  # posterior rib over lung: visible but not dominant, as on a well-exposed film
+_CLAVICLE_HALF_WIDTH = 0.03  # patient-frame units: about a pixel at 64 px, thinner than a rib
 
 
 def _rib_bands(y: np.ndarray, path: np.ndarray, first: float, spacing: float, count: int, thickness: float) -> np.ndarray:
@@ -347,7 +335,8 @@ def _ribs(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarray:
     ax = np.abs(x)
     xn = ax / a.half_width
     count = int(np.ceil((a.base_y + 0.2 - a.rib_first_y) / a.rib_spacing))
-    posterior = _rib_bands(y, -a.rib_lift * xn + (a.rib_lift + 0.2) * xn**2, a.rib_first_y, a.rib_spacing, count, a.rib_thickness)
+    posterior_path = -a.rib_lift * xn + (a.rib_lift + 0.2) * xn**2
+    posterior = _rib_bands(y, posterior_path, a.rib_first_y, a.rib_spacing, count, a.rib_thickness)
     anterior_path = 0.5 * a.rib_spacing + 0.35 * (1.0 - xn) - 0.15
     anterior = _rib_bands(y, anterior_path, a.rib_first_y, a.rib_spacing, count - 2, 0.8 * a.rib_thickness)
     extent = _sigmoid((ax - a.spine_half_width) / e) * _sigmoid((a.half_width - 0.02 - ax) / e)
@@ -356,15 +345,15 @@ def _ribs(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarray:
 
 
 def _spine_and_clavicles(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarray:
-    """The vertebral column (a bright band with disc spaces) and the two clavicles."""
+    """The vertebral column (a bright band with disc spaces) and the two clavicles, rising toward the shoulders."""
     vertebrae = 0.8 + 0.2 * np.cos(np.pi * (y - a.rib_first_y) / a.rib_spacing) ** 2
     spine = 0.08 * vertebrae * np.sqrt(np.clip(1.0 - (x / a.spine_half_width) ** 2, 0.0, 1.0))
-    medial_end = np.array([[-0.06, a.clavicle_y], [0.06, a.clavicle_y]])
-    lateral_end = np.array(
-        [[-0.95 * a.half_width, a.clavicle_y - a.clavicle_tilt], [0.95 * a.half_width, a.clavicle_y - a.clavicle_tilt]]
-    )
-    clavicles = _segments(x, y, medial_end, lateral_end, np.array([0.03, 0.03]), taper=0.2)
-    return spine + 0.12 * clavicles
+    ax = np.abs(x)
+    lateral_end = 0.95 * a.half_width
+    along = np.clip(ax / lateral_end, 0.0, 1.0)
+    shaft = a.clavicle_y - a.clavicle_tilt * along + 0.03 * np.sin(2.0 * np.pi * along)  # a gentle S-curve
+    clavicles = np.exp(-(((y - shaft) / _CLAVICLE_HALF_WIDTH) ** 2)) * _sigmoid((lateral_end - ax) / e)
+    return spine + 0.12 * clavicles * _sigmoid((ax - 0.06) / e)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:

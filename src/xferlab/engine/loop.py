@@ -84,12 +84,15 @@ def adapt_batchnorm(body: torch.nn.Module, images: torch.Tensor, preprocess, bat
 
     torch's `update_bn` resets the statistics, then averages the per-batch statistics over the pass (momentum=None)
     with the backbone in train mode and without gradients; the batches are drawn with `generator` so that each one
-    mixes the classes, as the reference's shuffled train-mode batches did. Returns the number of BatchNorm layers.
+    mixes the classes, as the reference's shuffled train-mode batches did. A short last batch is left out: update_bn
+    weighs every batch equally, and a batch of one image has no variance. Returns the number of BatchNorm layers.
     """
     from torch.optim.swa_utils import update_bn
 
     bns = [m for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    order = batch_indices(len(images), batch_size, generator, device=images.device)
+    order = list(batch_indices(len(images), batch_size, generator, device=images.device))
+    if len(order) > 1 and len(order[-1]) < batch_size:
+        order = order[:-1]
     batches = (preprocess(images[idx]) for idx in order)
     update_bn(batches, body)  # restores body.training and each layer's momentum afterwards
     return len(bns)

@@ -130,9 +130,11 @@ def _summary(results: StudyResults) -> str:
                      *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
                      f"{t['train_seconds']['mean']:.1f}", f"{t['seconds_per_epoch']['mean']:.2f}"])
     seeds = sorted({s for c in configs for s in c["seeds"]})
-    intro = (f"Configurations ranked by {split} accuracy. One seed: value [{conf} stratified bootstrap CI, "
-             f"{results.settings.resamples} resamples]; several seeds: mean ± sd across seeds {seeds}. "
-             "Each run's best epoch was chosen on val accuracy; test never chooses anything.")
+    ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
+    spread = f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
+        f"mean ± sd across seeds {', '.join(map(str, seeds))} ({ci} for a single run)"
+    intro = (f"Configurations ranked by {split} accuracy; {spread}. Each run's best epoch was chosen on val "
+             "accuracy; test never chooses anything.")
     body = _table(header, rows, ["best" if c["rank"] == 1 else "" for c in configs], text_columns=3)
     if results.missing:
         body += f'<p class="muted">Not run yet (no run folder): {escape(", ".join(results.missing))}.</p>'

@@ -53,6 +53,10 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     specs = expand_grid(study, where=STUDY_YAML)
     preflight(specs)
     run_audit = _audit_function() if study.audit is not None else None  # before training: fail fast
+    finished = set() if force else {s.name for s in specs if (out / RUNS / s.name).is_dir()}
+    for spec in specs:
+        if spec.name in finished:
+            check_finished_run(out / RUNS / spec.name, spec)
     _prepare_folder(out, study)
     outcome = StudyOutcome(out)
     steps = len(specs) + (study.audit is not None)
@@ -60,8 +64,7 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
         for spec in specs:
             run_dir = out / RUNS / spec.name
             bar.set_postfix_str(spec.name)
-            if run_dir.is_dir() and not force:
-                check_finished_run(run_dir, spec)
+            if spec.name in finished:
                 outcome.skipped.append(spec.name)
             else:
                 train(spec.config, run_dir, overwrite=force, progress=progress)
