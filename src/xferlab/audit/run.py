@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 from xferlab import io
 from xferlab.audit import figures
-from xferlab.audit.common import jsonable
+from xferlab.audit.common import jsonable, torch_threads
 from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import STATS, pixel_audit
@@ -39,18 +38,6 @@ def _timed(seconds: dict, name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     seconds[name] = time.perf_counter() - start
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Use n torch threads inside the audit and restore the caller's setting afterwards."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _dataset_info(data: ImageDataset) -> dict:

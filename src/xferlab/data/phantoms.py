@@ -210,6 +210,7 @@ def sample_anatomy(rng: np.random.Generator, pneumonia: bool) -> Anatomy:
 # ImageNet probe stays well below a fine-tuned network (measured numbers in the module docstring).
 _LESION_RADIUS = (0.08, 0.16)
 _LESION_AMPLITUDE = (0.3, 0.6)
+_LESION_SOLIDITY = (-0.6, 0.9)  # texture threshold bias: -0.6 is a sparse patchwork, 0.9 a near-confluent block
 _LESION_TRIES = 20  # rejection sampling of lesion centres; nearly every anatomy accepts within a few tries
 _LESION_MIN_AERATION = 0.9  # a centre must lie well inside a lung, not behind the heart or at the pleura
 
@@ -240,7 +241,7 @@ def _sample_lesions(rng: np.random.Generator, a: Anatomy) -> tuple[Lesion, ...]:
                 rx=radius * _uniform(rng, 0.8, 1.25),
                 ry=radius * _uniform(rng, 0.8, 1.25),
                 amplitude=float(np.exp(rng.uniform(*np.log(_LESION_AMPLITUDE)))),
-                solidity=_uniform(rng, -0.6, 0.9),
+                solidity=_uniform(rng, *_LESION_SOLIDITY),
                 fissure=bool(rng.random() < 0.2),
             )
         )
@@ -280,17 +281,21 @@ def _body(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarray:
     neck_half_width = 0.25 * a.half_width
     f = np.clip((ax - neck_half_width) / (a.half_width - neck_half_width), 0.0, 1.0)
     shoulder_top = a.apex_y - 0.3 + 0.12 * f + 0.2 * (1.0 - np.sqrt(1.0 - f**2))  # trapezius slope, round shoulder
-    torso = np.maximum(_sigmoid((neck_half_width - ax) / e), _sigmoid((y - shoulder_top) / e))
     half_width = _chest_half_width(a, y)
-    torso = torso * _sigmoid((half_width - ax) / e)
+    # signed distances combine by min (intersection) and max (union) before one soft step: one exp per pixel
+    inside = np.minimum(np.maximum(neck_half_width - ax, y - shoulder_top), half_width - ax)
     thickness = np.clip(1.0 - (x / (half_width + 0.02)) ** 2, 0.0, 1.0) ** 0.5
-    return 0.5 * a.density * thickness * torso
+    return 0.5 * a.density * thickness * _sigmoid(inside / e)
+
+
+def _ellipse_distance(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    """Approximate signed distance to an ellipse's edge (positive inside): (1 - r) times the short semi-axis."""
+    return (1.0 - np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)) * min(rx, ry)
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float, e: float) -> np.ndarray:
-    """Soft-edged ellipse mask; the signed distance is approximated by (1 - r) times the short semi-axis."""
-    r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-    return _sigmoid((1.0 - r) * min(rx, ry) / e)
+    """Soft-edged ellipse mask in [0, 1]."""
+    return _sigmoid(_ellipse_distance(x, y, cx, cy, rx, ry) / e)
 
 
 def _lung_fields(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarray:
@@ -307,11 +312,9 @@ def _lung_fields(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarr
     dome = a.base_y - np.where(x < 0, a.right_dome_raise, 0.0)
     dome = dome - a.dome_height * np.clip(1.0 - ((f - 0.35) / 0.65) ** 2, 0.0, 1.0) ** 0.7
     mediastinum = a.medial - 0.02 + a.thymus * np.exp(-(((y - a.apex_y - 0.35) / 0.15) ** 2))
-    lungs = _sigmoid((ax - a.medial) / e) * _sigmoid((lateral_edge - ax) / e)
-    lungs *= _sigmoid((y - a.apex_y) / e) * _sigmoid((dome - y) / e)
-    lungs *= 1.0 - _sigmoid((mediastinum - ax) / e)
-    lungs *= 1.0 - _ellipse(x, y, *a.heart, e)
-    return lungs
+    inside = np.minimum(np.minimum(ax - a.medial, lateral_edge - ax), np.minimum(y - a.apex_y, dome - y))
+    inside = np.minimum(inside, np.minimum(ax - mediastinum, -_ellipse_distance(x, y, *a.heart)))
+    return _sigmoid(inside / e)
 
 
 _RIB_CONTRAST = 0.06  # posterior rib over lung: visible but not dominant, as on a well-exposed film
@@ -339,8 +342,9 @@ def _ribs(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> np.ndarray:
     posterior = _rib_bands(y, posterior_path, a.rib_first_y, a.rib_spacing, count, a.rib_thickness)
     anterior_path = 0.5 * a.rib_spacing + 0.35 * (1.0 - xn) - 0.15
     anterior = _rib_bands(y, anterior_path, a.rib_first_y, a.rib_spacing, count - 2, 0.8 * a.rib_thickness)
-    extent = _sigmoid((ax - a.spine_half_width) / e) * _sigmoid((a.half_width - 0.02 - ax) / e)
-    extent = extent * _sigmoid((a.base_y + 0.15 - y) / 0.08)  # lower ribs vanish behind the abdomen
+    # lateral of the spine, inside the chest wall, and fading out below the diaphragm behind the abdomen
+    extent = np.minimum(np.minimum(ax - a.spine_half_width, a.half_width - 0.02 - ax) / e, (a.base_y + 0.15 - y) / 0.08)
+    extent = _sigmoid(extent)
     return extent * (_RIB_CONTRAST * posterior + 0.4 * _RIB_CONTRAST * _sigmoid((ax - 0.25) / (4 * e)) * anterior)
 
 
@@ -352,8 +356,8 @@ def _spine_and_clavicles(a: Anatomy, x: np.ndarray, y: np.ndarray, e: float) -> 
     lateral_end = 0.95 * a.half_width
     along = np.clip(ax / lateral_end, 0.0, 1.0)
     shaft = a.clavicle_y - a.clavicle_tilt * along + 0.03 * np.sin(2.0 * np.pi * along)  # a gentle S-curve
-    clavicles = np.exp(-(((y - shaft) / _CLAVICLE_HALF_WIDTH) ** 2)) * _sigmoid((lateral_end - ax) / e)
-    return spine + 0.12 * clavicles * _sigmoid((ax - 0.06) / e)
+    span = _sigmoid(np.minimum(lateral_end - ax, ax - 0.06) / e)
+    return spine + 0.12 * span * np.exp(-(((y - shaft) / _CLAVICLE_HALF_WIDTH) ** 2))
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
@@ -397,10 +401,11 @@ def _opacities(rng: np.random.Generator, a: Anatomy, x: np.ndarray, y: np.ndarra
     """Fraction of air replaced by fluid, in [0, 1]: per lesion a soft envelope times a thresholded texture, so it
     looks patchy rather than like a disc; overlapping lesions combine like independent events."""
     clear = np.ones_like(x)
+    texture = _smooth_noise(rng, size, 1.6)  # one field serves every lesion: they sit in different places
     for lesion in a.lesions:
         r2 = ((x - lesion.cx) / lesion.rx) ** 2 + ((y - lesion.cy) / lesion.ry) ** 2
-        envelope = np.exp(-(r2**1.5))
-        patches = _sigmoid(3.0 * (_smooth_noise(rng, size, 1.6) + lesion.solidity))
+        envelope = np.exp(-r2 * np.sqrt(r2))  # exp(-r^3): a flatter top and a quicker fall-off than a Gaussian
+        patches = _sigmoid(3.0 * (texture + lesion.solidity))
         if lesion.fissure:
             envelope = envelope * _sigmoid((y - (lesion.cy - 0.4 * lesion.ry)) / e)
         clear *= 1.0 - lesion.amplitude * envelope * (0.35 + 0.65 * patches)
