@@ -206,7 +206,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
     out = args.out or Path("runs") / args.study.stem
-    outcome = run_study(study, out, force=args.force)
+    try:
+        outcome = run_study(study, out, force=args.force)
+    except KeyboardInterrupt:
+        done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
+        print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
+              f"xferlab study {args.study} --out {out}", file=sys.stderr)
+        return 130
     results, report = build_outputs(out)
     print(f"\n{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished")
     print(summary_table(results))
