@@ -238,13 +238,14 @@ def sample_anatomy(rng: np.random.Generator, pneumonia: bool) -> Anatomy:
     return anatomy
 
 
-# Lesions: patient-frame radius, peak fraction of air replaced (log-uniform, so some are subtle) and texture. Tuned
-# so that a frozen ImageNet probe stays well below a fine-tuned network (numbers in the module docstring).
+# Lesions: patient-frame radius, peak fraction of air replaced and texture. Subtle ones come from a patchy texture,
+# a small radius or a place over ribs and vessels. Tuned by measurement so that a frozen ImageNet probe stays well
+# below a fine-tuned network (numbers in the module docstring); weaker or smaller lesions mostly hurt the fine-tune.
 _LESION_RADIUS = (0.15, 0.3)
-_LESION_AMPLITUDE = (0.7, 1.0)
+_LESION_AMPLITUDE = (0.7, 1.0)  # log-uniform
 _LESION_SOLIDITY = (-0.2, 1.0)  # texture threshold bias: -0.2 is a patchwork, 1.0 a near-confluent block
 _LESION_COUNT_P = (0.6, 0.3, 0.1)  # one, two or three lesions
-_P_FISSURE = 0.2
+_P_FISSURE = 0.2  # share of lesions with a sharp upper edge (lobar pattern); the rest are round or patchy
 _LESION_TRIES = 20  # rejection sampling of lesion centres; nearly every anatomy accepts within a few tries
 _LESION_MIN_AERATION = 0.9  # a centre must lie well inside a lung, not behind the heart or at the pleura
 
@@ -269,20 +270,24 @@ def _sample_lesions(rng: np.random.Generator, a: Anatomy) -> tuple[Lesion, ...]:
     lo = [_LESION_RADIUS[0], 0.8, 0.8, _LESION_SOLIDITY[0], 0.0]
     hi = [_LESION_RADIUS[1], 1.25, 1.25, _LESION_SOLIDITY[1], 1.0]
     shape = rng.uniform(lo, hi, (count, len(lo)))  # radius, x and y stretch, solidity, fissure coin
-    amplitude = np.exp(rng.uniform(*np.log(_LESION_AMPLITUDE), count))  # log-uniform: subtle ones are common
+    amplitude = np.exp(rng.uniform(*np.log(_LESION_AMPLITUDE), count))
     return tuple(
-        Lesion(float(cx), float(cy), float(radius * sx), float(radius * sy), float(amp), float(solidity), bool(coin < _P_FISSURE))
-        for (cx, cy), (radius, sx, sy, solidity, coin), amp in zip(centres, shape, amplitude)
+        Lesion(cx, cy, radius * sx, radius * sy, amp, solidity, coin < _P_FISSURE)
+        for (cx, cy), (radius, sx, sy, solidity, coin), amp in zip(centres.tolist(), shape.tolist(), amplitude.tolist())
     )
+
+
+def _column(values: Sequence[Any]) -> np.ndarray:
+    """Per-image values as a B×1×1 array, which broadcasts against B×S×S pixel arrays."""
+    return np.asarray(values, dtype=_DTYPE).reshape(-1, 1, 1)
 
 
 def _stack(anatomies: Sequence[Anatomy]) -> SimpleNamespace:
     """The anatomies' fields as B×1×1 arrays (lesions as B×L×1×1, padded with zero amplitude), so that every
     rendering function broadcasts over a batch; a single Anatomy works unchanged as well."""
-    column = lambda values: np.asarray(values, dtype=_DTYPE).reshape(-1, 1, 1)  # noqa: E731
-    fields = {f.name: column([getattr(a, f.name) for a in anatomies]) for f in dataclasses.fields(Anatomy)
+    fields = {f.name: _column([getattr(a, f.name) for a in anatomies]) for f in dataclasses.fields(Anatomy)
               if f.name not in ("heart", "lesions")}
-    fields["heart"] = tuple(column([a.heart[i] for a in anatomies]) for i in range(4))
+    fields["heart"] = tuple(_column([a.heart[i] for a in anatomies]) for i in range(4))
     slots = max((len(a.lesions) for a in anatomies), default=0)
     empty = Lesion(0.0, 0.0, 1.0, 1.0, 0.0, 0.0, False)
     padded = [list(a.lesions) + [empty] * (slots - len(a.lesions)) for a in anatomies]
@@ -313,8 +318,8 @@ def _patient_frame(a: SimpleNamespace, size: int) -> tuple[np.ndarray, np.ndarra
     return (cos * du + sin * dv) / a.scale, (-sin * du + cos * dv) / a.scale
 
 
-# Clamping the arguments of exp and tanh where the result has saturated anyway avoids libm's slow underflow paths,
-# which otherwise cost several times the whole vectorised evaluation (measured: 9 ns versus 1-2 ns per pixel).
+# Clamping the arguments of exp and tanh where the result has saturated anyway keeps numpy on its fast vectorised
+# path (measured for tanh: 8.6 ns per pixel with arguments up to 50, 1.7 ns once clamped).
 _EXP_FLOOR = 30.0  # exp(-30) ~ 1e-13: invisible in an 8-bit image
 _TANH_CLAMP = 10.0  # tanh(10) = 1 - 4e-9
 
@@ -424,7 +429,9 @@ def _smooth_noise(white: np.ndarray, sigma_px: float) -> np.ndarray:
     return field / (field.std(axis=(-2, -1), keepdims=True) + 1e-12)
 
 
-def _vessel_fans(angles: np.ndarray, lengths: np.ndarray, dx: np.ndarray, dy: np.ndarray, right: np.ndarray) -> np.ndarray:
+def _vessel_fans(
+    angles: np.ndarray, lengths: np.ndarray, dx: np.ndarray, dy: np.ndarray, right: np.ndarray
+) -> np.ndarray:
     """Tapering vessels radiating from each hilum; (dx lateral, dy down) are offsets from the pixel's own hilum.
 
     `angles` and `lengths` are B×2×K (image-left fan, image-right fan). Each pixel takes its nearest vessel in angle,
@@ -568,13 +575,13 @@ def _acquire(
 ) -> np.ndarray:
     """Detector blur, quantum noise, tone curve and marker: attenuation maps in, uint8 radiographs out."""
     size = attenuation.shape[-1]
-    column = lambda name: np.array([getattr(p, name) for p in params], dtype=_DTYPE).reshape(-1, 1, 1)  # noqa: E731
-    signal = _detector_blur(attenuation, column("blur").ravel() * size)
+    column = {f.name: _column([getattr(p, f.name) for p in params]) for f in dataclasses.fields(AcquisitionParams)}
+    signal = _detector_blur(attenuation, column["blur"].ravel() * size)
     lo, hi = _WINDOW
     white = np.stack([rng.standard_normal((size, size), dtype=_DTYPE) for rng in rngs])
-    signal = signal + column("noise") * np.exp(_NOISE_GAIN * (np.clip(signal, lo, hi) - lo) / 2.0) * white
-    display = np.clip((signal - lo) / (hi - lo), 0.0, 1.0) ** column("gamma")
-    display = np.clip(0.5 + column("contrast") * (display - 0.5) + column("brightness"), 0.0, 1.0)
+    signal = signal + column["noise"] * np.exp(_NOISE_GAIN * (np.clip(signal, lo, hi) - lo) / 2.0) * white
+    display = np.clip((signal - lo) / (hi - lo), 0.0, 1.0) ** column["gamma"]
+    display = np.clip(0.5 + column["contrast"] * (display - 0.5) + column["brightness"], 0.0, 1.0)
     for image, p, rng in zip(display, params, rngs):
         if p.marker:
             _burn_marker(image, rng)
