@@ -123,11 +123,8 @@ def _add_audit_parser(sub) -> None:
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
 
 
-def _train_values(args: argparse.Namespace) -> dict[str, Any]:
-    """Merge the YAML file (if any) with the options given on the command line."""
-    from xferlab.config import read_yaml
-
-    values = read_yaml(args.config) if args.config else {}
+def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
+    """The config's data: section with the data options given on the command line laid over it."""
     data = dict(values.get("data") or {})
     for key in ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable"):
         v = getattr(args, key)
@@ -135,6 +132,15 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
             data["path" if key == "data" else key] = v
     if "path" not in data:
         raise XferlabError("no data given; pass --data DIR (or set data.path in the config)")
+    return data
+
+
+def _train_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the YAML file (if any) with the options given on the command line."""
+    from xferlab.config import read_yaml
+
+    values = read_yaml(args.config) if args.config else {}
+    data = _data_values(args, values)
     values["data"] = data
     for key in ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
                 "num_threads", "amp", "channels_last", "compile"):
@@ -262,13 +268,7 @@ def _audit_configs(args: argparse.Namespace):
         if values[key] is not None and not isinstance(values[key], dict):
             raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
                                f"got {type(values[key]).__name__}")
-    data = dict(values.get("data") or {})
-    for key in ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable"):
-        v = getattr(args, key)
-        if v is not None:
-            data["path" if key == "data" else key] = v
-    if "path" not in data:
-        raise XferlabError("no data given; pass --data DIR (or set data.path in the config)")
+    data = _data_values(args, values)
     audit = dict(values.get("audit") or {})
     for key in ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads"):
         v = getattr(args, key)

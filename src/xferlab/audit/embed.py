@@ -16,6 +16,7 @@ from xferlab.config import AuditConfig
 from xferlab.data.batches import Preprocess, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.engine.loop import extract_features
+from xferlab.engine.run import resolve_device
 from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,6 @@ _CHUNK = 256
 _FEATURE_BATCH = 64
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise XferlabError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -> TransferModel:

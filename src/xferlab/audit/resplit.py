@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xferlab.audit.common import skipped, torch_threads
-from xferlab.audit.embed import resolve_device
+from xferlab.engine.run import resolve_device
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import AuditConfig
