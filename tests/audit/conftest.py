@@ -21,7 +21,7 @@ PHANTOM_SIZE = 32
 
 @pytest.fixture(scope="session")
 def phantom_embeddings(tmp_path_factory) -> dict[str, tuple[ImageDataset, np.ndarray]]:
-    """{'clean': (data, embeddings), 'shifted': (data, embeddings)}: 500 train-pool + 150 test images per class."""
+    """{'clean': (data, embeddings), 'shifted': (data, embeddings)}: the default phantom counts per class."""
     root = tmp_path_factory.mktemp("audit_phantoms")
     out = {}
     for name, shift in (("clean", "none"), ("shifted", "acquisition")):

@@ -13,6 +13,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from xferlab.audit import shift
 from xferlab.audit.common import MIN_PER_SIDE, permutation_p
 from xferlab.config import AuditConfig
+from xferlab.data.phantoms import DEFAULT_N_PER_CLASS, DEFAULT_N_TEST_PER_CLASS
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.splits import draw_splits
 
@@ -124,7 +125,7 @@ def test_acquisition_shift_is_detected_at_the_default_sizes(phantom_embeddings, 
     assert decision["reject"] and decision["p"] <= ALPHA
     for name in data.class_names:
         r = result["per_class"][name]
-        assert r["n_test"] == 150 and r["n_ref"] == 500
+        assert r["n_test"] == DEFAULT_N_TEST_PER_CLASS and r["n_ref"] == DEFAULT_N_PER_CLASS
         assert all(r[m]["p"] <= ALPHA for m in shift.METHODS)
         assert r["classifier"]["auc"] > 0.9
     # the within-class domain scores rank test images above train+val images
