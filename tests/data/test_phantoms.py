@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from xferlab.data import phantoms
 from xferlab.data.phantoms import (
     CLASS_NAMES,
     GENERATOR_VERSION,
@@ -82,6 +83,13 @@ def test_other_seed_differs(plain: Path, tmp_path: Path) -> None:
     other = _arrays(_make(tmp_path / "other", seed=1))
     for name, array in _arrays(plain).items():
         assert not np.array_equal(array, other[name]), name
+
+
+def test_thread_count_does_not_change_the_images(plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(phantoms, "_RENDER_THREADS", 1)
+    single = _arrays(_make(tmp_path / "single"))
+    for name, array in _arrays(plain).items():
+        assert np.array_equal(array, single[name]), name
 
 
 def test_images_do_not_depend_on_how_many_were_asked_for(plain: Path, tmp_path: Path) -> None:
