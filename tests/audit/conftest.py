@@ -10,7 +10,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from xferlab.audit.embed import embed_dataset
-from xferlab.audit.common import torch_threads
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.phantoms import generate_phantoms

@@ -12,7 +12,7 @@ from PIL import Image
 
 from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
-from xferlab.audit.common import torch_threads
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import ImageDataset
 

@@ -4,8 +4,6 @@ permutation p-values."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -74,17 +72,3 @@ def jsonable(obj: Any) -> Any:
         value = float(obj)
         return None if math.isnan(value) or math.isinf(value) else value
     return obj
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Use n torch threads inside (None: leave the setting alone) and restore the caller's setting afterwards."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

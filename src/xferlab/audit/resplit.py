@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from xferlab.audit.common import skipped, torch_threads
+from xferlab.audit.common import skipped
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.engine.run import resolve_device
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model

@@ -15,7 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from xferlab import io
 from xferlab.audit import figures
-from xferlab.audit.common import jsonable, torch_threads
+from xferlab.audit.common import jsonable
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import STATS, pixel_audit
