@@ -19,3 +19,17 @@ def write_tiny_npy(root: Path, n: int = 20, n_test: int = 8, size: int = 32, see
             x[:, q * k: q * (k + 1), q: 2 * q] = 220
             np.save(root / f"{prefix}{name}.npy", x)
     return root
+
+
+def write_tiny_folder(root: Path, **kw) -> Path:
+    """The same images as write_tiny_npy, as PNG files in the folder layout train/<class>/, test/<class>/."""
+    from PIL import Image
+
+    arrays = write_tiny_npy(root.parent / f"{root.name}-npy", **kw)
+    for npy in sorted(arrays.glob("*.npy")):
+        split, name = ("test", npy.stem[5:]) if npy.stem.startswith("test_") else ("train", npy.stem)
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, pixels in enumerate(np.load(npy)):
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root

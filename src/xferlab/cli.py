@@ -99,6 +99,9 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
+    p.add_argument("--shard", metavar="I/N",
+                   help="train only the I-th of N disjoint parts of the grid (1-based, cell k in part k %% N + 1), "
+                        "e.g. one job of a job array; no report: run `xferlab report DIR` once every part has finished")
 
     p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder")
     p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR)")
@@ -152,11 +155,13 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from xferlab.config import TrainConfig, build
+    from xferlab.engine.distributed import is_main_process
     from xferlab.engine.run import train
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
     result = train(cfg, args.out, overwrite=args.overwrite)
-    _print_run_summary(result)
+    if is_main_process():  # under torchrun every rank trains; rank 0 reports
+        _print_run_summary(result)
     return 0
 
 
@@ -207,23 +212,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from xferlab.engine.distributed import is_main_process
     from xferlab.study import build_outputs, load_study, run_study
+    from xferlab.study.grid import parse_shard
     from xferlab.study.summary import summary_table
 
+    shard = parse_shard(args.shard) if args.shard is not None else None
     study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
     out = args.out or Path("runs") / args.study.stem
     try:
-        outcome = run_study(study, out, force=args.force)
+        outcome = run_study(study, out, force=args.force, shard=shard)
     except KeyboardInterrupt:
         done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
         print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
-              f"xferlab study {args.study} --out {out}", file=sys.stderr)
+              f"{_study_command(args, out, shard)}", file=sys.stderr)
         return 130
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
+    counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished"
+    if shard is not None:  # other shards may still be running: the report is built once, by `xferlab report`
+        print(f"\nshard {shard[0]}/{shard[1]}: {counts}; when every shard has finished: xferlab report {out}")
+        return 0
     results, report = build_outputs(out)
-    print(f"\n{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished")
+    print(f"\n{counts}")
     print(summary_table(results))
     print(f"report: {report}")
     return 0
+
+
+def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] | None) -> str:
+    """The `xferlab study` command line that resumes this one (its study, folder, data, device and shard)."""
+    import shlex
+
+    words = ["xferlab", "study", str(args.study), "--out", str(out)]
+    for option, value in (("--data", args.data), ("--device", args.device),
+                          ("--shard", shard and f"{shard[0]}/{shard[1]}")):
+        words += [option, str(value)] if value is not None else []
+    return shlex.join(words)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -305,14 +330,19 @@ COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backb
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    status = 1  # an unexpected exception propagates with its traceback
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except XferlabError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        status = 130
+    finally:
+        if "xferlab.engine.distributed" in sys.modules:  # a command that trained under torchrun: leave its group
+            sys.modules["xferlab.engine.distributed"].shutdown(barrier=status == 0)
+    return status
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
     medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist")
     skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
+    memory_budget_mb: float | None = Field(
+        None, ge=0,
+        description="folder/csv: when the decoded uint8 images would take more than this many MiB, stream them from "
+        "disk per batch (DataLoader workers) instead of loading them; default: load everything. npy (memory-mapped) "
+        "and medmnist ignore it",
+    )
+    loader_workers: int = Field(
+        2, ge=0, description="DataLoader worker processes that decode streamed images (0: in the main process)"
+    )
     seed: int = 0
 
     @field_validator("format")

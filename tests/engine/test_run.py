@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tinydata import write_tiny_folder
 
 from xferlab.cli import main
 from xferlab.config import DataConfig, TrainConfig, build, read_yaml
@@ -131,3 +132,21 @@ def test_cli_train_runs_from_a_yaml_config(tiny_npy, tmp_path, capsys):
     saved = read_yaml(tmp_path / "run" / "config.yaml")
     assert saved["regime"] == "finetune" and saved["batch_size"] == 16
     assert "val acc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("regime,workers", [("finetune", 0), ("adabn", 2)])
+def test_streaming_from_disk_gives_the_in_memory_results(tmp_path, regime, workers):
+    """A memory budget of 0 streams every batch from the PNG files (DataLoader workers decode them); the run's
+    predictions and history are those of the in-memory run."""
+    folder = write_tiny_folder(tmp_path / "pngs")
+    runs = {}
+    for name, budget in (("memory", None), ("streamed", 0)):
+        data = DataConfig(path=folder, format="folder", memory_budget_mb=budget, loader_workers=workers)
+        runs[name] = train(_cfg(folder, data=data, regime=regime, epochs=2, num_threads=1), tmp_path / name,
+                           progress=False)
+    memory, streamed = (np.load(tmp_path / name / "predictions.npz") for name in ("memory", "streamed"))
+    for key in memory.files:
+        np.testing.assert_array_equal(memory[key], streamed[key])
+    untimed = [[{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in run.history]
+               for run in runs.values()]
+    assert untimed[0] == untimed[1]

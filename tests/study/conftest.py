@@ -1,10 +1,12 @@
 """Study fixtures (factories, so no test imports this module): a tiny study YAML over generated data, and run folders
-written directly (no training) in the engine's format, for tests that need chosen predictions."""
+written directly (no training) in the engine's format, for tests that need chosen predictions; a stand-in audit."""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,23 @@ def trained_study(tmp_path_factory) -> Path:
     run_study(load_study(write_study(root / "study.yaml", data, seeds=[0, 1])), root / "out", progress=False)
     torch.set_num_threads(threads)
     return root / "out"
+
+
+@pytest.fixture
+def fake_audit(monkeypatch):
+    """A stand-in xferlab.audit whose run_audit records its calls and writes a minimal audit.json."""
+    calls = []
+
+    def run_audit(data_cfg, audit_cfg, out_dir, progress=True):
+        calls.append((data_cfg, audit_cfg, out_dir))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "audit.json").write_text(json.dumps({"verdict": "fake"}))
+        return {"verdict": "fake"}
+
+    module = types.ModuleType("xferlab.audit")
+    module.run_audit = run_audit
+    monkeypatch.setitem(sys.modules, "xferlab.audit", module)
+    return calls
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 import json
 import sys
-import types
 
 import pytest
 
@@ -90,23 +89,6 @@ def test_the_study_folder_records_the_study_and_the_environment(study_yaml, tmp_
     assert build(StudyConfig, read_yaml(out / "study.yaml")) == study
     env = json.loads((out / "environment.json").read_text())
     assert env["packages"]["torch"] and env["cpu"] and env["python"]
-
-
-@pytest.fixture
-def fake_audit(monkeypatch):
-    """A stand-in xferlab.audit whose run_audit records its calls and writes a minimal audit.json."""
-    calls = []
-
-    def run_audit(data_cfg, audit_cfg, out_dir, progress=True):
-        calls.append((data_cfg, audit_cfg, out_dir))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "audit.json").write_text(json.dumps({"verdict": "fake"}))
-        return {"verdict": "fake"}
-
-    module = types.ModuleType("xferlab.audit")
-    module.run_audit = run_audit
-    monkeypatch.setitem(sys.modules, "xferlab.audit", module)
-    return calls
 
 
 def test_the_audit_runs_once_into_dir_audit(study_yaml, tmp_path, fake_audit):

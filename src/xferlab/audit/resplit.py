@@ -23,7 +23,7 @@ from xferlab.engine.run import resolve_device
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import AuditConfig
-from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.batches import Preprocess, as_tensor, batch_indices
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.splits import draw_splits, split_counts
 from xferlab.engine.loop import evaluate, train_one_epoch
@@ -79,8 +79,8 @@ def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make
     history, best = [], None
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        _, train_acc = train_one_epoch(forward, x["train"], y["train"], optimizer, scheduler, cfg.batch_size,
-                                       generator, device)
+        batches = batch_indices(len(x["train"]), cfg.batch_size, generator, device=inputs.device)
+        _, train_acc = train_one_epoch(forward, x["train"], y["train"], optimizer, scheduler, batches, device)
         model.eval()
         row = {"epoch": epoch, "train": train_acc,
                **{s: evaluate(forward, x[s], y[s], eval_batch, device)[1] for s in ("val", "test")}}

@@ -86,7 +86,9 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         raise XferlabError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from None
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    data = load_dataset(data_cfg)
+    # The audit compares every image with every other (hashes, embeddings, re-splits), so it reads the images into
+    # memory whatever the training memory budget says.
+    data = load_dataset(data_cfg.model_copy(update={"memory_budget_mb": None}))
     with torch_threads(audit_cfg.num_threads):
         with _timed(seconds, "embedding"):
             embeddings = embed_dataset(data, audit_cfg, progress)

@@ -1,12 +1,13 @@
 """From uint8 arrays to model input, one batch at a time: the only place pixels become floats.
 
 Grayscale becomes the 3 channels a pretrained stem expects by broadcasting per batch; no float or 3-channel copy
-of the dataset is ever stored.
+of the dataset is ever stored. A split's stored inputs are a tensor (indexed per batch) or, for data beyond the
+memory budget, StreamedImages (decoded per batch by DataLoader workers); `take_batches` serves both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -54,3 +55,28 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = N
     if device is not None:
         order = order.to(device)
     yield from order.split(batch_size)
+
+
+class StreamedImages:
+    """A split read from disk per batch: its files (xferlab.data.streaming.FileImages) and the DataLoader settings."""
+
+    device = torch.device("cpu")  # where index batches for it are made
+
+    def __init__(self, images, workers: int, pin_memory: bool = False):
+        self.images, self.workers, self.pin_memory = images, workers, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from xferlab.data.streaming import stream_batches
+
+        batches = [idx.cpu() for idx in batches]
+        yield from zip(batches, stream_batches(self.images, batches, self.workers, pin_memory=self.pin_memory))
+
+
+def take_batches(inputs, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, batch) for every index batch: a stored tensor is indexed, StreamedImages decode from disk."""
+    if isinstance(inputs, torch.Tensor):
+        return ((idx, inputs[idx]) for idx in batches)
+    return inputs.batches(batches)

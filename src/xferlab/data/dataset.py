@@ -1,12 +1,17 @@
-"""The one in-memory form every data source produces: uint8 images, integer labels, class names, groups and splits."""
+"""The one form every data source produces: uint8 images (in memory, or streamed from files), integer labels, class
+names, groups and splits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xferlab.errors import XferlabError
+
+if TYPE_CHECKING:
+    from xferlab.data.streaming import FileImages
 
 SPLITS = ("train", "val", "test")
 
@@ -16,10 +21,11 @@ class ImageDataset:
     """Images stay uint8 (N×H×W grayscale or N×C×H×W) until a batch is made on the device.
 
     `splits` holds 'train', 'val' or 'test' for every image; `groups` (patient ids) is optional and is what
-    group-aware splitting and the leakage audit key on.
+    group-aware splitting and the leakage audit key on. `images` is a numpy array, or FileImages (the folder and csv
+    sources over data.memory_budget_mb) with the same shape, dtype and indexing, decoded from disk when indexed.
     """
 
-    images: np.ndarray
+    images: np.ndarray | FileImages
     labels: np.ndarray
     class_names: list[str]
     splits: np.ndarray
@@ -39,6 +45,12 @@ class ImageDataset:
         return len(self.class_names)
 
     @property
+    def streamed(self) -> bool:
+        """True when the images are FileImages, decoded from disk per batch, not one array in memory."""
+        # Checked against ndarray so that asking does not import torch (xferlab.data.streaming does).
+        return not isinstance(self.images, np.ndarray)
+
+    @property
     def channels(self) -> int:
         return 1 if self.images.ndim == 3 else int(self.images.shape[1])
 
@@ -50,7 +62,8 @@ class ImageDataset:
         return np.flatnonzero(self.splits == split)
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of one split (a view-free copy: fancy indexing)."""
+        """Images and labels of one split (a view-free copy: fancy indexing; streamed images are decoded here, so
+        for those use images.subset(indices(split)) to stay on disk)."""
         idx = self.indices(split)
         return self.images[idx], self.labels[idx]
 

@@ -1,4 +1,5 @@
-"""Pixel plumbing shared by every source: checked conversion to uint8, Pillow resizing and image-file decoding.
+"""Pixel plumbing shared by every source: checked conversion to uint8, Pillow resizing, image-file decoding and
+header checks that read no pixels.
 
 Images are uint8 H×W (grayscale) or 3×H×W (RGB, channel-first); batches add a leading N.
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,6 +30,9 @@ _UINT16_TO_UINT8 = 255.0 / 65535.0
 
 _GRAY_MODES = ("1", "L", "LA", "La")
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_SINGLE_CHANNEL_MODES = (*_GRAY_MODES, *_WIDE_INT_MODES, "F")  # _decode makes these H×W whatever the pixels
+
+T = TypeVar("T")
 
 
 def _row_chunks(array: np.ndarray) -> Iterator[slice]:
@@ -146,6 +151,14 @@ def _gray_or_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
+def could_be_colour(mode: str) -> bool:
+    """Whether a file of this Pillow mode may decode to 3×H×W.
+
+    Single-channel modes never do; for RGB-like ones only decoding tells (gray content decodes gray: _gray_or_rgb).
+    """
+    return mode not in _SINGLE_CHANNEL_MODES
+
+
 def _decode(image: Image.Image, where: str) -> np.ndarray:
     if image.mode in _GRAY_MODES:
         return np.asarray(image.convert("L"))
@@ -180,6 +193,40 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         raise XferlabError(
             f"{where}: cannot read image ({type(err).__name__}: {err}); replace or remove the file"
         ) from None
+
+
+def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], bool]:
+    """(H, W) and whether the file may be colour (could_be_colour), from its header, without decoding pixels.
+
+    Pillow's verify() also checks what it can without decoding (PNG: every chunk's checksum; most other formats:
+    nothing), so damage only decoding reveals, such as a truncated JPEG, surfaces when the image is decoded. A file
+    verify() rejects is decoded once to decide, so exactly the files read_image_file refuses are refused, with its
+    message (a PNG missing only its end marker decodes fine).
+    """
+    try:
+        with Image.open(path) as image:
+            size, mode = (image.height, image.width), image.mode
+            image.verify()
+        return size, could_be_colour(mode)
+    except Exception:  # noqa: BLE001 - decoding decides, and its error names the problem
+        pixels = read_image_file(path)
+        return (int(pixels.shape[-2]), int(pixels.shape[-1])), pixels.ndim == 3
+
+
+def read_each(
+    paths: Sequence[Path], read: Callable[[Path], T], skip_unreadable: bool, skipped: list[int]
+) -> Iterator[tuple[int, T]]:
+    """(i, read(paths[i])) for each file. When `read` raises XferlabError the error is re-raised with the
+    skip_unreadable hint or, with skip_unreadable, the file's index is appended to `skipped` and it is left out."""
+    for i, path in enumerate(paths):
+        try:
+            value = read(path)
+        except XferlabError as err:
+            if not skip_unreadable:
+                raise XferlabError(f"{err} (or set data.skip_unreadable: true to skip unreadable files)") from None
+            skipped.append(i)
+            continue
+        yield i, value
 
 
 def _shape_report(shapes: Sequence[tuple[int, ...]], names: Sequence[str] | None) -> str:

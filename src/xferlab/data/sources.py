@@ -1,7 +1,9 @@
 """Data sources: each reads one on-disk layout (npy, folder, csv, medmnist) into an ImageDataset.
 
 A source is a function DataConfig -> ImageDataset registered under its format name; load_dataset picks it.
-Every source returns uint8 N×H×W (gray) or N×3×H×W (RGB) images, resized to cfg.image_size when given.
+Every source returns uint8 N×H×W (gray) or N×3×H×W (RGB) images, resized to cfg.image_size when given. The folder
+and csv sources return them as a decoded array, or, when that would exceed cfg.memory_budget_mb, as FileImages
+(xferlab.data.streaming) that decode them from disk per batch with the same pixels.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from xferlab.data.images import (
     check_file_sizes,
     concat_batches,
     describe_files,
+    read_each,
     read_image_file,
     resize_image,
     resize_images,
@@ -29,6 +33,9 @@ from xferlab.data.images import (
 )
 from xferlab.data.splits import carve_val, draw_splits
 from xferlab.errors import XferlabError, did_you_mean
+
+if TYPE_CHECKING:
+    from xferlab.data.streaming import FileImages
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
 
 def _dataset(
     cfg: DataConfig,
-    images: np.ndarray,
+    images: np.ndarray | FileImages,
     labels: np.ndarray,
     class_names: Sequence[str],
     splits: np.ndarray,
@@ -126,6 +133,13 @@ def _prepare_batch(array: np.ndarray, where: str, image_size: int | None) -> np.
     return batch if image_size is None else resize_images(batch, image_size)
 
 
+def _skipped_files(paths: Sequence[Path], skipped: Sequence[int], where: str) -> list[Path]:
+    files = [paths[i] for i in skipped]
+    if files:
+        logger.warning("%s: skipped %d unreadable image(s): %s", where, len(files), describe_files(files))
+    return files
+
+
 def _read_images(paths: Sequence[Path], cfg: DataConfig, where: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """Decode files into one batch. Returns (images, indices of the files kept, files skipped as unreadable).
 
@@ -133,21 +147,44 @@ def _read_images(paths: Sequence[Path], cfg: DataConfig, where: str) -> tuple[np
     """
     if cfg.image_size is None:
         check_file_sizes(paths, where)
-    images, kept, skipped = [], [], []
-    for i, path in enumerate(paths):
-        try:
-            image = read_image_file(path)
-        except XferlabError as err:
-            if not cfg.skip_unreadable:
-                raise XferlabError(f"{err} (or set data.skip_unreadable: true to skip unreadable files)") from None
-            skipped.append(path)
-            continue
-        images.append(image if cfg.image_size is None else resize_image(image, cfg.image_size))
+
+    def read(path: Path) -> np.ndarray:
+        image = read_image_file(path)
+        return image if cfg.image_size is None else resize_image(image, cfg.image_size)
+
+    skipped: list[int] = []
+    kept, images = [], []
+    for i, image in read_each(paths, read, cfg.skip_unreadable, skipped):
         kept.append(i)
-    if skipped:
-        logger.warning("%s: skipped %d unreadable image(s): %s", where, len(skipped), describe_files(skipped))
+        images.append(image)
+    skipped_files = _skipped_files(paths, skipped, where)
     names = [str(paths[i]) for i in kept]
-    return stack_images(images, where, cfg.image_size, names), np.asarray(kept, dtype=np.int64), skipped
+    return stack_images(images, where, cfg.image_size, names), np.asarray(kept, dtype=np.int64), skipped_files
+
+
+def _load_images(
+    paths: Sequence[Path], cfg: DataConfig, where: str
+) -> tuple[np.ndarray | FileImages, np.ndarray, list[Path]]:
+    """_read_images, or, when the decoded images would take more than cfg.memory_budget_mb, FileImages that decode
+    them per batch. Returns (images, indices of the files kept, files skipped as unreadable)."""
+    if cfg.memory_budget_mb is None:
+        return _read_images(paths, cfg, where)
+    from xferlab.data import streaming  # imports torch: only sources given a memory budget pay for it
+
+    budget = cfg.memory_budget_mb * streaming.MIB
+    scan = streaming.scan_image_files(paths, where, cfg.image_size, cfg.skip_unreadable)
+    rgb = None
+    if streaming.decoded_nbytes(len(scan.kept), scan.size, rgb=True) > budget:  # then colour decides, so find it
+        rgb, scan = streaming.find_colour(paths, scan, cfg.skip_unreadable)
+    if rgb is None or streaming.decoded_nbytes(len(scan.kept), scan.size, rgb) <= budget:
+        images, kept, skipped = _read_images(paths, cfg, where)
+        logger.info("%s: %d images take %.1f MiB decoded, within data.memory_budget_mb = %g MiB: loaded into memory",
+                    where, len(images), images.nbytes / streaming.MIB, cfg.memory_budget_mb)
+        return images, kept, skipped
+    images = streaming.FileImages([paths[i] for i in scan.kept], scan.size, rgb, resize=cfg.image_size is not None)
+    logger.info("%s: %d images would take %.1f MiB decoded, over data.memory_budget_mb = %g MiB: streaming them "
+                "from disk per batch", where, len(images), images.nbytes / streaming.MIB, cfg.memory_budget_mb)
+    return images, np.asarray(scan.kept, dtype=np.int64), _skipped_files(paths, scan.skipped, where)
 
 
 # ---- npy: <class>.npy per class, optional test_<class>.npy ---------------------------------------------------------
@@ -254,13 +291,14 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     """`train/<class>/` image files (PNG/JPEG/TIFF/BMP), optional `val/` and `test/`; val carved when absent."""
     root = Path(cfg.path)
     class_names, paths, labels, splits = _folder_entries(root)
-    images, kept, skipped = _read_images(paths, cfg, str(root))
+    images, kept, skipped = _load_images(paths, cfg, str(root))
     labels = np.asarray(labels, dtype=np.int64)[kept]
     splits = np.asarray(splits, dtype=object)[kept]
     carved = not (splits == "val").any()
     if carved:
         splits = _carve(splits, labels, None, cfg, class_names)
-    meta = {"val_carved": cfg.val_split if carved else None, "skipped": [str(p) for p in skipped]}
+    meta = {"val_carved": cfg.val_split if carved else None, "skipped": [str(p) for p in skipped],
+            "streamed": not isinstance(images, np.ndarray)}
     return _dataset(cfg, images, labels, class_names, splits, **meta)
 
 
@@ -351,12 +389,12 @@ def load_csv(cfg: DataConfig) -> ImageDataset:
     manifest = Path(cfg.path)
     cols = _manifest_columns(manifest)
     class_names = sorted(set(cols["label"]))
-    images, kept, skipped = _read_images(cols["path"], cfg, str(manifest))
+    images, kept, skipped = _load_images(cols["path"], cfg, str(manifest))
     labels = np.asarray([class_names.index(v) for v in cols["label"]], dtype=np.int64)[kept]
     groups = None if cols["group"] is None else np.asarray(cols["group"], dtype=str)[kept]
     cells = np.asarray(cols["split"], dtype=object)[kept]
     splits, how = _manifest_splits(cells, labels, groups, cfg, class_names)
-    meta = {"splits_from": how, "skipped": [str(p) for p in skipped]}
+    meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "streamed": not isinstance(images, np.ndarray)}
     return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
 
 

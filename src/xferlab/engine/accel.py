@@ -105,8 +105,11 @@ def place(tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.d
           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Move every split's (uint8 images, labels) to the GPU when all of them fit; otherwise leave them on the host.
 
-    Resident data makes a batch an on-device gather: no host-device copy, and so no sync, per step.
+    Resident data makes a batch an on-device gather: no host-device copy, and so no sync, per step. Streamed splits
+    (beyond the memory budget) stay on disk.
     """
+    if not all(isinstance(x, torch.Tensor) for x, _ in tensors.values()):
+        return tensors
     nbytes = sum(x.numel() * x.element_size() + y.numel() * y.element_size() for x, y in tensors.values())
     if not fits_on_device(nbytes, device):
         return tensors

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
-from xferlab.data.batches import Preprocess
+from xferlab.data.batches import Preprocess, batch_indices
 from xferlab.engine.accel import Accel, native_bf16, num_threads, resolve_accel
 from xferlab.engine.loop import make_adam, train_one_epoch
 from xferlab.errors import XferlabError
@@ -87,10 +87,12 @@ def _train_rate(forward, model, images, labels, batch_size: int, steps: int, war
     model.train()
     if warmup:
         n = warmup * batch_size
-        train_one_epoch(forward, images[:n], labels[:n], optimizer, None, batch_size, generator, device)
+        train_one_epoch(forward, images[:n], labels[:n], optimizer, None,
+                        batch_indices(n, batch_size, generator, device=images.device), device)
     timer = Timer(device)
     with timer:  # train_one_epoch ends in .item(): the timed block waits for the device's last step
-        train_one_epoch(forward, images, labels, optimizer, None, batch_size, generator, device)
+        train_one_epoch(forward, images, labels, optimizer, None,
+                        batch_indices(len(images), batch_size, generator, device=images.device), device)
     return len(images) / timer.seconds
 
 

@@ -2,7 +2,8 @@
 
 `forward` maps a batch of stored inputs (uint8 images or cached features) to logits; everything else is the same.
 Loss and accuracy accumulate on the device and batch indices live where the data lives, so the inner loop has no
-host-device sync (one `.item()` per epoch). `adapt_batchnorm` and `extract_features` prepare the fixed-backbone
+host-device sync (one `.item()` per epoch). With several ranks (xferlab.engine.distributed) the epoch's sums are
+all-reduced and evaluation / feature extraction gather every rank's share. `adapt_batchnorm` and `extract_features` prepare the fixed-backbone
 regimes: BatchNorm statistics re-estimated once (adabn), then features computed once.
 """
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xferlab.data.batches import batch_indices
+from xferlab.data.batches import batch_indices, take_batches
+from xferlab.engine.distributed import SINGLE, Dist
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,70 +31,88 @@ def make_adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optim
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def train_one_epoch(forward: Forward, inputs: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
-                    batch_size: int, generator: torch.Generator, device: torch.device) -> tuple[float, float]:
-    """Mean training loss and accuracy over the epoch (scheduler stepped per batch)."""
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for idx in batch_indices(len(inputs), batch_size, generator, device=inputs.device):
+def train_one_epoch(forward: Forward, inputs, labels: torch.Tensor, optimizer, scheduler, batches,
+                    device: torch.device, dist: Dist = SINGLE) -> tuple[float, float]:
+    """Mean training loss and accuracy over the epoch's `batches` (index tensors; scheduler stepped per batch),
+    summed over every rank. `inputs`: stored tensors or streamed images (xferlab.data.batches.take_batches)."""
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    for idx, x in take_batches(inputs, batches):
         y = labels[idx.to(labels.device)].to(device, non_blocking=True)  # no-op moves when labels sit with inputs
-        logits = forward(inputs[idx]).float()
+        logits = forward(x).float()
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == y).sum()
+        totals += torch.stack([loss.detach() * len(idx), (logits.detach().argmax(1) == y).sum(),
+                               torch.tensor(len(idx), device=device)]).double()
+    loss_sum, correct, n = dist.all_reduce_sum(totals).tolist()  # the epoch's one host-device sync
+    return loss_sum / n, correct / n
+
+
+@torch.no_grad()
+def predict(forward: Forward, inputs, batches) -> torch.Tensor:
+    """float32 outputs of `forward` for the items of `batches`, in that order."""
+    return torch.cat([forward(x).float() for _, x in take_batches(inputs, batches)])
+
+
+def _local_batches(inputs, n: int, batch_size: int, dist: Dist) -> list[torch.Tensor]:
+    """This rank's evaluation share of range(n), in order, as index batches where the inputs live."""
+    return list(dist.eval_indices(n).to(getattr(inputs, "device", "cpu")).split(batch_size))
+
+
+@torch.no_grad()
+def evaluate(forward: Forward, inputs, labels: torch.Tensor, batch_size: int, device: torch.device,
+             dist: Dist = SINGLE) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and the class probabilities (N×K, on the host) of one split; each rank evaluates its
+    share and the logits are gathered, so every item counts once whatever the number of ranks."""
     n = len(inputs)
-    return loss_sum.item() / n, correct.item() / n
+    logits = dist.gather(predict(forward, inputs, _local_batches(inputs, n, batch_size, dist)), n)
+    y = labels.to(logits.device)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).double().mean().item()
+    return loss, acc, logits.softmax(1).cpu().numpy()
 
 
 @torch.no_grad()
-def evaluate(forward: Forward, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             device: torch.device) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and the class probabilities (N×K, on the host) of one split."""
-    loss_sum = torch.zeros((), device=device)
-    probs = []
-    for idx in batch_indices(len(inputs), batch_size, device=inputs.device):
-        logits = forward(inputs[idx]).float()
-        loss_sum += F.cross_entropy(logits, labels[idx.to(labels.device)].to(device), reduction="sum")
-        probs.append(logits.softmax(1))
-    p = torch.cat(probs)
-    acc = (p.argmax(1).cpu() == labels.cpu()).float().mean().item()
-    return loss_sum.item() / len(inputs), acc, p.cpu().numpy()
-
-
-@torch.no_grad()
-def extract_features(body: torch.nn.Module, images: torch.Tensor, preprocess, batch_size: int) -> torch.Tensor:
-    """Pooled float32 features of a fixed backbone for every image, computed once (eval mode: BN uses running stats).
+def extract_features(body: torch.nn.Module, images, preprocess, batch_size: int, dist: Dist = SINGLE) -> torch.Tensor:
+    """Pooled float32 features of a fixed backbone for every image, computed once (eval mode: BN uses running stats);
+    each rank computes its share and every rank gets all of them.
 
     Call it inside an autocast block to run the backbone in bf16; the features are stored as float32 either way.
     """
     was_training = body.training
     body.eval()
-    batches = batch_indices(len(images), batch_size, device=images.device)
-    feats = [body(preprocess(images[idx])).float() for idx in batches]
+    n = len(images)
+    feats = predict(lambda x: body(preprocess(x)), images, _local_batches(images, n, batch_size, dist))
     body.train(was_training)
-    return torch.cat(feats)
+    return dist.gather(feats, n)
 
 
-def adapt_batchnorm(body: torch.nn.Module, images: torch.Tensor, preprocess, batch_size: int,
-                    generator: torch.Generator | None = None) -> int:
+def adapt_batchnorm(body: torch.nn.Module, images, preprocess, batch_size: int,
+                    generator: torch.Generator | None = None, dist: Dist = SINGLE) -> int:
     """AdaBN: replace every BatchNorm's running statistics by their estimate on `images`, in one pass.
 
     torch's `update_bn` resets the statistics, then averages the per-batch statistics over the pass (momentum=None)
     with the backbone in train mode and without gradients; the batches are drawn with `generator` so that each one
     mixes the classes, as the reference's shuffled train-mode batches did. A short last batch is left out: update_bn
-    weighs every batch equally, and a batch of one image has no variance. Returns the number of BatchNorm layers.
+    weighs every batch equally, and a batch of one image has no variance. With several ranks each takes every
+    W-th batch and the per-rank averages are combined weighted by their batch counts: the same statistics as one
+    process. Returns the number of BatchNorm layers.
     """
     from torch.optim.swa_utils import update_bn
 
     bns = [m for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    order = list(batch_indices(len(images), batch_size, generator, device=images.device))
+    order = list(batch_indices(len(images), batch_size, generator, device=getattr(images, "device", None)))
     if len(order) > 1 and len(order[-1]) < batch_size:
         order = order[:-1]
-    batches = (preprocess(images[idx]) for idx in order)
-    update_bn(batches, body)  # restores body.training and each layer's momentum afterwards
+    mine = order[dist.rank::dist.world_size]
+    update_bn((preprocess(x) for _, x in take_batches(images, mine)), body)  # restores train mode and momentum
+    if dist.enabled:
+        for bn in bns:
+            for buf in (bn.running_mean, bn.running_var):
+                buf.mul_(len(mine) / len(order))
+                dist.all_reduce_sum(buf)
+            dist.all_reduce_sum(bn.num_batches_tracked)
     return len(bns)

@@ -9,10 +9,15 @@ curves but never chooses anything: the best epoch is chosen on val accuracy alon
 Speed (README, Performance): images stay uint8 until a batch is on the device; fixed backbones (frozen, adabn) run
 once over every split and their cached features serve every epoch's training and evaluation; on CUDA the uint8
 dataset stays on the GPU when it fits, with bf16 autocast, channels_last and cuDNN autotuning (xferlab.engine.accel).
+
+Scale-out (xferlab.engine.distributed): under torchrun every rank runs this same code on its share of each batch,
+evaluation and feature extraction; only rank 0 writes the run folder. Data beyond the memory budget streams from
+disk per batch (StreamedImages).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import logging
@@ -30,10 +35,12 @@ from xferlab import io
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, count_parameters, create_model
 from xferlab.config import TrainConfig, to_yaml
-from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
+from xferlab.engine import distributed
 from xferlab.engine.accel import Accel, accel_for, place
+from xferlab.engine.distributed import Dist, weights_digest
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
@@ -60,51 +67,79 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and numpy; return the generator that orders training batches."""
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy (model initialisation); training batches are drawn from the seed by the sampler."""
     torch.manual_seed(seed)
     np.random.seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Run one training configuration and write its run folder to `out`."""
+    """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
+    writes)."""
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
-    device = resolve_device(cfg.device)
+    dist, device = distributed.init(resolve_device(cfg.device))
     accel = accel_for(cfg, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
+    _check_out(out, overwrite, dist)
     data = load_dataset(cfg.data)
-    generator = seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
     apply_regime(model, regime)
     accel.prepare(model)
     preprocess = Preprocess(model.spec.mean, model.spec.std, device, channels_last=accel.channels_last)
-    splits = place(_split_tensors(data), device)
+    splits = place(_split_inputs(data, cfg, device), device)
 
-    with io.staged_dir(out, overwrite=overwrite) as stage:
-        prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits)
-        labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs: no syncs
-        history, best = _fit(cfg, model, prepared.forward, prepared.inputs, labels, generator, device, progress)
+    with io.staged_dir(out, overwrite=overwrite) if dist.is_main else contextlib.nullcontext() as stage:
+        prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits, dist)
+        labels = {s: y.to(_device_of(prepared.inputs[s])) for s, (_, y) in splits.items()}  # beside the inputs
+        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
         model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
         throughput = prepared.images_per_s or _eval_throughput(history[-1], splits)
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
         metrics["accel"] = accel.describe()
-        _write_run(stage, cfg, data, model, history, metrics, best["probs"])
+        metrics["distributed"] = {**dist.describe(), "weight_digests": dist.gather_objects(weights_digest(model))}
+        if stage is not None:
+            _write_run(stage, cfg, data, model, history, metrics, best["probs"])
     return RunResult(Path(out), metrics, history)
 
 
-def _split_tensors(data: ImageDataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 images and labels of each non-empty split. The split images are copies, so the pooled array is released
-    afterwards (keeping both would double the dataset's memory); labels, splits and sizes stay readable."""
+def _check_out(out, overwrite: bool, dist: Dist) -> None:
+    """Rank 0's verdict on the output folder, raised on every rank (a rank left alone would wait forever)."""
+    try:
+        io.check_new_dir(out, overwrite)
+        problem = None
+    except XferlabError as err:
+        problem = str(err)
+    problem = dist.broadcast_object(problem)
+    if problem:
+        raise XferlabError(problem)
+
+
+def _split_inputs(data: ImageDataset, cfg: TrainConfig, device: torch.device) -> dict[str, tuple[object, torch.Tensor]]:
+    """(stored images, labels) of each non-empty split: uint8 tensors, or StreamedImages when the source streams.
+
+    In-memory split images are copies, so the pooled array is released afterwards (keeping both would double the
+    dataset's memory); labels, splits and sizes stay readable."""
     out = {}
     for s in ("train", "val", "test"):
         idx = data.indices(s)
-        if len(idx):
-            out[s] = (as_tensor(data.images[idx]), torch.from_numpy(data.labels[idx]))
-    data.images = data.images[:0]
+        if not len(idx):
+            continue
+        if data.streamed:
+            images = StreamedImages(data.images.subset(idx), cfg.data.loader_workers, pin_memory=device.type == "cuda")
+        else:
+            images = as_tensor(data.images[idx])
+        out[s] = (images, torch.from_numpy(data.labels[idx]))
+    if not data.streamed:
+        data.images = data.images[:0]
     return out
+
+
+def _device_of(inputs) -> torch.device:
+    return getattr(inputs, "device", torch.device("cpu"))
 
 
 def _labels(data: ImageDataset, split: str) -> np.ndarray:
@@ -113,34 +148,39 @@ def _labels(data: ImageDataset, split: str) -> np.ndarray:
 
 @dataclass
 class _Prepared:
-    """What the fit loop trains on: stored inputs per split, the function from a batch of them to logits, the seconds
-    spent preparing them and, for cached features, the images/s of that backbone pass."""
+    """What the fit loop trains on: stored inputs per split, the functions from a batch of them to logits (for
+    training: through DistributedDataParallel when there are several ranks), the seconds spent preparing them and,
+    for cached features, the images/s of that backbone pass."""
 
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, object]
     forward: Callable[[torch.Tensor], torch.Tensor]
+    train_forward: Callable[[torch.Tensor], torch.Tensor]
     seconds: float = 0.0
     images_per_s: float | None = None
 
 
-def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict) -> _Prepared:
-    """Fixed backbones: (AdaBN once, then) features of every split, once. Otherwise: the images and a forward."""
+def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict, dist: Dist) -> _Prepared:
+    """Fixed backbones: (AdaBN once, then) features of every split, once, shared out over the ranks. Otherwise: the
+    images and a forward."""
     if not regime.cache_features:
-        return _Prepared({s: x for s, (x, _) in splits.items()}, _image_forward(model, preprocess, accel))
+        return _Prepared({s: x for s, (x, _) in splits.items()}, _image_forward(model, preprocess, accel),
+                         _image_forward(dist.wrap(model, accel.device), preprocess, accel))
     adapt_timer, extract_timer = Timer(accel.device), Timer(accel.device)
     with accel.autocast():
         if regime.adapt_bn:
             with adapt_timer:  # a generator of its own, so adabn and frozen train the head on the same batches
                 adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
-                                torch.Generator().manual_seed(cfg.seed))
+                                torch.Generator().manual_seed(cfg.seed), dist)
         body = accel.compiled(model.body)
         with extract_timer:
-            feats = {s: extract_features(body, x, preprocess, cfg.batch_size) for s, (x, _) in splits.items()}
+            feats = {s: extract_features(body, x, preprocess, cfg.batch_size, dist) for s, (x, _) in splits.items()}
     n_images = sum(len(x) for x, _ in splits.values())
-    return _Prepared(feats, model.head, adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
+    return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), adapt_timer.seconds + extract_timer.seconds,
+                     n_images / extract_timer.seconds)
 
 
-def _image_forward(model: TransferModel, preprocess, accel: Accel) -> Callable[[torch.Tensor], torch.Tensor]:
-    net = accel.compiled(model)
+def _image_forward(net: torch.nn.Module, preprocess, accel: Accel) -> Callable[[torch.Tensor], torch.Tensor]:
+    net = accel.compiled(net)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         with accel.autocast():
@@ -155,28 +195,33 @@ def _eval_throughput(last_epoch: dict, splits: dict) -> float:
     return n_eval / last_epoch["eval_seconds"]
 
 
-def _fit(cfg, model: TransferModel, forward, inputs: dict, labels: dict, generator, device, progress: bool):
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: Dist, progress: bool):
+    inputs = prepared.inputs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
-    steps = cfg.epochs * -(-len(labels["train"]) // cfg.batch_size)
+    n_train = len(inputs["train"])
+    steps = cfg.epochs * len(dist.train_batches(n_train, cfg.batch_size, cfg.seed, 0))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
     history, best = [], {"val_acc": -1.0}
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.backbone} {cfg.regime}", unit="epoch",
                disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: off unless a tty
     for epoch in bar:
         train_timer, eval_timer = Timer(device), Timer(device)
+        batches = [idx.to(_device_of(inputs["train"])) for idx in
+                   dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch)]
         model.train()
         with train_timer:
-            train_loss, train_acc = train_one_epoch(forward, inputs["train"], labels["train"], optimizer, scheduler,
-                                                    cfg.batch_size, generator, device)
+            train_loss, train_acc = train_one_epoch(prepared.train_forward, inputs["train"], labels["train"],
+                                                    optimizer, scheduler, batches, device, dist)
+        dist.broadcast_buffers(model)  # every rank evaluates (and keeps) the same BatchNorm statistics
         model.eval()
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         probs = {}
         with eval_timer:
             for s in ("val", "test"):
                 if s in inputs:
-                    row[f"{s}_loss"], row[f"{s}_acc"], probs[s] = evaluate(forward, inputs[s], labels[s],
-                                                                             cfg.batch_size, device)
+                    row[f"{s}_loss"], row[f"{s}_acc"], probs[s] = evaluate(prepared.forward, inputs[s], labels[s],
+                                                                             cfg.batch_size, device, dist)
                 else:
                     row[f"{s}_loss"] = row[f"{s}_acc"] = None
         row["train_seconds"], row["eval_seconds"] = train_timer.seconds, eval_timer.seconds

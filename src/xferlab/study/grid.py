@@ -1,4 +1,5 @@
-"""A study YAML in, the list of runs out: one TrainConfig per backbone × regime × seed, each with its folder name."""
+"""A study YAML in, the list of runs out: one TrainConfig per backbone × regime × seed, each with its folder name;
+and the I-th of N disjoint parts of that list (`--shard I/N`, one part per job of a job array)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,29 @@ def _check_override_names(overrides: dict, names: list[str], section: str, grid_
         if name not in names:
             raise XferlabError(f"{where}: {section} names '{name}'{did_you_mean(name, names)}, which is not in "
                                f"{grid_key} ({', '.join(names)}); fix the name or add it to {grid_key}")
+
+
+# Shown with every malformed --shard: the accepted form, and how a SLURM job array fills it in.
+SHARD_FORM = ("expected I/N with 1 <= I <= N, e.g. --shard 1/4 for the first of 4 parts; with SLURM: "
+              "--shard ${SLURM_ARRAY_TASK_ID}/4 and --array=1-4")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): the second of four parts, 1-based like GNU split's K/N."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+    index, count = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not 1 <= index <= count:
+        raise XferlabError(f"--shard {text!r}: {SHARD_FORM}")
+    return index, count
+
+
+def shard_specs(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
+    """The cells of shard (I, N): cell k (0-based, in expand_grid order) belongs to shard k % N + 1. Round-robin, so
+    the cells of one expensive backbone, adjacent in the grid, are spread over the shards. None: every cell."""
+    if shard is None:
+        return list(specs)
+    index, count = shard
+    return [spec for k, spec in enumerate(specs) if k % count == index - 1]
 
 
 def preflight(specs: list[RunSpec]) -> None:

@@ -23,7 +23,7 @@ from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
 from xferlab.evaluation.metrics import METRICS
 from xferlab.study.grid import expand_grid
-from xferlab.study.runner import ENVIRONMENT_JSON, RUNS, STUDY_YAML
+from xferlab.study.runner import RUNS, STUDY_YAML, find_environment
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,8 @@ def collect_results(out: str | Path) -> StudyResults:
     finished = [n for n in names if (out / RUNS / n / "metrics.json").is_file()]
     if not finished:
         raise XferlabError(f"{out}: no finished runs under {out / RUNS}; run `xferlab study STUDY.yaml --out {out}`")
-    environment = None
-    if (out / ENVIRONMENT_JSON).is_file():
-        environment = json.loads((out / ENVIRONMENT_JSON).read_text())
+    environment_file = find_environment(out)  # environment.json, or the first shard's
+    environment = json.loads(environment_file.read_text()) if environment_file else None
     records = [load_run(out / RUNS / n, settings) for n in finished]
     return StudyResults(out, study, settings, records, [n for n in names if n not in finished], environment)
 

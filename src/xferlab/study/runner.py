@@ -4,11 +4,19 @@ then results.csv, results.json and report.html.
 Resuming relies on engine.run.train's staging: a run folder is renamed into place only when complete, and a
 `.NAME.partial` leftover of a killed run is cleared when that run starts again. So an existing run folder is a
 finished run, and anything else is run (again).
+
+Job arrays: with shard=(I, N) only the I-th of N disjoint parts of the grid is trained (grid.shard_specs), so N jobs
+can share one study folder. Each writes the same study.yaml and its own environment-shard-I-of-N.json; shard 1 runs
+the audit; results and the report are built once every shard has finished (`xferlab report DIR`).
+
+Under torchrun every rank runs each cell's training (xferlab.engine.distributed); rank 0 alone writes the study's
+files and runs the audit (which is not distributed).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,10 +24,11 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from xferlab import io
+from xferlab.engine.distributed import is_main_process
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, read_yaml, to_yaml
 from xferlab.errors import XferlabError
 from xferlab.study.environment import capture_environment
-from xferlab.study.grid import RunSpec, expand_grid, preflight
+from xferlab.study.grid import RunSpec, expand_grid, preflight, shard_specs
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +37,8 @@ AUDIT = "audit"
 AUDIT_JSON = "audit.json"
 STUDY_YAML = "study.yaml"
 ENVIRONMENT_JSON = "environment.json"
+SHARD_ENVIRONMENT_JSON = "environment-shard-{}-of-{}.json"  # one per shard: jobs of an array may run on other machines
+SHARD_ENVIRONMENT_NAME = re.compile(r"environment-shard-([0-9]+)-of-([0-9]+)\.json")
 # Settings that choose where and how fast a run computes, not what it computes: a finished run stays valid when they
 # change (e.g. a study resumed on a GPU machine).
 EXECUTION_KEYS = ("device", "num_threads")
@@ -39,51 +50,86 @@ class StudyOutcome:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     audited: bool = False
+    shard: tuple[int, int] | None = None  # (I, N): the I-th of N parts of the grid; None: the whole grid
 
 
-def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress: bool = True) -> StudyOutcome:
+def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress: bool = True,
+              shard: tuple[int, int] | None = None) -> StudyOutcome:
     """Train every missing run of `study` under `out`, run its audit if asked; `force` redoes everything.
+    `shard` (I, N) limits this to the I-th of N parts of the grid (grid.shard_specs); the audit belongs to part 1.
 
-    Writes out/study.yaml (the resolved study) and out/environment.json first, so `xferlab report` can rebuild the
+    Writes out/study.yaml (the resolved study) and the environment record first, so `xferlab report` can rebuild the
     report from the folder alone. Results and the report are written by xferlab.study.build_outputs.
     """
-    from xferlab.engine.run import train
-
     out = Path(out)
-    specs = expand_grid(study, where=STUDY_YAML)
-    preflight(specs)
-    run_audit = _audit_function() if study.audit is not None else None  # before training: fail fast
+    all_specs = expand_grid(study, where=STUDY_YAML)
+    preflight(all_specs)  # the whole grid: every shard of a bad study fails the same way, before training
+    specs = shard_specs(all_specs, shard)
+    if not specs:
+        log.warning("shard %s/%s has no runs: the grid has only %d", *shard, len(all_specs))
+    main = is_main_process()  # under torchrun every rank trains each run; rank 0 alone writes and audits
+    progress = progress and main
+    audit = study.audit if (shard is None or shard[0] == 1) and main else None
+    run_audit = _audit_function() if audit is not None else None  # before training: fail fast
     finished = set() if force else {s.name for s in specs if (out / RUNS / s.name).is_dir()}
     for spec in specs:
         if spec.name in finished:
             check_finished_run(out / RUNS / spec.name, spec)
-    _prepare_folder(out, study)
-    outcome = StudyOutcome(out)
-    steps = len(specs) + (study.audit is not None)
-    with tqdm(total=steps, desc="study", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for spec in specs:
-            run_dir = out / RUNS / spec.name
-            bar.set_postfix_str(spec.name)
-            if spec.name in finished:
-                outcome.skipped.append(spec.name)
-            else:
-                train(spec.config, run_dir, overwrite=force, progress=progress)
-                outcome.trained.append(spec.name)
-            bar.update()
-        if study.audit is not None:
+    if main:
+        _prepare_folder(out, study, shard)
+    outcome = StudyOutcome(out, shard=shard)
+    with tqdm(total=len(specs) + (audit is not None), desc=_bar_label(shard), unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        _train_runs(specs, finished, out, force, progress, outcome, bar)
+        if audit is not None:
             bar.set_postfix_str("split audit")
-            outcome.audited = run_study_audit(run_audit, study.data, study.audit, out, force, progress)
+            outcome.audited = run_study_audit(run_audit, study.data, audit, out, force, progress)
             bar.update()
     return outcome
 
 
-def _prepare_folder(out: Path, study: StudyConfig) -> None:
+def _train_runs(specs: list[RunSpec], finished: set[str], out: Path, force: bool, progress: bool,
+                outcome: StudyOutcome, bar: tqdm) -> None:
+    """Train the runs of `specs` not in `finished`, recording trained and skipped names in `outcome`."""
+    from xferlab.engine.run import train
+
+    for spec in specs:
+        bar.set_postfix_str(spec.name)
+        if spec.name in finished:
+            outcome.skipped.append(spec.name)
+        else:
+            train(spec.config, out / RUNS / spec.name, overwrite=force, progress=progress)
+            outcome.trained.append(spec.name)
+        bar.update()
+
+
+def _bar_label(shard: tuple[int, int] | None) -> str:
+    return "study" if shard is None else f"study shard {shard[0]}/{shard[1]}"
+
+
+def environment_file(shard: tuple[int, int] | None) -> str:
+    """Where a run of the study records its environment: environment.json, or one file per shard (no clobbering)."""
+    return ENVIRONMENT_JSON if shard is None else SHARD_ENVIRONMENT_JSON.format(*shard)
+
+
+def find_environment(out: Path) -> Path | None:
+    """The study folder's environment record: environment.json, else that of the first shard (lowest I)."""
+    if (out / ENVIRONMENT_JSON).is_file():
+        return out / ENVIRONMENT_JSON
+    shards = sorted((int(m[1]), int(m[2]), path) for path in out.glob("environment-shard-*.json")
+                    if (m := SHARD_ENVIRONMENT_NAME.fullmatch(path.name)))
+    return shards[0][2] if shards else None
+
+
+def _prepare_folder(out: Path, study: StudyConfig, shard: tuple[int, int] | None) -> None:
+    """Create out/runs; write study.yaml (the same from every shard, atomically: racing shards are fine) and the
+    environment record."""
     try:
         (out / RUNS).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise XferlabError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from None
     io.write_text(out / STUDY_YAML, to_yaml(study))
-    io.write_json(out / ENVIRONMENT_JSON, capture_environment())
+    io.write_json(out / environment_file(shard), capture_environment())
 
 
 def check_finished_run(run_dir: Path, spec: RunSpec) -> None:
