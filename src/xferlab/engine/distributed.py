@@ -2,9 +2,10 @@
 sharded over the ranks and gathered back.
 
 `torchrun --nproc-per-node N -m xferlab train ...` starts N processes with RANK, WORLD_SIZE and LOCAL_RANK set;
-`init()` joins them into one process group (nccl on CUDA, gloo on CPU), each CUDA rank on GPU LOCAL_RANK. Launched
-without torchrun (or with one process) there is no process group and every helper here is the single-process
-identity, so the engine runs one code path either way.
+`init()` joins them into one process group (nccl on CUDA, gloo on CPU), each CUDA rank on GPU LOCAL_RANK; one
+process started by torchrun joins a group of one, which is how one GPU measures the nccl/DDP path. Launched without
+torchrun there is no process group and every helper here is the single-process identity, so the engine runs one
+code path either way.
 
 Training batches come from DistributedSampler (`set_epoch` reshuffles every epoch); `batch_size` stays the global
 batch of a step, split evenly over the ranks, so the optimiser sees the same batch size and number of steps whatever
@@ -40,7 +41,8 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether this process is in a process group (launched by torchrun, even with one process)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -127,6 +129,11 @@ def interleave(parts: list[torch.Tensor], n: int) -> torch.Tensor:
     return torch.stack(parts, dim=1).flatten(0, 1)[:n]
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun (and other launchers of torch.distributed) set WORLD_SIZE and the rendezvous address."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def env_world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
     try:
@@ -138,10 +145,10 @@ def env_world() -> tuple[int, int, int]:
 
 def init(device: torch.device) -> tuple[Dist, torch.device]:
     """Join (or reuse) the process group torchrun describes; return it and this rank's device (cuda:LOCAL_RANK on
-    CUDA). With one process: SINGLE and `device` unchanged."""
-    rank, world, local = env_world()
-    if world <= 1:
+    CUDA). Without torchrun: SINGLE and `device` unchanged."""
+    if not launched_by_torchrun():
         return SINGLE, device
+    rank, world, local = env_world()
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise XferlabError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) are visible; start "
