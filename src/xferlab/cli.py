@@ -22,6 +22,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="carve val from train: last 20%% per class (reference) or seeded random")
     g.add_argument("--medmnist-flag", help="medmnist dataset flag, e.g. pneumoniamnist")
     g.add_argument("--skip-unreadable", action="store_true", default=None, help="skip unreadable image files")
+    g.add_argument("--memory-budget-mb", type=float,
+                   help="folder/csv: stream images from disk per batch when decoded they would exceed this many MiB")
+    g.add_argument("--loader-workers", type=int, help="DataLoader worker processes that decode streamed images")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -129,7 +132,8 @@ def _add_audit_parser(sub) -> None:
 def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
     """The config's data: section with the data options given on the command line laid over it."""
     data = dict(values.get("data") or {})
-    for key in ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable"):
+    for key in ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "memory_budget_mb",
+                "loader_workers"):
         v = getattr(args, key)
         if v is not None:
             data["path" if key == "data" else key] = v

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from xferlab.backbones.registry import create_model
 from xferlab.config import DataConfig, TrainConfig
@@ -112,3 +113,19 @@ def test_a_batch_size_that_does_not_split_fails_on_every_rank_with_one_error_lin
     assert proc.returncode != 0
     assert "error: batch_size 7 is the global batch" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_study_under_torchrun_trains_every_cell_on_both_ranks_and_rank_0_reports(tiny_npy, tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "ddp study", "data": {"path": str(tiny_npy)}, "backbones": ["resnet18"],
+                                     "regimes": ["frozen", "finetune"], "bootstrap_resamples": 200,
+                                     "train": {"weights": "none", "epochs": 1, "batch_size": 8, "device": "cpu",
+                                               "num_threads": 1}}))
+    proc = _torchrun(["study", str(study), "--out", str(tmp_path / "out")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report:") == 1
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + frozen + finetune
+    for run in (tmp_path / "out" / "runs").iterdir():
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["distributed"]["world_size"] == 2 and len(set(m["distributed"]["weight_digests"])) == 1

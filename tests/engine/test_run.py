@@ -150,3 +150,12 @@ def test_streaming_from_disk_gives_the_in_memory_results(tmp_path, regime, worke
     untimed = [[{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in run.history]
                for run in runs.values()]
     assert untimed[0] == untimed[1]
+
+
+def test_the_command_line_sets_the_memory_budget_and_loader_workers(tmp_path):
+    folder = write_tiny_folder(tmp_path / "pngs")
+    assert main(["train", "--data", str(folder), "--format", "folder", "--memory-budget-mb", "0", "--loader-workers",
+                 "0", "--backbone", "resnet18", "--weights", "none", "--epochs", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    saved = read_yaml(tmp_path / "run" / "config.yaml")["data"]
+    assert saved["memory_budget_mb"] == 0 and saved["loader_workers"] == 0
