@@ -1,1 +1,2 @@
-"""Training engine: the fit loop, the feature cache for fixed backbones, run folders."""
+"""Training engine: the fit loop, the feature cache for fixed backbones, run folders, device settings and
+torch.distributed (torchrun) scale-out."""
