@@ -35,7 +35,9 @@ def train_one_epoch(forward: Forward, inputs, labels: torch.Tensor, optimizer, s
                     device: torch.device, dist: Dist = SINGLE) -> tuple[float, float]:
     """Mean training loss and accuracy over the epoch's `batches` (index tensors; scheduler stepped per batch),
     summed over every rank. `inputs`: stored tensors or streamed images (xferlab.data.batches.take_batches)."""
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0  # counted on the host: a tensor made from a Python number per step would be a host-device copy
     for idx, x in take_batches(inputs, batches):
         y = labels[idx.to(labels.device)].to(device, non_blocking=True)  # no-op moves when labels sit with inputs
         logits = forward(x).float()
@@ -45,10 +47,12 @@ def train_one_epoch(forward: Forward, inputs, labels: torch.Tensor, optimizer, s
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        totals += torch.stack([loss.detach() * len(idx), (logits.detach().argmax(1) == y).sum(),
-                               torch.tensor(len(idx), device=device)]).double()
-    loss_sum, correct, n = dist.all_reduce_sum(totals).tolist()  # the epoch's one host-device sync
-    return loss_sum / n, correct / n
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
+        n += len(idx)
+    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
+    loss_total, correct_total, n_total = dist.all_reduce_sum(totals).tolist()  # the epoch's one host-device sync
+    return loss_total / n_total, correct_total / n_total
 
 
 @torch.no_grad()
