@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -331,11 +332,27 @@ COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backb
             "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report}
 
 
+DISTRIBUTED_COMMANDS = ("train", "study")
+
+
+def _check_launch(command: str) -> None:
+    """Only train and study are distributed; another command under a torchrun of several processes would run (and
+    write) once per process."""
+    if "WORLD_SIZE" not in os.environ or command in DISTRIBUTED_COMMANDS:
+        return
+    from xferlab.engine.distributed import env_world, launched_by_torchrun
+
+    if launched_by_torchrun() and env_world()[1] > 1:
+        raise XferlabError(f"`xferlab {command}` runs as one process; start it without torchrun (only "
+                           f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     status = 1  # an unexpected exception propagates with its traceback
     try:
+        _check_launch(args.command)
         status = COMMANDS[args.command](args)
     except XferlabError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -129,3 +129,9 @@ def test_a_study_under_torchrun_trains_every_cell_on_both_ranks_and_rank_0_repor
     for run in (tmp_path / "out" / "runs").iterdir():
         m = json.loads((run / "metrics.json").read_text())
         assert m["distributed"]["world_size"] == 2 and len(set(m["distributed"]["weight_digests"])) == 1
+
+
+def test_commands_that_are_not_distributed_refuse_to_run_once_per_rank(tmp_path):
+    proc = _torchrun(["phantoms", str(tmp_path / "ph"), "--n-per-class", "10"])
+    assert proc.returncode != 0 and "error: `xferlab phantoms` runs as one process" in proc.stderr
+    assert not (tmp_path / "ph").exists()

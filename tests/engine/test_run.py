@@ -159,3 +159,20 @@ def test_the_command_line_sets_the_memory_budget_and_loader_workers(tmp_path):
                  "--out", str(tmp_path / "run")]) == 0
     saved = read_yaml(tmp_path / "run" / "config.yaml")["data"]
     assert saved["memory_budget_mb"] == 0 and saved["loader_workers"] == 0
+
+
+def test_a_file_that_breaks_while_streaming_ends_in_one_error_line(tmp_path, capsys):
+    """A truncated JPEG passes the header scan (Pillow cannot verify JPEGs without decoding them) and fails when a
+    DataLoader worker decodes it: the error is the one line naming the file, not the worker's traceback."""
+    from PIL import Image
+
+    folder = write_tiny_folder(tmp_path / "pngs")
+    broken = folder / "train" / "normal" / "broken.jpg"
+    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(broken)
+    broken.write_bytes(broken.read_bytes()[:200])
+    code = main(["train", "--data", str(folder), "--format", "folder", "--memory-budget-mb", "0", "--loader-workers",
+                 "1", "--backbone", "resnet18", "--weights", "none", "--regime", "finetune", "--epochs", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "broken.jpg" in err[0]
+    assert not (tmp_path / "run").exists()

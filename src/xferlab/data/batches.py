@@ -7,10 +7,15 @@ memory budget, StreamedImages (decoded per batch by DataLoader workers); `take_b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+
+from xferlab.errors import XferlabError
+
+_WORKER_PREFIX = re.compile(r"^[\w.]*XferlabError: ")
 
 
 class Preprocess:
@@ -72,7 +77,10 @@ class StreamedImages:
         from xferlab.data.streaming import stream_batches
 
         batches = [idx.cpu() for idx in batches]
-        yield from zip(batches, stream_batches(self.images, batches, self.workers, pin_memory=self.pin_memory))
+        try:
+            yield from zip(batches, stream_batches(self.images, batches, self.workers, pin_memory=self.pin_memory))
+        except XferlabError as err:  # from a worker, DataLoader wraps the one-line message in the worker's traceback
+            raise XferlabError(_WORKER_PREFIX.sub("", str(err).strip().splitlines()[-1])) from None
 
 
 def take_batches(inputs, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -46,10 +46,13 @@ def scan_image_files(
 ) -> FileScan:
     """Read every file's header (read_image_header), refusing or skipping unreadable files as loading does.
 
-    Without `image_size` the files must share one size, as for loading; the error lists the sizes found.
+    With `skip_unreadable` every file is decoded once (and dropped): a header check misses damage such as a truncated
+    JPEG, and a file loading would skip must be skipped here too, or the streamed dataset would hold other images
+    than the loaded one. Without `image_size` the files must share one size, as for loading.
     """
     skipped: list[int] = []
-    headers = dict(read_each(paths, read_image_header, skip_unreadable, skipped))
+    headers = dict(read_each(paths, _decoded_header if skip_unreadable else read_image_header, skip_unreadable,
+                             skipped))
     kept = list(headers)
     sizes = [headers[i][0] for i in kept]
     if image_size is not None:
@@ -58,6 +61,12 @@ def scan_image_files(
         check_same_size(sizes, where, [str(paths[i]) for i in kept])
         size = sizes[0] if sizes else (0, 0)
     return FileScan(kept, skipped, size, [headers[i][1] for i in kept])
+
+
+def _decoded_header(path: Path) -> tuple[tuple[int, int], bool]:
+    """read_image_header's answer, from decoding the whole file (XferlabError when it cannot be decoded)."""
+    pixels = read_image_file(path)
+    return (int(pixels.shape[-2]), int(pixels.shape[-1])), pixels.ndim == 3
 
 
 def find_colour(paths: Sequence[Path], scan: FileScan, skip_unreadable: bool) -> tuple[bool, FileScan]:

@@ -51,12 +51,15 @@ class Dist:
 
     # ---- sharding ------------------------------------------------------------------------------------------------
 
-    def train_batches(self, n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    def train_batches(self, n: int, batch_size: int, seed: int, epoch: int,
+                      device: torch.device | str | None = None) -> list[torch.Tensor]:
         """This rank's index batches of one training epoch: a DistributedSampler shuffle of range(n) (seeded by
-        seed and epoch), cut into batches of batch_size / world_size."""
+        seed and epoch; when n does not split evenly the sampler repeats a few items so every rank takes as many
+        steps), cut into batches of batch_size / world_size, moved to `device` in one copy."""
         sampler = DistributedSampler(range(n), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
-        return torch.tensor(list(sampler), dtype=torch.long).split(self.local_batch(batch_size))
+        order = torch.tensor(list(sampler), dtype=torch.long)
+        return list((order if device is None else order.to(device)).split(self.local_batch(batch_size)))
 
     def local_batch(self, batch_size: int) -> int:
         if batch_size % self.world_size:
@@ -166,10 +169,14 @@ def shutdown(barrier: bool = True) -> None:
     """Leave the process group, if this process joined one. With `barrier` (a command that finished normally) the
     ranks leave together: a rank that tears its connections down while rank 0 is still writing makes gloo abort.
     After an error there is no barrier, since a rank that failed alone would wait there forever."""
-    if dist.is_available() and dist.is_initialized():
-        if barrier:
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier:
+        try:
             dist.barrier()
-        dist.destroy_process_group()
+        except (RuntimeError, dist.DistBackendError) as err:  # a rank failed after its last collective
+            log.warning("ranks could not meet before leaving the process group: %s", err)
+    dist.destroy_process_group()
 
 
 def is_main_process() -> bool:

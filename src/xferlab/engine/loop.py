@@ -2,9 +2,9 @@
 
 `forward` maps a batch of stored inputs (uint8 images or cached features) to logits; everything else is the same.
 Loss and accuracy accumulate on the device and batch indices live where the data lives, so the inner loop has no
-host-device sync (one `.item()` per epoch). With several ranks (xferlab.engine.distributed) the epoch's sums are
-all-reduced and evaluation / feature extraction gather every rank's share. `adapt_batchnorm` and `extract_features` prepare the fixed-backbone
-regimes: BatchNorm statistics re-estimated once (adabn), then features computed once.
+host-device sync (one `.item()` per epoch). Under torchrun (xferlab.engine.distributed) the epoch's sums are
+all-reduced and evaluation / feature extraction gather every rank's share. `adapt_batchnorm` and `extract_features`
+prepare the fixed-backbone regimes: BatchNorm statistics re-estimated once (adabn), then features computed once.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def predict(forward: Forward, inputs, batches) -> torch.Tensor:
 
 def _local_batches(inputs, n: int, batch_size: int, dist: Dist) -> list[torch.Tensor]:
     """This rank's evaluation share of range(n), in order, as index batches where the inputs live."""
-    return list(dist.eval_indices(n).to(getattr(inputs, "device", "cpu")).split(batch_size))
+    return list(dist.eval_indices(n).to(inputs.device).split(batch_size))
 
 
 @torch.no_grad()
@@ -108,7 +108,7 @@ def adapt_batchnorm(body: torch.nn.Module, images, preprocess, batch_size: int,
     from torch.optim.swa_utils import update_bn
 
     bns = [m for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    order = list(batch_indices(len(images), batch_size, generator, device=getattr(images, "device", None)))
+    order = list(batch_indices(len(images), batch_size, generator, device=images.device))
     if len(order) > 1 and len(order[-1]) < batch_size:
         order = order[:-1]
     mine = order[dist.rank::dist.world_size]

@@ -2,8 +2,8 @@
 
 The run folder holds config.yaml (resolved), history.csv, metrics.json, model.pt (best weights), predictions.npz
 (labels and class probabilities of val and test at the best epoch, what reports compute metrics from) and curves.png.
-Everything that can fail on bad input (data, backbone, weights) is checked before the folder is created, and the
-folder is staged and renamed, so a run folder that exists is complete. Test data is evaluated every epoch for the
+The folder is staged (a hidden `.NAME.partial`, removed if anything fails, bad input included) and renamed when
+complete, so a run folder that exists is complete. Test data is evaluated every epoch for the
 curves but never chooses anything: the best epoch is chosen on val accuracy alone.
 
 Speed (README, Performance): images stay uint8 until a batch is on the device; fixed backbones (frozen, adabn) run
@@ -24,10 +24,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR
 from tqdm.auto import tqdm
 
 import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
@@ -40,7 +41,6 @@ from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
 from xferlab.engine.accel import Accel, accel_for, place
-from xferlab.engine.distributed import Dist, weights_digest
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
@@ -83,42 +83,55 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
-    _check_out(out, overwrite, dist)
-    data = load_dataset(cfg.data)
-    seed_everything(cfg.seed)
-    model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
-    apply_regime(model, regime)
-    accel.prepare(model)
-    preprocess = Preprocess(model.spec.mean, model.spec.std, device, channels_last=accel.channels_last)
-    splits = place(_split_inputs(data, cfg, device), device)
-
-    with io.staged_dir(out, overwrite=overwrite) if dist.is_main else contextlib.nullcontext() as stage:
+    with _run_folder(out, overwrite, dist) as stage:
+        data = load_dataset(cfg.data)
+        seed_everything(cfg.seed)
+        model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
+        apply_regime(model, regime)
+        accel.prepare(model)
+        preprocess = Preprocess(model.spec.mean, model.spec.std, device, channels_last=accel.channels_last)
+        splits = place(_split_inputs(data, cfg, device), device)
         prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits, dist)
-        labels = {s: y.to(_device_of(prepared.inputs[s])) for s, (_, y) in splits.items()}  # beside the inputs
+        labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
         history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
         model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
         throughput = prepared.images_per_s or _eval_throughput(history[-1], splits)
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
         metrics["accel"] = accel.describe()
-        metrics["distributed"] = {**dist.describe(), "weight_digests": dist.gather_objects(weights_digest(model))}
+        metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
             _write_run(stage, cfg, data, model, history, metrics, best["probs"])
     return RunResult(Path(out), metrics, history)
 
 
-def _check_out(out, overwrite: bool, dist: Dist) -> None:
-    """Rank 0's verdict on the output folder, raised on every rank (a rank left alone would wait forever)."""
-    try:
-        io.check_new_dir(out, overwrite)
-        problem = None
-    except XferlabError as err:
-        problem = str(err)
-    problem = dist.broadcast_object(problem)
-    if problem:
-        raise XferlabError(problem)
+@contextlib.contextmanager
+def _run_folder(out, overwrite: bool, dist: distributed.Dist) -> Iterator[Path | None]:
+    """Rank 0 stages the run folder (io.staged_dir: renamed into place only when the block completes, removed if it
+    fails) and yields it; the other ranks yield None. A folder that cannot be created is an error on every rank: a
+    rank left alone would wait in the next collective forever."""
+    with contextlib.ExitStack() as stack:
+        stage, problem = None, None
+        if dist.is_main:
+            try:
+                stage = stack.enter_context(io.staged_dir(out, overwrite=overwrite))
+            except XferlabError as err:
+                problem = str(err)
+        problem = dist.broadcast_object(problem)
+        if problem:
+            raise XferlabError(problem)
+        yield stage
 
 
-def _split_inputs(data: ImageDataset, cfg: TrainConfig, device: torch.device) -> dict[str, tuple[object, torch.Tensor]]:
+def _weight_digests(model: TransferModel, dist: distributed.Dist) -> list[str]:
+    """Every rank's digest of the saved weights and buffers; rank 0 warns if they differ (they should not)."""
+    digests = dist.gather_objects(distributed.weights_digest(model))
+    if len(set(digests)) > 1 and dist.is_main:
+        log.warning("the ranks ended with different weights (digests %s); rank 0's are saved", digests)
+    return digests
+
+
+def _split_inputs(data: ImageDataset, cfg: TrainConfig,
+                  device: torch.device) -> dict[str, tuple[torch.Tensor | StreamedImages, torch.Tensor]]:
     """(stored images, labels) of each non-empty split: uint8 tensors, or StreamedImages when the source streams.
 
     In-memory split images are copies, so the pooled array is released afterwards (keeping both would double the
@@ -138,10 +151,6 @@ def _split_inputs(data: ImageDataset, cfg: TrainConfig, device: torch.device) ->
     return out
 
 
-def _device_of(inputs) -> torch.device:
-    return getattr(inputs, "device", torch.device("cpu"))
-
-
 def _labels(data: ImageDataset, split: str) -> np.ndarray:
     return data.labels[data.indices(split)]
 
@@ -149,34 +158,38 @@ def _labels(data: ImageDataset, split: str) -> np.ndarray:
 @dataclass
 class _Prepared:
     """What the fit loop trains on: stored inputs per split, the functions from a batch of them to logits (for
-    training: through DistributedDataParallel when there are several ranks), the seconds spent preparing them and,
-    for cached features, the images/s of that backbone pass."""
+    training: through DistributedDataParallel under torchrun), the module they train, the seconds spent preparing
+    them and, for cached features, the images/s of that backbone pass."""
 
     inputs: dict[str, object]
     forward: Callable[[torch.Tensor], torch.Tensor]
     train_forward: Callable[[torch.Tensor], torch.Tensor]
+    trained: torch.nn.Module  # the module whose weights training changes (the head alone for fixed backbones)
     seconds: float = 0.0
     images_per_s: float | None = None
 
 
-def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict, dist: Dist) -> _Prepared:
+def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict,
+                    dist: distributed.Dist) -> _Prepared:
     """Fixed backbones: (AdaBN once, then) features of every split, once, shared out over the ranks. Otherwise: the
     images and a forward."""
     if not regime.cache_features:
-        return _Prepared({s: x for s, (x, _) in splits.items()}, _image_forward(model, preprocess, accel),
-                         _image_forward(dist.wrap(model, accel.device), preprocess, accel))
+        forward = _image_forward(model, preprocess, accel)
+        ddp = dist.wrap(model, accel.device)
+        train_forward = forward if ddp is model else _image_forward(ddp, preprocess, accel)
+        return _Prepared({s: x for s, (x, _) in splits.items()}, forward, train_forward, model)
     adapt_timer, extract_timer = Timer(accel.device), Timer(accel.device)
     with accel.autocast():
         if regime.adapt_bn:
-            with adapt_timer:  # a generator of its own, so adabn and frozen train the head on the same batches
+            with adapt_timer:  # batches drawn from the run's seed, so repeated adabn runs agree
                 adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
                                 torch.Generator().manual_seed(cfg.seed), dist)
         body = accel.compiled(model.body)
         with extract_timer:
             feats = {s: extract_features(body, x, preprocess, cfg.batch_size, dist) for s, (x, _) in splits.items()}
     n_images = sum(len(x) for x, _ in splits.values())
-    return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), adapt_timer.seconds + extract_timer.seconds,
-                     n_images / extract_timer.seconds)
+    return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), model.head,
+                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
 
 
 def _image_forward(net: torch.nn.Module, preprocess, accel: Accel) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -195,25 +208,24 @@ def _eval_throughput(last_epoch: dict, splits: dict) -> float:
     return n_eval / last_epoch["eval_seconds"]
 
 
-def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: Dist, progress: bool):
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool):
     inputs = prepared.inputs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
     n_train = len(inputs["train"])
     steps = cfg.epochs * len(dist.train_batches(n_train, cfg.batch_size, cfg.seed, 0))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
+    scheduler = CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
     history, best = [], {"val_acc": -1.0}
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.backbone} {cfg.regime}", unit="epoch",
                disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: off unless a tty
     for epoch in bar:
         train_timer, eval_timer = Timer(device), Timer(device)
-        batches = [idx.to(_device_of(inputs["train"])) for idx in
-                   dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch)]
+        batches = dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch, device=inputs["train"].device)
         model.train()
         with train_timer:
             train_loss, train_acc = train_one_epoch(prepared.train_forward, inputs["train"], labels["train"],
                                                     optimizer, scheduler, batches, device, dist)
-        dist.broadcast_buffers(model)  # every rank evaluates (and keeps) the same BatchNorm statistics
+        dist.broadcast_buffers(prepared.trained)  # every rank evaluates (and keeps) the same BatchNorm statistics
         model.eval()
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         probs = {}

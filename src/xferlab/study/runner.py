@@ -10,7 +10,8 @@ can share one study folder. Each writes the same study.yaml and its own environm
 the audit; results and the report are built once every shard has finished (`xferlab report DIR`).
 
 Under torchrun every rank runs each cell's training (xferlab.engine.distributed); rank 0 alone writes the study's
-files and runs the audit (which is not distributed).
+files, and the ranks leave their process group once the grid is trained, so rank 0 runs the audit (which is not
+distributed) and builds the report on its own.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from xferlab import io
-from xferlab.engine.distributed import is_main_process
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, read_yaml, to_yaml
+from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.errors import XferlabError
 from xferlab.study.environment import capture_environment
 from xferlab.study.grid import RunSpec, expand_grid, preflight, shard_specs
@@ -81,6 +82,7 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     with tqdm(total=len(specs) + (audit is not None), desc=_bar_label(shard), unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         _train_runs(specs, finished, out, force, progress, outcome, bar)
+        shutdown()  # under torchrun the ranks part here: rank 0's audit and report must not keep them waiting
         if audit is not None:
             bar.set_postfix_str("split audit")
             outcome.audited = run_study_audit(run_audit, study.data, audit, out, force, progress)
