@@ -75,6 +75,7 @@ def _single_process_eval(run, data_path):
     return out, model
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("regime", ["finetune", "adabn"])
 def test_two_gloo_ranks_agree_and_their_gathered_metrics_match_one_process(tiny_npy, tmp_path, regime):
     run = tmp_path / "run"
@@ -95,6 +96,7 @@ def test_two_gloo_ranks_agree_and_their_gathered_metrics_match_one_process(tiny_
         assert m[split]["accuracy"] == pytest.approx(acc)
 
 
+@pytest.mark.ddp
 def test_frozen_training_on_two_ranks_equals_one_process(tiny_npy, tmp_path):
     """Frozen: the backbone's features are sharded and gathered, and the two ranks' half batches make up the single
     process's batches, so the head follows the same optimisation (up to float rounding)."""
@@ -108,6 +110,7 @@ def test_frozen_training_on_two_ranks_equals_one_process(tiny_npy, tmp_path):
         np.testing.assert_allclose(ddp[key], one[key], atol=1e-5)
 
 
+@pytest.mark.ddp
 def test_a_batch_size_that_does_not_split_fails_on_every_rank_with_one_error_line(tiny_npy, tmp_path):
     proc = _torchrun(_train_args(tiny_npy, tmp_path / "run", "frozen", batch_size=7))
     assert proc.returncode != 0
@@ -115,6 +118,7 @@ def test_a_batch_size_that_does_not_split_fails_on_every_rank_with_one_error_lin
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.ddp
 def test_a_study_under_torchrun_trains_every_cell_on_both_ranks_and_rank_0_reports(tiny_npy, tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({"name": "ddp study", "data": {"path": str(tiny_npy)}, "backbones": ["resnet18"],
@@ -131,7 +135,16 @@ def test_a_study_under_torchrun_trains_every_cell_on_both_ranks_and_rank_0_repor
         assert m["distributed"]["world_size"] == 2 and len(set(m["distributed"]["weight_digests"])) == 1
 
 
+@pytest.mark.ddp
 def test_commands_that_are_not_distributed_refuse_to_run_once_per_rank(tmp_path):
     proc = _torchrun(["phantoms", str(tmp_path / "ph"), "--n-per-class", "10"])
     assert proc.returncode != 0 and "error: `xferlab phantoms` runs as one process" in proc.stderr
     assert not (tmp_path / "ph").exists()
+
+
+@pytest.mark.ddp
+def test_a_run_folder_rank_0_cannot_create_is_an_error_on_every_rank(tiny_npy, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    proc = _torchrun(_train_args(tiny_npy, tmp_path / "a_file" / "run", "frozen"), timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: cannot create") == 2  # rank 0 failed to create it and told rank 1
