@@ -30,8 +30,11 @@ def _study(tmp_path: Path) -> Path:
 
 def _start(study: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "XFERLAB_OFFLINE": "1"}
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the study the default disposition, as a terminal would.
     return subprocess.Popen([sys.executable, "-m", "xferlab", "study", str(study), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
