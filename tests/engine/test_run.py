@@ -176,3 +176,9 @@ def test_a_file_that_breaks_while_streaming_ends_in_one_error_line(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "broken.jpg" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_runs_thread_count_does_not_outlive_the_run(tiny_npy, tmp_path):
+    before = torch.get_num_threads()
+    train(_cfg(tiny_npy, epochs=1, num_threads=1 if before != 1 else 2), tmp_path / "run", progress=False)
+    assert torch.get_num_threads() == before

@@ -40,7 +40,7 @@ from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
-from xferlab.engine.accel import Accel, accel_for, place
+from xferlab.engine.accel import Accel, accel_for, num_threads, place
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
@@ -80,10 +80,8 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
     accel = accel_for(cfg, device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
-    with _run_folder(out, overwrite, dist) as stage:
+    with num_threads(cfg.num_threads), _run_folder(out, overwrite, dist) as stage:  # threads restored afterwards
         data = load_dataset(cfg.data)
         seed_everything(cfg.seed)
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
