@@ -57,12 +57,6 @@ def save_figure(path: str | os.PathLike, fig) -> None:
     _atomic(Path(path), lambda p: fig.savefig(p, format=Path(path).suffix.lstrip("."), dpi=110, bbox_inches="tight"))
 
 
-def check_new_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raise unless `out` may be (re)written: it does not exist, or `overwrite` is set."""
-    if Path(out).exists() and not overwrite:
-        raise XferlabError(f"{out} already exists; choose another --out or pass --overwrite")
-
-
 @contextmanager
 def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a hidden staging folder beside `out`; on success it becomes `out` in one rename.
@@ -71,7 +65,8 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     always complete.
     """
     out = Path(out)
-    check_new_dir(out, overwrite)
+    if out.exists() and not overwrite:
+        raise XferlabError(f"{out} already exists; choose another --out or pass --overwrite")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = out.parent / f".{out.name}.partial"

@@ -34,6 +34,10 @@ def test_one_epochs_train_batches_split_the_global_batch_over_the_ranks():
     single = SINGLE.train_batches(n, batch, seed=3, epoch=1)
     ranks = [Dist(rank=r, world_size=2).train_batches(n, batch, seed=3, epoch=1) for r in range(2)]
     assert all(len(b) == batch // 2 for r in ranks for b in r)
+    for n_odd in (1, 13, 33):  # the scheduler's step count matches what the sampler hands out, padding included
+        for world in (1, 2, 3):
+            d = Dist(rank=world - 1, world_size=world)
+            assert d.steps_per_epoch(n_odd, 6) == len(d.train_batches(n_odd, 6, seed=0, epoch=0))
     # step k of the two ranks together is step k of one process: same images, same optimiser steps
     for k, whole in enumerate(single):
         assert sorted(torch.cat([ranks[0][k], ranks[1][k]]).tolist()) == sorted(whole.tolist())

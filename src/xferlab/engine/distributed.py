@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -60,6 +61,10 @@ class Dist:
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), dtype=torch.long)
         return list((order if device is None else order.to(device)).split(self.local_batch(batch_size)))
+
+    def steps_per_epoch(self, n: int, batch_size: int) -> int:
+        """Optimiser steps in one epoch of train_batches (the same on every rank: the sampler pads to equal shares)."""
+        return math.ceil(math.ceil(n / self.world_size) / self.local_batch(batch_size))
 
     def local_batch(self, batch_size: int) -> int:
         if batch_size % self.world_size:

@@ -211,7 +211,7 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
     n_train = len(inputs["train"])
-    steps = cfg.epochs * len(dist.train_batches(n_train, cfg.batch_size, cfg.seed, 0))
+    steps = cfg.epochs * dist.steps_per_epoch(n_train, cfg.batch_size)
     scheduler = CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
     history, best = [], {"val_acc": -1.0}
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.backbone} {cfg.regime}", unit="epoch",
