@@ -7,7 +7,7 @@ import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.registry import create_model
 from xferlab.cli import main
 from xferlab.engine.bench import bench, count_flops
-from xferlab.evaluation.timing import matmul_flops_per_s, peak_rss_bytes
+from xferlab.evaluation.timing import matmul_flops_per_s, peak_rss_bytes, reset_peak_rss
 
 HEAD_FLOPS = 2 * 512 * 2  # the 2-class linear head: one multiply-add per weight
 
@@ -48,13 +48,11 @@ def tiny_bench():
 def test_bench_reports_sane_throughput_and_flops(tiny_bench):
     r = tiny_bench
     assert r["backbone"] == "resnet18" and r["image_size"] == 32 and r["device"] == "cpu" and r["amp"] == "off"
-    assert r["threads"] == 1 and torch.get_num_threads() != 0
+    assert r["threads"] == 1
     assert r["flops_per_image"]["inference"] == pytest.approx(
         count_flops(create_model("resnet18", 2, "none", 32), torch.zeros(4, 3, 32, 32)))
     assert 0 < r["train_images_per_s"] < r["inference_images_per_s"]  # a step is forward + backward + update
-    for kind, flops in (("train", "train_step"), ("inference", "inference")):
-        assert r[f"{kind}_flops_per_s"] == pytest.approx(r[f"{kind}_images_per_s"] * r["flops_per_image"][flops])
-        assert r[f"{kind}_matmul_fraction"] == pytest.approx(r[f"{kind}_flops_per_s"] / r["matmul_flops_per_s"])
+    for kind in ("train", "inference"):
         assert 0 < r[f"{kind}_matmul_fraction"] < 3  # small convolutions cannot beat a dense matmul by much
     assert r["peak_rss_mib"] > 50 and r["peak_device_mib"] is None
     json.dumps(r)  # JSON-ready
@@ -73,6 +71,7 @@ def test_bench_cli_prints_json(capsys, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--image-size", "8"], "at least 32"),
     (["--batch-size", "0"], "batch-size"),
+    (["--steps", "2", "--warmup", "3"], "at most --steps"),
     (["--backbone", "resnet81"], "did you mean 'resnet18'"),
     (["--regime", "frozn"], "did you mean 'frozen'"),
 ])
@@ -84,10 +83,14 @@ def test_bench_bad_input_is_a_one_line_error(capsys, args, message):
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
-def test_matmul_yardstick_and_peak_rss():
-    flops = matmul_flops_per_s(torch.device("cpu"), size=256, repeats=2)
-    assert 1e8 < flops < 1e14
+def test_matmul_yardstick_is_plausible():
+    assert 1e8 < matmul_flops_per_s(torch.device("cpu"), size=256, repeats=2) < 1e14
+
+
+def test_peak_rss_sees_a_64_mib_block_after_a_reset():
+    if not reset_peak_rss():
+        pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
     before = peak_rss_bytes()
     block = torch.ones(64 * 2**20, dtype=torch.uint8)  # touch 64 MiB
-    assert peak_rss_bytes() >= before and peak_rss_bytes() >= 64 * 2**20
+    assert peak_rss_bytes() - before >= 60 * 2**20
     del block

@@ -64,6 +64,17 @@ class Accel:
         """`module` through torch.compile when asked; static shapes (a run has at most a handful of batch shapes)."""
         return torch.compile(module, dynamic=False) if self.compile else module
 
+    def forward(self, net: torch.nn.Module, preprocess: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Stored uint8 batch -> logits: preprocessing, then `net` (compiled when asked) under this run's autocast.
+        The one forward that training runs, evaluation and `xferlab bench` share."""
+        net = self.compiled(net)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return net(preprocess(batch))
+
+        return forward
+
     def describe(self) -> dict:
         return {"device": str(self.device), "amp": "bf16" if self.amp_dtype else "off",
                 "channels_last": self.channels_last, "compile": self.compile}
@@ -88,9 +99,8 @@ def resolve_accel(device: torch.device, amp: str = "auto", channels_last: str = 
 
 
 def accel_for(cfg, device: torch.device) -> Accel:
-    """The Accel of a TrainConfig (configs written before these fields existed get the defaults)."""
-    return resolve_accel(device, getattr(cfg, "amp", "auto"), getattr(cfg, "channels_last", "auto"),
-                         getattr(cfg, "compile", False))
+    """The Accel of a TrainConfig."""
+    return resolve_accel(device, cfg.amp, cfg.channels_last, cfg.compile)
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:

@@ -78,6 +78,8 @@ def _check(image_size: int, batch_size: int, steps: int, warmup: int) -> None:
     for name, value, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
         if value < low:
             raise XferlabError(f"--{name} must be at least {low}, got {value}")
+    if warmup > steps:  # the warm-up batches are taken from the timed ones
+        raise XferlabError(f"--warmup ({warmup}) must be at most --steps ({steps})")
 
 
 def _train_rate(forward, model, images, labels, batch_size: int, steps: int, warmup: int, device) -> float:
@@ -122,18 +124,13 @@ def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "a
         images = torch.randint(0, 256, (steps * batch_size, image_size, image_size), dtype=torch.uint8, generator=gen)
         labels = torch.randint(0, 2, (len(images),), generator=gen)
         images, labels = images.to(dev), labels.to(dev)  # resident, as a run's data is when it fits
-        net = accel.compiled(model)
-
-        def forward(batch):
-            with accel.autocast():
-                return net(preprocess(batch))
-
+        forward = accel.forward(model, preprocess)  # what a training run uses
         with accel.autocast():
             flops = {"train_step": count_flops(model, preprocess(images[:batch_size]), labels[:batch_size]),
                      "inference": count_flops(model, preprocess(images[:batch_size]))}
         train_rate = _train_rate(forward, model, images, labels, batch_size, steps, warmup, dev)
-        infer_rate = inference_throughput(model, images, preprocess, batch_size, dev, max_images=len(images),
-                                          warmup_batches=max(warmup, 1), forward=forward)
+        model.eval()
+        infer_rate = inference_throughput(forward, images, batch_size, dev, warmup_batches=max(warmup, 1))
         peak = matmul_flops_per_s(dev, accel.amp_dtype or torch.float32, size=matmul_size)
         used_threads = torch.get_num_threads()
     return _report(backbone, regime, weights, image_size, batch_size, accel, used_threads, steps, warmup,

@@ -67,12 +67,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy (model initialisation); training batches are drawn from the seed by the sampler."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunResult:
     """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
     writes)."""
@@ -83,7 +77,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
     with num_threads(cfg.num_threads), _run_folder(out, overwrite, dist) as stage:  # threads restored afterwards
         data = load_dataset(cfg.data)
-        seed_everything(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the head's initialisation; training batches are drawn from the seed by the sampler
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
         apply_regime(model, regime)
         accel.prepare(model)
@@ -91,9 +85,12 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         splits = place(_split_inputs(data, cfg, device), device)
         prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits, dist)
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
+        n_eval = sum(len(y) for s, y in labels.items() if s != "train")
+        del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
         history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
         model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
-        throughput = prepared.images_per_s or _eval_throughput(history[-1], splits)
+        # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
+        throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
         metrics["accel"] = accel.describe()
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
@@ -172,9 +169,9 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
     """Fixed backbones: (AdaBN once, then) features of every split, once, shared out over the ranks. Otherwise: the
     images and a forward."""
     if not regime.cache_features:
-        forward = _image_forward(model, preprocess, accel)
+        forward = accel.forward(model, preprocess)
         ddp = dist.wrap(model, accel.device)
-        train_forward = forward if ddp is model else _image_forward(ddp, preprocess, accel)
+        train_forward = forward if ddp is model else accel.forward(ddp, preprocess)
         return _Prepared({s: x for s, (x, _) in splits.items()}, forward, train_forward, model)
     adapt_timer, extract_timer = Timer(accel.device), Timer(accel.device)
     with accel.autocast():
@@ -188,22 +185,6 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
     n_images = sum(len(x) for x, _ in splits.values())
     return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), model.head,
                      adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
-
-
-def _image_forward(net: torch.nn.Module, preprocess, accel: Accel) -> Callable[[torch.Tensor], torch.Tensor]:
-    net = accel.compiled(net)
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        with accel.autocast():
-            return net(preprocess(batch))
-
-    return forward
-
-
-def _eval_throughput(last_epoch: dict, splits: dict) -> float:
-    """Inference images/s of the whole model, from the last (warm) epoch's pass over val and test."""
-    n_eval = sum(len(x) for s, (x, _) in splits.items() if s in ("val", "test"))
-    return n_eval / last_epoch["eval_seconds"]
 
 
 def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool):

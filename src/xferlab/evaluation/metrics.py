@@ -13,9 +13,11 @@ import math
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    auc,
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
+    multilabel_confusion_matrix,
     precision_score,
     recall_score,
     roc_auc_score,
@@ -27,10 +29,10 @@ METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity
 
 
 def specificity_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class specificity TN / (TN + FP); scikit-learn has no direct function for it."""
-    cm = confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
-    fp = cm.sum(0) - np.diag(cm)
-    tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
+    """Per-class specificity TN / (TN + FP), one-vs-rest, from scikit-learn's per-class confusion matrices (NaN for a
+    class with no negatives)."""
+    mcm = multilabel_confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return tn / (tn + fp)
 
@@ -95,5 +97,5 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndar
         if positive.all() or not positive.any():
             continue
         fpr, tpr, _ = roc_curve(positive, probs[:, c])
-        curves[c] = (fpr, tpr, float(roc_auc_score(positive, probs[:, c])))
+        curves[c] = (fpr, tpr, float(auc(fpr, tpr)))  # the area of the curve just computed: no second ranking
     return curves

@@ -36,17 +36,10 @@ class Timer:
 
 
 @torch.no_grad()
-def inference_throughput(model: torch.nn.Module, images: torch.Tensor, preprocess, batch_size: int,
-                         device: torch.device, max_images: int = 512, warmup_batches: int = 2,
-                         forward=None) -> float:
-    """Images per second of the whole model (preprocessing included) in eval mode, after warm-up batches.
-
-    `forward` (batch of stored images -> logits) replaces `model(preprocess(batch))`, e.g. to add autocast or a
-    compiled model.
-    """
-    model.eval()
-    forward = forward or (lambda batch: model(preprocess(batch)))
-    images = images[:max_images]
+def inference_throughput(forward, images: torch.Tensor, batch_size: int, device: torch.device,
+                         warmup_batches: int = 2) -> float:
+    """Images per second of `forward` (stored batch -> logits, preprocessing included; the model already in eval
+    mode) over `images`, after `warmup_batches` untimed batches."""
     batches = list(batch_indices(len(images), batch_size, device=images.device))
     for idx in batches[:warmup_batches]:
         forward(images[idx])
