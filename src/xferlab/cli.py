@@ -130,14 +130,22 @@ def _add_audit_parser(sub) -> None:
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
 
 
+def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The options among `keys` given on the command line (argparse leaves the others None), by name."""
+    return {key: value for key in keys if (value := getattr(args, key)) is not None}
+
+
 def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
     """The config's data: section with the data options given on the command line laid over it."""
-    data = dict(values.get("data") or {})
-    for key in ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "memory_budget_mb",
-                "loader_workers"):
-        v = getattr(args, key)
-        if v is not None:
-            data["path" if key == "data" else key] = v
+    given = _given(args, ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable",
+                          "memory_budget_mb", "loader_workers"))
+    if "data" in given:
+        given["path"] = given.pop("data")
+    section = values.get("data") or {}
+    if not isinstance(section, dict):
+        raise XferlabError(f"{getattr(args, 'config', None) or 'config'}: data: must be a mapping (path:, format:, ...), "
+                           f"got {type(section).__name__}; write it as data: {{path: ...}}")
+    data = {**section, **given}
     if "path" not in data:
         raise XferlabError("no data given; pass --data DIR (or set data.path in the config)")
     return data
@@ -150,11 +158,8 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     values = read_yaml(args.config) if args.config else {}
     data = _data_values(args, values)
     values["data"] = data
-    for key in ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
-                "num_threads", "amp", "channels_last", "compile"):
-        v = getattr(args, key)
-        if v is not None:
-            values[key] = v
+    values.update(_given(args, ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed",
+                                "device", "num_threads", "amp", "channels_last", "compile")))
     return values
 
 
@@ -299,11 +304,8 @@ def _audit_configs(args: argparse.Namespace):
             raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
                                f"got {type(values[key]).__name__}")
     data = _data_values(args, values)
-    audit = dict(values.get("audit") or {})
-    for key in ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads"):
-        v = getattr(args, key)
-        if v is not None:
-            audit[key] = v
+    audit = {**(values.get("audit") or {}), **_given(args, ("backbone", "weights", "regime", "resplits",
+                                                            "permutations", "alpha", "seed", "device", "num_threads"))}
     where = str(args.config or "options")
     for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
         for key in values_:

@@ -6,17 +6,33 @@ ignored setting.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from xferlab.errors import XferlabError, did_you_mean
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _known_regime(v: str) -> str:
+    """parse_regime's check, its XferlabError turned into a ValueError so that build() adds the file, line and key."""
+    from xferlab.backbones.regimes import parse_regime
+
+    try:
+        parse_regime(v)
+    except XferlabError as err:
+        raise ValueError(str(err)) from None
+    return v
+
+
+RegimeName = Annotated[str, AfterValidator(_known_regime)]  # a regime of xferlab.backbones.regimes, by name
 
 
 class DataConfig(_Strict):
@@ -59,7 +75,7 @@ class TrainConfig(_Strict):
     data: DataConfig
     backbone: str = "resnet18"
     weights: str = Field("imagenet", description="'imagenet', 'none' or a state-dict file path")
-    regime: str = "frozen"
+    regime: RegimeName = "frozen"
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -76,14 +92,6 @@ class TrainConfig(_Strict):
         "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
-
-    @field_validator("regime")
-    @classmethod
-    def _known_regime(cls, v: str) -> str:
-        from xferlab.backbones.regimes import parse_regime
-
-        parse_regime(v)  # raises XferlabError with the valid choices
-        return v
 
 
 class YamlValues(dict):
@@ -102,12 +110,35 @@ def _key_lines(node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]
                 lines.update(_key_lines(value, path))
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
+            lines[prefix + (str(i),)] = value.start_mark.line + 1
             lines.update(_key_lines(value, prefix + (str(i),)))
     return lines
 
 
-def format_validation_error(err: ValidationError, where: str, key_lines: dict | None = None) -> str:
-    """One line naming the first offending field (and its YAML line), what was received and what is allowed."""
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds: the annotation itself, or the model of an `X | None`."""
+    for candidate in (annotation, *get_args(annotation)):
+        if inspect.isclass(candidate) and not get_args(candidate) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _key_choices(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The keys valid where `loc` points: the fields of the model reached by walking `loc[:-1]` through nested
+    configs; none when the walk leaves them (a list item, a free-form mapping)."""
+    for name in loc[:-1]:
+        field = model.model_fields.get(name) if model is not None and isinstance(name, str) else None
+        model = _nested_model(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(
+    err: ValidationError, where: str, key_lines: dict | None = None, model: type[BaseModel] | None = None
+) -> str:
+    """One line naming the first offending field (and its YAML line), what was received and what is allowed.
+
+    With the validated `model`, an unknown key also gets the closest valid key ("did you mean ...").
+    """
     e = err.errors()[0]
     path = tuple(str(p) for p in e["loc"])
     loc = ".".join(path) or "(top level)"
@@ -115,7 +146,8 @@ def format_validation_error(err: ValidationError, where: str, key_lines: dict | 
                  if (key_lines or {}).get(path[:n])), None)
     where = f"{where} line {line}" if line else where
     if e["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{loc}'; remove it or check its spelling"
+        hint = did_you_mean(path[-1], _key_choices(model, e["loc"])) if path else ""
+        return f"{where}: unknown key '{loc}'{hint}; remove it or check its spelling"
     if e["type"] == "missing":
         return f"{where}: '{loc}' is required"
     msg = e["msg"]
@@ -130,7 +162,7 @@ def build(model: type[BaseModel], values: dict[str, Any], where: str = "config")
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None))) from None
+        raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None), model)) from None
 
 
 def read_yaml(path: str | os.PathLike) -> YamlValues:
@@ -169,7 +201,7 @@ class AuditConfig(_Strict):
 
     backbone: str = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
     weights: str = "imagenet"
-    regime: str = Field("frozen", description="regime trained on every re-split")
+    regime: RegimeName = Field("frozen", description="regime trained on every re-split: frozen, finetune or partial:K")
     resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data")
     alpha: float = Field(0.05, gt=0, lt=1)
     permutations: int = Field(1000, ge=1, description="permutations for the MMD and classifier tests")
@@ -192,10 +224,11 @@ class AuditConfig(_Strict):
 
     @field_validator("regime")
     @classmethod
-    def _known_regime(cls, v: str) -> str:
-        from xferlab.backbones.regimes import parse_regime
-
-        parse_regime(v)  # raises XferlabError with the valid choices
+    def _fixed_embeddings_cannot_adapt(cls, v: str) -> str:
+        if v == "adabn":
+            raise ValueError("adabn is not available in the audit: its re-splits train a fixed backbone's head on "
+                             "the audit's cached embeddings, which cannot re-estimate BatchNorm per re-split (adabn "
+                             "would run as frozen); use frozen, finetune or partial:K")
         return v
 
 
@@ -214,7 +247,7 @@ class StudyConfig(_Strict):
     name: str = Field("study", min_length=1, description="title of the report")
     data: DataConfig
     backbones: list[str] = Field(min_length=1)
-    regimes: list[str] = Field(["frozen", "finetune"], min_length=1)
+    regimes: list[RegimeName] = Field(["frozen", "finetune"], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     train: dict[str, Any] = Field({}, description="any TrainConfig option (epochs, batch_size, lr, weights, ...)")
     per_backbone: dict[str, dict[str, Any]] = Field({}, description="backbone name -> TrainConfig options")
@@ -230,18 +263,6 @@ class StudyConfig(_Strict):
         repeated = sorted({str(x) for x in v if v.count(x) > 1})
         if repeated:
             raise ValueError(f"lists each value once; repeated: {', '.join(repeated)}")
-        return v
-
-    @field_validator("regimes")
-    @classmethod
-    def _known_regimes(cls, v: list[str]) -> list[str]:
-        from xferlab.backbones.regimes import parse_regime
-
-        for regime in v:
-            try:
-                parse_regime(regime)
-            except XferlabError as err:  # as a ValueError, the message gets the file, line and key
-                raise ValueError(str(err)) from None
         return v
 
     @field_validator("train")

@@ -1,32 +1,79 @@
-"""Atomic file output: every result is written under a temporary name and renamed, so a kill at any moment leaves
-the old file or the new one, never half of one."""
+"""Atomic file output: every result is written under a temporary name, flushed to disk and renamed, so a kill or a
+crash at any moment leaves the old file or the new one, never half of one. Files get the usual permissions (0o666
+less the umask), as if written directly."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from xferlab.errors import XferlabError
 
+_NEW_FILE_MODE = 0o666  # what open() asks for; the kernel takes the umask off, as for any file the user creates
+_TEMP_TRIES = 100  # random 32-bit names: a clash is already unlikely once
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty hidden file beside `path` and return its name.
+
+    Not tempfile.mkstemp: its files are 0600, so every result would be unreadable to the group and others. Opening
+    with 0o666 lets the kernel apply the umask (and any default ACL) without reading or changing the process-wide
+    umask, which would race with other threads.
+    """
+    for _ in range(_TEMP_TRIES):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name} after {_TEMP_TRIES} tries")
+
+
+def _fsync(path: Path) -> None:
+    """Flush the file's data to disk, so the rename never publishes a name whose contents are still in flight."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(temporary path)`, fsync it, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
-        write(Path(tmp))
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise XferlabError(f"cannot write {path} ({err.strerror or err}); free disk space or choose another --out") from None
+        tmp.unlink(missing_ok=True)
+        raise XferlabError(
+            f"cannot write {path} ({err.strerror or err}); free disk space or choose another --out"
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_file(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Write `path` atomically through `write(file object)`, the file opened with `mode` ('wb' or 'w').
+
+    For writers that take a file object, e.g. np.save / np.savez, which add a suffix to a bare file name.
+    """
+
+    def through_handle(p: Path) -> None:
+        with open(p, mode) as handle:
+            write(handle)
+
+    _atomic(Path(path), through_handle)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -46,11 +93,8 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 def save_npz(path: str | os.PathLike, **arrays) -> None:
     import numpy as np
 
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:  # a file object: np.savez would append '.npz' to a bare temporary name
-            np.savez_compressed(f, **arrays)
-
-    _atomic(Path(path), write)
+    # a file object: np.savez would append '.npz' to a bare temporary name
+    write_file(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def save_figure(path: str | os.PathLike, fig) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,13 @@ def test_files_shapes_and_dtypes(plain: Path) -> None:
     assert not list(plain.glob("*.tmp")), "temporary files must be renamed or removed"
     # images use the display range, not a sliver of it
     assert all(a.min() < 40 and a.max() > 160 for a in arrays.values())
+
+
+def test_files_get_the_usual_permissions(plain: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in plain.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in (*TRAIN_FILES, *TEST_FILES, "phantoms.json")}
 
 
 def test_metadata_records_every_parameter(plain: Path, shifted: Path) -> None:

@@ -251,6 +251,16 @@ def test_folder_corrupt_png_is_skipped_with_a_warning(tmp_path, caplog):
     assert ds.meta["skipped"] == [str(root / "train" / "a" / "broken.png")]
 
 
+def test_folder_names_each_image_file_in_dataset_order(tmp_path):
+    root = _image_folder(tmp_path / "d", {"train": {"a": 3, "b": 3}, "val": {"a": 1, "b": 1}})
+    (root / "train" / "a" / "001.png").write_bytes(b"not a png")
+    ds = load_dataset(DataConfig(path=root, format="folder", skip_unreadable=True))
+    expected = [f"train/a/{i}" for i in ("000", "002")] + [f"train/b/{i}" for i in ("000", "001", "002")]
+    expected += ["val/a/000", "val/b/000"]
+    assert ds.meta["files"] == [str(root / f"{name}.png") for name in expected]
+    assert ds.images[:, 0, 0].tolist() == [0, 2, 0, 1, 2, 0, 0]  # pixel value = file number: the same order
+
+
 def test_folder_without_train_explains_the_layout(tmp_path):
     _image_folder(tmp_path / "outer" / "chest_xray", {"train": {"a": 2}})
     with pytest.raises(XferlabError, match=r"no train/ folder.*\['chest_xray'\]"):
@@ -280,6 +290,17 @@ def test_csv_with_split_column(tmp_path):
     assert ds.splits.tolist() == splits
     assert ds.images[:, 0, 0].tolist() == list(range(8))
     assert ds.meta["splits_from"] == "manifest"
+
+
+def test_csv_labels_index_the_sorted_class_names_and_files_are_named(tmp_path):
+    files = _csv_images(tmp_path, 9)
+    names = ["pneumonia", "covid", "normal"] * 3
+    lines = ["path,label,split"] + [f"{f},{c},{'val' if i >= 6 else 'train'}" for i, (f, c) in
+                                    enumerate(zip(files, names))]
+    ds = load_dataset(DataConfig(path=_manifest(tmp_path / "m.csv", lines), format="csv"))
+    assert ds.class_names == ["covid", "normal", "pneumonia"]
+    assert [ds.class_names[k] for k in ds.labels] == names
+    assert ds.meta["files"] == [str(tmp_path / f) for f in files]
 
 
 def test_csv_without_split_column_draws_group_aware_splits(tmp_path):
@@ -373,7 +394,13 @@ def test_medmnist_without_package_names_classes_by_index(tmp_path, monkeypatch):
 
 def test_medmnist_multilabel_is_refused(tmp_path, fake_medmnist):
     path = _medmnist_npz(tmp_path / "chestmnist.npz", labels_shape=(3,))
-    with pytest.raises(XferlabError, match="multi-label"):
+    with pytest.raises(XferlabError, match=r"labels have shape \(10, 3\) \(multi-label\)"):  # by the label shape
+        load_dataset(DataConfig(path=path, format="medmnist"))
+
+
+def test_medmnist_multilabel_task_is_refused_even_with_one_label_column(tmp_path, fake_medmnist):
+    path = _medmnist_npz(tmp_path / "chestmnist.npz", labels_shape=(1,))  # 1-D labels: only the task tells
+    with pytest.raises(XferlabError, match="chestmnist is a multi-label dataset"):
         load_dataset(DataConfig(path=path, format="medmnist"))
 
 

@@ -71,7 +71,7 @@ def _both(path: Path, fmt: str, **kw) -> tuple[ImageDataset, ImageDataset]:
 
 def _assert_same(memory: ImageDataset, streamed: ImageDataset) -> None:
     assert not memory.streamed and streamed.streamed and isinstance(streamed.images, FileImages)
-    assert (memory.meta["streamed"], streamed.meta["streamed"]) == (False, True)
+    assert streamed.meta["files"] == memory.meta["files"] == list(streamed.images.paths)
     assert streamed.images.shape == memory.images.shape and streamed.images.nbytes == memory.images.nbytes
     np.testing.assert_array_equal(streamed.images[:], memory.images)
     np.testing.assert_array_equal(streamed.labels, memory.labels)
@@ -136,6 +136,39 @@ def test_budget_counts_three_channels_only_for_colour_sets(tmp_path, kind, strea
     root = _folder(tmp_path / "d", {7: kind})
     ds = load_dataset(DataConfig(path=root, format="folder", memory_budget_mb=2 * gray_mb))
     assert ds.streamed is streamed
+
+
+def test_a_load_within_the_budget_reads_each_header_once_and_decodes_each_file_once(tmp_path, monkeypatch):
+    from xferlab.data import sources, streaming
+
+    root = _folder(tmp_path / "d", {3: "gray_rgb"})
+    calls = {"header": 0, "decode": 0}
+
+    def counted(name, fn):
+        def wrapper(path):
+            calls[name] += 1
+            return fn(path)
+        return wrapper
+
+    def no_second_header_pass(paths, where):
+        raise AssertionError("the scan already checked the sizes")
+
+    monkeypatch.setattr(streaming, "read_image_header", counted("header", streaming.read_image_header))
+    monkeypatch.setattr(streaming, "read_image_file", counted("decode", streaming.read_image_file))
+    monkeypatch.setattr(sources, "read_image_file", counted("decode", sources.read_image_file))
+    monkeypatch.setattr(sources, "check_file_sizes", no_second_header_pass)
+    ds = load_dataset(DataConfig(path=root, format="folder", memory_budget_mb=2 * 16 * 24 * 24 / MIB))
+    assert not ds.streamed and calls == {"header": 16, "decode": 16 + 1}  # + the RGB-mode file find_colour decodes
+
+
+def test_a_load_within_the_budget_skips_what_the_scan_skipped(tmp_path):
+    root = _folder(tmp_path / "d")
+    garbage, truncated = _damage(root)
+    memory = load_dataset(DataConfig(path=root, format="folder", skip_unreadable=True))
+    budgeted = load_dataset(DataConfig(path=root, format="folder", skip_unreadable=True, memory_budget_mb=1e6))
+    assert not budgeted.streamed and budgeted.meta["skipped"] == [str(garbage), str(truncated)]
+    assert budgeted.meta == memory.meta
+    np.testing.assert_array_equal(budgeted.images, memory.images)
 
 
 def test_budget_must_not_be_negative(tmp_path):

@@ -186,3 +186,11 @@ def test_yaml_python_tags_are_refused_not_executed(tmp_path, capsys):
     cfg.write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n")
     assert main(["train", "-c", str(cfg), "--out", str(tmp_path / "run")]) == 2
     assert "run.yaml" in capsys.readouterr().err and not marker.exists()
+
+
+def test_a_data_section_that_is_not_a_mapping_is_a_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data: some/folder\n")
+    assert main(["train", "-c", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "run.yaml" in err and "data:" in err

@@ -6,7 +6,7 @@ parametrizes over `list_backbones()` pick it up at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -36,7 +36,6 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -23,6 +23,8 @@ class ImageDataset:
     `splits` holds 'train', 'val' or 'test' for every image; `groups` (patient ids) is optional and is what
     group-aware splitting and the leakage audit key on. `images` is a numpy array, or FileImages (the folder and csv
     sources over data.memory_budget_mb) with the same shape, dtype and indexing, decoded from disk when indexed.
+    `meta` holds what the source knows besides: its format and, for the file sources (folder, csv), `files`, each
+    image's file in dataset order, and `skipped`, the unreadable files left out.
     """
 
     images: np.ndarray | FileImages

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from xferlab import io
 from xferlab.errors import XferlabError, did_you_mean
 
 GENERATOR_VERSION = "1"  # bump whenever the pixels a given seed produces change
@@ -527,13 +527,6 @@ def _attenuation(a: SimpleNamespace, tex: _Textures, size: int) -> np.ndarray:
     return attenuation
 
 
-def render_attenuation(rng: np.random.Generator, size: int, anatomy: Anatomy) -> np.ndarray:
-    """One patient's attenuation map (S×S float, bright = dense); textures are drawn from `rng`."""
-    _check_size(size)
-    textures = _draw_textures([rng], size, bool(anatomy.lesions))
-    return _attenuation(_stack([anatomy]), textures, size)[0]
-
-
 def lung_mask(anatomy: Anatomy, size: int) -> np.ndarray:
     """The patient's lung fields on the size×size image grid, in [0, 1] (for checks and region statistics)."""
     a = _stack([anatomy])
@@ -670,24 +663,6 @@ def _render_class(seed: int, split: str, label: int, count: int, size: int, site
     return images
 
 
-_FILE_MODE = 0o644  # mkstemp creates 0600; a dataset is meant to be read by others too
-
-
-def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
-    """Write through `write(fileobj)` to a temporary name in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate_phantoms(
     out_dir: str | os.PathLike[str],
     *,
@@ -714,7 +689,7 @@ def generate_phantoms(
     for file_stem, (split, count, site) in plan.items():
         label = CLASS_NAMES.index(file_stem.removeprefix("test_"))
         images = _render_class(seed, split, label, count, size, site)
-        _atomic_write(out / f"{file_stem}.npy", lambda handle, arr=images: np.save(handle, arr))
+        io.write_file(out / f"{file_stem}.npy", lambda handle, arr=images: np.save(handle, arr))
     meta = {
         "generator": __name__,
         "generator_version": GENERATOR_VERSION,
@@ -731,5 +706,5 @@ def generate_phantoms(
         "site_ranges": {site: {k: list(v) for k, v in ranges.items()} for site, ranges in _SITES.items()},
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "phantoms.json", lambda handle: handle.write(text), mode="w")
+    io.write_text(out / "phantoms.json", text)
     return out

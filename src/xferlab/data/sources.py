@@ -35,7 +35,7 @@ from xferlab.data.splits import carve_val, draw_splits
 from xferlab.errors import XferlabError, did_you_mean
 
 if TYPE_CHECKING:
-    from xferlab.data.streaming import FileImages
+    from xferlab.data.streaming import FileImages, FileScan
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,10 @@ def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
 
 
 def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Read the dataset cfg describes with the source registered for cfg.format."""
-    source = SOURCES.get(cfg.format)
-    if source is None:
-        raise XferlabError(
-            f"unknown data format '{cfg.format}'; choose one of {sorted(SOURCES)}{did_you_mean(cfg.format, SOURCES)}"
-        )
+    """Read the dataset cfg describes with the source registered for cfg.format (DataConfig checked the name)."""
     if not Path(cfg.path).exists():
         raise XferlabError(f"{cfg.path}: data path does not exist; check data.path (--data)")
-    return source(cfg)
+    return SOURCES[cfg.format](cfg)
 
 
 # ---- shared steps -------------------------------------------------------------------------------------------------
@@ -140,24 +135,32 @@ def _skipped_files(paths: Sequence[Path], skipped: Sequence[int], where: str) ->
     return files
 
 
-def _read_images(paths: Sequence[Path], cfg: DataConfig, where: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+def _read_images(
+    paths: Sequence[Path], cfg: DataConfig, where: str, scan: FileScan | None = None
+) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """Decode files into one batch. Returns (images, indices of the files kept, files skipped as unreadable).
 
-    Images are resized as they are read, so a folder of large scans never sits in memory at full size.
+    Images are resized as they are read, so a folder of large scans never sits in memory at full size. With `scan`
+    (streaming.scan_image_files of the same paths) its header checks stand: only the files it kept are decoded, and
+    the files it skipped are reported with any that fail to decode now.
     """
-    if cfg.image_size is None:
-        check_file_sizes(paths, where)
+    if scan is None:
+        candidates, skipped = list(range(len(paths))), []
+        if cfg.image_size is None:
+            check_file_sizes(paths, where)
+    else:
+        candidates, skipped = scan.kept, list(scan.skipped)
 
     def read(path: Path) -> np.ndarray:
         image = read_image_file(path)
         return image if cfg.image_size is None else resize_image(image, cfg.image_size)
 
-    skipped: list[int] = []
+    failed: list[int] = []
     kept, images = [], []
-    for i, image in read_each(paths, read, cfg.skip_unreadable, skipped):
-        kept.append(i)
+    for j, image in read_each([paths[i] for i in candidates], read, cfg.skip_unreadable, failed):
+        kept.append(candidates[j])
         images.append(image)
-    skipped_files = _skipped_files(paths, skipped, where)
+    skipped_files = _skipped_files(paths, sorted(skipped + [candidates[j] for j in failed]), where)
     names = [str(paths[i]) for i in kept]
     return stack_images(images, where, cfg.image_size, names), np.asarray(kept, dtype=np.int64), skipped_files
 
@@ -177,7 +180,7 @@ def _load_images(
     if streaming.decoded_nbytes(len(scan.kept), scan.size, rgb=True) > budget:  # then colour decides, so find it
         rgb, scan = streaming.find_colour(paths, scan, cfg.skip_unreadable)
     if rgb is None or streaming.decoded_nbytes(len(scan.kept), scan.size, rgb) <= budget:
-        images, kept, skipped = _read_images(paths, cfg, where)
+        images, kept, skipped = _read_images(paths, cfg, where, scan)
         logger.info("%s: %d images take %.1f MiB decoded, within data.memory_budget_mb = %g MiB: loaded into memory",
                     where, len(images), images.nbytes / streaming.MIB, cfg.memory_budget_mb)
         return images, kept, skipped
@@ -298,7 +301,7 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     if carved:
         splits = _carve(splits, labels, None, cfg, class_names)
     meta = {"val_carved": cfg.val_split if carved else None, "skipped": [str(p) for p in skipped],
-            "streamed": not isinstance(images, np.ndarray)}
+            "files": [str(paths[i]) for i in kept]}
     return _dataset(cfg, images, labels, class_names, splits, **meta)
 
 
@@ -388,13 +391,14 @@ def load_csv(cfg: DataConfig) -> ImageDataset:
     """A manifest `path,label[,split][,group]`; blank or absent splits are drawn with val/test_fraction."""
     manifest = Path(cfg.path)
     cols = _manifest_columns(manifest)
-    class_names = sorted(set(cols["label"]))
+    names, labels = np.unique(np.asarray(cols["label"], dtype=str), return_inverse=True)  # sorted class names
+    class_names = names.tolist()
     images, kept, skipped = _load_images(cols["path"], cfg, str(manifest))
-    labels = np.asarray([class_names.index(v) for v in cols["label"]], dtype=np.int64)[kept]
+    labels = labels.astype(np.int64)[kept]
     groups = None if cols["group"] is None else np.asarray(cols["group"], dtype=str)[kept]
     cells = np.asarray(cols["split"], dtype=object)[kept]
     splits, how = _manifest_splits(cells, labels, groups, cfg, class_names)
-    meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "streamed": not isinstance(images, np.ndarray)}
+    meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "files": [str(cols["path"][i]) for i in kept]}
     return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
 
 

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from xferlab.data.dataset import SPLITS
 from xferlab.errors import XferlabError, did_you_mean
 
-SPLIT_NAMES = ("train", "val", "test")
 VAL_MODES = ("ordered", "random")
 
 # Folds a group-aware part is assembled from: 20 folds of 5 % each give ±2.5 % resolution while each fold still
@@ -188,9 +188,9 @@ def _as_count(name: str, value: int | float, n: int) -> int:
 def resolve_counts(sizes: Mapping[str, int | float], n: int) -> dict[str, int]:
     """Turn {'val': 0.2, 'test': 100}-style sizes into exact counts; train gets the remainder when not given."""
     for name in sizes:
-        if name not in SPLIT_NAMES:
+        if name not in SPLITS:
             raise XferlabError(
-                f"unknown split '{name}' in sizes; use {list(SPLIT_NAMES)}{did_you_mean(name, SPLIT_NAMES)}"
+                f"unknown split '{name}' in sizes; use {list(SPLITS)}{did_you_mean(name, SPLITS)}"
             )
     counts = {name: _as_count(name, sizes.get(name, 0), n) for name in ("val", "test")}
     held_out = counts["val"] + counts["test"]
@@ -236,4 +236,4 @@ def draw_splits(
 def split_counts(splits: np.ndarray) -> dict[str, int]:
     """Images per split, in the form draw_splits accepts as `sizes` (re-splitting with the original sizes)."""
     splits = np.asarray(splits)
-    return {name: int((splits == name).sum()) for name in SPLIT_NAMES}
+    return {name: int((splits == name).sum()) for name in SPLITS}
