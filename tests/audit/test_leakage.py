@@ -11,19 +11,26 @@ import pytest
 from PIL import Image
 
 from xferlab.audit.embed import embed_dataset
-from xferlab.audit.leakage import leakage_audit
+from xferlab.audit.leakage import MAX_LISTED, group_overlap, leakage_audit
 from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.config import AuditConfig
-from xferlab.data.dataset import ImageDataset
+from xferlab.data.dataset import SPLITS, ImageDataset
 
 
 @pytest.fixture(scope="module")
-def small_phantoms(phantom_embeddings) -> ImageDataset:
-    """120 train + 40 val + 60 test unshifted phantoms (32 px), a subset of the session's dataset."""
-    data, _ = phantom_embeddings["clean"]
+def small_subset(phantom_embeddings) -> tuple[ImageDataset, np.ndarray]:
+    """120 train + 40 val + 60 test unshifted phantoms (32 px), a subset of the session's dataset, and their
+    embeddings."""
+    data, embeddings = phantom_embeddings["clean"]
     keep = np.concatenate([np.flatnonzero((data.splits == s) & (data.labels == c))[:n]
                            for s, n in (("train", 60), ("val", 20), ("test", 30)) for c in (0, 1)])
-    return replace(data, images=data.images[keep].copy(), labels=data.labels[keep], splits=data.splits[keep])
+    subset = replace(data, images=data.images[keep].copy(), labels=data.labels[keep], splits=data.splits[keep])
+    return subset, embeddings[keep]
+
+
+@pytest.fixture(scope="module")
+def small_phantoms(small_subset) -> ImageDataset:
+    return small_subset[0]
 
 
 def _embed(data: ImageDataset) -> np.ndarray:
@@ -35,8 +42,8 @@ def _indices(pairs) -> set[tuple[int, int]]:
     return {(p["query"]["index"], p["match"]["index"]) for p in pairs}
 
 
-def test_clean_phantoms_have_no_leak(small_phantoms, single_blas_thread):
-    result = leakage_audit(small_phantoms, _embed(small_phantoms), AuditConfig())
+def test_clean_phantoms_have_no_leak(small_subset, single_blas_thread):
+    result = leakage_audit(*small_subset, AuditConfig())
     assert result["leak"] is False
     assert result["exact"]["cross_split_groups"] == 0 and result["near_duplicate_images"] == 0
     for kind in ("phash", "embedding"):
@@ -91,6 +98,42 @@ def test_a_patient_group_leak_is_found(small_phantoms, single_blas_thread):
     assert {o["group"] for o in overlap["overlapping"]} == {groups[train[0]], "shared"}
     assert overlap["overlapping"][0]["counts"].keys() == {"train", "test"}
     assert result["leak"] is True
+
+
+def _group_overlap_by_brute_force(data: ImageDataset) -> dict:
+    """group_overlap's answer the slow, obvious way: every group's images scanned, positions counted from the start."""
+    def name(i):
+        split = data.splits[i]
+        return {"index": i, "split": split, "class": data.class_names[data.labels[i]],
+                "split_index": sum(s == split for s in data.splits[:i]), "group": data.groups[i]}
+
+    spanning = []
+    for g in sorted(set(data.groups)):
+        members = [i for i in range(len(data.groups)) if data.groups[i] == g]
+        splits = [s for s in SPLITS if any(data.splits[i] == s for i in members)]
+        if len(splits) > 1:
+            spanning.append({"group": g, "counts": {s: sum(data.splits[i] == s for i in members) for s in splits},
+                             "examples": [name(next(i for i in members if data.splits[i] == s)) for s in splits],
+                             "images": len(members)})
+    return {"status": "ok", "groups": len(set(data.groups)), "count": len(spanning),
+            "images": sum(o["images"] for o in spanning), "overlapping": spanning[:MAX_LISTED]}
+
+
+def test_group_overlap_matches_a_brute_force_count_on_many_groups():
+    rng = np.random.default_rng(0)
+    n = 3000
+    groups = np.array([f"p{g:04d}" for g in rng.integers(0, 900, n)], dtype=object)  # most patients span splits
+    groups[:300] = "p9999"  # one large patient in every split
+    groups[300:304] = "p0003"
+    splits = rng.choice(np.array(SPLITS, dtype=object), n, p=[0.6, 0.2, 0.2])
+    splits[groups == "p0003"] = "val"  # a patient within one split
+    data = ImageDataset(images=np.zeros((n, 2, 2), np.uint8), labels=rng.integers(0, 2, n), class_names=["a", "b"],
+                        splits=splits, groups=groups)
+    result = group_overlap(data)
+    expected = _group_overlap_by_brute_force(data)
+    assert expected["count"] > MAX_LISTED  # the listing is cut, the counts are not
+    assert result == expected
+    assert "p0003" not in {o["group"] for o in result["overlapping"]}
 
 
 def test_a_measure_that_cannot_separate_copies_from_look_alikes_says_so(small_phantoms, single_blas_thread):

@@ -1,5 +1,6 @@
 """The re-split experiment (xferlab.audit.resplit): rank p-values, a harder-than-random test split is caught, group
-structure survives re-splitting, a small R says it cannot reach alpha, and a non-frozen regime runs."""
+structure survives re-splitting, a small R says it cannot reach alpha, and a non-frozen regime runs,
+reading its weights once."""
 
 from __future__ import annotations
 
@@ -89,3 +90,28 @@ def test_a_non_frozen_regime_trains_the_backbone_on_every_re_split(tiny_npy):
     result = resplit_experiment(data, np.zeros((len(data.labels), 4), np.float32), cfg, progress=False)
     assert result["status"] == "ok" and result["regime"] == "partial:1" and len(result["runs"]) == 1
     assert 0.0 <= result["original"]["test"] <= 1.0
+
+
+def test_a_weights_file_is_read_once_and_every_seed_starts_as_create_model_would(tiny_npy, tmp_path, monkeypatch):
+    import torch
+
+    import xferlab.backbones.registry as registry
+    from xferlab.audit.resplit import _factory
+    from xferlab.config import DataConfig
+    from xferlab.data.sources import load_dataset
+
+    data = load_dataset(DataConfig(path=tiny_npy))
+    size = data.image_size[0]
+    torch.save(registry.create_model("resnet18", 2, "none", image_size=size).state_dict(), tmp_path / "w.pt")
+    reads = []
+    read = registry.load_state_dict_file
+    monkeypatch.setattr(registry, "load_state_dict_file", lambda path: reads.append(path) or read(path))
+    cfg = AuditConfig(backbone="resnet18", weights=str(tmp_path / "w.pt"), regime="partial:1", device="cpu")
+    _, make = _factory(data, np.zeros((len(data.labels), 4), np.float32), cfg, torch.device("cpu"))
+    models = {seed: make(seed)[0].state_dict() for seed in (3, 4)}
+    assert len(reads) == 1
+    for seed, got in models.items():
+        torch.manual_seed(seed)  # what building the model for this seed from the file gives, head included
+        expected = registry.create_model("resnet18", 2, str(tmp_path / "w.pt"), image_size=size).state_dict()
+        assert got.keys() == expected.keys() and all(torch.equal(v, expected[k]) for k, v in got.items())
+    assert not torch.equal(models[3]["head.weight"], models[4]["head.weight"])

@@ -39,8 +39,6 @@ def fake_audit(monkeypatch):
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    import torch
-
     from xferlab.data.phantoms import generate_phantoms
     from xferlab.study import load_study, run_study
 
@@ -50,9 +48,7 @@ def study_dir(tmp_path_factory) -> Path:
            "regimes": ["frozen", "finetune"], "bootstrap_resamples": 200, "audit": {"resplits": 2},
            "train": {"weights": "none", "epochs": 1, "batch_size": 8, "device": "cpu", "num_threads": 1}}
     (root / "study.yaml").write_text(yaml.safe_dump(doc))
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         install_fake_audit(mp)
         run_study(load_study(root / "study.yaml"), root / "out", progress=False)
-    torch.set_num_threads(threads)
     return root / "out"

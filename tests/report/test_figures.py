@@ -10,8 +10,8 @@ def _history(epochs, start):
 
 
 def test_comparison_puts_every_run_on_shared_axes_and_labels_each_configuration_once():
-    runs = [("a0", "resnet18", "frozen", _history(3, 0.5)), ("a1", "resnet18", "frozen", _history(3, 0.6)),
-            ("b0", "resnet34", "finetune", _history(5, 0.7))]
+    runs = [("resnet18", "frozen", _history(3, 0.5)), ("resnet18", "frozen", _history(3, 0.6)),
+            ("resnet34", "finetune", _history(5, 0.7))]
     fig = figures.comparison_figure(runs)
     acc, loss = fig.axes
     assert len(acc.lines) == len(loss.lines) == 3

@@ -68,16 +68,6 @@ def predictions_with_accuracy(rng: np.random.Generator, labels: np.ndarray, accu
     return np.c_[1 - p1, p1]
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """Runs with num_threads set change torch's process-wide thread count; give other tests theirs back."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def study_yaml(tmp_path, tiny_npy):
     """study_yaml(name='study.yaml', data=tiny_npy, **values) -> path of a tiny study YAML."""
@@ -91,16 +81,12 @@ def study_yaml(tmp_path, tiny_npy):
 @pytest.fixture(scope="module")
 def trained_study(tmp_path_factory) -> Path:
     """A real two-seed study, trained once per module: resnet18 frozen and fine-tuned for one epoch on tiny phantoms."""
-    import torch
-
     from xferlab.data.phantoms import generate_phantoms
     from xferlab.study import load_study, run_study
 
     root = tmp_path_factory.mktemp("trained_study")
     data = generate_phantoms(root / "phantoms", size=32, n_per_class=10, n_test_per_class=6, seed=0)
-    threads = torch.get_num_threads()
     run_study(load_study(write_study(root / "study.yaml", data, seeds=[0, 1])), root / "out", progress=False)
-    torch.set_num_threads(threads)
     return root / "out"
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from xferlab.errors import XferlabError
-from xferlab.evaluation.metrics import METRICS, point_metrics
-from xferlab.study import collect_results, load_study, run_study, write_results
+from xferlab.evaluation.metrics import METRICS
+from xferlab.study import collect_results, write_results
 from xferlab.study.results import SPLITS, TIMING_KEYS
 
 
@@ -35,9 +35,11 @@ def test_results_hold_one_row_per_run_recomputed_from_its_saved_predictions(trai
         assert (row["params"], row["trainable_params"], row["best_epoch"]) == \
             (metrics["params"], metrics["trainable_params"], metrics["best_epoch"])
         for split in SPLITS:
-            point = point_metrics(saved[f"{split}_labels"], saved[f"{split}_probs"])
-            assert {m: v["value"] for m, v in row[split]["metrics"].items()} == point
-            assert row[split]["metrics"]["accuracy"]["value"] == pytest.approx(metrics[split]["accuracy"])
+            # metrics.json: the engine's record, computed from the predictions in memory when the run ended
+            recorded = metrics[split]
+            assert set(recorded) == {"accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity"}
+            assert {m: row[split]["metrics"][m]["value"] for m in recorded} == pytest.approx(recorded)
+            assert set(row[split]["metrics"]) == set(METRICS)
             assert row[split]["n"] == len(saved[f"{split}_labels"])
             assert np.sum(row[split]["confusion_matrix"]) == row[split]["n"]
         t = row["timing"]
@@ -74,16 +76,20 @@ def test_configurations_give_mean_and_sd_across_seeds(trained):
         assert stats["sd"] == pytest.approx(statistics.stdev(values))
 
 
-def test_runs_not_trained_yet_are_listed_as_missing(study_yaml, tmp_path):
+def test_the_grid_says_which_runs_are_missing(study_yaml, run_folder, predictions, tmp_path):
+    """Missing = grid cells without a finished run (metrics.json), in grid order; folders outside the grid and
+    unfinished folders are not results."""
     out = tmp_path / "out"
-    study = load_study(study_yaml(regimes=["frozen"]))
-    run_study(study, out, progress=False)
-    bigger = load_study(study_yaml("bigger.yaml", regimes=["frozen", "finetune"]))
-    (out / "study.yaml").write_text((out / "study.yaml").read_text().replace("- frozen", "- frozen\n- finetune"))
-    assert bigger.regimes == ["frozen", "finetune"]
+    out.mkdir()
+    study_yaml("out/study.yaml", regimes=["frozen", "finetune"], seeds=[0, 1])
+    labels = {s: np.repeat([0, 1], 4) for s in SPLITS}
+    probs = {s: predictions(y, 0.75) for s, y in labels.items()}
+    for regime, seed in (("finetune", 1), ("frozen", 0), ("frozen", 7)):  # seed 7 is not in the grid
+        run_folder(out / "runs" / f"resnet18-{regime}-seed{seed}", "resnet18", regime, seed, probs, labels, 100, 1.0)
+    (out / "runs" / "resnet18-frozen-seed1").mkdir()  # started, never finished
     results = collect_results(out)
-    assert [r.name for r in results.records] == ["resnet18-frozen-seed0"]
-    assert results.missing == ["resnet18-finetune-seed0"]
+    assert [r.name for r in results.records] == ["resnet18-frozen-seed0", "resnet18-finetune-seed1"]
+    assert results.missing == ["resnet18-frozen-seed1", "resnet18-finetune-seed0"]
 
 
 def test_a_folder_without_runs_is_an_error(tmp_path):

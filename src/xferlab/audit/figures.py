@@ -17,8 +17,8 @@ from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
+from xferlab.report.figures import SPLIT_COLOURS  # noqa: E402
 
-SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 MARKERS = "os^Dvx+*"
 METHOD_LABELS = {"classifier": "classifier AUC", "mmd": "MMD", "ks": "KS (Bonferroni)"}
 P_CLIP = 10  # -log10 p above this (KS reaches 300 on a site change) would flatten every other bar

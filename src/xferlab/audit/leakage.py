@@ -31,11 +31,20 @@ PHASH_BITS = PHASH_SIZE**2
 CROSS = (("test", ("train", "val")), ("val", ("train",)))
 
 
-def describe(data: ImageDataset, i: int) -> dict:
-    """How a finding names an image: dataset index, split, class, position within its split and file if known."""
-    split = str(data.splits[i])
-    entry = {"index": int(i), "split": split, "class": data.class_names[data.labels[i]],
-             "split_index": int(np.count_nonzero(data.splits[:i] == split))}
+def split_positions(splits: np.ndarray) -> np.ndarray:
+    """Each image's position within its own split (0-based, in dataset order)."""
+    positions = np.zeros(len(splits), dtype=np.int64)
+    for s in SPLITS:
+        mask = splits == s
+        positions[mask] = (np.cumsum(mask) - 1)[mask]
+    return positions
+
+
+def describe(data: ImageDataset, i: int, positions: np.ndarray) -> dict:
+    """How a finding names an image: dataset index, split, class, position within its split (`positions`, from
+    split_positions) and file if known."""
+    entry = {"index": int(i), "split": str(data.splits[i]), "class": data.class_names[data.labels[i]],
+             "split_index": int(positions[i])}
     files = data.meta.get("files")
     if files is not None and len(files) == len(data.labels):
         entry["file"] = str(files[i])
@@ -54,14 +63,18 @@ def exact_duplicates(data: ImageDataset, hashes: np.ndarray) -> dict:
     by_hash: dict[str, list[int]] = defaultdict(list)
     for i, h in enumerate(hashes):
         by_hash[h].append(i)
-    cross, within = [], []
+    cross, within, conflicts = [], [], 0
     for members in (m for m in by_hash.values() if len(m) > 1):
-        entry = {"images": [describe(data, i) for i in members],
-                 "label_conflict": len(set(data.labels[members].tolist())) > 1}
-        (cross if len(set(data.splits[members].tolist())) > 1 else within).append(entry)
+        conflicts += len(set(data.labels[members].tolist())) > 1
+        (cross if len(set(data.splits[members].tolist())) > 1 else within).append(members)
+    positions = split_positions(data.splits)
+
+    def listed(groups: list[list[int]]) -> list[dict]:
+        return [{"images": [describe(data, i, positions) for i in members],
+                 "label_conflict": len(set(data.labels[members].tolist())) > 1} for members in groups[:MAX_LISTED]]
+
     return {"cross_split_groups": len(cross), "within_split_groups": len(within),
-            "cross_split": cross[:MAX_LISTED], "within_split": within[:MAX_LISTED],
-            "label_conflicts": sum(e["label_conflict"] for e in cross + within)}
+            "cross_split": listed(cross), "within_split": listed(within), "label_conflicts": conflicts}
 
 
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
@@ -89,8 +102,9 @@ def _within_split_distances(data: ImageDataset, features: np.ndarray, metric: st
 
 
 def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale: float, hashes: np.ndarray,
-                    cfg: AuditConfig) -> dict:
-    """Cross-split pairs closer than the calibrated threshold (exact copies are reported separately, not here).
+                    cfg: AuditConfig) -> tuple[dict, set[int]]:
+    """Cross-split pairs closer than the calibrated threshold (exact copies are reported separately, not here), the
+    closest MAX_LISTED of them listed, and the dataset indices of every flagged query image.
 
     `scale` converts sklearn's distance into the reported unit (PHASH_BITS for Hamming: bits).
     """
@@ -98,7 +112,7 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
     unique[np.unique(hashes, return_index=True)[1]] = True
     within = _within_split_distances(data, features, metric, unique) * scale
     if len(within) < 2:
-        return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}
+        return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
     reference = float(np.quantile(within, cfg.near_duplicate_quantile))
     threshold = cfg.near_duplicate_factor * reference
     within_rate = float(np.mean(within <= threshold))
@@ -110,7 +124,7 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
         return {"status": "skipped", "threshold": threshold, "calibration": calibration, "count": 0,
                 "reason": f"{100 * within_rate:.1f} % of distinct images within a split are already within the "
                           f"threshold ({threshold:.3g}) of another; this measure cannot separate copies from "
-                          "look-alikes here"}
+                          "look-alikes here"}, set()
     pairs, queries = [], 0
     for query_split, ref_splits in CROSS:
         q = np.flatnonzero(data.splits == query_split)
@@ -121,46 +135,51 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
         dist, nearest = _nearest(features[r], metric, features[q])
         for i, j, d in zip(q, r[nearest], dist * scale):
             if d <= threshold and hashes[i] != hashes[j]:
-                pairs.append({"query": describe(data, i), "match": describe(data, j), "distance": float(d)})
-    pairs.sort(key=lambda p: p["distance"])
+                pairs.append((float(d), int(i), int(j)))
+    pairs.sort(key=lambda p: p[0])  # stable: equal distances keep the query order
+    positions = split_positions(data.splits)
+    listed = [{"query": describe(data, i, positions), "match": describe(data, j, positions), "distance": d}
+              for d, i, j in pairs[:MAX_LISTED]]
     return {"status": "ok", "threshold": threshold, "metric": metric, "calibration": calibration,
             "count": len(pairs), "queries": queries, "cross_split_rate": len(pairs) / max(1, queries),
-            "pairs": pairs}
+            "pairs": listed}, {i for _, i, _ in pairs}
 
 
 def group_overlap(data: ImageDataset) -> dict:
     """Groups (patients) with images in more than one split."""
     if data.groups is None:
         return {"status": "skipped", "reason": "the dataset has no groups (patient ids)"}
+    names, group = np.unique(data.groups, return_inverse=True)
+    split = np.zeros(len(group), dtype=np.int64)
+    for k, s in enumerate(SPLITS):
+        split[data.splits == s] = k
+    # one row per (group, split) present, ordered by group then split; `first`: the pair's first image
+    pairs, first, counts = np.unique(group * len(SPLITS) + split, return_index=True, return_counts=True)
+    pair_group = pairs // len(SPLITS)
+    spanning = np.flatnonzero(np.bincount(pair_group, minlength=len(names)) > 1)
+    sizes = np.bincount(group, minlength=len(names))
+    positions = split_positions(data.splits)
     overlap = []
-    for g in np.unique(data.groups):
-        members = np.flatnonzero(data.groups == g)
-        splits = sorted(set(data.splits[members].tolist()), key=SPLITS.index)
-        if len(splits) > 1:
-            counts = {s: int(np.count_nonzero(data.splits[members] == s)) for s in splits}
-            examples = [describe(data, members[data.splits[members] == s][0]) for s in splits]
-            overlap.append({"group": str(g), "counts": counts, "examples": examples,
-                            "images": int(len(members))})
-    return {"status": "ok", "groups": int(len(np.unique(data.groups))), "count": len(overlap),
-            "images": int(sum(o["images"] for o in overlap)), "overlapping": overlap[:MAX_LISTED]}
+    for g in spanning[:MAX_LISTED]:
+        rows = range(np.searchsorted(pair_group, g), np.searchsorted(pair_group, g, side="right"))
+        overlap.append({"group": str(names[g]),
+                        "counts": {SPLITS[pairs[r] % len(SPLITS)]: int(counts[r]) for r in rows},
+                        "examples": [describe(data, first[r], positions) for r in rows],
+                        "images": int(sizes[g])})
+    return {"status": "ok", "groups": len(names), "count": len(spanning), "images": int(sizes[spanning].sum()),
+            "overlapping": overlap}
 
 
 def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig) -> dict:
     """All leakage checks. Embedding distances are cosine distances (1 - cos) between backbone features."""
     hashes = content_hashes(data.images)
-    phash = perceptual_hashes(data.images)
-    result = {
-        "exact": exact_duplicates(data, hashes),
-        "phash": near_duplicates(data, phash, "hamming", PHASH_BITS, hashes, cfg),
-        "embedding": near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg),
-        "groups": group_overlap(data),
-    }
+    phash, phash_flagged = near_duplicates(data, perceptual_hashes(data.images), "hamming", PHASH_BITS, hashes, cfg)
+    embedding, embedding_flagged = near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg)
+    result = {"exact": exact_duplicates(data, hashes), "phash": phash, "embedding": embedding,
+              "groups": group_overlap(data)}
     result["phash"]["unit"] = f"of {PHASH_BITS} bits"
     result["embedding"]["unit"] = "(1 - cosine similarity)"
-    flagged = {p["query"]["index"] for kind in ("phash", "embedding") for p in result[kind].get("pairs", [])}
-    for kind in ("phash", "embedding"):
-        if "pairs" in result[kind]:
-            result[kind]["pairs"] = result[kind]["pairs"][:MAX_LISTED]
+    flagged = phash_flagged | embedding_flagged
     result["near_duplicate_images"] = len(flagged)
     result["leak"] = bool(result["exact"]["cross_split_groups"] or flagged
                           or result["groups"].get("count", 0))

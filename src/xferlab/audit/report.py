@@ -3,15 +3,15 @@ report to embed; it reads only what run_audit saved."""
 
 from __future__ import annotations
 
-import base64
 import json
 from html import escape
 from pathlib import Path
 
 from xferlab.audit.pixels import STATS
-from xferlab.audit.run import AUDIT_JSON
 from xferlab.audit.shift import METHODS
 from xferlab.errors import XferlabError
+from xferlab.report.html import png_uri
+from xferlab.study.runner import AUDIT_JSON
 
 _STYLE = """<style>
 #audit table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
@@ -46,8 +46,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 def _image(audit_dir: Path, name: str | None, alt: str) -> str:
     if not name or not (audit_dir / name).is_file():
         return ""
-    data = base64.b64encode((audit_dir / name).read_bytes()).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{escape(alt)}" src="{png_uri((audit_dir / name).read_bytes())}">'
 
 
 def _verdict(verdict: dict) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.stats import percentileofscore
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -26,7 +27,7 @@ from xferlab.config import AuditConfig
 from xferlab.data.batches import Preprocess, as_tensor, batch_indices
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.splits import draw_splits, split_counts
-from xferlab.engine.loop import evaluate, train_one_epoch
+from xferlab.engine.loop import evaluate, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 
 # Cached features are evaluated in one batch per split: the batch size does not change accuracy, and 32-row batches
@@ -52,9 +53,18 @@ def _factory(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig,
 
         return features, make_head
 
+    # The weights are read once: every seed rebuilds the architecture with random weights (so the RNG draws, and
+    # with them the head's initialisation, are what create_model with the weights would give) and then loads the
+    # saved body. Weights 'none' keep a random body per seed.
+    body = None
+    if cfg.weights != "none":
+        body = create_model(cfg.backbone, classes, cfg.weights, image_size=data.image_size[0]).body.state_dict()
+
     def make_model(seed: int):
         torch.manual_seed(seed)
-        model = create_model(cfg.backbone, classes, cfg.weights, image_size=data.image_size[0])
+        model = create_model(cfg.backbone, classes, "none", image_size=data.image_size[0])
+        if body is not None:
+            model.body.load_state_dict(body)
         apply_regime(model, regime)
         model.to(device)
         preprocess = Preprocess(model.spec.mean, model.spec.std, device)
@@ -65,13 +75,13 @@ def _factory(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig,
 
 def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make: ModelFactory, cfg: AuditConfig,
               seed: int, device: torch.device) -> dict:
-    """Train on one split (Adam, cosine per step, best epoch by val accuracy as in a training run); accuracies at
-    the best epoch and the per-epoch history of train, val and test accuracy."""
+    """Train on one split (the engine's Adam, cosine per step, best epoch by val accuracy as in a training run);
+    accuracies at the best epoch and the per-epoch history of train, val and test accuracy."""
     model, forward = make(seed)
     parts = {s: torch.from_numpy(np.flatnonzero(splits == s)) for s in ("train", "val", "test")}
     x = {s: inputs[idx.to(inputs.device)] for s, idx in parts.items()}
     y = {s: torch.from_numpy(labels)[idx] for s, idx in parts.items()}
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     steps = cfg.epochs * math.ceil(len(y["train"]) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
@@ -98,7 +108,7 @@ def placement(original: float, values: np.ndarray) -> dict:
     return {"original": original, "resplit_mean": float(values.mean()),
             "resplit_sd": float(values.std(ddof=1)) if r > 1 else 0.0,
             "resplit_q025": float(np.quantile(values, 0.025)), "resplit_q975": float(np.quantile(values, 0.975)),
-            "percentile": float(100.0 * (below + 0.5 * equal) / r),
+            "percentile": float(percentileofscore(values, original, kind="mean")),  # ties count half
             "p_lower": float((1 + below + equal) / (r + 1)),  # as low or lower than the original
             "p_higher": float((1 + r - below) / (r + 1))}  # as high or higher
 

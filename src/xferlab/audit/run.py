@@ -27,10 +27,10 @@ from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.errors import XferlabError
+from xferlab.study.runner import AUDIT_JSON
 
 log = logging.getLogger(__name__)
 
-AUDIT_JSON = "audit.json"
 ARRAYS = "audit_arrays.npz"
 
 

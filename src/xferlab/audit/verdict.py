@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from xferlab.audit.common import is_ok
 from xferlab.audit.pixels import STATS
+from xferlab.audit.shift import METHODS
 
 LEVELS = ("ok", "caution", "problem")
+METHOD_NAMES = {"classifier": "classifier", "mmd": "MMD", "ks": "KS"}  # the shift tests as the verdict names them
 NEAR = {"phash": "perceptual hash", "embedding": "embedding distance"}
 
 
@@ -30,9 +32,9 @@ def shift_finding(shift: dict) -> tuple[str, str]:
     tested = {c: shift["per_class"][c] for c in decision["tested_classes"]}
     aucs = [r["classifier"]["auc"] for r in tested.values()]
     mp = decision["method_p"]
+    adjusted = ", ".join(f"{METHOD_NAMES[m]} {_p(mp[m])}" for m in METHODS)
     numbers = (f"domain-classifier AUC {_range(aucs)} within classes (0.5 = indistinguishable); adjusted "
-               f"classifier {_p(mp['classifier'])}, MMD {_p(mp['mmd'])}, KS {_p(mp['ks'])}; "
-               f"combined {_p(decision['p'])}")
+               f"{adjusted}; combined {_p(decision['p'])}")
     skipped = decision.get("untested_classes") or {}
     extra = f" Not tested: {'; '.join(skipped.values())}." if skipped else ""
     if decision["reject"]:
@@ -40,7 +42,7 @@ def shift_finding(shift: dict) -> tuple[str, str]:
                            f"accuracy measures transfer to another distribution, not held-out performance.{extra}")
     pooled = shift["pooled"]
     note = ""
-    if is_ok(pooled) and min(pooled[m]["p"] for m in ("classifier", "mmd", "ks")) <= decision["alpha"]:
+    if is_ok(pooled) and min(pooled[m]["p"] for m in METHODS) <= decision["alpha"]:
         note = " The pooled tests differ, which the within-class tests attribute to class balance rather than images."
     return "ok", f"Image shift: no evidence within classes ({numbers}).{note}{extra}"
 

@@ -51,18 +51,18 @@ def curves_figure(history: Sequence[dict], title: str = ""):
 REGIME_STYLES = ("-", "--", ":", "-.")
 
 
-def comparison_figure(runs: Sequence[tuple[str, str, str, Sequence[dict]]]):
+def comparison_figure(runs: Sequence[tuple[str, str, Sequence[dict]]]):
     """Every run's val accuracy and val loss per epoch on shared axes (the reference study's Fig. 2).
 
-    `runs`: (label, backbone, regime, history). Colour tells the backbone, line style the regime; seeds of one
+    `runs`: (backbone, regime, history). Colour tells the backbone, line style the regime; seeds of one
     configuration share both.
     """
-    backbones = list(dict.fromkeys(b for _, b, _, _ in runs))
-    regimes = list(dict.fromkeys(r for _, _, r, _ in runs))
+    backbones = list(dict.fromkeys(b for b, _, _ in runs))
+    regimes = list(dict.fromkeys(r for _, r, _ in runs))
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     labelled = set()
-    for label, backbone, regime, history in runs:
+    for backbone, regime, history in runs:
         epochs = [row["epoch"] for row in history]
         style = {"color": colours[backbone], "linestyle": REGIME_STYLES[regimes.index(regime) % len(REGIME_STYLES)],
                  "marker": "o", "markersize": 2.5, "linewidth": 1.4}

@@ -19,6 +19,7 @@ from xferlab.report import figures
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment
 from xferlab.study.results import SPLITS, StudyResults, timing
+from xferlab.study.runner import AUDIT, AUDIT_JSON
 from xferlab.study.summary import ranked
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,14 @@ details { margin: 0.3em 0; }
 </style>"""
 
 
+def png_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI (base64): an image the page carries inside itself."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def figure_uri(fig) -> str:
     """A matplotlib figure as a data: URI (PNG, base64); the figure is closed."""
-    return "data:image/png;base64," + base64.b64encode(figures.to_png(fig)).decode("ascii")
+    return png_uri(figures.to_png(fig))
 
 
 def _figure(fig, alt: str, caption: str = "") -> str:
@@ -191,7 +197,7 @@ def _metrics(results: StudyResults) -> str:
 
 
 def _comparison(results: StudyResults) -> str:
-    runs = [(r.name, r.config["backbone"], r.config["regime"], r.history) for r in results.records]
+    runs = [(r.config["backbone"], r.config["regime"], r.history) for r in results.records]
     fig = figures.comparison_figure(runs)
     return _section("comparison", _figure(fig, "val accuracy and loss of every run"),
                     "Every configuration's val accuracy and loss per epoch on shared axes (the reference's Fig. 2).")
@@ -258,8 +264,8 @@ def _roc(results: StudyResults) -> str:
 
 
 def _audit(results: StudyResults) -> str:
-    audit_dir = results.out / "audit"
-    if not (audit_dir / "audit.json").is_file():
+    audit_dir = results.out / AUDIT
+    if not (audit_dir / AUDIT_JSON).is_file():
         return ""
     try:
         from xferlab.audit.report import render_audit_section
