@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--n-per-class", type=int, help="train-pool images per class (80%% train, 20%% val)")
     p.add_argument("--n-test-per-class", type=int)
-    p.add_argument("--shift", choices=["none", "acquisition"], default="none",
-                   help="render the test split as if from another site")
+    p.add_argument("--shift", choices=["none", "acquisition", "shortcut"], default="none",
+                   help="acquisition: render the test split as if from another site; shortcut: a burned-in marker "
+                        "with 90%% of pneumonia and 10%% of normal train/val images, none in test")
     p.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")

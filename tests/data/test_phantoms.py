@@ -64,8 +64,10 @@ def test_files_shapes_and_dtypes(plain: Path) -> None:
 def test_files_get_the_usual_permissions(plain: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
-    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in plain.iterdir()}
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in plain.iterdir() if f.is_file()}
     assert modes == {name: 0o666 & ~umask for name in (*TRAIN_FILES, *TEST_FILES, "phantoms.json")}
+    roi_modes = {stat.S_IMODE(f.stat().st_mode) for f in (plain / "roi").iterdir()}
+    assert roi_modes == {0o666 & ~umask}
 
 
 def test_metadata_records_every_parameter(plain: Path, shifted: Path) -> None:
@@ -179,3 +181,46 @@ def test_typo_in_shift_suggests_the_right_value(tmp_path: Path) -> None:
 def test_unknown_acquisition_key_is_an_error() -> None:
     with pytest.raises(XferlabError, match="gama"):
         render_phantom(np.random.default_rng(0), 32, False, {"gama": 1.2})
+
+
+@pytest.fixture(scope="module")
+def shortcut(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make(tmp_path_factory.mktemp("shortcut"), shift="shortcut", n_per_class=60)
+
+
+def test_shortcut_marker_goes_with_pneumonia_in_train_pool_only(shortcut: Path, plain: Path) -> None:
+    meta = json.loads((shortcut / "phantoms.json").read_text())
+    assert meta["shift"] == "shortcut" and meta["shortcut_marker_share"] == {"normal": 0.1, "pneumonia": 0.9}
+    boxes = {stem: np.load(shortcut / meta["markers"][stem]) for stem in ("normal", "pneumonia", "test_normal",
+                                                                           "test_pneumonia")}
+    share = {stem: float((b[:, 0] >= 0).mean()) for stem, b in boxes.items()}
+    assert share["pneumonia"] > 0.75 and share["normal"] < 0.25  # 60 draws around 0.9 and 0.1
+    assert share["test_normal"] == share["test_pneumonia"] == 0.0
+    # the marker is where its box says: a bright block in the top-left corner, absent elsewhere
+    images = np.load(shortcut / "pneumonia.npy")
+    i = int(np.flatnonzero(boxes["pneumonia"][:, 0] >= 0)[0])
+    x0, y0, x1, y1 = boxes["pneumonia"][i]
+    assert x1 - x0 >= 6 and np.median(images[i, y0:y1, x0:x1]) > 200
+    # test is the unshifted test split, byte for byte; an unmarked train image is the plain one
+    for name in TEST_FILES:
+        assert np.array_equal(np.load(shortcut / name), np.load(plain / name))
+    j = int(np.flatnonzero(boxes["normal"][:N, 0] < 0)[0])
+    assert np.array_equal(np.load(shortcut / "normal.npy")[j], np.load(plain / "normal.npy")[j])
+
+
+def test_roi_masks_are_the_lung_fields(plain: Path) -> None:
+    meta = json.loads((plain / "phantoms.json").read_text())
+    assert meta["roi"]["kind"] == "mask" and meta["markers"] == {}
+    for stem, rel in meta["roi"]["files"].items():
+        roi = np.load(plain / rel)
+        images = np.load(plain / f"{stem}.npy")
+        assert roi.shape == images.shape and roi.dtype == np.uint8 and set(np.unique(roi)) <= {0, 1}
+        share = roi.mean(axis=(1, 2))
+        assert (share > 0.1).all() and (share < 0.5).all()  # two lungs, not the whole film
+        # lungs are darker than the rest of the body on the film
+        assert images[roi == 1].mean() < images[roi == 0].mean()
+    # the npy layout still sees only the two classes
+    from xferlab.config import DataConfig
+    from xferlab.data.sources import load_dataset
+
+    assert load_dataset(DataConfig(path=str(plain))).class_names == list(CLASS_NAMES)

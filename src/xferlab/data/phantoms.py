@@ -39,7 +39,7 @@ from xferlab.errors import XferlabError, did_you_mean
 GENERATOR_VERSION = "1"  # bump whenever the pixels a given seed produces change
 CLASS_NAMES = ("normal", "pneumonia")
 TRAIN_FRACTION = 0.8  # the npy layout's convention: first 80% of each class file is train, the rest val
-SHIFTS = (None, "none", "acquisition")
+SHIFTS = (None, "none", "acquisition", "shortcut")
 MIN_SIZE = 32  # below this ribs and lesions are a pixel or two wide and the anatomy stops being legible
 
 # Defaults. 64 px keeps a Lite0 fine-tune epoch to seconds on 2 CPU cores. 1000 per class (800 train + 200 val): with
@@ -54,6 +54,15 @@ DEFAULT_N_TEST_PER_CLASS = 150
 # acquisition stream draws the site jitter, noise and marker, so a shift can change the acquisition alone.
 _SPLIT_KEYS = {"train": 0, "test": 1}
 _PATIENT, _ACQUISITION = 0, 1
+_SHORTCUT = 2  # a third stream for the shortcut coin, so the patient and acquisition draws stay as they were
+
+# `shift='shortcut'`: a burned-in marker that goes with the label in the train pool (train and val) and is absent
+# from test, the pattern DeGrave et al. 2021 (Nat. Mach. Intell. 3:610) found in COVID-19 detectors. The marker
+# shares follow the issue's example (90 % of one class, 10 % of the other): strong enough for a network to prefer
+# it over the lesions, not so pure that every pneumonia has one.
+SHORTCUT_MARKER_SHARE = {"normal": 0.1, "pneumonia": 0.9}
+ROI_DIR = "roi"  # lung-field masks, one <stem>.npy per image file, outside the layout's *.npy glob
+MARKER_DIR = "markers"  # burned-in marker boxes, one <stem>.npy per image file (written when any image has one)
 _PIXELS_PER_BATCH = 1 << 15  # 8 images of 64 px: temporaries of 128 KB stay in cache and in the heap (no page faults)
 _RENDER_THREADS = 2  # the 2-core target: defaults in ~2.0 s instead of ~2.7 s single-threaded (measured, shared box)
 _DTYPE = np.float32  # rendering precision: ample for 8-bit output, and twice the SIMD width of float64
@@ -510,8 +519,9 @@ def _benign_extras(a: SimpleNamespace, x: np.ndarray, y: np.ndarray, e: np.ndarr
     return extra + 0.04 * a.nipples * _sigmoid(nipple / e)
 
 
-def _attenuation(a: SimpleNamespace, tex: _Textures, size: int) -> np.ndarray:
-    """The patients' attenuation maps (B×S×S float, bright = dense) before any acquisition effect."""
+def _attenuation(a: SimpleNamespace, tex: _Textures, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The patients' attenuation maps (B×S×S float, bright = dense) before any acquisition effect, and their lung
+    fields in [0, 1] (the region of interest the phantoms write)."""
     x, y = _patient_frame(a, size)
     e = _EDGE_PX * (2.0 / size) / a.scale
     lungs = _lung_fields(a, x, y, e)
@@ -524,7 +534,7 @@ def _attenuation(a: SimpleNamespace, tex: _Textures, size: int) -> np.ndarray:
     in_body = np.sqrt(np.sqrt(np.clip(body / (0.5 * a.density), 0.0, 1.0)))  # ~1 inside, 0 in air
     attenuation = body - _AIR_CONTRAST * aeration + lungs * _lung_markings(a, tex, x, y) + _benign_extras(a, x, y, e)
     attenuation += in_body * (_ribs(a, x, y, e) * (0.5 + 0.5 * lungs) + _spine_and_clavicles(a, x, y, e))
-    return attenuation
+    return attenuation, lungs
 
 
 def lung_mask(anatomy: Anatomy, size: int) -> np.ndarray:
@@ -542,8 +552,9 @@ _LETTERS = {
 _MARKER_FRACTION = 0.16  # block side as a fraction of the image: legible at 32 px, still only a corner at 64
 
 
-def _burn_marker(image: np.ndarray, rng: np.random.Generator) -> None:
-    """Burn a bright lettered block into the top-left corner, in place (display domain, [0, 1])."""
+def _burn_marker(image: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Burn a bright lettered block into the top-left corner, in place (display domain, [0, 1]); return its box
+    (x0, y0, x1, y1), end exclusive."""
     size = image.shape[0]
     side = max(6, int(round(_MARKER_FRACTION * size)))
     top, left = (int(v) for v in rng.integers(1, max(2, size // 16) + 1, size=2))
@@ -554,6 +565,7 @@ def _burn_marker(image: np.ndarray, rng: np.random.Generator) -> None:
     gy, gx = (side - glyph.shape[0]) // 2, (side - glyph.shape[1]) // 2
     block[gy : gy + glyph.shape[0], gx : gx + glyph.shape[1]][glyph] = 0.15
     image[top : top + side, left : left + side] = block
+    return left, top, min(size, left + side), min(size, top + side)
 
 
 def _detector_blur(images: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
@@ -569,8 +581,9 @@ def _detector_blur(images: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
 
 def _acquire(
     attenuation: np.ndarray, params: Sequence[AcquisitionParams], rngs: Sequence[np.random.Generator]
-) -> np.ndarray:
-    """Detector blur, quantum noise, tone curve and marker: attenuation maps in, uint8 radiographs out."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Detector blur, quantum noise, tone curve and marker: attenuation maps in, uint8 radiographs out, with each
+    image's marker box (x0, y0, x1, y1; all -1 without a marker)."""
     size = attenuation.shape[-1]
     column = {f.name: _column([getattr(p, f.name) for p in params]) for f in dataclasses.fields(AcquisitionParams)}
     signal = _detector_blur(attenuation, column["blur"].ravel() * size)
@@ -579,10 +592,11 @@ def _acquire(
     signal = signal + column["noise"] * np.exp(_NOISE_GAIN * (np.clip(signal, lo, hi) - lo) / 2.0) * white
     display = np.clip((signal - lo) / (hi - lo), 0.0, 1.0) ** column["gamma"]
     display = np.clip(0.5 + column["contrast"] * (display - 0.5) + column["brightness"], 0.0, 1.0)
-    for image, p, rng in zip(display, params, rngs):
+    boxes = np.full((len(params), 4), -1, dtype=np.int16)
+    for i, (image, p, rng) in enumerate(zip(display, params, rngs)):
         if p.marker:
-            _burn_marker(image, rng)
-    return np.round(display * 255.0).astype(np.uint8)
+            boxes[i] = _burn_marker(image, rng)
+    return np.round(display * 255.0).astype(np.uint8), boxes
 
 
 def _render_batch(
@@ -591,11 +605,22 @@ def _render_batch(
     params: Sequence[AcquisitionParams],
     size: int,
     pneumonia: bool,
-) -> np.ndarray:
+) -> _Rendered:
     """B images: every random draw of image i comes from its own two generators, in a fixed order."""
     anatomies = [sample_anatomy(rng, pneumonia) for rng in patient_rngs]
     textures = _draw_textures(patient_rngs, size, pneumonia)
-    return _acquire(_attenuation(_stack(anatomies), textures, size), params, acquisition_rngs)
+    attenuation, lungs = _attenuation(_stack(anatomies), textures, size)
+    images, markers = _acquire(attenuation, params, acquisition_rngs)
+    return _Rendered(images, lungs > 0.5, markers)
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """A batch of phantoms with what the generator knows about them: lung fields and marker boxes."""
+
+    images: np.ndarray  # B×S×S uint8
+    lungs: np.ndarray  # B×S×S bool: the lung fields, the region of interest
+    markers: np.ndarray  # B×4 int16 x0, y0, x1, y1 (end exclusive); -1 where an image has no marker
 
 
 def render_phantom(
@@ -610,7 +635,8 @@ def render_phantom(
     `rng`, after the patient) draws the noise and marker, so the same patient can be re-imaged under other settings."""
     _check_size(size)
     params = AcquisitionParams() if acquisition is None else AcquisitionParams.coerce(acquisition)
-    return _render_batch([rng], [rng if noise_rng is None else noise_rng], [params], size, bool(pneumonia))[0]
+    rendered = _render_batch([rng], [rng if noise_rng is None else noise_rng], [params], size, bool(pneumonia))
+    return rendered.images[0]
 
 
 def _check_size(size: int) -> None:
@@ -626,8 +652,8 @@ def _check_args(n_per_class: int, n_test_per_class: int, shift: str | None, seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise XferlabError(f"seed: must be a non-negative integer, got {seed!r}")
     if shift not in SHIFTS:
-        hint = did_you_mean(shift, ["none", "acquisition"]) if isinstance(shift, str) else ""
-        raise XferlabError(f"shift: must be None, 'none' or 'acquisition', got {shift!r}{hint}")
+        hint = did_you_mean(shift, ["none", "acquisition", "shortcut"]) if isinstance(shift, str) else ""
+        raise XferlabError(f"shift: must be None, 'none', 'acquisition' or 'shortcut', got {shift!r}{hint}")
     return None if shift in (None, "none") else shift
 
 
@@ -639,28 +665,43 @@ def _image_rngs(seed: int, split: str, label: int, index: int) -> tuple[np.rando
     return np.random.default_rng(patient), np.random.default_rng(acquisition)
 
 
-def _render_range(seed: int, split: str, label: int, start: int, stop: int, size: int, site: str) -> np.ndarray:
-    """Images start..stop-1 of one (split, class) as one batch."""
+def _shortcut_coin(seed: int, split: str, label: int, index: int) -> float:
+    """A uniform draw of its own per image: whether it carries the shortcut marker, independent of every other draw."""
+    key = (_SPLIT_KEYS[split], label, index, _SHORTCUT)
+    return float(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key)).random())
+
+
+def _render_range(seed: int, split: str, label: int, start: int, stop: int, size: int, site: str,
+                  marker_share: float) -> _Rendered:
+    """Images start..stop-1 of one (split, class) as one batch; `marker_share` of them get the shortcut marker."""
     patient_rngs, acquisition_rngs = zip(*(_image_rngs(seed, split, label, i) for i in range(start, stop)))
     params = [sample_acquisition(rng, site) for rng in acquisition_rngs]
+    if marker_share > 0:
+        params = [dataclasses.replace(p, marker=p.marker or _shortcut_coin(seed, split, label, i) < marker_share)
+                  for i, p in enumerate(params, start)]
     return _render_batch(patient_rngs, acquisition_rngs, params, size, bool(label))
 
 
-def _render_class(seed: int, split: str, label: int, count: int, size: int, site: str) -> np.ndarray:
+def _render_class(seed: int, split: str, label: int, count: int, size: int, site: str,
+                  marker_share: float = 0.0) -> _Rendered:
     """All images of one (split, class), in batches that bound the memory of the float temporaries. Batches run on
     `_RENDER_THREADS` threads (numpy releases the GIL inside its loops); each image depends only on its own
     generators, so the result is the same whatever the thread count or schedule."""
-    images = np.empty((count, size, size), dtype=np.uint8)
+    out = _Rendered(np.empty((count, size, size), dtype=np.uint8), np.empty((count, size, size), dtype=bool),
+                    np.empty((count, 4), dtype=np.int16))
     step = max(1, _PIXELS_PER_BATCH // (size * size))
     with ThreadPoolExecutor(max_workers=min(_RENDER_THREADS, os.cpu_count() or 1)) as pool:
         jobs = {
-            start: pool.submit(_render_range, seed, split, label, start, min(count, start + step), size, site)
+            start: pool.submit(_render_range, seed, split, label, start, min(count, start + step), size, site,
+                               marker_share)
             for start in range(0, count, step)
         }
         for start, job in jobs.items():
             batch = job.result()
-            images[start : start + len(batch)] = batch
-    return images
+            stop = start + len(batch.images)
+            out.images[start:stop], out.lungs[start:stop], out.markers[start:stop] = (
+                batch.images, batch.lungs, batch.markers)
+    return out
 
 
 def generate_phantoms(
@@ -676,8 +717,14 @@ def generate_phantoms(
 
     Train pool: `normal.npy`, `pneumonia.npy` (n_per_class each; first 80% train, last 20% val). Test:
     `test_normal.npy`, `test_pneumonia.npy` (n_test_per_class each). `shift='acquisition'` renders the same test
-    patients under another site's acquisition; the train pool is byte-identical either way. `phantoms.json` is
-    written last, so its presence means the folder is complete.
+    patients under another site's acquisition; the train pool is byte-identical either way. `shift='shortcut'`
+    burns a marker into SHORTCUT_MARKER_SHARE of each class of the train pool (train and val) and none into test;
+    the test split is then byte-identical to the unshifted one.
+
+    Regions of interest: `roi/<stem>.npy` holds each image's lung fields (N×S×S uint8, 1 inside), in the order of
+    `<stem>.npy`; `markers/<stem>.npy` (N×4 int16 x0, y0, x1, y1, end exclusive, -1 without a marker) is written
+    when some image has a marker. Both live in subfolders, so the npy layout's `*.npy` classes do not see them, and
+    phantoms.json names them. `phantoms.json` is written last, so its presence means the folder is complete.
     """
     _check_size(size)
     shift = _check_args(n_per_class, n_test_per_class, shift, seed)
@@ -686,10 +733,23 @@ def generate_phantoms(
     test_site = "external" if shift == "acquisition" else "home"
     plan = {name: ("train", n_per_class, "home") for name in CLASS_NAMES}
     plan.update({f"test_{name}": ("test", n_test_per_class, test_site) for name in CLASS_NAMES})
+    (out / ROI_DIR).mkdir(exist_ok=True)
+    markers = {}
     for file_stem, (split, count, site) in plan.items():
-        label = CLASS_NAMES.index(file_stem.removeprefix("test_"))
-        images = _render_class(seed, split, label, count, size, site)
-        io.write_file(out / f"{file_stem}.npy", lambda handle, arr=images: np.save(handle, arr))
+        name = file_stem.removeprefix("test_")
+        label = CLASS_NAMES.index(name)
+        share = SHORTCUT_MARKER_SHARE[name] if shift == "shortcut" and split == "train" else 0.0
+        rendered = _render_class(seed, split, label, count, size, site, share)
+        io.write_file(out / f"{file_stem}.npy", lambda handle, arr=rendered.images: np.save(handle, arr))
+        roi = rendered.lungs.astype(np.uint8)
+        io.write_file(out / ROI_DIR / f"{file_stem}.npy", lambda handle, arr=roi: np.save(handle, arr))
+        markers[file_stem] = rendered.markers
+    marker_files = {}
+    if any((boxes >= 0).any() for boxes in markers.values()):
+        (out / MARKER_DIR).mkdir(exist_ok=True)
+        for file_stem, boxes in markers.items():
+            io.write_file(out / MARKER_DIR / f"{file_stem}.npy", lambda handle, arr=boxes: np.save(handle, arr))
+            marker_files[file_stem] = f"{MARKER_DIR}/{file_stem}.npy"
     meta = {
         "generator": __name__,
         "generator_version": GENERATOR_VERSION,
@@ -704,6 +764,9 @@ def generate_phantoms(
         "files": {stem: f"{stem}.npy" for stem in plan},
         "sites": {"train": "home", "test": test_site},
         "site_ranges": {site: {k: list(v) for k, v in ranges.items()} for site, ranges in _SITES.items()},
+        "roi": {"kind": "mask", "what": "lung fields", "files": {stem: f"{ROI_DIR}/{stem}.npy" for stem in plan}},
+        "markers": marker_files,
+        "shortcut_marker_share": dict(SHORTCUT_MARKER_SHARE) if shift == "shortcut" else None,
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     io.write_text(out / "phantoms.json", text)
