@@ -36,6 +36,7 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""
+    cam_layer: str = ""  # module name of the layer Grad-CAM reads (xferlab.explain): the last spatial feature map
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

