@@ -256,6 +256,7 @@ class StudyConfig(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0
     audit: AuditConfig | None = None
+    explain: bool = Field(False, description="Grad-CAM explanations of every run into DIR/explain (xferlab explain)")
 
     @field_validator("backbones", "regimes", "seeds")
     @classmethod

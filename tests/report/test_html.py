@@ -46,7 +46,8 @@ def _parse(path):
 def test_the_report_has_every_section_and_is_self_contained(study_dir, fake_audit):
     _, report = build_outputs(study_dir)
     page = _parse(report)
-    assert page.sections == list(SECTIONS)  # audit included: study_dir/audit/audit.json exists
+    # audit included: study_dir/audit/audit.json exists; no explain: the study was not explained
+    assert page.sections == [s for s in SECTIONS if s != "explain"]
     assert not page.tags & {"script", "link", "iframe", "object", "embed", "base"}
     assert "url(" not in page.css and "@import" not in page.css
     for tag, attr, url in page.urls:  # links stay inside the page, images are inline PNGs
@@ -70,7 +71,7 @@ def test_without_an_audit_there_is_no_audit_section(study_dir, tmp_path, fake_au
     (copy / "environment.json").unlink()
     _, report = build_outputs(copy)
     page = _parse(report)
-    assert page.sections == [s for s in SECTIONS if s != "audit"]
+    assert page.sections == [s for s in SECTIONS if s not in ("audit", "explain")]
     assert "captured when this report was built" in report.read_text()
 
 
@@ -101,7 +102,7 @@ def test_an_audit_that_cannot_be_rendered_is_noted_not_fatal(study_dir, tmp_path
     monkeypatch.setitem(sys.modules, "xferlab.audit.report", None)
     _, report = build_outputs(copy)
     assert "holds a split audit, but xferlab.audit cannot be imported" in report.read_text()
-    assert _parse(report).sections == list(SECTIONS)
+    assert _parse(report).sections == [s for s in SECTIONS if s != "explain"]
 
 
 @pytest.mark.parametrize("missing", ["history.csv", "predictions.npz"])

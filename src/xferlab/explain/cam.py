@@ -47,6 +47,42 @@ def target_layer(model: TransferModel, layer: str | None = None) -> torch.nn.Mod
                            "fix its registry entry") from None
 
 
+# A map of fewer cells than this per side says little about where the evidence lies (a 2×2 map puts a whole quadrant
+# in one cell); 64 px phantoms leave ResNet's layer4 and Lite's head at 2×2.
+MIN_CAM_SIDE = 4
+
+
+def _output_sides(model: TransferModel, names: list[str], image_size: tuple[int, int]) -> dict[str, int]:
+    """The smaller spatial side of each named module's output for one blank image (one forward, hooks removed)."""
+    sides, handles = {}, []
+    for name in names:
+        def hook(_module, _inputs, output, name=name):
+            if torch.is_tensor(output) and output.ndim == 4:
+                sides[name] = int(min(output.shape[-2:]))
+
+        handles.append(model.body.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *image_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return sides
+
+
+def choose_layer(model: TransferModel, image_size: tuple[int, int]) -> str:
+    """The registry's cam_layer, or when its map would be under MIN_CAM_SIDE cells a side at this image size, the
+    last module of the latest stage whose map is at least that large."""
+    target_layer(model)  # the registry entry must name a valid layer either way
+    spec = model.spec
+    candidates = [spec.cam_layer] + [stage[-1] for stage in reversed(spec.stages)]
+    sides = _output_sides(model, candidates, image_size)
+    for name in candidates:
+        if sides.get(name, 0) >= MIN_CAM_SIDE:
+            return name
+    return spec.cam_layer
+
+
 def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 

@@ -24,7 +24,7 @@ from xferlab.config import DataConfig
 from xferlab.data.batches import Preprocess, as_tensor
 from xferlab.data.sources import load_dataset
 from xferlab.errors import XferlabError
-from xferlab.explain.cam import grad_cam
+from xferlab.explain.cam import choose_layer, grad_cam
 from xferlab.explain.figures import contact_sheet, enlarged, overlay, png_bytes
 from xferlab.explain.model import LoadedRun, load_run
 from xferlab.explain.regions import BORDER_FRACTION, Region, border_mask, dataset_regions, mass_share
@@ -45,7 +45,8 @@ class ExplainOptions:
     batch_size: int = 32
     seed: int = 0
     data: str | None = None  # another dataset path for the run's data config (e.g. shortcut phantoms)
-    layer: str | None = None  # another module than the registry's cam_layer (small images: an earlier stage)
+    layer: str | None = None  # a module to read; default: the registry's cam_layer, or an earlier stage when its
+    # map would be too coarse at this image size (cam.choose_layer)
 
 
 @dataclass
@@ -191,10 +192,10 @@ def _draw(split: SplitInput, maps, preds, probs, shares, chosen, class_names, st
     return files
 
 
-def explain_split(run: LoadedRun, split: SplitInput, opts: ExplainOptions, stage: Path) -> dict:
+def explain_split(run: LoadedRun, split: SplitInput, opts: ExplainOptions, layer: str, stage: Path) -> dict:
     preprocess = Preprocess(run.model.spec.mean, run.model.spec.std, "cpu")
     maps, probs = grad_cam(run.model, as_tensor(split.images), preprocess, batch_size=opts.batch_size,
-                           layer=opts.layer)
+                           layer=layer)
     preds = probs.argmax(1)
     shares = _shares(split, maps)
     chosen = _chosen(split.labels, preds, opts, len(run.class_names))
@@ -220,20 +221,41 @@ def explain_run(run_dir: str | Path, out: str | Path, inputs: list[Path] | None 
     run = load_run(run_dir)
     torch.manual_seed(opts.seed)
     splits = [input_split(inputs, run)] if inputs else dataset_splits(run, opts)
+    layer = opts.layer or choose_layer(run.model, run.image_size)
     out = Path(out)
     result = {
         "schema_version": SCHEMA_VERSION,
         "run": str(Path(run_dir)),
         "backbone": run.config.backbone,
         "regime": run.config.regime,
-        "cam_layer": opts.layer or run.model.spec.cam_layer,
+        "cam_layer": layer,
+        "registry_cam_layer": run.model.spec.cam_layer,
         "method": "Grad-CAM (pytorch-grad-cam), target: the predicted class; each map min-max scaled on its own, so "
                   "compare shares of a map's mass, not raw values",
         "border_fraction": BORDER_FRACTION,
         "data": opts.data or str(run.config.data.path),
         "class_names": run.class_names,
-        "splits": {s.name: explain_split(run, s, opts, out) for s in splits},
+        "splits": {s.name: explain_split(run, s, opts, layer, out) for s in splits},
     }
     result["seconds"] = round(time.perf_counter() - t0, 2)
     io.write_text(out / EXPLAIN_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
+
+
+EXPLAIN_DIR = "explain"  # a study's explanations: DIR/explain/<run name>/
+
+
+def explain_study(study_dir: str | Path, run_names: list[str], force: bool = False,
+                  opts: ExplainOptions | None = None) -> list[str]:
+    """Explain each finished run DIR/runs/<name> into DIR/explain/<name> (skipped when its explain.json exists and
+    not `force`); returns the names explained now. Each folder is staged, so one that exists is complete."""
+    study_dir = Path(study_dir)
+    done = []
+    for name in run_names:
+        target = study_dir / EXPLAIN_DIR / name
+        if (target / EXPLAIN_JSON).is_file() and not force:
+            continue
+        with io.staged_dir(target, overwrite=True) as stage:
+            explain_run(study_dir / "runs" / name, stage, opts=opts)
+        done.append(name)
+    return done

@@ -2,7 +2,7 @@
 links out), built only from saved results, so it opens from a file anywhere and `xferlab report DIR` can rebuild it.
 
 Sections (HTML ids): summary, answers, metrics, comparison, curves, timing, confusion, roc, audit (when
-DIR/audit/audit.json exists), environment.
+DIR/audit/audit.json exists), explain (when DIR/explain/<run>/explain.json exist), environment.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
 SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "confusion", "roc", "audit",
-            "environment")
+            "explain", "environment")
 TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", "comparison": "Validation curves",
           "curves": "Per-run curves", "timing": "Timing", "confusion": "Confusion matrices", "roc": "ROC curves",
-          "audit": "Split audit", "environment": "Environment"}
+          "audit": "Split audit", "explain": "Where the models look", "environment": "Environment"}
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "auroc": "AUROC",
                  "sensitivity": "sensitivity", "specificity": "specificity", "precision": "precision", "f1": "F1"}
 
@@ -276,6 +276,13 @@ def _audit(results: StudyResults) -> str:
     return render_audit_section(audit_dir)
 
 
+def _explain(results: StudyResults) -> str:
+    """The "Where the models look" section when the study has explanations (DIR/explain, `explain: true`)."""
+    from xferlab.explain.section import render_explain_section
+
+    return render_explain_section(results.out / "explain")
+
+
 def _environment(results: StudyResults) -> str:
     env = results.environment
     note = "captured when the study last ran"
@@ -315,7 +322,8 @@ def render_report(results: StudyResults) -> str:
     data = results.records[0].config.get("data", {})
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [_summary(results), _answers(results), _metrics(results), _comparison(results), _curves(results),
-                _timing(results), _confusion(results), _roc(results), _audit(results), _environment(results)]
+                _timing(results), _confusion(results), _roc(results), _audit(results), _explain(results),
+                _environment(results)]
     present = [s for s in SECTIONS if f'id="{s}"' in "".join(sections)]
     nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in present)
     header = (f"<h1>{escape(title)}</h1><p class=\"muted\">{len(results.records)} runs · data "

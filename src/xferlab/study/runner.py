@@ -87,6 +87,10 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
             bar.set_postfix_str("split audit")
             outcome.audited = run_study_audit(run_audit, study.data, audit, out, force, progress)
             bar.update()
+    if study.explain and main and shard is None:  # with shards, `xferlab explain` per run once all have finished
+        from xferlab.explain.run import explain_study
+
+        explain_study(out, [s.name for s in specs], force)
     return outcome
 
 
