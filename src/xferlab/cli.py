@@ -40,6 +40,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    g.add_argument("--test-bn", choices=["off", "adapt"],
+                   help="adapt: also report val/test with BatchNorm statistics re-estimated on each split's own images "
+                        "(AdaBN; transductive, metrics.json test_bn)")
     _add_speed_args(g)
 
 
@@ -177,7 +180,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     data = _data_values(args, values)
     values["data"] = data
     values.update(_given(args, ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed",
-                                "device", "num_threads", "amp", "channels_last", "compile")))
+                                "device", "num_threads", "amp", "channels_last", "compile", "test_bn")))
     return values
 
 
@@ -199,6 +202,10 @@ def _print_run_summary(result) -> None:
     print(f"{m['backbone']} {m['regime']}: best epoch {m['best_epoch']}, "
           f"val acc {fmt(m['val']['accuracy'])}, test acc {fmt((m['test'] or {}).get('accuracy'))}, "
           f"train {m['train_seconds'] + m['feature_seconds']:.1f}s, total {m['total_seconds']:.1f}s")
+    if m.get("test_bn"):
+        tb = m["test_bn"]
+        print(f"  test-time BatchNorm (transductive): val acc {fmt(tb['val']['accuracy'])}, "
+              f"test acc {fmt((tb.get('test') or {}).get('accuracy'))}")
     print(f"run folder: {result.out}")
 
 

@@ -92,6 +92,11 @@ class TrainConfig(_Strict):
         "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
+    test_bn: Literal["off", "adapt"] = Field(
+        "off", description="adapt: also evaluate val and test with BatchNorm statistics re-estimated on each split's "
+        "own images (AdaBN; transductive, reported under metrics.json test_bn beside the plain numbers)"
+    )
+    test_bn_min_images: int = Field(32, ge=2, description="--test-bn adapt is refused for a split with fewer images")
 
 
 class YamlValues(dict):

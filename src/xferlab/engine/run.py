@@ -42,6 +42,7 @@ from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
 from xferlab.engine.accel import Accel, accel_for, num_threads, place
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
+from xferlab.engine.test_bn import check_count, evaluate_test_bn
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
 from xferlab.evaluation.timing import Timer
@@ -77,6 +78,10 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
     with num_threads(cfg.num_threads), _run_folder(out, overwrite, dist) as stage:  # threads restored afterwards
         data = load_dataset(cfg.data)
+        if cfg.test_bn == "adapt":  # refuse before training, not after
+            for s, n in ((s, len(data.indices(s))) for s in ("val", "test")):
+                if n:
+                    check_count(s, n, cfg.test_bn_min_images)
         torch.manual_seed(cfg.seed)  # the head's initialisation; training batches are drawn from the seed by the sampler
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
         apply_regime(model, regime)
@@ -86,12 +91,17 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits, dist)
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
         n_eval = sum(len(y) for s, y in labels.items() if s != "train")
+        kept = {s: splits[s][0] for s in ("val", "test") if s in splits} if cfg.test_bn == "adapt" else {}
         del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
         history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
         model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
+        if kept:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
+            metrics["test_bn"], _ = evaluate_test_bn(
+                model, kept, labels, {s: _labels(data, s) for s in kept}, lambda m: accel.forward(m, preprocess),
+                preprocess, cfg.batch_size, device, cfg.seed, cfg.test_bn_min_images, dist)
         metrics["accel"] = accel.describe()
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:

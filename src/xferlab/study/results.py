@@ -31,6 +31,7 @@ SPLITS = ("val", "test")
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 SCHEMA_VERSION = 1
+TEST_BN_COLUMNS = ("accuracy", "balanced_accuracy", "auroc")  # results.csv columns of the transductive numbers
 # The run settings copied into every row beside the full resolved config (the columns a reader sorts by).
 CONFIG_COLUMNS = ("backbone", "regime", "seed", "weights", "epochs", "batch_size", "lr", "weight_decay", "scheduler")
 TIMING_KEYS = ("feature_seconds", "fit_seconds", "train_seconds", "seconds_per_epoch", "eval_seconds",
@@ -148,13 +149,14 @@ def result_row(record: RunRecord) -> dict:
         "class_names": record.class_names,
         **{split: record.evaluation.get(split) for split in SPLITS},
         "timing": timing(record),
+        "test_bn": m.get("test_bn"),  # transductive test-time BatchNorm metrics (xferlab.engine.test_bn), or None
         "config": record.config,
     }
 
 
 def csv_row(row: dict) -> dict:
     """A results.json row flattened to scalars: <split>_<metric>, <split>_<metric>_low/_high, timing columns."""
-    flat = {k: v for k, v in row.items() if k not in (*SPLITS, "timing", "config", "class_names")}
+    flat = {k: v for k, v in row.items() if k not in (*SPLITS, "timing", "config", "class_names", "test_bn")}
     for split in SPLITS:
         ev = row.get(split)
         flat[f"{split}_n"] = ev["n"] if ev else None
@@ -164,6 +166,9 @@ def csv_row(row: dict) -> dict:
             flat[f"{split}_{name}_low"] = metric.get("low")
             flat[f"{split}_{name}_high"] = metric.get("high")
     flat.update(row["timing"])
+    for split in ("val", "test"):  # always present (empty without --test-bn adapt): one header for every row
+        adapted = (row.get("test_bn") or {}).get(split) or {}
+        flat.update({f"test_bn_{split}_{name}": adapted.get(name) for name in TEST_BN_COLUMNS})
     return flat
 
 
