@@ -3,8 +3,8 @@
     PYTHONPATH=src python benchmarks/shortcut_check.py --draws 200 [--power-draws 100] [--alpha 0.05]
 
 Each draw renders fresh phantoms (32 px, 100 per class, seed = 1000 + draw), unshifted (null) or with the shortcut
-marker (power), fits a logistic-regression head on fixed features (ResNet-18 with one set of random weights, the
-same in every draw: the cheapest fixed-feature model with BatchNorm and a Grad-CAM layer), and runs the check on the
+marker (power), fits a logistic-regression head on fixed features (EfficientNet-Lite0 with its ImageNet weights by default, the
+same in every draw), and runs the check on the
 pool's val images (the last 20 %, where the marker goes with pneumonia) with the phantoms' lung fields as the region
 of interest. Prints the alarm rate of each condition with its Monte-Carlo standard error. Not run by the tests.
 """
@@ -86,7 +86,8 @@ def main(argv=None) -> None:
     model = create_model(args.backbone, 2, args.weights, image_size=SIZE).eval()
     preprocess = Preprocess(model.spec.mean, model.spec.std)
     layer = choose_layer(model, (SIZE, SIZE))
-    print(f"fixed features: {args.backbone} ({args.weights} weights), Grad-CAM layer {layer}, {SIZE} px, alpha {args.alpha}")
+    print(f"fixed features: {args.backbone} ({args.weights} weights), Grad-CAM layer {layer}, {SIZE} px, "
+          f"alpha {args.alpha}")
     for shift, draws in (("none", args.draws), ("shortcut", args.power_draws)):
         t0 = time.perf_counter()
         results = [one_draw(model, preprocess, layer, d, shift, args.alpha) for d in range(draws)]

@@ -149,6 +149,7 @@ def _add_audit_parser(sub) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    g.add_argument("--shortcut-run", help="run folder trained on this data: Grad-CAM + occlusion shortcut check")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -330,7 +331,8 @@ def _audit_configs(args: argparse.Namespace):
                                f"got {type(values[key]).__name__}")
     data = _data_values(args, values)
     audit = {**(values.get("audit") or {}), **_given(args, ("backbone", "weights", "regime", "resplits",
-                                                            "permutations", "alpha", "seed", "device", "num_threads"))}
+                                                            "permutations", "alpha", "seed", "device", "num_threads",
+                                                            "shortcut_run"))}
     where = str(args.config or "options")
     for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
         for key in values_:

@@ -226,6 +226,8 @@ class AuditConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    shortcut_run: str | None = Field(None, description="a run folder trained on this data: run the shortcut check "
+                                     "(Grad-CAM + occlusion, xferlab.explain.shortcut) on its model")
 
     @field_validator("regime")
     @classmethod

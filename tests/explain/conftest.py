@@ -13,7 +13,7 @@ from xferlab.engine.accel import num_threads
 
 @pytest.fixture(scope="session")
 def shortcut_phantoms(tmp_path_factory) -> Path:
-    return generate_phantoms(tmp_path_factory.mktemp("explain") / "phantoms", size=32, n_per_class=20,
+    return generate_phantoms(tmp_path_factory.mktemp("explain") / "phantoms", size=32, n_per_class=60,
                              n_test_per_class=6, shift="shortcut", seed=0)
 
 

@@ -26,7 +26,7 @@ def test_explain_json_has_shares_per_image_split_and_class(explained) -> None:
     assert result["backbone"] == "resnet18" and result["cam_layer"] == "layer2"
     assert set(result["splits"]) == {"val", "test"}
     val = result["splits"]["val"]
-    assert val["summary"]["all"]["n"] == 8 == len(val["images"])  # 20% of 20 per class
+    assert val["summary"]["all"]["n"] == 24 == len(val["images"])  # 20% of 60 per class
     for split in result["splits"].values():
         for record in split["images"]:
             for key in ("border_share", "roi_share"):

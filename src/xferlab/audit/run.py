@@ -76,6 +76,19 @@ def _figures(data: ImageDataset, embeddings: np.ndarray, result: dict, arrays: d
     return {k: v for k, v in made.items() if v}
 
 
+def _shortcut(data: ImageDataset, data_cfg: DataConfig, cfg: AuditConfig, result: dict, seconds: dict) -> None:
+    from xferlab.explain.audit_check import audit_shortcut, shortcut_finding
+
+    with _timed(seconds, "shortcut"), torch_threads(cfg.num_threads):
+        result["shortcut"] = audit_shortcut(data, data_cfg.format, Path(data_cfg.path), cfg.shortcut_run, cfg.alpha,
+                                            cfg.seed)
+    finding = shortcut_finding(result["shortcut"])
+    result["verdict"]["findings"].append(finding)
+    result["verdict"]["text"] += " " + finding["text"]
+    if finding["level"] == "caution" and result["verdict"]["level"] == "ok":
+        result["verdict"]["level"] = "caution"
+
+
 def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True) -> dict:
     """Audit the dataset's splits and write `out_dir/audit.json` (every statistic), figures (PNG) and
     `audit_arrays.npz` (per-image pixel statistics and domain scores). Returns what audit.json holds."""
@@ -89,6 +102,10 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
     # The audit compares every image with every other (hashes, embeddings, re-splits), so it reads the images into
     # memory whatever the training memory budget says.
     data = load_dataset(data_cfg.model_copy(update={"memory_budget_mb": None}))
+    if audit_cfg.shortcut_run:  # a run that does not fit the data fails now, not after the embeddings
+        from xferlab.explain.audit_check import check_shortcut_run
+
+        check_shortcut_run(data, audit_cfg.shortcut_run)
     with torch_threads(audit_cfg.num_threads):
         with _timed(seconds, "embedding"):
             embeddings = embed_dataset(data, audit_cfg, progress)
@@ -98,6 +115,8 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
     result = {"dataset": _dataset_info(data), **result,
               "config": {"data": data_cfg.model_dump(mode="json"), "audit": audit_cfg.model_dump(mode="json")}}
     result["verdict"] = make_verdict(result)
+    if audit_cfg.shortcut_run:  # the shortcut check needs a trained model: the run named in the config
+        _shortcut(data, data_cfg, audit_cfg, result, seconds)
     with _timed(seconds, "figures"):
         result["figures"] = _figures(data, embeddings, result, arrays, audit_cfg, out)
     io.save_npz(out / ARRAYS, labels=data.labels, splits=data.splits.astype(str), stat_names=np.array(list(STATS)),

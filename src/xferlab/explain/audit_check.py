@@ -1,0 +1,84 @@
+"""The audit's shortcut check on a trained run (`audit: {shortcut_run: RUN}`): Grad-CAM maps of the run on the
+audited data's val images (where a shortcut learnt in training still shows), then xferlab.explain.shortcut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.dataset import ImageDataset
+from xferlab.errors import XferlabError
+from xferlab.explain.cam import choose_layer, grad_cam
+from xferlab.explain.model import load_run
+from xferlab.explain.regions import dataset_regions
+from xferlab.explain.shortcut import shortcut_check
+
+MAX_CHECK_IMAGES = 256  # the rank test's normal approximation is good from ~20 images; more only costs time
+MIN_CHECK_IMAGES = 20
+
+
+def check_shortcut_run(data: ImageDataset, run_dir: str | Path, split: str = "val"):
+    """The run, if it fits the audited data (classes, image size, enough images); called before the audit's long
+    steps, so a wrong run fails at once."""
+    run = load_run(run_dir)
+    if data.class_names != run.class_names or data.image_size != run.image_size:
+        raise XferlabError(f"audit.shortcut_run {run_dir}: trained on classes {run.class_names} at {run.image_size}, "
+                           f"the audited data has {data.class_names} at {data.image_size}; give a run trained on it")
+    n = len(data.indices(split))
+    if n < MIN_CHECK_IMAGES:
+        raise XferlabError(f"audit.shortcut_run: the {split} split has {n} images; the shortcut check needs "
+                           f"at least {MIN_CHECK_IMAGES}")
+    if data.images.ndim != 3:
+        raise XferlabError("audit.shortcut_run: the shortcut check works on grayscale images (N×H×W)")
+    return run
+
+
+def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_dir: str | Path, alpha: float,
+                   seed: int = 0, split: str = "val") -> dict:
+    """The check's record for audit.json: p-value, alarm, shares and changes, the layer and the images used."""
+    run = check_shortcut_run(data, run_dir, split)
+    idx = data.indices(split)
+    idx = np.sort(np.random.default_rng(seed).permutation(idx)[:MAX_CHECK_IMAGES])
+    images = np.asarray(data.images[idx])
+    regions = dataset_regions(data, data_format, data_path)
+    roi = regions["roi"].masks[idx] if "roi" in regions and regions["roi"].known[idx].all() else None
+    model = run.model
+    preprocess = Preprocess(model.spec.mean, model.spec.std)
+    layer = choose_layer(model, run.image_size)
+    cams, _ = grad_cam(model, as_tensor(images), preprocess, layer=layer)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.cat([model(preprocess(as_tensor(batch[i:i + 64]))).float().softmax(1)
+                              for i in range(0, len(batch), 64)]).numpy()
+
+    result = shortcut_check(images, cams, predict, roi=roi, alpha=alpha, seed=seed)
+    record = {**result.as_dict(), "run": str(run_dir), "split": split, "cam_layer": layer,
+              "zone": "border band less the region of interest" if roi is not None else "border band"}
+    if "marker" in regions:  # the data records its burned-in markers: how much of the maps sits on them
+        marker = regions["marker"]
+        known = marker.known[idx]
+        if known.any():
+            total = cams[known].sum(axis=(1, 2))
+            on = (cams[known] * marker.masks[idx][known]).sum(axis=(1, 2))
+            record["marker_share"] = round(float(np.mean(on / np.maximum(total, 1e-12))), 4)
+    return record
+
+
+def shortcut_finding(record: dict) -> dict:
+    """An audit verdict finding for the check."""
+    where = record["zone"]
+    if record["alarm"]:
+        text = (f"Likely shortcut: the run's Grad-CAM evidence concentrates in the {where} ({record['zone_share']:.0%} "
+                f"of the maps' mass on {record['zone_area']:.0%} of the image), and occluding its most salient window "
+                f"there changes predictions more than random windows of the same area (mean change "
+                f"{record['salient_change']:.3f} vs {record['random_change']:.3f}, p = {record['p_value']:.3g}).")
+        return {"topic": "shortcut", "level": "caution", "text": text}
+    text = (f"No shortcut found: occluding the most salient window in the {where} changes predictions no more than "
+            f"random windows there beyond chance (p = {record['p_value']:.3g}, alpha {record['alpha']}), or the maps "
+            f"do not concentrate there ({record['zone_share']:.0%} of their mass on {record['zone_area']:.0%} of the "
+            "image).")
+    return {"topic": "shortcut", "level": "ok", "text": text}
