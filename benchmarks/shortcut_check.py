@@ -3,10 +3,10 @@
     PYTHONPATH=src python benchmarks/shortcut_check.py --draws 200 [--power-draws 100] [--alpha 0.05]
 
 Each draw renders fresh phantoms (32 px, 100 per class, seed = 1000 + draw), unshifted (null) or with the shortcut
-marker (power), fits a logistic-regression head on fixed features (EfficientNet-Lite0 with its ImageNet weights by default, the
-same in every draw), and runs the check on the
-pool's val images (the last 20 %, where the marker goes with pneumonia) with the phantoms' lung fields as the region
-of interest. Prints the alarm rate of each condition with its Monte-Carlo standard error. Not run by the tests.
+marker (power), fits a logistic-regression head on fixed features (EfficientNet-Lite0 with its ImageNet weights by
+default, the same in every draw), and runs the check on the pool's val images (the last 20 %, where the marker goes
+with pneumonia) with the phantoms' lung fields as the region of interest. Prints the alarm rate of each condition
+with its Monte-Carlo standard error. Not run by the tests.
 """
 
 from __future__ import annotations
