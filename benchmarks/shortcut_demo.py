@@ -61,7 +61,8 @@ def main(argv=None) -> None:
         border = float(np.mean([r["border_share"] for r in val]))
         check = audit_shortcut(shortcut_data, "npy", data["shortcut"], run, alpha=0.05, seed=args.seed)
         kind = "shortcut" if shift == "shortcut" else "clean"
-        print(f"trained on {shift}: val acc {m['val']['accuracy']:.3f} ({kind} val), test acc {m['test']['accuracy']:.3f}; on the {len(val)} marked shortcut-val images: CAM mass on "
+        print(f"trained on {shift}: val acc {m['val']['accuracy']:.3f} ({kind} val), "
+              f"test acc {m['test']['accuracy']:.3f}; on the {len(val)} marked shortcut-val images: CAM mass on "
               f"the marker {marker:.3f}, in the border band {border:.3f} (layer {ex['cam_layer']}); shortcut check: "
               f"p = {check['p_value']:.3g}, alarm {check['alarm']}, zone share {check['zone_share']:.3f} on area "
               f"{check['zone_area']:.3f}, CAM mass on markers {check.get('marker_share')}")
