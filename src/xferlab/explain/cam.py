@@ -102,7 +102,9 @@ def grad_cam(model: TransferModel, images: torch.Tensor, preprocess: Preprocess,
     model.requires_grad_(True)  # a frozen backbone would leave the target layer's activations without gradients
     maps, probs = [], []
     try:
-        with GradCAM(model=model, target_layers=[target_layer(model, layer)]) as cam:
+        # token models (ViT) register a reshape_transform beside their cam_layer; CNNs have none
+        reshape = getattr(model.spec, "reshape_transform", None)
+        with GradCAM(model=model, target_layers=[target_layer(model, layer)], reshape_transform=reshape) as cam:
             for start in range(0, len(images), batch_size):
                 x = preprocess(images[start:start + batch_size])
                 batch_targets = None
