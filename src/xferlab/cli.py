@@ -128,6 +128,8 @@ def _add_audit_parser(sub) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    g.add_argument("--embeddings", type=Path, help="precomputed embeddings (.npy, one row per image in dataset order) "
+                                                   "instead of the backbone pass")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -321,7 +323,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     data_cfg, audit_cfg = _audit_configs(args)
     with staged_dir(args.out, overwrite=args.overwrite) as stage:
-        result = run_audit(data_cfg, audit_cfg, stage)
+        result = run_audit(data_cfg, audit_cfg, stage, embeddings=args.embeddings)
     verdict = result["verdict"]
     print(f"{verdict['level'].upper()}: {verdict['headline']}")
     for finding in verdict["findings"]:
