@@ -72,10 +72,10 @@ def planted(phantoms) -> tuple[ImageDataset, dict[str, list[tuple[int, int]]]]:
     where: dict[str, list[tuple[int, int]]] = {}
     for k, (name, alter) in enumerate(ALTERATIONS.items()):
         block = slice(k * PLANTED, (k + 1) * PLANTED)
-        for t, s in zip(test[block], sources[block]):
+        for t, s in zip(test[block], sources[block], strict=True):
             images[t] = alter(phantoms.images[s], rng)
             labels[t] = labels[s]
-        where[name] = list(zip(test[block].tolist(), sources[block].tolist()))
+        where[name] = list(zip(test[block].tolist(), sources[block].tolist(), strict=True))
     data = ImageDataset(images, labels, phantoms.class_names, phantoms.splits, source="planted")
     return data, where
 

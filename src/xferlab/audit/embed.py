@@ -44,7 +44,8 @@ class Embedder:
         self.preprocess = Preprocess(self.model.spec.mean, self.model.spec.std, device)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return extract_features(self.model.body, as_tensor(images), self.preprocess, _FEATURE_BATCH).float().cpu().numpy()
+        features = extract_features(self.model.body, as_tensor(images), self.preprocess, _FEATURE_BATCH)
+        return features.float().cpu().numpy()
 
     def check(self, features: np.ndarray) -> None:
         if not np.isfinite(features).all():

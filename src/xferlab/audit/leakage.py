@@ -148,7 +148,7 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
     pairs, queries = [], 0
     for q, match, dist in _cross_split_candidates(data, features, metric, exact):
         queries += len(q)
-        for i, j, d in zip(q, match, dist * scale):
+        for i, j, d in zip(q, match, dist * scale, strict=True):
             if d <= threshold and hashes[i] != hashes[j]:
                 pairs.append((float(d), int(i), int(j)))
     return _listed(data, pairs, threshold, metric, calibration, queries)
@@ -212,7 +212,7 @@ def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarr
     for q, match, _ in _cross_split_candidates(data, descriptors, "euclidean", exact):
         queries += len(q)
         residual = 1.0 - pair_similarities(data.images, np.column_stack([q, match]))
-        pairs += [(float(d), int(i), int(j)) for i, j, d in zip(q, match, residual)
+        pairs += [(float(d), int(i), int(j)) for i, j, d in zip(q, match, residual, strict=True)
                   if d <= threshold and hashes[i] != hashes[j]]
     return _listed(data, pairs, threshold, "aligned", calibration, queries)
 
