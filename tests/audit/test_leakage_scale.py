@@ -134,15 +134,15 @@ def brightness_stack(images: np.ndarray) -> np.ndarray:
 
 def test_indexed_nearest_matches_brute_force_on_well_separated_points():
     rng = np.random.default_rng(0)
-    ref = rng.normal(size=(3000, 40)).astype(np.float32)
-    query = ref[:500] + rng.normal(scale=0.01, size=(500, 40)).astype(np.float32)
+    ref = rng.normal(size=(1500, 40)).astype(np.float32)
+    query = ref[:200] + rng.normal(scale=0.01, size=(200, 40)).astype(np.float32)
     dist, idx = nearest(ref, "cosine", query)
-    assert (idx == np.arange(500)).all() and (dist < 1e-3).all()
-    bits = rng.random((3000, 256)) < 0.5
-    noisy = bits[:500] ^ (rng.random((500, 256)) < 0.02)
+    assert (idx == np.arange(200)).all() and (dist < 1e-3).all()
+    bits = rng.random((1500, 256)) < 0.5
+    noisy = bits[:200] ^ (rng.random((200, 256)) < 0.02)
     dist, idx = nearest(bits, "hamming", noisy)
     exact_dist, _ = nearest(bits, "hamming", noisy, exact=True)
-    assert (idx == np.arange(500)).all() and np.allclose(dist, exact_dist)
+    assert (idx == np.arange(200)).all() and np.allclose(dist, exact_dist)
 
 
 def test_precomputed_embeddings_replace_the_backbone(phantoms, tmp_path, capsys):
@@ -161,3 +161,18 @@ def test_precomputed_embeddings_replace_the_backbone(phantoms, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "short.npy" in err and "3 embedding rows" in err
     assert not (tmp_path / "a2").exists()
+
+
+def test_the_streaming_pass_over_files_equals_the_in_memory_one(tmp_path):
+    from tinydata import write_tiny_folder
+
+    from xferlab.audit.scan import scan_dataset
+
+    root = write_tiny_folder(tmp_path / "folder")
+    loaded = load_dataset(DataConfig(path=root, format="folder"))
+    streamed = load_dataset(DataConfig(path=root, format="folder", memory_budget_mb=0))
+    assert streamed.streamed and not loaded.streamed
+    given = np.random.default_rng(0).normal(size=(len(loaded.labels), 8)).astype(np.float32)
+    a, b = scan_dataset(loaded, AuditConfig(), given, False), scan_dataset(streamed, AuditConfig(), given, False)
+    for field in ("hashes", "phashes", "descriptors", "pixel_stats"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
