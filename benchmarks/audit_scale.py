@@ -6,6 +6,7 @@ splits. Not run by the tests.
     python benchmarks/audit_scale.py sizes --sizes 58000 230000 --given-embeddings   # backbone pass left out
     python benchmarks/audit_scale.py recall --images 28000
     python benchmarks/audit_scale.py clean --splits 100
+    python benchmarks/audit_scale.py detect --copies 25   # planted altered copies: detection rate per alteration
 
 Each size runs in its own process (`one`), so its peak RSS is its own. Phantoms at 32 px, `--resplits 5
 --permutations 200`, one torch thread, CPU.
@@ -126,6 +127,89 @@ def clean(args: argparse.Namespace) -> None:
     print(json.dumps({"images": len(base.labels), "splits": args.splits, "splits_with_false_findings": false}))
 
 
+def _crop(im: np.ndarray, frac: float) -> np.ndarray:
+    """Crop `frac` of each side's length (at least 1 px) from the bottom and right, re-exported at the original size."""
+    from PIL import Image
+
+    h, w = im.shape
+    k = max(1, round(frac * h))
+    return np.asarray(Image.fromarray(im[:h - k, :w - k]).resize((w, h), Image.BILINEAR))
+
+
+def _rescale(im: np.ndarray, frac: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = im.shape
+    return np.asarray(Image.fromarray(im).resize((round(w * (1 + frac)),) * 2, Image.BILINEAR).crop((0, 0, w, h)))
+
+
+def _jpeg(im: np.ndarray, quality: int = 75) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf))
+
+
+def _bright(im: np.ndarray) -> np.ndarray:
+    return np.clip(im * 1.1 + 8, 0, 255).astype(np.uint8)
+
+
+def _noise(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(im + rng.normal(0, 3, im.shape), 0, 255).astype(np.uint8)
+
+
+ALTERATIONS = {
+    "crop 1 px (3 % at 32 px), one corner": lambda im, rng: _crop(im, 0.01),
+    "crop 2 px (6 %), one corner": lambda im, rng: _crop(im, 0.06),
+    "rescale +3 %": lambda im, rng: _rescale(im, 0.03),
+    "JPEG quality 75": lambda im, rng: _jpeg(im),
+    "JPEG quality 50": lambda im, rng: _jpeg(im, 50),
+    "brightness +8, contrast ×1.1": lambda im, rng: _bright(im),
+    "Gaussian noise sd 3": _noise,
+    "crop 1 px + brightness + JPEG 75 + noise": lambda im, rng: _noise(_jpeg(_bright(_crop(im, 0.01))), rng),
+}
+
+
+def detect(args: argparse.Namespace) -> None:
+    """Plant `--copies` altered train images per alteration into the default phantoms' test split; detection rate per
+    alteration and per measure (aligned, perceptual hash)."""
+    from xferlab.audit.leakage import PHASH_BITS, aligned_copies, content_hashes, near_duplicates, perceptual_hashes
+    from xferlab.audit.nearcopy import spectral_descriptors
+    from xferlab.config import AuditConfig, DataConfig
+    from xferlab.data.dataset import ImageDataset
+    from xferlab.data.phantoms import generate_phantoms
+    from xferlab.data.sources import load_dataset
+
+    path = args.work / "default32"
+    if not (path / "phantoms.json").exists():
+        generate_phantoms(path, size=32, seed=0)
+    base = load_dataset(DataConfig(path=path))
+    rng = np.random.default_rng(0)
+    images, labels = base.images.copy(), base.labels.copy()
+    test = rng.permutation(base.indices("test"))
+    sources = rng.choice(base.indices("train"), args.copies * len(ALTERATIONS), replace=False)
+    planted = {}
+    for k, (name, alter) in enumerate(ALTERATIONS.items()):
+        block = slice(k * args.copies, (k + 1) * args.copies)
+        for t, s in zip(test[block], sources[block], strict=True):
+            images[t], labels[t] = alter(base.images[s], rng), labels[s]
+        planted[name] = test[block]
+    data = ImageDataset(images, labels, base.class_names, base.splits, source="planted")
+    hashes, cfg = content_hashes(images), AuditConfig(seed=0)
+    start = time.perf_counter()
+    aligned = aligned_copies(data, spectral_descriptors(images), hashes, cfg)[1]
+    phash = near_duplicates(data, perceptual_hashes(images), "hamming", PHASH_BITS, hashes, cfg)[1]
+    print(f"{len(base.labels)} images, {args.copies} copies per alteration ({time.perf_counter() - start:.0f} s)")
+    for name, idx in planted.items():
+        a, p = np.mean([i in aligned for i in idx]), np.mean([i in phash for i in idx])
+        print(f"| {name} | {a:.0%} | {p:.0%} | {np.mean([i in aligned or i in phash for i in idx]):.0%} |")
+    others = (aligned | phash) - {int(i) for idx in planted.values() for i in idx}
+    print(f"images flagged that were not planted: {len(others)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,14 +223,16 @@ def main() -> None:
     r.add_argument("--images", type=int, default=28000)
     c = sub.add_parser("clean")
     c.add_argument("--splits", type=int, default=100)
-    for q in (s, o, r, c):
+    d = sub.add_parser("detect")
+    d.add_argument("--copies", type=int, default=25)
+    for q in (s, o, r, c, d):
         q.add_argument("--work", type=Path, default=Path("/tmp/audit_scale"))
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.cmd == "one":
         print(json.dumps(one(args.n, args.work, args.given_embeddings)))
     else:
-        {"sizes": sizes, "recall": recall, "clean": clean}[args.cmd](args)
+        {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect}[args.cmd](args)
 
 
 if __name__ == "__main__":
