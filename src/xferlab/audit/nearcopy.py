@@ -23,7 +23,7 @@ FREQUENCIES = 8
 # Scales tried when aligning: a crop of up to 3 % re-exported at the original size rescales by up to 3 %, either way.
 SCALES = (1.0, 0.985, 1.015, 0.97, 1.03)
 MARGIN = 3  # pixels left out at each border: interpolation and crops make them unreliable
-# Phase correlation resolved to 1/4 pixel (the correlation surface computed on a 4× finer grid).
+# Registration resolved to 1/4 pixel.
 UPSAMPLE = 4
 
 
@@ -62,28 +62,32 @@ def _zoom(x: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _register(a_hat: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """b (N × H × W) translated onto a (given as its 2-D FFT a_hat) by phase correlation at 1/UPSAMPLE pixel.
+    """b (N × H × W) translated onto a (given as its 2-D FFT a_hat) at the peak of their cross-correlation, found to
+    1/UPSAMPLE pixel.
 
-    The estimator of scikit-image's phase_cross_correlation (peak of the inverse FFT of the normalised cross-power
-    spectrum, upsampled), vectorised over the stack: per pair, scikit-image's call took 1.3 ms at 32 px, which made
-    confirmation the slowest step of the audit. tests/audit/test_nearcopy.py checks the shifts against it."""
-    h, w = b.shape[1:]
+    The estimator of scikit-image's phase_cross_correlation with normalization=None (whole-pixel peak from the inverse
+    FFT, then the upsampled DFT evaluated only around it), vectorised over the stack: called per pair, scikit-image
+    took 1.3 ms at 32 px, which made confirmation the slowest step of the audit. tests/audit/test_leakage_scale.py
+    checks the shifts against it."""
+    n, h, w = b.shape
     b_hat = np.fft.fft2(b)
-    cross = a_hat * b_hat.conj()
     # not normalised to phase only: on 32-64 px band-passed images the plain cross-correlation peak is the stabler
-    # zero-padded around the centred spectrum: the inverse transform samples the same surface on a finer grid
-    pad_h, pad_w = (UPSAMPLE - 1) * h, (UPSAMPLE - 1) * w
-    padded = np.pad(np.fft.fftshift(cross, axes=(1, 2)),
-                    ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
-    surface = np.abs(np.fft.ifft2(np.fft.ifftshift(padded, axes=(1, 2))))
-    peak = surface.reshape(len(b), -1).argmax(axis=1)
-    dy, dx = np.divmod(peak, UPSAMPLE * w)
-    dy = np.where(dy > UPSAMPLE * h // 2, dy - UPSAMPLE * h, dy) / UPSAMPLE
-    dx = np.where(dx > UPSAMPLE * w // 2, dx - UPSAMPLE * w, dx) / UPSAMPLE
+    cross = a_hat * b_hat.conj()
+    coarse = np.abs(np.fft.ifft2(cross)).reshape(n, -1).argmax(axis=1)
+    py, px = np.divmod(coarse, w)
+    py, px = np.where(py > h // 2, py - h, py), np.where(px > w // 2, px - w, px)
+    # the correlation at fractional shifts within one pixel of the peak: its inverse DFT evaluated there
+    steps = np.arange(-UPSAMPLE, UPSAMPLE + 1) / UPSAMPLE
+    sy, sx = py[:, None] + steps, px[:, None] + steps  # N × S
+    ky = np.exp(2j * np.pi * sy[:, :, None] * np.fft.fftfreq(h)[None, None, :])  # N × S × H
+    kx = np.exp(2j * np.pi * sx[:, :, None] * np.fft.fftfreq(w)[None, None, :])  # N × S × W
+    fine = np.abs(np.einsum("nsu,nuv,ntv->nst", ky, cross, kx, optimize=True)).reshape(n, -1).argmax(axis=1)
+    iy, ix = np.divmod(fine, len(steps))
+    dy, dx = sy[np.arange(n), iy], sx[np.arange(n), ix]
     # shifted in the pixel domain (linear, edges repeated): a Fourier shift would ring across the whole image
-    n, y, x = np.meshgrid(np.arange(len(b)), np.arange(h), np.arange(w), indexing="ij")
-    coords = np.stack([n, y - dy[:, None, None], x - dx[:, None, None]])
-    return ndimage.map_coordinates(b, coords, order=1, mode="nearest")
+    grid_n, grid_y, grid_x = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
+    coords = np.stack([grid_n, grid_y - dy[:, None, None], grid_x - dx[:, None, None]])
+    return ndimage.map_coordinates(b, coords, order=1, mode="nearest"), np.column_stack([dy, dx])
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,7 +108,7 @@ def aligned_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     best = np.full(len(a), -1.0)
     for scale in SCALES:
         moved = _band(_zoom(b, scale) if scale != 1.0 else b)
-        best = np.maximum(best, _ncc(a, _register(a_hat, moved)))
+        best = np.maximum(best, _ncc(a, _register(a_hat, moved)[0]))
     return best
 
 
