@@ -176,3 +176,18 @@ def test_the_streaming_pass_over_files_equals_the_in_memory_one(tmp_path):
     a, b = scan_dataset(loaded, AuditConfig(), given, False), scan_dataset(streamed, AuditConfig(), given, False)
     for field in ("hashes", "phashes", "descriptors", "pixel_stats"):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_registration_finds_the_shift_scikit_image_finds(phantoms):
+    from scipy import ndimage
+    from skimage.registration import phase_cross_correlation
+
+    from xferlab.audit.nearcopy import UPSAMPLE, _band, _register
+
+    a = _band(phantoms.images[:12].astype(np.float64))
+    b = _band(np.stack([ndimage.shift(im.astype(np.float64), (0.75, -1.25), mode="nearest")
+                        for im in phantoms.images[:12]]))
+    _, shifts = _register(np.fft.fft2(a), b)
+    expected = [phase_cross_correlation(x, y, upsample_factor=UPSAMPLE, normalization=None)[0] for x, y in zip(a, b,
+                                                                                                            strict=True)]
+    assert np.array_equal(shifts, np.array(expected))
