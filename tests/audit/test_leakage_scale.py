@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xferlab.audit.leakage import aligned_copies, content_hashes, leakage_audit
+from xferlab.audit.leakage import aligned_copies, content_hashes, leakage_audit, perceptual_hashes
 from xferlab.audit.nearcopy import aligned_similarities, spectral_descriptors
 from xferlab.audit.neighbours import nearest
 from xferlab.cli import main
@@ -90,8 +90,10 @@ def test_indexed_search_finds_the_same_pairs_as_all_pairs(planted):
     # stand-in embeddings: each image's pixels projected at random (the search, not the backbone, is under test)
     embeddings = data.images.reshape(len(data.labels), -1).astype(np.float32) @ rng.normal(size=(1024, 64))
     cfg = AuditConfig(seed=0)
-    indexed = leakage_audit(data, embeddings, cfg)
-    exact = leakage_audit(data, embeddings, cfg, exact=True)
+    arrays = {"hashes": content_hashes(data.images), "phashes": perceptual_hashes(data.images),
+              "descriptors": spectral_descriptors(data.images)}
+    indexed = leakage_audit(data, embeddings, cfg, **arrays)
+    exact = leakage_audit(data, embeddings, cfg, exact=True, **arrays)
     for kind in ("phash", "embedding", "aligned"):
         assert indexed[kind]["status"] == exact[kind]["status"]
         assert indexed[kind].get("threshold") == exact[kind].get("threshold")
@@ -145,11 +147,11 @@ def test_indexed_nearest_matches_brute_force_on_well_separated_points():
     assert (idx == np.arange(200)).all() and np.allclose(dist, exact_dist)
 
 
-def test_precomputed_embeddings_replace_the_backbone(phantoms, tmp_path, capsys):
-    path = phantoms.source
+def test_precomputed_embeddings_replace_the_backbone(tiny_npy, tmp_path, capsys):
+    path = str(tiny_npy)
     rng = np.random.default_rng(0)
     good = tmp_path / "emb.npy"
-    np.save(good, rng.normal(size=(len(phantoms.labels), 16)).astype(np.float32))
+    np.save(good, rng.normal(size=(len(load_dataset(DataConfig(path=path)).labels), 16)).astype(np.float32))
     out = tmp_path / "audit"
     rc = main(["audit", "--data", path, "--out", str(out), "--embeddings", str(good), "--resplits", "0",
                "--permutations", "19", "--weights", "missing.pt", "--device", "cpu"])
@@ -159,7 +161,7 @@ def test_precomputed_embeddings_replace_the_backbone(phantoms, tmp_path, capsys)
     np.save(bad, np.zeros((3, 16), dtype=np.float32))
     rc = main(["audit", "--data", path, "--out", str(tmp_path / "a2"), "--embeddings", str(bad), "--resplits", "0"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: ") and "short.npy" in err and "3 embedding rows" in err
+    assert rc == 2 and err.startswith("error: ") and "short.npy" in err and "3 embedding rows for " in err
     assert not (tmp_path / "a2").exists()
 
 
