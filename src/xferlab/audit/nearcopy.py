@@ -66,9 +66,9 @@ def _register(a_hat: np.ndarray, b: np.ndarray) -> np.ndarray:
     1/UPSAMPLE pixel.
 
     The estimator of scikit-image's phase_cross_correlation with normalization=None (whole-pixel peak from the inverse
-    FFT, then the upsampled DFT evaluated only around it), vectorised over the stack: called per pair, scikit-image
-    took 1.3 ms at 32 px, which made confirmation the slowest step of the audit. tests/audit/test_leakage_scale.py
-    checks the shifts against it."""
+    FFT, then the upsampled DFT evaluated only around it), vectorised over the stack because confirmation aligns
+    one pair per val/test image and is the leakage step's main cost. tests/audit/test_leakage_scale.py checks the
+    shifts against scikit-image's."""
     n, h, w = b.shape
     b_hat = np.fft.fft2(b)
     # not normalised to phase only: on 32-64 px band-passed images the plain cross-correlation peak is the stabler
