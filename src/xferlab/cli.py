@@ -43,6 +43,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_speed_args(g)
 
 
+def _add_track_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking (README, Tracking)")
+    g.add_argument("--track", action="append", choices=["mlflow", "tensorboard"],
+                   help="also log to MLflow or TensorBoard (repeat for both); never changes results")
+    g.add_argument("--track-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite mlflow.db "
+                                       "beside --out)")
+
+
 def _add_speed_args(g) -> None:
     g.add_argument("--amp", choices=["auto", "bf16", "off"],
                    help="bf16 autocast; auto: on for CUDA GPUs with native bf16, off on CPU")
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     _add_data_args(p)
     _add_train_args(p)
+    _add_track_args(p)
 
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
@@ -106,6 +115,7 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="train only the I-th of N disjoint parts of the grid (1-based, cell k in part k %% N + 1), "
                         "e.g. one job of a job array; no report: run `xferlab report DIR` once every part has finished")
+    _add_track_args(p)
 
     p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder")
     p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR)")
@@ -128,6 +138,7 @@ def _add_audit_parser(sub) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    _add_track_args(p)
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -159,7 +170,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     data = _data_values(args, values)
     values["data"] = data
     values.update(_given(args, ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed",
-                                "device", "num_threads", "amp", "channels_last", "compile")))
+                                "device", "num_threads", "amp", "channels_last", "compile", "track", "track_uri")))
     return values
 
 
@@ -167,9 +178,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from xferlab.config import TrainConfig, build
     from xferlab.engine.distributed import is_main_process
     from xferlab.engine.run import train
+    from xferlab.tracking import session as tracking
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
-    result = train(cfg, args.out, overwrite=args.overwrite)
+    with tracking.train_run(cfg, args.out, enabled=is_main_process()) as tracker:
+        result = train(cfg, args.out, overwrite=args.overwrite, tracker=tracker)
+        tracking.finished_run(tracker, result.out)
     if is_main_process():  # under torchrun every rank trains; rank 0 reports
         _print_run_summary(result)
     return 0
@@ -226,12 +240,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.study import build_outputs, load_study, run_study
     from xferlab.study.grid import parse_shard
     from xferlab.study.summary import summary_table
+    from xferlab.tracking import session as tracking
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
+    _override_tracking(study, args)
     out = args.out or Path("runs") / args.study.stem
     try:
-        outcome = run_study(study, out, force=args.force, shard=shard)
+        with tracking.study_run(study, out, enabled=is_main_process()) as parent:  # the parent run, with --track
+            outcome = run_study(study, out, force=args.force, shard=shard, tracker=parent)
+            # other shards may still be running: the report is built once, by `xferlab report`
+            if is_main_process() and shard is None:
+                results, report = build_outputs(out)
+                tracking.study_outputs(parent, out)
     except KeyboardInterrupt:
         done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
         print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
@@ -240,14 +261,28 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished"
-    if shard is not None:  # other shards may still be running: the report is built once, by `xferlab report`
+    if shard is not None:
         print(f"\nshard {shard[0]}/{shard[1]}: {counts}; when every shard has finished: xferlab report {out}")
         return 0
-    results, report = build_outputs(out)
     print(f"\n{counts}")
     print(summary_table(results))
     print(f"report: {report}")
     return 0
+
+
+def _override_tracking(config, args: argparse.Namespace) -> None:
+    """--track / --track-uri replace the YAML's track: / track_uri: (validated on assignment)."""
+    from pydantic import ValidationError
+
+    from xferlab.config import format_validation_error
+
+    try:
+        if args.track:
+            config.track = args.track
+        if args.track_uri:
+            config.track_uri = args.track_uri
+    except ValidationError as err:
+        raise XferlabError(format_validation_error(err, "options")) from None
 
 
 def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] | None) -> str:
@@ -287,41 +322,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-AUDIT_YAML_KEYS = ("data", "audit")
+AUDIT_YAML_KEYS = ("data", "audit", "track", "track_uri")
 
 
 def _audit_configs(args: argparse.Namespace):
-    """DataConfig and AuditConfig from the YAML file (data: and audit: sections) and the command-line options."""
-    from xferlab.config import AuditConfig, DataConfig, build, read_yaml
+    """DataConfig, AuditConfig and TrackOptions from the YAML file (data: and audit: sections, track: and
+    track_uri:) and the command-line options."""
+    from xferlab.config import AuditConfig, DataConfig, TrackOptions, build, read_yaml
     from xferlab.errors import did_you_mean
 
     values = read_yaml(args.config) if args.config else {}
     for key in values:
         if key not in AUDIT_YAML_KEYS:
             raise XferlabError(f"{args.config}: unknown key '{key}'{did_you_mean(str(key), AUDIT_YAML_KEYS)}; an audit "
-                               "config has a data: and an audit: section")
-        if values[key] is not None and not isinstance(values[key], dict):
+                               "config has a data: and an audit: section (and optionally track: and track_uri:)")
+        if key in ("data", "audit") and values[key] is not None and not isinstance(values[key], dict):
             raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
                                f"got {type(values[key]).__name__}")
     data = _data_values(args, values)
     audit = {**(values.get("audit") or {}), **_given(args, ("backbone", "weights", "regime", "resplits",
                                                             "permutations", "alpha", "seed", "device", "num_threads"))}
+    track = {**{k: values[k] for k in ("track", "track_uri") if k in values}, **_given(args, ("track", "track_uri"))}
     where = str(args.config or "options")
     for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
         for key in values_:
             if key not in model.model_fields:
                 hint = did_you_mean(str(key), model.model_fields)
                 raise XferlabError(f"{where}: unknown key '{section}.{key}'{hint}; remove it or check its spelling")
-    return build(DataConfig, data, where=where), build(AuditConfig, audit, where=where)
+    return (build(DataConfig, data, where=where), build(AuditConfig, audit, where=where),
+            build(TrackOptions, track, where=where))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from xferlab.audit import run_audit
     from xferlab.io import staged_dir
+    from xferlab.tracking import session as tracking
 
-    data_cfg, audit_cfg = _audit_configs(args)
-    with staged_dir(args.out, overwrite=args.overwrite) as stage:
-        result = run_audit(data_cfg, audit_cfg, stage)
+    data_cfg, audit_cfg, track = _audit_configs(args)
+    with tracking.audit_run(track.track, track.track_uri, data_cfg, audit_cfg, args.out) as tracker:
+        with staged_dir(args.out, overwrite=args.overwrite) as stage:
+            result = run_audit(data_cfg, audit_cfg, stage)
+        tracking.audited(tracker, args.out)
     verdict = result["verdict"]
     print(f"{verdict['level'].upper()}: {verdict['headline']}")
     for finding in verdict["findings"]:

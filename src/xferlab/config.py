@@ -69,6 +69,22 @@ class DataConfig(_Strict):
         return v
 
 
+TrackerName = Literal["mlflow", "tensorboard"]
+
+
+TRACK_FIELD = Field([], description="experiment trackers to mirror into (xferlab.tracking): mlflow, tensorboard; "
+                   "they never change results")
+TRACK_URI_FIELD = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a SQLite store "
+                        "mlflow.db beside the output folder")
+
+
+class TrackOptions(_Strict):
+    """The tracking section of an audit YAML (train and study configs have the same two keys)."""
+
+    track: list[TrackerName] = TRACK_FIELD
+    track_uri: str | None = TRACK_URI_FIELD
+
+
 class TrainConfig(_Strict):
     """One training run. Defaults are the reference study's (Adam 1e-3, cosine per step, batch 32, 30 epochs)."""
 
@@ -92,6 +108,8 @@ class TrainConfig(_Strict):
         "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
+    track: list[TrackerName] = TRACK_FIELD
+    track_uri: str | None = TRACK_URI_FIELD
 
 
 class YamlValues(dict):
@@ -256,6 +274,8 @@ class StudyConfig(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0
     audit: AuditConfig | None = None
+    track: list[TrackerName] = TRACK_FIELD
+    track_uri: str | None = TRACK_URI_FIELD
 
     @field_validator("backbones", "regimes", "seeds")
     @classmethod
@@ -282,9 +302,11 @@ class StudyConfig(_Strict):
 def _check_train_keys(options: dict[str, Any], where: str) -> None:
     """Training option maps hold TrainConfig keys other than the grid's own."""
     for key in options:
+        if key in TrackOptions.model_fields:
+            raise ValueError(f"{where}'{key}' is set for the whole study: write it at the top of the study YAML")
         if key in GRID_KEYS:
             raise ValueError(f"{where}'{key}' is set by the study grid (data, backbones, regimes, seeds), not here")
         if key not in TrainConfig.model_fields:
-            choices = [k for k in TrainConfig.model_fields if k not in GRID_KEYS]
+            choices = [k for k in TrainConfig.model_fields if k not in GRID_KEYS and k not in TrackOptions.model_fields]
             raise ValueError(f"{where}unknown training option '{key}'{did_you_mean(str(key), choices)}; "
                              f"valid: {', '.join(choices)}")

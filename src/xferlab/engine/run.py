@@ -45,6 +45,7 @@ from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, mak
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
 from xferlab.evaluation.timing import Timer
+from xferlab.tracking.base import NULL, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunResult:
+def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+          tracker: Tracker = NULL) -> RunResult:
     """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
-    writes)."""
+    writes). `tracker` (xferlab.tracking) gets each epoch's history row; it never changes the run."""
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
@@ -87,7 +89,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
         n_eval = sum(len(y) for s, y in labels.items() if s != "train")
         del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
-        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
+        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, tracker)
         model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
@@ -187,7 +189,8 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
                      adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
 
 
-def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool):
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool,
+         tracker: Tracker = NULL):
     inputs = prepared.inputs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
@@ -217,6 +220,7 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
                     row[f"{s}_loss"] = row[f"{s}_acc"] = None
         row["train_seconds"], row["eval_seconds"] = train_timer.seconds, eval_timer.seconds
         history.append(row)
+        tracker.log_metrics(row, step=epoch)  # the per-epoch hook: queued, returns at once
         if row["val_acc"] > best["val_acc"]:  # strictly better: ties keep the earlier epoch
             best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs, "state": _changing_state(model)}
         bar.set_postfix(val_acc=f"{row['val_acc']:.3f}", best=best["epoch"])

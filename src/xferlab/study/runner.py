@@ -16,6 +16,7 @@ distributed) and builds the report on its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -28,8 +29,11 @@ from xferlab import io
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, read_yaml, to_yaml
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.errors import XferlabError
+from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.study.environment import capture_environment
 from xferlab.study.grid import RunSpec, expand_grid, preflight, shard_specs
+from xferlab.tracking import session as tracking
+from xferlab.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ SHARD_ENVIRONMENT_JSON = "environment-shard-{}-of-{}.json"  # one per shard: job
 SHARD_ENVIRONMENT_NAME = re.compile(r"environment-shard-([0-9]+)-of-([0-9]+)\.json")
 # Settings that choose where and how fast a run computes, not what it computes: a finished run stays valid when they
 # change (e.g. a study resumed on a GPU machine).
-EXECUTION_KEYS = ("device", "num_threads")
+EXECUTION_KEYS = ("device", "num_threads", "track", "track_uri")  # tracking never changes results
 
 
 @dataclass
@@ -55,9 +59,11 @@ class StudyOutcome:
 
 
 def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress: bool = True,
-              shard: tuple[int, int] | None = None) -> StudyOutcome:
+              shard: tuple[int, int] | None = None, tracker: Tracker | None = None) -> StudyOutcome:
     """Train every missing run of `study` under `out`, run its audit if asked; `force` redoes everything.
     `shard` (I, N) limits this to the I-th of N parts of the grid (grid.shard_specs); the audit belongs to part 1.
+    `tracker`: the study's parent run (xferlab.tracking.session.study_run); by default one is opened, and finished
+    on return, when the study asks for `track:`.
 
     Writes out/study.yaml (the resolved study) and the environment record first, so `xferlab report` can rebuild the
     report from the folder alone. Results and the report are written by xferlab.study.build_outputs.
@@ -79,28 +85,40 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     if main:
         _prepare_folder(out, study, shard)
     outcome = StudyOutcome(out, shard=shard)
-    with tqdm(total=len(specs) + (audit is not None), desc=_bar_label(shard), unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
-        _train_runs(specs, finished, out, force, progress, outcome, bar)
+    with contextlib.ExitStack() as stack:
+        parent = tracker if tracker is not None else stack.enter_context(tracking.study_run(study, out, main))
+        bar = stack.enter_context(tqdm(total=len(specs) + (audit is not None), desc=_bar_label(shard), unit="step",
+                                       disable=not progress, dynamic_ncols=True))
+        _train_runs(specs, finished, out, force, progress, outcome, bar, parent, _bootstrap(study))
         shutdown()  # under torchrun the ranks part here: rank 0's audit and report must not keep them waiting
         if audit is not None:
             bar.set_postfix_str("split audit")
             outcome.audited = run_study_audit(run_audit, study.data, audit, out, force, progress)
+            tracking.audit_done(parent, out / AUDIT, ran=outcome.audited)
             bar.update()
     return outcome
 
 
+def _bootstrap(study: StudyConfig) -> BootstrapSettings:
+    return BootstrapSettings(study.bootstrap_resamples, study.confidence, study.bootstrap_seed)
+
+
 def _train_runs(specs: list[RunSpec], finished: set[str], out: Path, force: bool, progress: bool,
-                outcome: StudyOutcome, bar: tqdm) -> None:
-    """Train the runs of `specs` not in `finished`, recording trained and skipped names in `outcome`."""
+                outcome: StudyOutcome, bar: tqdm, parent: Tracker, bootstrap: BootstrapSettings) -> None:
+    """Train the runs of `specs` not in `finished`, recording trained and skipped names in `outcome`; each is a
+    nested run of the `parent` tracker (a skipped one is logged from its folder unless it was before)."""
     from xferlab.engine.run import train
 
     for spec in specs:
         bar.set_postfix_str(spec.name)
+        run_dir = out / RUNS / spec.name
         if spec.name in finished:
             outcome.skipped.append(spec.name)
+            tracking.finished_cell(parent, spec.name, run_dir, bootstrap)
         else:
-            train(spec.config, out / RUNS / spec.name, overwrite=force, progress=progress)
+            with tracking.cell_run(parent, spec.name, spec.config) as tracker:
+                train(spec.config, run_dir, overwrite=force, progress=progress, tracker=tracker)
+                tracking.finished_run(tracker, run_dir, bootstrap)
             outcome.trained.append(spec.name)
         bar.update()
 
