@@ -58,36 +58,40 @@ def _files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _listing(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, size, mtime) of every file of the dataset: cheap to take, and it changes when a file does."""
+    out = []
+    for f in _files(root):
+        st = f.stat()
+        out.append((f.relative_to(root).as_posix() if root.is_dir() else f.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=16)
-def _cached_digest(path: str, stamp: tuple) -> tuple[str, str]:
+def _cached_digest(path: str, listing: tuple[tuple[str, int, int], ...]) -> tuple[str, str]:
     root = Path(path)
-    files = _files(root)
-    total = sum(f.stat().st_size for f in files)
     h = hashlib.sha256()
-    kind = "content" if total <= CONTENT_DIGEST_MAX_BYTES else "listing"
-    for f in files:
-        rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
+    if sum(size for _, size, _ in listing) > CONTENT_DIGEST_MAX_BYTES:
+        h.update(repr(listing).encode())
+        return h.hexdigest(), "listing"
+    for rel, _, _ in listing:
         h.update(rel.encode() + b"\0")
-        if kind == "content":
-            with open(f, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    h.update(block)
-        else:
-            st = f.stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest(), kind
+        with open(root / rel if root.is_dir() else root, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 (consumed within the iteration)
+                h.update(block)
+    return h.hexdigest(), "content"
 
 
 def data_digest(path: str | os.PathLike) -> tuple[str, str]:
     """(sha256, 'content' or 'listing') of the dataset's files (a folder: every file under it; a manifest: itself).
-    Computed once per process and dataset (studies ask once per run)."""
-    p = Path(path)
+    The contents are hashed once per process while no file changes (a study's runs share one digest)."""
+    p = Path(path).resolve()
     try:
-        stamp = (p.stat().st_mtime_ns,)
+        listing = _listing(p)
     except OSError:
         return "unavailable", "missing"
     with _digest_lock:  # MLflow's and TensorBoard's workers ask at the same time: hash once
-        return _cached_digest(str(p.resolve()), stamp)
+        return _cached_digest(str(p), listing)
 
 
 @functools.lru_cache(maxsize=1)
