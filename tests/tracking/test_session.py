@@ -104,6 +104,19 @@ def test_a_tracked_run_lands_in_tensorboard_with_scalars_images_and_hparams(trac
     assert "test_accuracy_high" in {m.name.tag for m in experiment.metric_infos}
 
 
+def test_a_run_refused_on_bad_input_leaves_nothing_in_the_trackers(tracked_train, client, mlflow_uri, monkeypatch,
+                                                                    capsys):
+    """The run folder exists and --overwrite is missing: an error line, no new MLflow run, TensorBoard untouched."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "train-test")
+    logdir = tracked_train.parent / "tb" / "r1"
+    before = {p.name: p.stat().st_mtime_ns for p in logdir.iterdir()}
+    data = yaml.safe_load((tracked_train / "config.yaml").read_text())["data"]["path"]
+    assert main(["train", "--data", data, *TRAIN, "--out", str(tracked_train), *BOTH, "--track-uri", mlflow_uri]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [r.info.run_name for r in _runs(client, "train-test")] == ["r1"]  # the refused attempt's run deleted
+    assert {p.name: p.stat().st_mtime_ns for p in logdir.iterdir()} == before
+
+
 def _write_study(path: Path, data: Path, regimes: list[str], audit: bool = False) -> Path:
     doc = {"name": "tracked study", "data": {"path": str(data)}, "backbones": ["resnet18"], "regimes": regimes,
            "seeds": [0], "train": {"weights": "none", "epochs": 2, "batch_size": 8, "device": "cpu", "num_threads": 1},

@@ -117,7 +117,8 @@ def _train_runs(specs: list[RunSpec], finished: set[str], out: Path, force: bool
             tracking.finished_cell(parent, spec.name, run_dir, bootstrap)
         else:
             with tracking.cell_run(parent, spec.name, spec.config) as tracker:
-                train(spec.config, run_dir, overwrite=force, progress=progress, tracker=tracker)
+                hook = {"tracker": tracker} if tracker else {}  # untracked: train's signature of before
+                train(spec.config, run_dir, overwrite=force, progress=progress, **hook)
                 tracking.finished_run(tracker, run_dir, bootstrap)
             outcome.trained.append(spec.name)
         bar.update()

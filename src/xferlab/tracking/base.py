@@ -48,6 +48,10 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def discard(self) -> None:
+        """The run ended on bad input before producing anything: remove what it logged (nothing half-written); a
+        run reopened from an earlier session (a resumed study) is only marked FAILED."""
+
     def child(self, name: str) -> Tracker:
         """A nested run (a grid cell of a study), started fresh: an earlier unfinished attempt is closed or removed."""
         return self

@@ -49,8 +49,8 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
 class MLflowTracker(Tracker):
     """One MLflow run, driven through MlflowClient."""
 
-    def __init__(self, client: MlflowClient, experiment: str, run_id: str):
-        self.client, self.experiment, self.run_id = client, experiment, run_id
+    def __init__(self, client: MlflowClient, experiment: str, run_id: str, reopened: bool = False):
+        self.client, self.experiment, self.run_id, self.reopened = client, experiment, run_id, reopened
 
     @classmethod
     def open(cls, uri: str, experiment: str, artifact_location: str | None, name: str,
@@ -63,7 +63,7 @@ class MLflowTracker(Tracker):
             found = client.search_runs([exp], filter_string=f"tags.`xferlab.key` = '{resume_key}'", max_results=1)
             if found:
                 client.update_run(found[0].info.run_id, status="RUNNING")
-                return cls(client, exp, found[0].info.run_id)
+                return cls(client, exp, found[0].info.run_id, reopened=True)
         tags = {"xferlab.key": resume_key} if resume_key else None
         return cls(client, exp, client.create_run(exp, run_name=name, tags=tags).info.run_id)
 
@@ -90,6 +90,12 @@ class MLflowTracker(Tracker):
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def discard(self) -> None:
+        if self.reopened:
+            self.client.set_terminated(self.run_id, status="FAILED")
+        else:
+            self.client.delete_run(self.run_id)
 
     def child(self, name: str) -> MLflowTracker:
         """A nested run; an earlier attempt of the same name left RUNNING (a killed process) is marked KILLED."""

@@ -90,8 +90,9 @@ def _open(kinds: Sequence[str], name: str, uri: str | None, logdir: Path, fresh:
 
 
 @contextlib.contextmanager
-def _lifetime(tracker: FanOut, close: bool = True) -> Iterator[FanOut]:
-    """Finish the run FINISHED, FAILED (an exception) or KILLED (Ctrl-C); `close`: then await its queued calls."""
+def _lifetime(tracker: FanOut, close: bool = True, discard: bool = True) -> Iterator[FanOut]:
+    """Finish the run FINISHED, FAILED (an exception) or KILLED (Ctrl-C), or with `discard` remove it when it ended
+    on bad input (XferlabError: nothing half-written); `close`: then await its queued calls."""
     status = "FAILED"
     try:
         yield tracker
@@ -99,8 +100,14 @@ def _lifetime(tracker: FanOut, close: bool = True) -> Iterator[FanOut]:
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except XferlabError:
+        status = "DISCARD" if discard else "FAILED"
+        raise
     finally:
-        tracker.finish(status)
+        if status == "DISCARD":
+            tracker.run(lambda t: t.discard())
+        else:
+            tracker.finish(status)
         if close:
             tracker.close()
 
@@ -149,7 +156,7 @@ def study_run(study: StudyConfig, out: str | os.PathLike, enabled: bool = True) 
     tags = {"study": study.name, "study_dir": str(out)}
     data_path = study.data.path
     tracker.run(lambda t: (t.log_params(params), t.set_tags({**tags, **records.common_tags(data_path)})))
-    with _lifetime(tracker):
+    with _lifetime(tracker, discard=False):  # its finished cells stay, under a FAILED parent
         yield tracker
 
 

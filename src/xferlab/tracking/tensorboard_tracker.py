@@ -28,10 +28,7 @@ class TensorBoardTracker(Tracker):
     """One run's log folder. `with_hparams`: write the HParams summary at finish (training runs, not a study's root)."""
 
     def __init__(self, logdir: Path, with_hparams: bool = True, fresh: bool = True):
-        self.logdir = Path(logdir)
-        if fresh:  # a rerun replaces an earlier (possibly killed) attempt rather than doubling its curves
-            shutil.rmtree(self.logdir, ignore_errors=True)
-        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.logdir, self.fresh = Path(logdir), fresh
         self.with_hparams = with_hparams
         self._writer: SummaryWriter | None = None
         self.params: dict[str, Any] = {}
@@ -39,7 +36,10 @@ class TensorBoardTracker(Tracker):
 
     @property
     def writer(self) -> SummaryWriter:
-        if self._writer is None:  # created on first use: a study's root folder may never get an event
+        if self._writer is None:  # on first use: a run that fails on bad input before its first epoch touches nothing
+            if self.fresh:  # a rerun replaces an earlier (possibly killed) attempt rather than doubling its curves
+                shutil.rmtree(self.logdir, ignore_errors=True)
+            self.logdir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(log_dir=str(self.logdir))
         return self._writer
 
@@ -71,6 +71,13 @@ class TensorBoardTracker(Tracker):
             self._writer.close()
             self._writer = None
 
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            if self.fresh:
+                shutil.rmtree(self.logdir, ignore_errors=True)
+
     def child(self, name: str) -> TensorBoardTracker:
         return TensorBoardTracker(self.logdir / name)
 
@@ -78,4 +85,5 @@ class TensorBoardTracker(Tracker):
         return (self.logdir / DONE_MARKER.format(key)).exists()
 
     def mark_done(self, key: str) -> None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
         (self.logdir / DONE_MARKER.format(key)).touch()
