@@ -293,6 +293,10 @@ def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] |
     for option, value in (("--data", args.data), ("--device", args.device),
                           ("--shard", shard and f"{shard[0]}/{shard[1]}")):
         words += [option, str(value)] if value is not None else []
+    for tool in getattr(args, "track", None) or []:  # the trackers too: the resumed study logs to the same runs
+        words += ["--track", tool]
+    if getattr(args, "track_uri", None):
+        words += ["--track-uri", args.track_uri]
     return shlex.join(words)
 
 

@@ -13,6 +13,7 @@ from tinydata import write_tiny_npy
 
 from xferlab.cli import main
 from xferlab.errors import XferlabError
+from xferlab.study import load_study, run_study
 from xferlab.tracking import records, session
 
 TRAIN = ["--weights", "none", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--num-threads", "1"]
@@ -137,7 +138,7 @@ def test_a_study_is_a_parent_run_with_nested_runs_logged_once_across_resumes(tmp
     one = _write_study(tmp_path / "one.yaml", data, ["frozen"])
     both = _write_study(tmp_path / "both.yaml", data, ["frozen", "adabn"], audit=True)
     track = [*BOTH, "--track-uri", mlflow_uri]
-    assert main(["study", str(one), "--out", str(out)]) == 0
+    run_study(load_study(one), out, progress=False)  # untracked (the library call: no report needed here)
     assert _runs(client, "study-test") == [] and not (out / "tb").exists()
     assert main(["study", str(one), "--out", str(out), *track]) == 0
     assert main(["study", str(both), "--out", str(out), *track]) == 0
@@ -161,9 +162,25 @@ def test_a_study_is_a_parent_run_with_nested_runs_logged_once_across_resumes(tmp
     assert {"report.html", "results.csv", "results.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     audit = json.loads((out / "audit" / "audit.json").read_text())
     assert parent.data.tags["audit.verdict"] == audit["verdict"]["level"]
-    assert parent.data.metrics["audit.class_balance.test.n"] == pytest.approx(audit["class_balance"]["test"]["n"]) \
-        if "n" in audit["class_balance"].get("test", {}) else any(k.startswith("audit.") for k in parent.data.metrics)
+    expected = records.audit_metrics(audit)  # every number of audit.json
+    assert len(expected) > 10 and all(parent.data.metrics[k] == pytest.approx(v) for k, v in expected.items())
     assert "audit/audit.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "audit")}
+    root = _accumulator(out / "tb")  # the study's own TensorBoard folder: the audit's figures and statistics
+    assert {f"audit/{p.stem}" for p in (out / "audit").glob("*.png")} <= set(root.Tags()["images"])
+    assert _tb_series(root, "audit.seconds.total") == [(0, pytest.approx(audit["seconds"]["total"]))]
+
+
+def test_a_tracked_audit_lands_in_tensorboard(tiny_npy, tmp_path):
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", str(tiny_npy), "--out", str(out), "--backbone", "resnet18", "--weights", "none",
+                 "--resplits", "0", "--permutations", "99", "--device", "cpu", "--num-threads", "1",
+                 "--track", "tensorboard"]) == 0
+    audit = json.loads((out / "audit.json").read_text())
+    acc = _accumulator(tmp_path / "tb" / "audit")
+    figures = {f"audit/{Path(p).stem}" for p in out.glob("*.png")}
+    assert figures and figures <= set(acc.Tags()["images"])
+    for key, value in records.audit_metrics(audit).items():
+        assert _tb_series(acc, key) == [(0, pytest.approx(value))]
 
 
 def test_the_default_store_is_sqlite_beside_the_output_and_bad_uris_are_errors(tmp_path, monkeypatch):

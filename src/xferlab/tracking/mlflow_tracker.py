@@ -7,6 +7,7 @@ Imported only when `--track mlflow` is asked for: importing mlflow takes seconds
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,12 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 DONE_TAG = "xferlab.done.{}"  # on a parent run: the nested run (or the audit) of that name is fully logged
 ATTEMPT_TAG = "xferlab.attempt.{}"  # on a parent run: the id of the latest nested run of that name
+
+
+def _key(name: str) -> str:
+    """A key MLflow accepts (letters, digits, _ - . / and spaces): a class name such as 'COVID-19 (mild)' in an audit
+    statistic would otherwise fail the whole batch."""
+    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -70,18 +77,18 @@ class MLflowTracker(Tracker):
     def log_params(self, params: Mapping[str, Any]) -> None:
         # MLflow params cannot change value; a reopened study run keeps the values it was first given.
         existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        new = [Param(_key(k), str(v)) for k, v in params.items() if _key(k) not in existing]
         for chunk in _chunks(new, PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        entries = [Metric(_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         for chunk in _chunks(entries, METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], PARAMS_PER_BATCH):
+        for chunk in _chunks([RunTag(_key(k), str(v)) for k, v in tags.items()], PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=chunk)
 
     def log_artifacts(self, files: Sequence[Path], subdir: str = "") -> None:
