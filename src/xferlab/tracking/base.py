@@ -113,7 +113,8 @@ class _Box:
 
 
 class Handle(Tracker):
-    """A run of one tool as the caller sees it: every call is queued on the tool's worker and returns at once."""
+    """A run of one tool as the caller sees it: every call is queued on the tool's worker and returns at once.
+    Questions that need an answer (done) are asked of the adapter itself, inside a job queued with run()."""
 
     def __init__(self, worker: _Worker, box: _Box):
         self.worker, self._box = worker, box

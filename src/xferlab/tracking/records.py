@@ -96,9 +96,13 @@ def data_digest(path: str | os.PathLike) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the xferlab checkout this code runs from, or None (an installed package, no git)."""
+    """The commit of the xferlab checkout this code runs from (src/xferlab of a clone), or None: an installed copy
+    may sit in a virtual environment inside some other repository, whose commit would say nothing about xferlab."""
+    root = Path(__file__).resolve().parents[3]
+    if not ((root / ".git").exists() and (root / "src" / "xferlab").is_dir()):
+        return None
     try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -21,7 +21,7 @@ from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, re
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.tracking import records
-from xferlab.tracking.base import NULL, FanOut, Handle, Tracker, _Worker
+from xferlab.tracking.base import CLOSE_TIMEOUT_S, NULL, FanOut, Handle, Tracker, _Worker
 
 TOOLS = ("mlflow", "tensorboard")
 EXTRA = {"mlflow": "mlflow", "tensorboard": "tensorboard"}  # tool -> the pip extra that installs it
@@ -33,6 +33,7 @@ AUDIT_KEY = "audit"
 # Schemes MLflow's tracking stores accept (SQLAlchemy databases, a tracking server, Databricks).
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 STUDY_OUTPUTS = ("report.html", "results.csv", "results.json")
+INTERRUPTED_CLOSE_S = 10.0
 
 
 def tools(track: Sequence[str]) -> tuple[str, ...]:
@@ -108,8 +109,8 @@ def _lifetime(tracker: FanOut, close: bool = True, discard: bool = True) -> Iter
             tracker.run(lambda t: t.discard())
         else:
             tracker.finish(status)
-        if close:
-            tracker.close()
+        if close:  # after Ctrl-C the user wants the prompt back: a short wait for what is queued
+            tracker.close(INTERRUPTED_CLOSE_S if status == "KILLED" else CLOSE_TIMEOUT_S)
 
 
 @contextlib.contextmanager
