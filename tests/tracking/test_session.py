@@ -212,3 +212,34 @@ def test_the_data_digest_follows_the_content(tmp_path):
     assert records.data_digest(a) == records.data_digest(b) and records.data_digest(a)[1] == "content"
     write_tiny_npy(tmp_path / "b", seed=1)
     assert records.data_digest(a)[0] != records.data_digest(b)[0]
+
+
+def test_track_is_read_from_run_study_and_audit_yaml(tmp_path, tiny_npy, capsys):
+    from xferlab.cli import _audit_configs, build_parser
+    from xferlab.config import StudyConfig, TrainConfig, build, read_yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(f"data: {{path: {tiny_npy}}}\ntrack: [mlflow, tensorboard]\ntrack_uri: sqlite:////x/m.db\n")
+    cfg = build(TrainConfig, read_yaml(run), where=str(run))
+    assert cfg.track == ["mlflow", "tensorboard"] and cfg.track_uri == "sqlite:////x/m.db"
+    run.write_text(f"data: {{path: {tiny_npy}}}\ntrack: [wandb]\n")
+    with pytest.raises(XferlabError, match=r"run.yaml line 2: 'track.0' = 'wandb' is invalid"):
+        build(TrainConfig, read_yaml(run), where=str(run))
+    study = {"data": {"path": str(tiny_npy)}, "backbones": ["resnet18"], "train": {"track": ["mlflow"]}}
+    with pytest.raises(XferlabError, match="'track' is set for the whole study: write it at the top"):
+        build(StudyConfig, study)
+    assert build(StudyConfig, {**study, "train": {}, "track": ["tensorboard"]}).track == ["tensorboard"]
+    audit = tmp_path / "audit.yaml"
+    audit.write_text(f"data: {{path: {tiny_npy}}}\naudit: {{resplits: 0}}\ntrack: [tensorboard]\n")
+    _, _, track = _audit_configs(build_parser().parse_args(["audit", "-c", str(audit), "--track", "mlflow"]))
+    assert track.track == ["mlflow"]  # the command line wins over the file
+    _, _, track = _audit_configs(build_parser().parse_args(["audit", "-c", str(audit)]))
+    assert track.track == ["tensorboard"] and track.track_uri is None
+
+
+def test_a_bad_tracking_uri_is_an_error_line_before_training(tiny_npy, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_npy), *TRAIN, "--out", str(tmp_path / "r"), "--track", "mlflow",
+                 "--track-uri", "localhost:5000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tracking URI 'localhost:5000' is not one MLflow can use") and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no run folder, no store, no log folder
