@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render the test split as if from another site")
     p.add_argument("--seed", type=int, default=0)
 
-    sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
+    p = sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
+    p.add_argument("--all", action="store_true", help="also every timm model with pretrained weights (timm:NAME) "
+                   "and torchxrayvision's chest X-ray DenseNets (xrv:WEIGHTS), with local weight availability")
+    p.add_argument("--filter", metavar="GLOB", help="only names matching GLOB, e.g. 'timm:vit_*' or '*convnext*'")
 
     p = sub.add_parser("train", help="train one backbone in one regime; writes a run folder")
     p.add_argument("-c", "--config", type=Path, help="run YAML; command-line options override it")
@@ -195,6 +198,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
+    if args.all or args.filter:
+        return _list_all_backbones(args.filter)
     import xferlab.backbones.zoo  # noqa: F401
     from xferlab.backbones.registry import count_parameters, get_spec, list_backbones
 
@@ -204,11 +209,29 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         body = spec.build(224)
         rows.append((name, f"{count_parameters(body) / 1e6:.1f}M", spec.feature_dim,
                      "yes" if spec.weights.available() else "no", spec.weights.describe()))
-    header = ("backbone", "params", "features", "offline weights", "weights source")
+    _print_table(("backbone", "params", "features", "offline weights", "weights source"), rows)
+    print("more: xferlab backbones --all (timm:NAME, xrv:WEIGHTS) or --filter GLOB")
+    return 0
+
+
+def _list_all_backbones(pattern: str | None) -> int:
+    """Registered backbones and family members by name, without building them (timm alone lists over a thousand)."""
+    import xferlab.backbones.zoo  # noqa: F401
+    from xferlab.backbones.registry import list_available, list_families
+
+    rows = [(n, "yes" if w.available() else "no", w.describe()) for n, w in list_available(pattern)]
+    _print_table(("backbone", "offline weights", "weights source"), rows)
+    print(f"{len(rows)} backbones, {sum(r[1] == 'yes' for r in rows)} with weights on this machine")
+    for family in list_families():
+        if not family.installed():
+            print(f"{family.prefix}: not installed (pip install 'xferlab[{family.extra}]')")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -74,7 +74,8 @@ class TrainConfig(_Strict):
 
     data: DataConfig
     backbone: str = "resnet18"
-    weights: str = Field("imagenet", description="'imagenet', 'none' or a state-dict file path")
+    weights: str = Field("imagenet", description="'imagenet' or 'pretrained' (the backbone's own pretrained weights: "
+                         "chest X-rays for xrv:), 'none' or a state-dict file path")
     regime: RegimeName = "frozen"
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(32, gt=0)

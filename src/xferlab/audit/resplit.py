@@ -67,7 +67,7 @@ def _factory(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig,
             model.body.load_state_dict(body)
         apply_regime(model, regime)
         model.to(device)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, device)
+        preprocess = Preprocess.for_input(model.spec.input, device)
         return model, lambda batch: model(preprocess(batch))
 
     return as_tensor(data.images), make_model

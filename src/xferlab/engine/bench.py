@@ -119,7 +119,7 @@ def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "a
     accel = resolve_accel(dev, amp, channels_last, compile)
     with num_threads(threads):
         model = _model(backbone, weights, regime, image_size, accel)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, dev, channels_last=accel.channels_last)
+        preprocess = Preprocess.for_input(model.spec.input, dev, channels_last=accel.channels_last)
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (steps * batch_size, image_size, image_size), dtype=torch.uint8, generator=gen)
         labels = torch.randint(0, 2, (len(images),), generator=gen)

@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
         apply_regime(model, regime)
         accel.prepare(model)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, device, channels_last=accel.channels_last)
+        preprocess = Preprocess.for_input(model.spec.input, device, channels_last=accel.channels_last)
         splits = place(_split_inputs(data, cfg, device), device)
         prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits, dist)
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
@@ -266,6 +266,8 @@ def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, pr
     io.save_torch(stage / "model.pt", {
         "state_dict": model.state_dict(), "backbone": cfg.backbone, "class_names": data.class_names,
         "image_size": list(data.image_size), "mean": list(model.spec.mean), "std": list(model.spec.std),
+        # channels, intensity mapping and fixed side as well (xferlab.backbones.registry.preprocessing_for)
+        "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(model.spec.input).items()},
     })
     fig = curves_figure(history, title=f"{cfg.backbone} · {cfg.regime}")
     io.save_figure(stage / "curves.png", fig)

@@ -109,13 +109,13 @@ def shard_specs(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[Run
 def preflight(specs: list[RunSpec]) -> None:
     """Fail before the first run, not hours into the study: unknown backbones and weights that cannot be loaded."""
     import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
-    from xferlab.backbones.registry import get_spec
+    from xferlab.backbones.registry import PRETRAINED, get_spec
     from xferlab.backbones.weights import is_offline
 
     for spec in specs:
         backbone = get_spec(spec.backbone)
         weights = spec.config.weights
-        if weights == "imagenet" and is_offline() and not backbone.weights.available():
+        if weights in PRETRAINED and is_offline() and not backbone.weights.available():
             backbone.weights.load()  # raises the error that names the file to place in the cache
-        elif weights not in ("imagenet", "none") and not Path(weights).is_file():
+        elif weights not in (*PRETRAINED, "none") and not Path(weights).is_file():
             raise XferlabError(f"run {spec.name}: weights file {weights} does not exist; check 'weights' in the study")
