@@ -120,7 +120,8 @@ def get_spec(name: str) -> BackboneSpec:
             _FAMILY_SPECS[name] = _FAMILIES[prefix].spec(rest)
         return _FAMILY_SPECS[name]
     families = "".join(f", or {f.example}" for f in _FAMILIES.values())
-    raise XferlabError(f"unknown backbone '{name}'{did_you_mean(name, [*_REGISTRY, *(f + ':' for f in _FAMILIES)])}; "
+    hint = did_you_mean(prefix + ":", [f + ":" for f in _FAMILIES]) if colon else did_you_mean(name, _REGISTRY)
+    raise XferlabError(f"unknown backbone '{name}'{hint}; "
                        f"choose one of {', '.join(list_backbones())}{families} (xferlab backbones --all lists them)")
 
 
