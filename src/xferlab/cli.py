@@ -30,8 +30,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: the reference study)")
-    g.add_argument("--backbone", help="registered backbone (xferlab backbones); default resnet18")
-    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
+    g.add_argument("--backbone", help="registered backbone, timm:NAME or xrv:WEIGHTS (xferlab backbones --all); "
+                   "default resnet18")
+    g.add_argument("--weights", help="imagenet or pretrained (default: the backbone's own), none, or a state-dict / "
+                   ".safetensors file")
     g.add_argument("--regime", help="frozen (default), adabn, finetune or partial:K")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)

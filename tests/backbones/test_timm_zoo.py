@@ -177,3 +177,15 @@ def test_unknown_timm_names_suggest_the_closest():
         get_spec("timm:resnet10t.c4_in1k")
     with pytest.raises(XferlabError, match=r"did you mean 'timm:'"):
         get_spec("tim:resnet10t")
+
+
+def test_a_vit_trains_end_to_end_through_the_cli(tiny_npy, tmp_path):
+    """partial:1 on a ViT through `xferlab train`: the engine builds its preprocessing from the registry entry."""
+    from xferlab.cli import main
+
+    out = tmp_path / "vit"
+    assert main(["train", "--data", str(tiny_npy), "--backbone", VIT, "--weights", "none", "--regime", "partial:1",
+                 "--epochs", "1", "--batch-size", "8", "--out", str(out)]) == 0
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["backbone"] == VIT and saved["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert (out / "metrics.json").is_file()

@@ -25,8 +25,9 @@ class RunSpec:
 
 
 def run_name(backbone: str, regime: str, seed: int) -> str:
-    """Folder name of a grid cell, e.g. 'resnet18-partial2-seed0' (a ':' is not portable in file names)."""
-    return f"{backbone}-{re.sub(r'[^A-Za-z0-9_.]+', '', regime)}-seed{seed}"
+    """Folder name of a grid cell, e.g. 'resnet18-partial2-seed0', 'timm_convnext_atto-frozen-seed0' (a ':' is not
+    portable in file names)."""
+    return f"{backbone.replace(':', '_')}-{re.sub(r'[^A-Za-z0-9_.]+', '', regime)}-seed{seed}"
 
 
 def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
