@@ -173,12 +173,25 @@ def _stage_prefixes(model: nn.Module) -> tuple[tuple[str, ...], ...]:
 
 
 def _meta_model(timm, name: str) -> nn.Module:
-    """The architecture on the meta device: its configuration and layout without allocating or initialising."""
+    """The architecture on the meta device: its configuration and layout without allocating or initialising (on
+    the CPU for the few models whose construction computes values the meta device cannot give)."""
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                return timm.create_model(name, pretrained=False)
+        except Exception as err:
+            problem = err
+    raise XferlabError(f"timm cannot build '{name}' ({type(problem).__name__}: {str(problem)[:200]})") from None
+
+
+def _feature_dim(model: nn.Module, channels: int, side: int) -> int:
+    """Width of the pooled features once the classifier is gone: a forward pass (free on the meta device), else
+    timm's attributes (pre-logits width first: MobileNetV3's conv_head widens the features)."""
     try:
-        with torch.device("meta"):
-            return timm.create_model(name, pretrained=False)
-    except Exception as err:
-        raise XferlabError(f"timm cannot build '{name}' ({type(err).__name__}: {str(err)[:200]})") from None
+        with torch.no_grad():
+            return int(model(torch.empty(1, channels, side, side, device=next(model.parameters()).device)).shape[-1])
+    except Exception:
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def _check_name(timm, name: str) -> None:
@@ -200,11 +213,13 @@ def timm_spec(name: str) -> BackboneSpec:
     cfg = meta.pretrained_cfg
     classifiers = cfg.get("classifier") or "head"
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    head_shapes = {k: v.shape for k, v in meta.state_dict().items() if k.startswith(tuple(c + "." for c in classifiers))}
+    head_keys = tuple(c + "." for c in classifiers)
+    head_shapes = {k: v.shape for k, v in meta.state_dict().items() if k.startswith(head_keys)}
     meta.reset_classifier(0)
     channels, native, _ = cfg.get("input_size", (3, 224, 224))
-    feature_dim = meta(torch.empty(1, channels, native, native, device="meta")).shape[-1]
-    sized = "img_size" in inspect.signature(type(meta).__init__).parameters  # ViTs fix their grid at build time
+    feature_dim = _feature_dim(meta, channels, native)
+    # ViTs and Swins fix their token grid when built (timm marks their configurations fixed_input_size)
+    sized = bool(cfg.get("fixed_input_size")) or "img_size" in inspect.signature(type(meta).__init__).parameters
 
     def create(image_size: int, sd: StateDict | None = None, origin: str = "") -> nn.Module:
         kw = {"img_size": image_size} if sized else {}
@@ -225,13 +240,13 @@ def timm_spec(name: str) -> BackboneSpec:
     def build_pretrained(image_size: int, sd: StateDict, origin: str) -> nn.Module:
         # The classifier is replaced anyway: the file's (any class count, or none) is swapped for zeros of the
         # architecture's shape, so the strict load checks everything else.
-        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(c + "." for c in classifiers))}
+        sd = {k: v for k, v in sd.items() if not k.startswith(head_keys)}
         sd.update({k: torch.zeros(shape) for k, shape in head_shapes.items()})
         return create(image_size, sd, origin)
 
     return BackboneSpec(
         name=f"timm:{name}", build=create, head=classifiers[0],
-        stages=_stage_prefixes(meta), feature_dim=int(feature_dim), weights=TimmWeights.from_cfg(name, cfg),
+        stages=_stage_prefixes(meta), feature_dim=feature_dim, weights=TimmWeights.from_cfg(name, cfg),
         mean=tuple(cfg.get("mean") or (0.485, 0.456, 0.406)), std=tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
         description=f"timm {name}", channels=3, input_size=int(native), build_pretrained=build_pretrained,
         reshape_transform=_reshape_transform(meta),

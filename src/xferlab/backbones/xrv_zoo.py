@@ -16,8 +16,13 @@ from pathlib import Path
 from torch import nn
 
 from xferlab.backbones.registry import BackboneSpec, Family, load_body_weights
-from xferlab.backbones.weights import (OFFLINE_ENV, StateDict, is_offline, load_pickled_module_state,
-                                       require_extra)
+from xferlab.backbones.weights import (
+    OFFLINE_ENV,
+    StateDict,
+    is_offline,
+    load_pickled_module_state,
+    require_extra,
+)
 from xferlab.errors import XferlabError, did_you_mean
 
 #: torchxrayvision's intensity range (xrv.utils.normalize maps 0..maxval onto it).
