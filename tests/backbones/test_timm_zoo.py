@@ -191,3 +191,17 @@ def test_a_vit_trains_end_to_end_through_the_cli(tiny_npy, tmp_path):
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["backbone"] == VIT and saved["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert (out / "metrics.json").is_file()
+
+
+def test_a_missing_extra_is_named(monkeypatch, capsys):
+    import sys
+
+    from xferlab.backbones.registry import Family
+    from xferlab.cli import main
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
+    with pytest.raises(XferlabError, match=r"pip install 'xferlab\[timm\]'"):
+        get_spec("timm:resnet14t")
+    monkeypatch.setattr(Family, "installed", lambda self: self.prefix != "xrv")
+    assert main(["backbones", "--filter", "xrv:*"]) == 0
+    assert "xrv: not installed (pip install 'xferlab[xrv]')" in capsys.readouterr().out
