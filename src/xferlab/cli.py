@@ -170,7 +170,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
     result = train(cfg, args.out, overwrite=args.overwrite)
-    if is_main_process():  # under torchrun every rank trains; rank 0 reports
+    if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
+        from xferlab.report.figures import write_run_curves
+
+        write_run_curves(result.out, result.history, cfg.model_dump(mode="json"))
         _print_run_summary(result)
     return 0
 
@@ -195,7 +198,6 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    import xferlab.backbones.zoo  # noqa: F401
     from xferlab.backbones.registry import count_parameters, get_spec, list_backbones
 
     rows = []
@@ -223,7 +225,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.engine.distributed import is_main_process
-    from xferlab.study import build_outputs, load_study, run_study
+    from xferlab.report import build_outputs
+    from xferlab.study import load_study, run_study
     from xferlab.study.grid import parse_shard
     from xferlab.study.summary import summary_table
 
@@ -262,7 +265,7 @@ def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] |
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from xferlab.study import build_outputs
+    from xferlab.report import build_outputs
     from xferlab.study.summary import summary_table
 
     results, report = build_outputs(args.dir)
@@ -275,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from xferlab.engine.bench import bench
-    from xferlab.io import write_text
+    from xferlab.files import write_text
 
     result = bench(args.backbone, args.image_size, args.batch_size, args.device, weights=args.weights,
                    regime=args.regime, amp=args.amp or "auto", channels_last=args.channels_last or "auto",
@@ -317,7 +320,7 @@ def _audit_configs(args: argparse.Namespace):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from xferlab.audit import run_audit
-    from xferlab.io import staged_dir
+    from xferlab.files import staged_dir
 
     data_cfg, audit_cfg = _audit_configs(args)
     with staged_dir(args.out, overwrite=args.overwrite) as stage:

@@ -15,10 +15,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from xferlab.errors import XferlabError, did_you_mean
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from xferlab.data.config import DataConfig, StrictModel as _Strict  # noqa: F401  (DataConfig: re-exported)
+from xferlab.files import YamlValues, read_yaml  # noqa: F401  (read_yaml: part of this module's API)
 
 
 def _known_regime(v: str) -> str:
@@ -35,45 +33,25 @@ def _known_regime(v: str) -> str:
 RegimeName = Annotated[str, AfterValidator(_known_regime)]  # a regime of xferlab.backbones.regimes, by name
 
 
-class DataConfig(_Strict):
-    """Where the images are and how to read them."""
+def _known_backbone(v: str) -> str:
+    """A registered backbone (did-you-mean otherwise), so a misspelt name fails when the config is read."""
+    from xferlab.backbones.registry import get_spec  # importing xferlab.backbones registers them
 
-    path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
-    format: str = Field("npy", description="a registered data source: npy, folder, csv, medmnist")
-    image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
-    val_split: Literal["ordered", "random"] = Field(
-        "ordered", description="how val is carved from the train pool when the source has no val split"
-    )
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
-    medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist")
-    skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
-    memory_budget_mb: float | None = Field(
-        None, ge=0,
-        description="folder/csv: when the decoded uint8 images would take more than this many MiB, stream them from "
-        "disk per batch (DataLoader workers) instead of loading them; default: load everything. npy (memory-mapped) "
-        "and medmnist ignore it",
-    )
-    loader_workers: int = Field(
-        2, ge=0, description="DataLoader worker processes that decode streamed images (0: in the main process)"
-    )
-    seed: int = 0
+    try:
+        get_spec(v)
+    except XferlabError as err:
+        raise ValueError(str(err)) from None
+    return v
 
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        from xferlab.data.sources import SOURCES
 
-        if v not in SOURCES:
-            raise ValueError(f"unknown data format{did_you_mean(v, SOURCES)}; choose one of {', '.join(sorted(SOURCES))}")
-        return v
+BackboneName = Annotated[str, AfterValidator(_known_backbone)]  # a backbone of xferlab.backbones, by name
 
 
 class TrainConfig(_Strict):
     """One training run. Defaults are the reference study's (Adam 1e-3, cosine per step, batch 32, 30 epochs)."""
 
     data: DataConfig
-    backbone: str = "resnet18"
+    backbone: BackboneName = "resnet18"
     weights: str = Field("imagenet", description="'imagenet', 'none' or a state-dict file path")
     regime: RegimeName = "frozen"
     epochs: int = Field(30, gt=0)
@@ -92,27 +70,6 @@ class TrainConfig(_Strict):
         "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
-
-
-class YamlValues(dict):
-    """A mapping read from a YAML file that remembers the line of every key, for error messages."""
-
-    key_lines: dict[tuple[str, ...], int]
-
-
-def _key_lines(node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    lines: dict[tuple[str, ...], int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                path = prefix + (key.value,)
-                lines[path] = key.start_mark.line + 1
-                lines.update(_key_lines(value, path))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            lines[prefix + (str(i),)] = value.start_mark.line + 1
-            lines.update(_key_lines(value, prefix + (str(i),)))
-    return lines
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -165,29 +122,6 @@ def build(model: type[BaseModel], values: dict[str, Any], where: str = "config")
         raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None), model)) from None
 
 
-def read_yaml(path: str | os.PathLike) -> YamlValues:
-    """Load a YAML mapping with the safe loader (no Python object tags); errors name the file and line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise XferlabError(f"{path}: cannot read config ({err.strerror}); check the path") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise XferlabError(f"{path}: YAML syntax error{line}: {problem}; fix the file") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise XferlabError(f"{path}: a config must be a mapping of keys to values, got {type(values).__name__}")
-    out = YamlValues(values)
-    out.key_lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader)) if values else {}
-    return out
-
-
 def to_yaml(cfg: BaseModel) -> str:
     """The fully resolved config as YAML (paths as strings), saved beside every result."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -199,7 +133,7 @@ class AuditConfig(_Strict):
     Defaults are sized for the demo phantoms (1300 images at 64 px): about a minute on 2 CPU cores.
     """
 
-    backbone: str = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
+    backbone: BackboneName = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
     weights: str = "imagenet"
     regime: RegimeName = Field("frozen", description="regime trained on every re-split: frozen, finetune or partial:K")
     resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data")
@@ -246,7 +180,7 @@ class StudyConfig(_Strict):
 
     name: str = Field("study", min_length=1, description="title of the report")
     data: DataConfig
-    backbones: list[str] = Field(min_length=1)
+    backbones: list[BackboneName] = Field(min_length=1)
     regimes: list[RegimeName] = Field(["frozen", "finetune"], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     train: dict[str, Any] = Field({}, description="any TrainConfig option (epochs, batch_size, lr, weights, ...)")

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import xferlab.backbones.zoo  # noqa: F401
 import xferlab.engine.accel as accel_mod
 from xferlab.backbones.registry import create_model
 from xferlab.data.batches import Preprocess

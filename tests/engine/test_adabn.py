@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import DataConfig, TrainConfig

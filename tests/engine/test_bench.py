@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 
-import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.registry import create_model
 from xferlab.cli import main
 from xferlab.engine.bench import bench, count_flops

@@ -48,7 +48,8 @@ def golden_data(root: Path) -> Path:
 
 def main() -> None:
     from xferlab.engine.run import train
-    from xferlab.study import build_outputs, load_study, run_study
+    from xferlab.report import build_outputs
+    from xferlab.study import load_study, run_study
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from xferlab import io
+from xferlab import files as io
 from xferlab.errors import XferlabError, did_you_mean
 
 GENERATOR_VERSION = "1"  # bump whenever the pixels a given seed produces change

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.data.batches import Preprocess, batch_indices

@@ -1,7 +1,8 @@
 """A training run, top to bottom: config -> data -> model + regime -> loop -> best epoch -> run folder.
 
 The run folder holds config.yaml (resolved), history.csv, metrics.json, model.pt (best weights), predictions.npz
-(labels and class probabilities of val and test at the best epoch, what reports compute metrics from) and curves.png.
+(labels and class probabilities of val and test at the best epoch, what reports compute metrics from), written
+through xferlab.artifacts; xferlab.report draws curves.png from the history.
 The folder is staged (a hidden `.NAME.partial`, removed if anything fails, bad input included) and renamed when
 complete, so a run folder that exists is complete. Test data is evaluated every epoch for the
 curves but never chooses anything: the best epoch is chosen on val accuracy alone.
@@ -18,8 +19,6 @@ disk per batch (StreamedImages).
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _io
 import logging
 import time
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from tqdm.auto import tqdm
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
-from xferlab import io
+from xferlab import artifacts, files
+from xferlab.artifacts import HISTORY_COLUMNS  # noqa: F401  (re-exported: the columns of history.csv)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, count_parameters, create_model
 from xferlab.config import TrainConfig, to_yaml
@@ -48,8 +47,6 @@ from xferlab.evaluation.timing import Timer
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "train_seconds", "eval_seconds")
 
 
 @dataclass
@@ -101,14 +98,14 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
 
 @contextlib.contextmanager
 def _run_folder(out, overwrite: bool, dist: distributed.Dist) -> Iterator[Path | None]:
-    """Rank 0 stages the run folder (io.staged_dir: renamed into place only when the block completes, removed if it
+    """Rank 0 stages the run folder (files.staged_dir: renamed into place only when the block completes, removed if it
     fails) and yields it; the other ranks yield None. A folder that cannot be created is an error on every rank: a
     rank left alone would wait in the next collective forever."""
     with contextlib.ExitStack() as stack:
         stage, problem = None, None
         if dist.is_main:
             try:
-                stage = stack.enter_context(io.staged_dir(out, overwrite=overwrite))
+                stage = stack.enter_context(files.staged_dir(out, overwrite=overwrite))
             except XferlabError as err:
                 problem = str(err)
         problem = dist.broadcast_object(problem)
@@ -252,23 +249,10 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
 
 
 def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, probs: dict) -> None:
-    from xferlab.report.figures import curves_figure
-
-    io.write_text(stage / "config.yaml", to_yaml(cfg))
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    io.write_text(stage / "history.csv", buf.getvalue())
-    io.write_json(stage / "metrics.json", metrics)
-    io.save_npz(stage / "predictions.npz", **{f"{s}_{kind}": arr for s, p in probs.items()
-                                             for kind, arr in (("labels", _labels(data, s)), ("probs", p))})
-    io.save_torch(stage / "model.pt", {
+    """The run folder's data (artifacts.write_run); its curves are drawn by xferlab.report from the history."""
+    checkpoint = {
         "state_dict": model.state_dict(), "backbone": cfg.backbone, "class_names": data.class_names,
         "image_size": list(data.image_size), "mean": list(model.spec.mean), "std": list(model.spec.std),
-    })
-    fig = curves_figure(history, title=f"{cfg.backbone} · {cfg.regime}")
-    io.save_figure(stage / "curves.png", fig)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    }
+    predictions = {s: (_labels(data, s), p) for s, p in probs.items()}
+    artifacts.write_run(stage, to_yaml(cfg), history, metrics, predictions, checkpoint)
