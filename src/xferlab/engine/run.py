@@ -23,12 +23,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
-from tqdm.auto import tqdm
 
 from xferlab import artifacts, files
 from xferlab.artifacts import HISTORY_COLUMNS  # noqa: F401  (re-exported: the columns of history.csv)
@@ -40,7 +39,8 @@ from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
 from xferlab.engine.accel import Accel, accel_for, num_threads, place
-from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
+from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, ProgressBar, fit
+from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
 from xferlab.evaluation.timing import Timer
@@ -64,9 +64,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunResult:
+def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+          hooks: Sequence[object] = ()) -> RunResult:
     """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
-    writes)."""
+    writes). `hooks`: fit-loop hooks (xferlab.engine.fit) called after every epoch, after the built-in ones."""
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
@@ -84,15 +85,16 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
         n_eval = sum(len(y) for s, y in labels.items() if s != "train")
         del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
-        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
-        model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
+        records, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, hooks)
+        history = [r.row() for r in records]
+        model.load_state_dict(best.kept, strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
         metrics["accel"] = accel.describe()
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
-            _write_run(stage, cfg, data, model, history, metrics, best["probs"])
+            _write_run(stage, cfg, data, model, history, metrics, best.record.probs)
     return RunResult(Path(out), metrics, history)
 
 
@@ -184,40 +186,25 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
                      adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
 
 
-def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool):
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool,
+         hooks: Sequence[object] = ()) -> tuple[list[EpochRecord], BestEpoch]:
+    """The engine's fit loop (xferlab.engine.fit) with the run's optimiser, schedule and batches; the best epoch is
+    chosen on val accuracy and keeps a copy of the weights training changed."""
     inputs = prepared.inputs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
+    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     n_train = len(inputs["train"])
     steps = cfg.epochs * dist.steps_per_epoch(n_train, cfg.batch_size)
     scheduler = CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
-    history, best = [], {"val_acc": -1.0}
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.backbone} {cfg.regime}", unit="epoch",
-               disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: off unless a tty
-    for epoch in bar:
-        train_timer, eval_timer = Timer(device), Timer(device)
-        batches = dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch, device=inputs["train"].device)
-        model.train()
-        with train_timer:
-            train_loss, train_acc = train_one_epoch(prepared.train_forward, inputs["train"], labels["train"],
-                                                    optimizer, scheduler, batches, device, dist)
-        dist.broadcast_buffers(prepared.trained)  # every rank evaluates (and keeps) the same BatchNorm statistics
-        model.eval()
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
-        probs = {}
-        with eval_timer:
-            for s in ("val", "test"):
-                if s in inputs:
-                    row[f"{s}_loss"], row[f"{s}_acc"], probs[s] = evaluate(prepared.forward, inputs[s], labels[s],
-                                                                             cfg.batch_size, device, dist)
-                else:
-                    row[f"{s}_loss"] = row[f"{s}_acc"] = None
-        row["train_seconds"], row["eval_seconds"] = train_timer.seconds, eval_timer.seconds
-        history.append(row)
-        if row["val_acc"] > best["val_acc"]:  # strictly better: ties keep the earlier epoch
-            best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs, "state": _changing_state(model)}
-        bar.set_postfix(val_acc=f"{row['val_acc']:.3f}", best=best["epoch"])
-    return history, best
+    task = FitTask(
+        model, prepared.train_forward, prepared.forward, inputs, labels, optimizer, scheduler,
+        batches=lambda epoch: dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch,
+                                                 device=inputs["train"].device),
+        eval_batch_size=cfg.batch_size, device=device, dist=dist,
+        # every rank evaluates (and keeps) the same BatchNorm statistics
+        after_train=lambda: dist.broadcast_buffers(prepared.trained))
+    best = BestEpoch(lambda: _changing_state(model))
+    bar = ProgressBar(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
+    return fit(task, cfg.epochs, [best, bar, *hooks]), best
 
 
 def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:
@@ -228,11 +215,11 @@ def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:
 
 
 def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, throughput, device, t_start) -> dict:
-    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in best["probs"].items()}
+    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in best.record.probs.items()}
     return {
         "backbone": cfg.backbone,
         "regime": cfg.regime,
-        "best_epoch": best["epoch"],
+        "best_epoch": best.epoch,
         "val": split_metrics["val"],
         "test": split_metrics.get("test"),
         "train_seconds": sum(r["train_seconds"] for r in history),
