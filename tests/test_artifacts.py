@@ -39,6 +39,12 @@ def test_a_study_folder_written_before_the_artifacts_module_loads_and_reports(tm
     assert [r.name for r in results.records] == ["resnet18-frozen-seed0"]
     assert (copy / "runs" / "resnet18-frozen-seed0" / artifacts.CURVES_PNG).is_file()
     assert 'id="audit"' in report.read_text()
+    # no behaviour change: every metric and CI the old version wrote is recomputed to the same value
+    old, new = artifacts.read_results(LEGACY / "study")["runs"][0], artifacts.read_results(copy)["runs"][0]
+    for split in artifacts.EVAL_SPLITS:
+        for name, values in old[split]["metrics"].items():
+            assert new[split]["metrics"][name] == pytest.approx(values), (split, name)
+        assert new[split]["confusion_matrix"] == old[split]["confusion_matrix"]
 
 
 def test_an_audit_folder_written_before_the_artifacts_module_loads():

@@ -15,7 +15,7 @@ from pathlib import Path
 from xferlab import artifacts
 from xferlab.artifacts import EVAL_SPLITS as SPLITS
 from xferlab.artifacts import REPORT_HTML  # noqa: F401  (re-exported)
-from xferlab.evaluation.metrics import METRICS, roc_curves
+from xferlab.evaluation.metrics import METRIC_TABLE, METRICS, roc_curves
 import xferlab.report.figures as figures
 from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
@@ -30,8 +30,7 @@ SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "
 TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", "comparison": "Validation curves",
           "curves": "Per-run curves", "timing": "Timing", "confusion": "Confusion matrices", "roc": "ROC curves",
           "audit": "Split audit", "environment": "Environment"}
-METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "auroc": "AUROC",
-                 "sensitivity": "sensitivity", "specificity": "specificity", "precision": "precision", "f1": "F1"}
+METRIC_LABELS = {m.name: m.label for m in METRIC_TABLE}
 
 STYLE = """<style>
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
