@@ -1,5 +1,6 @@
-"""Classification metrics from scikit-learn: accuracy, balanced accuracy, AUROC, sensitivity, specificity, precision,
-F1, the confusion matrix and ROC curves.
+"""Classification metrics: accuracy, balanced accuracy, AUROC, sensitivity, specificity, precision, F1, the Brier
+score (scikit-learn), the expected calibration error (15 equal-width bins, Guo et al. 2017), the confusion matrix
+and ROC curves.
 
 Binary data treats class 1 as positive (with the npy layout's sorted names, 'pneumonia'); multi-class data gets
 macro averages and a one-vs-rest AUROC. METRIC_TABLE defines each metric once (name, report label, point and
@@ -21,6 +22,7 @@ from sklearn.metrics import (
     accuracy_score,
     auc,
     balanced_accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     multilabel_confusion_matrix,
@@ -142,6 +144,26 @@ def _f1_batched(b: Batch) -> np.ndarray:
         return b.per_class(np.where(b.n_pred + b.n_true > 0, 2 * b.tp / (b.n_pred + b.n_true), 0.0))
 
 
+ECE_BINS = 15  # equal-width bins on top-label confidence, as Guo et al. 2017 (On Calibration of Modern Neural Networks)
+
+
+def _ece(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Expected calibration error along the last two axes (..., N, K): the case-weighted mean over ECE_BINS bins
+    ((m-1)/M, m/M] of |accuracy - mean confidence|, confidence being the top class's probability."""
+    confidence = probs.max(-1)
+    correct = probs.argmax(-1) == labels
+    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    gaps = sum(np.abs(np.where(bins == m, correct - confidence, 0.0).sum(-1)) for m in range(ECE_BINS))
+    return gaps / probs.shape[-2]
+
+
+def _brier_batched(b: Batch) -> np.ndarray:
+    """Mean squared distance of the probabilities to the one-hot label; halved for binary data, as scikit-learn's
+    brier_score_loss (the positive class's squared error)."""
+    squared = ((b.probs - b.is_true) ** 2).sum(-1).mean(-1)
+    return squared / 2 if b.k == 2 else squared
+
+
 def _argmax(fn: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray], float]:
     return lambda y, probs: fn(np.asarray(y), probs.argmax(1), probs.shape[1])
 
@@ -160,6 +182,10 @@ METRIC_TABLE: tuple[Metric, ...] = (
     Metric("precision", "precision", _argmax(lambda y, p, k: _positive_or_macro(precision_score, y, p, k)),
            _precision_batched),
     Metric("f1", "F1", _argmax(lambda y, p, k: _positive_or_macro(f1_score, y, p, k)), _f1_batched),
+    Metric("ece", "ECE", lambda y, p: float(_ece(np.asarray(y), p)), lambda b: _ece(b.labels, b.probs),
+           uses_probabilities=True, higher_is_better=False),
+    Metric("brier", "Brier", lambda y, p: brier_score_loss(y, p, labels=np.arange(p.shape[1])), _brier_batched,
+           uses_probabilities=True, higher_is_better=False),
 )
 METRICS_BY_NAME = {m.name: m for m in METRIC_TABLE}
 METRICS = tuple(m.name for m in METRIC_TABLE)  # names, in report order
