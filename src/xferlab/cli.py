@@ -143,7 +143,8 @@ def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, 
         given["path"] = given.pop("data")
     section = values.get("data") or {}
     if not isinstance(section, dict):
-        raise XferlabError(f"{getattr(args, 'config', None) or 'config'}: data: must be a mapping (path:, format:, ...), "
+        where = getattr(args, "config", None) or "config"
+        raise XferlabError(f"{where}: data: must be a mapping (path:, format:, ...), "
                            f"got {type(section).__name__}; write it as data: {{path: ...}}")
     data = {**section, **given}
     if "path" not in data:

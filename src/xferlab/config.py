@@ -7,15 +7,14 @@ ignored setting.
 from __future__ import annotations
 
 import inspect
-import os
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
+from xferlab.data.config import DataConfig  # noqa: F401  (DataConfig: re-exported)
+from xferlab.data.config import StrictModel as _Strict
 from xferlab.errors import XferlabError, did_you_mean
-from xferlab.data.config import DataConfig, StrictModel as _Strict  # noqa: F401  (DataConfig: re-exported)
 from xferlab.files import YamlValues, read_yaml  # noqa: F401  (read_yaml: part of this module's API)
 
 
@@ -133,7 +132,8 @@ class AuditConfig(_Strict):
     Defaults are sized for the demo phantoms (1300 images at 64 px): about a minute on 2 CPU cores.
     """
 
-    backbone: BackboneName = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
+    backbone: BackboneName = Field("efficientnet_lite0",
+                                   description="fixed backbone whose embeddings the shift tests use")
     weights: str = "imagenet"
     regime: RegimeName = Field("frozen", description="regime trained on every re-split: frozen, finetune or partial:K")
     resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data")

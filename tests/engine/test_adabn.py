@@ -13,7 +13,8 @@ from xferlab.engine.run import train
 
 
 def _bn_stats(state: dict) -> dict:
-    return {k: v.clone() for k, v in state.items() if k.startswith("body.") and k.endswith(("running_mean", "running_var"))}
+    return {k: v.clone() for k, v in state.items()
+            if k.startswith("body.") and k.endswith(("running_mean", "running_var"))}
 
 
 def _equal(a: dict, b: dict) -> bool:

@@ -6,8 +6,8 @@ import pytest
 
 import xferlab.engine.run as engine_run
 from xferlab.cli import main
-from xferlab.report.html import SECTIONS
 from xferlab.report import build_outputs
+from xferlab.report.html import SECTIONS
 
 
 class ReportParser(HTMLParser):

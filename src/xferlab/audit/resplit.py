@@ -19,16 +19,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xferlab.audit.common import skipped
-from xferlab.engine.accel import num_threads as torch_threads
-from xferlab.engine.run import resolve_device
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import AuditConfig
 from xferlab.data.batches import Preprocess, as_tensor, batch_indices
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.splits import draw_splits, split_counts
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.engine.fit import BestEpoch, FitTask, fit
 from xferlab.engine.loop import make_adam
+from xferlab.engine.run import resolve_device
 from xferlab.errors import XferlabError
 
 # Cached features are evaluated in one batch per split: the batch size does not change accuracy, and 32-row batches

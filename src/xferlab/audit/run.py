@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from xferlab import artifacts
 import xferlab.audit.figures as figures
+from xferlab import artifacts
 from xferlab.audit.common import jsonable
-from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import STATS, pixel_audit
@@ -26,6 +25,7 @@ from xferlab.audit.verdict import make_verdict
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)

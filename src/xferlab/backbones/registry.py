@@ -6,13 +6,18 @@ parametrizes over `list_backbones()` pick it up at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from xferlab.backbones.weights import PackageWeights, StateDict, TorchvisionWeights, load_state_dict_file, remap_densenet
+from xferlab.backbones.weights import (
+    PackageWeights,
+    StateDict,
+    TorchvisionWeights,
+    load_state_dict_file,
+)
 from xferlab.errors import XferlabError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,7 +92,7 @@ class TransferModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
-    def train(self, mode: bool = True) -> "TransferModel":
+    def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         if mode:
             for name in self.frozen:

@@ -47,5 +47,6 @@ class DataConfig(StrictModel):
     @classmethod
     def _known_format(cls, v: str) -> str:
         if v not in SOURCES:
-            raise ValueError(f"unknown data format{did_you_mean(v, SOURCES)}; choose one of {', '.join(sorted(SOURCES))}")
+            raise ValueError(f"unknown data format{did_you_mean(v, SOURCES)}; "
+                             f"choose one of {', '.join(sorted(SOURCES))}")
         return v

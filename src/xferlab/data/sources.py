@@ -12,7 +12,7 @@ import csv
 import logging
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,6 @@ import numpy as np
 
 from xferlab.data.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
-from xferlab.data.registry import SOURCES, SourceFn, register_source  # noqa: F401  (re-exported)
 from xferlab.data.images import (
     check_file_sizes,
     concat_batches,
@@ -32,6 +31,7 @@ from xferlab.data.images import (
     stack_images,
     to_uint8,
 )
+from xferlab.data.registry import SOURCES, SourceFn, register_source  # noqa: F401  (re-exported)
 from xferlab.data.splits import carve_val, draw_splits
 from xferlab.errors import XferlabError, did_you_mean
 

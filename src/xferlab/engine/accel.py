@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 

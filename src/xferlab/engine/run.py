@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
     with num_threads(cfg.num_threads), _run_folder(out, overwrite, dist) as stage:  # threads restored afterwards
         data = load_dataset(cfg.data)
-        torch.manual_seed(cfg.seed)  # the head's initialisation; training batches are drawn from the seed by the sampler
+        torch.manual_seed(cfg.seed)  # the head's initialisation; the sampler draws training batches from the seed
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
         apply_regime(model, regime)
         accel.prepare(model)

@@ -7,8 +7,9 @@ drawn to fixed class sizes (the npy layout, the phantoms), and it keeps every me
 undefined (NaN with a warning) when a metric does not vary across resamples, as accuracy 1.0 on a small val split does.
 
 Metrics are recomputed for thousands of resamples at once by xferlab.evaluation.metrics.batched_metrics (each
-METRIC_TABLE entry's batched function, NumPy transcriptions of the point metrics): scikit-learn scores one sample per call, which costs seconds per run at
-2000 resamples × 7 metrics. tests/evaluation/test_bootstrap.py checks it against scikit-learn.
+METRIC_TABLE entry's batched function, NumPy transcriptions of the point metrics): scikit-learn scores one sample
+per call, which costs seconds per run at 2000 resamples × 9 metrics. tests/evaluation/test_bootstrap.py checks it
+against scikit-learn.
 """
 
 from __future__ import annotations

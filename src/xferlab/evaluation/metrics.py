@@ -32,6 +32,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+
 @dataclass(frozen=True)
 class Metric:
     """One metric, defined once: every table, CI, summary and report column iterates METRIC_TABLE.

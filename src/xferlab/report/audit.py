@@ -6,9 +6,9 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+from xferlab import artifacts
 from xferlab.audit.pixels import STATS
 from xferlab.audit.shift import METHODS
-from xferlab import artifacts
 from xferlab.report.figures import png_uri
 
 _STYLE = """<style>

@@ -18,6 +18,7 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from xferlab import artifacts, files  # noqa: E402
 from xferlab.style import SPLIT_COLOURS  # noqa: E402,F401  (re-exported)
+
 PNG_DPI = 100  # sharp on screen while keeping a 4-run report around 1.5 MB
 
 

@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
+import xferlab.report.figures as figures
 from xferlab import artifacts
 from xferlab.artifacts import EVAL_SPLITS as SPLITS
 from xferlab.artifacts import REPORT_HTML  # noqa: F401  (re-exported)
 from xferlab.evaluation.metrics import METRIC_TABLE, METRICS, roc_curves
-import xferlab.report.figures as figures
 from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xferlab import artifacts
 from xferlab.evaluation.bootstrap import paired_difference
 from xferlab.study.results import RunRecord, StudyResults, timing
-from xferlab import artifacts
 
 METRIC = "accuracy"  # the reference study's metric; the report's tables give all the others
 

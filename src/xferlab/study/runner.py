@@ -17,9 +17,9 @@ distributed) and builds the report on its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -35,7 +35,7 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
     environment_file,
     find_environment,
 )
-from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, read_yaml, to_yaml
+from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.errors import XferlabError
 from xferlab.study.environment import capture_environment
