@@ -50,16 +50,16 @@ class TrainConfig(_Strict):
     """One training run. Defaults are the reference study's (Adam 1e-3, cosine per step, batch 32, 30 epochs)."""
 
     data: DataConfig
-    backbone: BackboneName = "resnet18"
-    weights: str = Field("imagenet", description="'imagenet', 'none' or a state-dict file path")
-    regime: RegimeName = "frozen"
-    epochs: int = Field(30, gt=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["cosine", "none"] = "cosine"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backbone: BackboneName = Field("resnet18", description="registered backbone (xferlab backbones)")
+    weights: str = Field("imagenet", description="imagenet, none, or a state-dict / .safetensors file")
+    regime: RegimeName = Field("frozen", description="frozen, adabn, finetune or partial:K")
+    epochs: int = Field(30, gt=0, description="training epochs")
+    batch_size: int = Field(32, gt=0, description="global batch of one optimiser step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    scheduler: Literal["cosine", "none"] = Field("cosine", description="learning-rate schedule, stepped per batch")
+    seed: int = Field(0, description="seed of the head's initialisation and of the training batches")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
     amp: Literal["auto", "bf16", "off"] = Field(
@@ -134,12 +134,12 @@ class AuditConfig(_Strict):
 
     backbone: BackboneName = Field("efficientnet_lite0",
                                    description="fixed backbone whose embeddings the shift tests use")
-    weights: str = "imagenet"
+    weights: str = Field("imagenet", description="imagenet, none, or a state-dict / .safetensors file")
     regime: RegimeName = Field("frozen", description="regime trained on every re-split: frozen, finetune or partial:K")
-    resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data")
-    alpha: float = Field(0.05, gt=0, lt=1)
+    resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data (0 skips)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level")
     permutations: int = Field(1000, ge=1, description="permutations for the MMD and classifier tests")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the audit's permutations, re-splits and training")
     components: int = Field(32, ge=2, description="PCA components the classifier and MMD tests work on")
     ks_components: int = Field(8, ge=1, description="leading PCA components tested one by one with KS (Bonferroni)")
     folds: int = Field(5, ge=2, le=20, description="cross-validation folds of the domain classifier")

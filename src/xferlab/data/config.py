@@ -23,14 +23,14 @@ class DataConfig(StrictModel):
     """Where the images are and how to read them."""
 
     path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
-    format: str = Field("npy", description="a registered data source: npy, folder, csv, medmnist")
+    format: str = Field("npy", description="data layout, a registered data source: npy, folder, csv or medmnist")
     image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
     val_split: Literal["ordered", "random"] = Field(
         "ordered", description="how val is carved from the train pool when the source has no val split"
     )
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
-    medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist")
+    medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist (required there)")
     skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
     memory_budget_mb: float | None = Field(
         None, ge=0,

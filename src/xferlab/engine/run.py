@@ -38,7 +38,7 @@ from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
-from xferlab.engine.accel import Accel, accel_for, num_threads, place
+from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
 from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, ProgressBar, fit
 from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
 from xferlab.errors import XferlabError
@@ -73,7 +73,8 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     dist, device = distributed.init(resolve_device(cfg.device))
     accel = accel_for(cfg, device)
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
-    with num_threads(cfg.num_threads), _run_folder(out, overwrite, dist) as stage:  # threads restored afterwards
+    # threads and accelerator switches (cudnn.benchmark) are the run's own: restored afterwards
+    with num_threads(cfg.num_threads), accelerator_scope(), _run_folder(out, overwrite, dist) as stage:
         data = load_dataset(cfg.data)
         torch.manual_seed(cfg.seed)  # the head's initialisation; the sampler draws training batches from the seed
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
