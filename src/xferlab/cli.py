@@ -155,19 +155,12 @@ def _add_audit_parser(sub) -> None:
     p = sub.add_parser("audit", help="can the test split be trusted? shift tests, pixel statistics, leakage, "
                                      "re-split experiment; writes audit.json and figures")
     p.add_argument("-c", "--config", type=Path, help="YAML with data: and audit: sections; options override it")
-    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create (default runs/audit)")
+    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing audit folder")
     _add_data_args(p)
-    g = p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)")
-    g.add_argument("--backbone", help="fixed backbone for the embeddings (default efficientnet_lite0)")
-    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
-    g.add_argument("--regime", help="regime trained on every re-split: frozen (default), finetune or partial:K")
-    g.add_argument("--resplits", type=int, help="R re-splits of the pooled data (default 20; 0 skips)")
-    g.add_argument("--permutations", type=int, help="permutations for the classifier and MMD tests (default 1000)")
-    g.add_argument("--alpha", type=float, help="significance level (default 0.05)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    from xferlab.config import AuditConfig
+
+    add_model_options(p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)"), AuditConfig, AUDIT_OPTIONS)
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class AuditConfig(_Strict):
     epochs: int = Field(30, gt=0, description="re-split training epochs (the reference study's 30)")
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
 
     @field_validator("regime")
