@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/xferlab demo --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks   # lint and import order (pyproject.toml [tool.ruff]); fails on a violation
 	$(BIN)/python -m pytest -q
 
 clean:

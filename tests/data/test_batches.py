@@ -13,7 +13,8 @@ def test_a_gray_batch_becomes_three_normalised_channels():
     images = torch.tensor([[[0, 255], [128, 64]]], dtype=torch.uint8)  # one 2×2 image
     out = Preprocess(mean, std)(images)
     assert out.shape == (1, 3, 2, 2) and out.dtype == torch.float32
-    expected = (images.float()[:, None] / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    expected = (images.float()[:, None] / 255 - m) / s
     torch.testing.assert_close(out, expected)
 
 

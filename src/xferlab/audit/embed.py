@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.config import AuditConfig

@@ -75,11 +75,12 @@ register(name="efficientnet_lite2", head="_fc", stages=_lite_stages((1, 3, 3, 4,
 
 def _register_families() -> None:
     # The family modules import timm / torchxrayvision only when a timm:/xrv: backbone is asked for.
-    from xferlab.backbones import timm_zoo, xrv_zoo
     from xferlab.backbones.registry import register_family
+    from xferlab.backbones.timm_zoo import FAMILY as TIMM
+    from xferlab.backbones.xrv_zoo import FAMILY as XRV
 
-    register_family(timm_zoo.FAMILY)
-    register_family(xrv_zoo.FAMILY)
+    register_family(TIMM)
+    register_family(XRV)
 
 
 _register_families()

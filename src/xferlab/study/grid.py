@@ -109,7 +109,6 @@ def shard_specs(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[Run
 
 def preflight(specs: list[RunSpec]) -> None:
     """Fail before the first run, not hours into the study: unknown backbones and weights that cannot be loaded."""
-    import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
     from xferlab.backbones.registry import PRETRAINED, get_spec
     from xferlab.backbones.weights import is_offline
 
