@@ -17,11 +17,11 @@ from xferlab.config import DataConfig, TrainConfig
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.engine.run import train
 from xferlab.tracking import session
-from xferlab.tracking.base import FanOut
+from xferlab.tracking.base import FanOut, epoch_hooks
 
 
 class TimedFanOut(FanOut):
-    """The tracker the loop gets, timing its per-epoch call in the training thread."""
+    """The tracker the fit loop's hook gets, timing its per-epoch call in the training thread."""
 
     def __init__(self, inner: FanOut):
         super().__init__(inner.handles)
@@ -70,7 +70,7 @@ def main() -> None:
         with session.train_run(cfg, args.out / "runs" / f"tracked{i}") as tracker:
             timed = TimedFanOut(tracker)
             _time_workers(tracker, worker_s)
-            result = train(cfg, args.out / "runs" / f"tracked{i}", progress=False, tracker=timed)
+            result = train(cfg, args.out / "runs" / f"tracked{i}", progress=False, hooks=epoch_hooks(timed))
             session.finished_run(tracker, result.out)
         tracked += _epoch_seconds(result)[1:]
         call_s += timed.seconds

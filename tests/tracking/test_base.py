@@ -9,12 +9,12 @@ import logging
 import threading
 
 import pytest
-from tinydata import write_tiny_npy
 
+from tinydata import write_tiny_npy
 from xferlab.cli import main
 from xferlab.config import DataConfig, TrainConfig
 from xferlab.engine.run import train
-from xferlab.tracking.base import FanOut, Handle, Tracker, _Worker
+from xferlab.tracking.base import FanOut, Handle, Tracker, _Worker, epoch_hooks
 
 UNTIMED = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
@@ -70,7 +70,7 @@ def test_a_failing_tracker_warns_once_and_changes_nothing(untracked, tmp_path, c
     broken, recorder = Broken(), Recorder()
     fan = _fan(broken, recorder)
     with caplog.at_level(logging.WARNING, logger="xferlab.tracking"):
-        train(cfg, tmp_path / "run", progress=False, tracker=fan)
+        train(cfg, tmp_path / "run", progress=False, hooks=epoch_hooks(fan))
         fan.finish()
         fan.close()
     warnings = [r.getMessage() for r in caplog.records if "tracking failed" in r.getMessage()]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tinydata import write_tiny_npy
 
+from tinydata import write_tiny_npy
+from xferlab import artifacts
 from xferlab.cli import main
 from xferlab.errors import XferlabError
 from xferlab.study import load_study, run_study
@@ -160,7 +161,7 @@ def test_a_study_is_a_parent_run_with_nested_runs_logged_once_across_resumes(tmp
             assert child.data.metrics[key] == pytest.approx(float(results[name][key]))  # the report's own CIs
         assert _tb_series(_accumulator(out / "tb" / name), "val_acc") == _series(rows, "val_acc")  # not doubled
     assert {"report.html", "results.csv", "results.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
-    audit = json.loads((out / "audit" / "audit.json").read_text())
+    audit = artifacts.read_audit(out / "audit").result  # as the tracker reads it (no schema_version)
     assert parent.data.tags["audit.verdict"] == audit["verdict"]["level"]
     expected = records.audit_metrics(audit)  # every number of audit.json
     assert len(expected) > 10 and all(parent.data.metrics[k] == pytest.approx(v) for k, v in expected.items())
@@ -175,7 +176,7 @@ def test_a_tracked_audit_lands_in_tensorboard(tiny_npy, tmp_path):
     assert main(["audit", "--data", str(tiny_npy), "--out", str(out), "--backbone", "resnet18", "--weights", "none",
                  "--resplits", "0", "--permutations", "99", "--device", "cpu", "--num-threads", "1",
                  "--track", "tensorboard"]) == 0
-    audit = json.loads((out / "audit.json").read_text())
+    audit = artifacts.read_audit(out).result
     acc = _accumulator(tmp_path / "tb" / "audit")
     figures = {f"audit/{Path(p).stem}" for p in out.glob("*.png")}
     assert figures and figures <= set(acc.Tags()["images"])
@@ -243,3 +244,39 @@ def test_a_bad_tracking_uri_is_an_error_line_before_training(tiny_npy, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: tracking URI 'localhost:5000' is not one MLflow can use") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no run folder, no store, no log folder
+
+
+def test_track_options_come_from_the_config_fields_and_repeat():
+    """--track / --track-uri are built from the config models' fields (xferlab.cli.add_model_options): a list field
+    becomes a repeatable option with the Literal's choices, the same on train, study and audit."""
+    from xferlab.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "--out", "r"], ["study", "s.yaml"], ["audit"]):
+        args = parser.parse_args([*argv, *BOTH, "--track-uri", "sqlite:////x/m.db"])
+        assert args.track == ["mlflow", "tensorboard"] and args.track_uri == "sqlite:////x/m.db"
+        assert parser.parse_args(argv).track is None  # not given: the YAML's track: stands
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--out", "r", "--track", "wandb"])
+
+
+def test_the_epoch_hook_hands_each_history_row_to_the_tracker():
+    from xferlab.engine.fit import EpochRecord, FitState
+    from xferlab.tracking import NULL, EpochMetrics, Tracker, epoch_hooks
+
+    class Rows(Tracker):
+        def __init__(self):
+            self.rows = []
+
+        def __bool__(self):
+            return True
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append((step, dict(metrics)))
+
+    record = EpochRecord(3, 0.5, 0.8, 0.6, 0.7, None, None, 1.0, 0.2)
+    tracker = Rows()
+    [hook] = epoch_hooks(tracker)
+    assert isinstance(hook, EpochMetrics) and epoch_hooks(NULL) == []
+    hook.on_epoch_end(record, FitState(epochs=3))
+    assert tracker.rows == [(3, record.row())]

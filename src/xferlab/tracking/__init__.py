@@ -8,10 +8,11 @@
                           CIs, confusion matrices, the audit)
   session.py              opening and finishing the tracked runs of train, study and audit; where each tool writes
 
-Only base.py is imported eagerly (engine.run calls a Tracker once per epoch); mlflow and tensorboard are imported on
-the worker threads, and only when asked for.
+The fit loop (xferlab.engine.fit) reaches a tracker only through the EpochMetrics hook passed to
+engine.run.train(hooks=...); the engine never imports this package. Only base.py is imported eagerly; mlflow and
+tensorboard are imported on the worker threads, and only when asked for.
 """
 
-from xferlab.tracking.base import NULL, FanOut, Tracker
+from xferlab.tracking.base import NULL, EpochMetrics, FanOut, Tracker, epoch_hooks
 
-__all__ = ["NULL", "FanOut", "Tracker"]
+__all__ = ["NULL", "EpochMetrics", "FanOut", "Tracker", "epoch_hooks"]

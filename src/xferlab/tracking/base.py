@@ -4,9 +4,10 @@ A tracker is one run in one tool (MLflow, TensorBoard), behind the small interfa
 log_params, log_metrics(step=), set_tags, log_artifacts, finish, plus child() for a study's nested runs and
 done()/mark_done() so that a resumed study logs each finished run once.
 
-The training loop sees only a FanOut: its calls are queued and carried out on one background thread per tool, so a
-slow or unreachable tracking server never holds up an epoch. The first exception a tool raises is logged once as a
-warning and turns that tool off for the rest of the process; training, the run folder and every other tool go on.
+The fit loop (xferlab.engine.fit) sees only an EpochMetrics hook around a FanOut: its calls are queued and carried
+out on one background thread per tool, so a slow or unreachable tracking server never holds up an epoch. The first
+exception a tool raises is logged once as a warning and turns that tool off for the rest of the process; training,
+the run folder and every other tool go on.
 """
 
 from __future__ import annotations
@@ -210,4 +211,20 @@ class FanOut(Tracker):
                 worker.close(timeout)
 
 
-NULL = FanOut()  # no tracking: what engine.run.train uses when given no tracker
+NULL = FanOut()  # no tracking: what a command gets when it asks for no tracker
+
+
+class EpochMetrics:
+    """The fit-loop hook (xferlab.engine.fit: `on_epoch_end(record, state)`) that hands each epoch's history row to
+    a tracker, with the epoch as its step. The call is queued and returns at once: the loop never waits for a tool."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_epoch_end(self, record, state) -> None:
+        self.tracker.log_metrics(record.row(), step=record.epoch)
+
+
+def epoch_hooks(tracker: Tracker) -> list[EpochMetrics]:
+    """The hooks to pass to engine.run.train(hooks=...) for `tracker`: none when nothing is tracked."""
+    return [EpochMetrics(tracker)] if tracker else []

@@ -1,10 +1,10 @@
 """What a tracker is given, drawn from configs and saved records: flattened params, tags (dataset digest, xferlab
 version, git commit), a finished run folder (history, final metrics with bootstrap CIs, confusion matrices, files)
-and an audit folder (verdict and statistics). Everything here reads; nothing writes outside a temporary folder."""
+and an audit folder (verdict and statistics). Everything here reads, through xferlab.artifacts' records; nothing
+writes outside a temporary folder."""
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from xferlab import artifacts
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
 from xferlab.tracking.base import Tracker, numeric
 
 # Above this many bytes the data digest hashes the file listing (relative path, size, mtime) instead of the contents:
 # tracking runs beside training and should not read a 100 GB image folder once more.
 CONTENT_DIGEST_MAX_BYTES = 1 << 30
-SPLITS = ("val", "test")
-RUN_FILES = ("config.yaml", "history.csv", "metrics.json", "predictions.npz", "model.pt", "curves.png")
+RUN_FILES = (artifacts.CONFIG_YAML, artifacts.HISTORY_CSV, artifacts.METRICS_JSON, artifacts.PREDICTIONS_NPZ,
+             artifacts.MODEL_PT, artifacts.CURVES_PNG)
 # Final values copied from metrics.json besides the per-split metrics with their CIs, under the names they are logged
 # as (the run's totals of train_seconds and eval_seconds must not land on the per-epoch metrics of those names).
 RUN_SCALARS = {"best_epoch": "best_epoch", "train_seconds": "train_seconds_total", "eval_seconds": "eval_seconds_total",
@@ -134,27 +135,18 @@ def start_run(tracker: Tracker, config: Mapping[str, Any]) -> None:
     tracker.set_tags(run_tags(config))
 
 
-def _read_history(run_dir: Path) -> list[dict]:
-    with open(run_dir / "history.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", "None")} for row in csv.DictReader(f)]
-
-
-def final_metrics(run_dir: Path, settings: BootstrapSettings) -> tuple[dict[str, float], dict[str, list]]:
+def final_metrics(run: artifacts.RunFolder, settings: BootstrapSettings) -> tuple[dict[str, float], dict[str, list]]:
     """Final values of a finished run: metrics.json's scalars, and every val/test metric with its bootstrap CI bounds
     (`<split>_<metric>`, `_low`, `_high`; the same numbers results.csv gets with the same settings), plus the
     confusion matrices by split."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    final = numeric({name: metrics.get(key) for key, name in RUN_SCALARS.items()})
+    final = numeric({name: run.metrics.get(key) for key, name in RUN_SCALARS.items()})
     matrices = {}
-    with np.load(run_dir / "predictions.npz") as saved:
-        for split in SPLITS:
-            if f"{split}_labels" not in saved:
-                continue
-            ev = evaluate_split(saved[f"{split}_labels"], saved[f"{split}_probs"], settings)
-            for name, m in ev["metrics"].items():
-                final.update(numeric({f"{split}_{name}": m["value"], f"{split}_{name}_low": m["low"],
-                                      f"{split}_{name}_high": m["high"]}))
-            matrices[split] = ev["confusion_matrix"]
+    for split, (labels, probs) in run.predictions.items():
+        ev = evaluate_split(labels, probs, settings)
+        for name, m in ev["metrics"].items():
+            final.update(numeric({f"{split}_{name}": m["value"], f"{split}_{name}_low": m["low"],
+                                  f"{split}_{name}_high": m["high"]}))
+        matrices[split] = ev["confusion_matrix"]
     return final, matrices
 
 
@@ -180,17 +172,17 @@ def _confusion_png(matrices: dict[str, list], class_names: list[str], path: Path
 def log_run_folder(tracker: Tracker, run_dir: Path, settings: BootstrapSettings, history: bool) -> None:
     """Log a finished run folder: (with `history`, the per-epoch metrics it holds, for a run trained without this
     tracker) final metrics with CIs, the confusion matrices as an image, and the folder's files as artifacts."""
+    run = artifacts.read_run(run_dir)
     if history:
-        for row in _read_history(run_dir):
+        for row in run.history:
             tracker.log_metrics(row, step=int(row["epoch"]))
-    final, matrices = final_metrics(run_dir, settings)
+    final, matrices = final_metrics(run, settings)
     tracker.log_metrics(final)
-    files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
+    files = [run.path / name for name in RUN_FILES if (run.path / name).is_file()]
     tracker.log_artifacts(files)
     if matrices:
-        class_names = json.loads((run_dir / "metrics.json").read_text()).get("class_names") or []
         with tempfile.TemporaryDirectory() as tmp:
-            tracker.log_artifacts([_confusion_png(matrices, class_names, Path(tmp) / "confusion.png")])
+            tracker.log_artifacts([_confusion_png(matrices, run.class_names, Path(tmp) / "confusion.png")])
 
 
 def audit_metrics(audit: Mapping[str, Any]) -> dict[str, float]:
@@ -202,7 +194,7 @@ def audit_metrics(audit: Mapping[str, Any]) -> dict[str, float]:
 
 def log_audit_folder(tracker: Tracker, audit_dir: Path) -> None:
     """The audit's verdict (tags), statistics (final metrics) and files (audit.json, figures) on `tracker`."""
-    audit = json.loads((audit_dir / "audit.json").read_text())
+    audit = artifacts.read_audit(audit_dir).result
     verdict = audit.get("verdict") or {}
     if isinstance(verdict, Mapping):
         tags = {f"{AUDIT_PREFIX}.verdict": verdict.get("level", ""),

@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, read_yaml
+from xferlab import artifacts
+from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.tracking import records
@@ -32,7 +33,7 @@ DEFAULT_EXPERIMENT = "xferlab"
 AUDIT_KEY = "audit"
 # Schemes MLflow's tracking stores accept (SQLAlchemy databases, a tracking server, Databricks).
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
-STUDY_OUTPUTS = ("report.html", "results.csv", "results.json")
+STUDY_OUTPUTS = (artifacts.REPORT_HTML, artifacts.RESULTS_CSV, artifacts.RESULTS_JSON)
 INTERRUPTED_CLOSE_S = 10.0
 
 
@@ -185,7 +186,7 @@ def finished_cell(parent: Tracker, name: str, run_dir: Path, settings: Bootstrap
         if t.done(name):
             return
         child = t.child(name)
-        records.start_run(child, dict(read_yaml(run_dir / "config.yaml")))
+        records.start_run(child, dict(artifacts.read_run_config(run_dir)))
         records.log_run_folder(child, run_dir, settings, history=True)
         child.finish("FINISHED")
         t.mark_done(name)
@@ -195,7 +196,7 @@ def finished_cell(parent: Tracker, name: str, run_dir: Path, settings: Bootstrap
 
 def audit_done(parent: Tracker, audit_dir: Path, ran: bool) -> None:
     """The study's audit on its parent run: when it `ran` now, or when it ran earlier but was never logged."""
-    if not parent or not (audit_dir / "audit.json").is_file():
+    if not parent or not artifacts.is_finished_audit(audit_dir):
         return
 
     def job(t: Tracker) -> None:
