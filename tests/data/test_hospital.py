@@ -3,12 +3,11 @@ with pydicom's wheel (never downloaded)."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hospitalfiles import save_png16, write_dicom
 from PIL import Image
 
 from xferlab.config import DataConfig
@@ -21,45 +20,6 @@ pydicom = pytest.importorskip("pydicom")  # the dicom extra is installed by `mak
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped in the wheel; get_testdata_file
 # would try to download files that are not
-
-
-def save_png16(path: Path, pixels: np.ndarray, sbit: int | None = None) -> Path:
-    """A 16-bit grayscale PNG, with an sBIT chunk after IHDR when `sbit` is given (Pillow cannot write one)."""
-    Image.fromarray(pixels.astype(np.uint16)).save(path)
-    if sbit is not None:
-        raw = path.read_bytes()
-        end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
-        chunk = struct.pack(">I", 1) + b"sBIT" + bytes([sbit]) + struct.pack(">I", zlib.crc32(b"sBIT" + bytes([sbit])))
-        path.write_bytes(raw[:end_of_ihdr] + chunk + raw[end_of_ihdr:])
-    return path
-
-
-def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2",
-                window: tuple[float, float] | None = None, rescale: tuple[float, float] | None = None,
-                frames: int = 1) -> Path:
-    """An uncompressed single-sample DICOM with 16-bit containers holding `bits_stored` bits."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 RAMP12 = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)  # every 16th 12-bit value

@@ -64,9 +64,10 @@ def png_significant_bits(path: str | os.PathLike) -> int | None:
                 return max(data)
 
 
-def declared_bits(image: Image.Image, path: str | os.PathLike) -> int | None:
-    """The bits per sample a 16-bit file says it uses: PNG sBIT, TIFF MaxSampleValue; None when it says nothing."""
-    if image.format == "PNG":
+def declared_bits(image: Image.Image, path: str | os.PathLike | None) -> int | None:
+    """The bits per sample a 16-bit file says it uses: PNG sBIT, TIFF MaxSampleValue; None when it says nothing
+    (or, for a PNG, when its file is not known)."""
+    if image.format == "PNG" and path is not None:
         return png_significant_bits(path)
     if image.format == "TIFF":
         max_value = getattr(image, "tag_v2", {}).get(_TIFF_MAX_SAMPLE_VALUE)

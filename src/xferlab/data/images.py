@@ -156,7 +156,7 @@ def could_be_colour(mode: str) -> bool:
     return mode not in _SINGLE_CHANNEL_MODES
 
 
-def _decode(image: Image.Image, where: str, path: str | os.PathLike) -> np.ndarray:
+def _decode(image: Image.Image, where: str, path: str | os.PathLike | None) -> np.ndarray:
     if image.mode in _GRAY_MODES:
         return np.asarray(image.convert("L"))
     if image.mode in _WIDE_INT_MODES:
@@ -165,6 +165,11 @@ def _decode(image: Image.Image, where: str, path: str | os.PathLike) -> np.ndarr
     if image.mode == "F":
         return to_uint8(np.asarray(image), where)
     return _gray_or_rgb(np.asarray(image.convert("RGB")))
+
+
+def decode_pil(image: Image.Image, where: str = "image") -> np.ndarray:
+    """An open PIL image as read_image_file decodes a file: uint8 H×W or 3×H×W."""
+    return _decode(image, where, getattr(image, "filename", None) or None)
 
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""The Python API: xferlab.load_run, LoadedRun.predict, xferlab.list_backbones, and README's snippet."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hospitalfiles import write_dicom
+from PIL import Image
+
+import xferlab
+from xferlab.errors import XferlabError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_import_xferlab_lists_every_backbone():
+    from xferlab.backbones.registry import list_backbones
+
+    names = xferlab.list_backbones()
+    assert {"resnet18", "resnet34", "densenet121", "efficientnet_lite0"} <= set(names) and names == list_backbones()
+    assert set(xferlab.__all__) >= {"load_run", "list_backbones", "LoadedRun", "XferlabError"}
+
+
+def test_load_run_exposes_config_metrics_classes_and_an_eval_model(tiny_run):
+    run = xferlab.load_run(tiny_run)
+    assert isinstance(run, xferlab.LoadedRun)
+    assert run.config.backbone == "resnet18" and run.config.regime == "frozen"
+    assert run.class_names == ["normal", "pneumonia"] and run.metrics["class_names"] == run.class_names
+    assert not run.model.training and run.preprocessing.image_size == (32, 32)
+
+
+def test_predict_paths_pil_and_arrays_agree(tiny_run, tiny_data, tmp_path):
+    run = xferlab.load_run(tiny_run)
+    images = np.load(tiny_data / "test_pneumonia.npy")[:3]
+    paths = []
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    from_array = run.predict(images)
+    assert from_array.shape == (3, 2) and np.allclose(from_array.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(run.predict([str(p) for p in paths]), from_array, atol=1e-6)
+    np.testing.assert_allclose(run.predict([Image.open(p) for p in paths]), from_array, atol=1e-6)
+    np.testing.assert_allclose(run.predict(images[..., None]), from_array, atol=1e-6)  # N×H×W×1
+    rgb = np.repeat(images[:, None], 3, axis=1)
+    np.testing.assert_allclose(run.predict(rgb), from_array, atol=1e-5)  # gray as 3 equal channels: same input
+    # another size is resized to the run's 32×32 first
+    big = np.stack([np.asarray(Image.fromarray(im).resize((64, 64), Image.Resampling.NEAREST)) for im in images])
+    assert run.predict(big).shape == (3, 2)
+
+
+def test_predict_refuses_what_is_not_images(tiny_run):
+    run = xferlab.load_run(tiny_run)
+    with pytest.raises(XferlabError, match="not images"):
+        run.predict(np.zeros((2, 2, 8, 8, 8), np.uint8))
+    with pytest.raises(XferlabError, match="float pixels range"):
+        run.predict(np.full((1, 8, 8), 300.0))
+    with pytest.raises(XferlabError, match="no such file|not found"):
+        run.predict(["missing.png"])
+
+
+def test_load_run_errors_name_the_folder_and_the_fix(tmp_path, tiny_run):
+    with pytest.raises(XferlabError, match=r"not a run folder"):
+        xferlab.load_run(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    with pytest.raises(XferlabError, match=r"half: no metrics\.json"):
+        xferlab.load_run(tmp_path / "half")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_run):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.yaml", "metrics.json"):
+        (bad / name).write_text((tiny_run / name).read_text())
+    torch.save({"state_dict": {}, "evil": Image.new("L", (2, 2))}, bad / "model.pt")  # needs full unpickling
+    with pytest.raises(XferlabError, match=r"model\.pt: cannot be loaded safely"):
+        xferlab.load_run(bad)
+
+
+def test_readme_snippet_runs(tiny_run, tmp_path, monkeypatch):
+    """README's "Using a trained model" Python snippet, run as written (with the files it names written here)."""
+    text = README.read_text()
+    section = text[text.index("## Using a trained model"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "lite0-frozen").symlink_to(tiny_run)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "chest.png")
+    write_dicom(tmp_path / "chest.dcm", np.arange(1600, dtype=np.uint16).reshape(40, 40), 12)
+    exec(compile(snippet, "README.md", "exec"), {})
