@@ -9,6 +9,7 @@ import csv
 import io as _io
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ def _evaluate(items: Sequence[InputItem], probs: np.ndarray) -> dict | None:
     if not labelled.any():
         return None
     labels = np.array([i.label for i in items if i.label is not None], dtype=np.int64)
-    return {"n_labelled": int(labelled.sum()), **evaluate_split(labels, probs[labelled], BootstrapSettings())}
+    with warnings.catch_warnings():  # one class among the labels: scikit-learn warns, the summary says "undefined"
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        return {"n_labelled": int(labelled.sum()), **evaluate_split(labels, probs[labelled], BootstrapSettings())}
 
 
 def predictions_csv(pred: Predictions) -> str:
