@@ -104,7 +104,6 @@ class LoadedRun:
         self.device = resolve_device(device)
         self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
         self._preprocess = Preprocess(self.preprocessing.mean, self.preprocessing.std, self.device)
-        self._folder = folder
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "
