@@ -92,3 +92,12 @@ def test_readme_snippet_runs(tiny_run, tmp_path, monkeypatch):
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "chest.png")
     write_dicom(tmp_path / "chest.dcm", np.arange(1600, dtype=np.uint16).reshape(40, 40), 12)
     exec(compile(snippet, "README.md", "exec"), {})
+
+
+def test_the_exported_intensity_mapping_is_the_training_one(tiny_run):
+    run = xferlab.load_run(tiny_run)
+    scale, shift = run.preprocessing.scale_shift
+    batch = torch.arange(0, 256, dtype=torch.uint8).view(1, 1, 16, 16)
+    expected = run._preprocess(batch)
+    mapped = batch.float() * torch.tensor(scale).view(1, 3, 1, 1) + torch.tensor(shift).view(1, 3, 1, 1)
+    torch.testing.assert_close(mapped, expected, atol=1e-6, rtol=0)

@@ -1,9 +1,10 @@
 """`xferlab export RUN --format onnx`: the run's model as ONNX, with its preprocessing baked in and described in the
 model's metadata.
 
-The graph takes uint8 images N×3×H×W at the run's image size (resizing and gray -> 3 channels stay outside: the
-metadata says how) and returns class probabilities N×K; the batch axis is dynamic. Inside: cast to float, x / 255,
-(x - mean) / std, the network, softmax, exactly as xferlab.data.batches.Preprocess and predict do.
+The graph takes uint8 images N×C×H×W at the run's image size (C = 3 for every ImageNet backbone; resizing and gray ->
+3 channels stay outside: the metadata says how) and returns class probabilities N×K; the batch axis is dynamic.
+Inside: cast to float, the intensity mapping (x / 255 onto the value range, then (x - mean) / std), the network,
+softmax, as xferlab.data.batches.Preprocess and predict do.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 import xferlab
 from xferlab import io
 from xferlab.errors import XferlabError
-from xferlab.use.model import LoadedRun, load_run
+from xferlab.use.model import LoadedRun, Preprocessing, load_run
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,14 @@ EXAMPLE_BATCH = 2  # the traced example; any batch size runs (the axis is export
 
 
 class _WithPreprocessing(nn.Module):
-    """uint8 N×3×H×W -> probabilities, the run's normalisation folded into one multiply-add."""
+    """uint8 N×C×H×W -> probabilities, the run's intensity mapping folded into one multiply-add."""
 
-    def __init__(self, model: nn.Module, mean, std):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing):
         super().__init__()
         self.model = model
-        std_t = torch.tensor(std, dtype=torch.float32)
-        self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, 3, 1, 1))
-        self.register_buffer("shift", (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1))
+        scale, shift = preprocessing.scale_shift
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.float() * self.scale + self.shift).softmax(1)
@@ -61,11 +62,13 @@ def metadata(run: LoadedRun) -> dict[str, str]:
         "regime": run.config.regime,
         "class_names": json.dumps(run.class_names),
         "image_size": json.dumps(list(p.image_size)),
-        "input": f"{INPUT_NAME}: uint8 N×3×{p.image_size[0]}×{p.image_size[1]}, batch axis dynamic",
-        "input_channels": "3",
-        "gray_images": "repeat the gray channel 3 times",
+        "input": f"{INPUT_NAME}: uint8 N×{p.channels}×{p.image_size[0]}×{p.image_size[1]}, batch axis dynamic",
+        "input_channels": str(p.channels),
+        "gray_images": "repeat the gray channel 3 times" if p.channels == 3 else "as they are (1 channel)",
         "resize": "not in the graph: resize to image_size first (antialiased bilinear, as xferlab's data sources)",
-        "preprocessing_baked_in": "yes: float(x) / 255, then (x - mean) / std per channel",
+        "preprocessing_baked_in": f"yes: float(x) / 255 mapped onto {list(p.value_range)}, then (x - mean) / std "
+                                  "per channel",
+        "value_range": json.dumps(list(p.value_range)),
         "mean": json.dumps(list(p.mean)),
         "std": json.dumps(list(p.std)),
         "output": f"{OUTPUT_NAME}: float32 N×{len(run.class_names)} softmax probabilities in class_names order",
@@ -80,8 +83,11 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     out = Path(out) if out is not None else run.path / "model.onnx"
     if out.is_dir() or not out.parent.is_dir():
         raise XferlabError(f"--out {out}: give a file in an existing folder, e.g. {run.path / 'model.onnx'}")
-    wrapped = _WithPreprocessing(run.model, run.preprocessing.mean, run.preprocessing.std).eval()
-    example = torch.zeros((EXAMPLE_BATCH, 3, *run.preprocessing.image_size), dtype=torch.uint8)
+    if run.preprocessing.fixed_size is not None:
+        raise XferlabError(f"{run.path}: backbone {run.config.backbone} resizes every batch to a fixed side, which "
+                           "the exported graph does not do; export is for backbones without a fixed input size")
+    wrapped = _WithPreprocessing(run.model, run.preprocessing).eval()
+    example = torch.zeros((EXAMPLE_BATCH, run.preprocessing.channels, *run.preprocessing.image_size), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter, not the user's business
         program = torch.onnx.export(wrapped, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

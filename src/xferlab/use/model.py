@@ -29,15 +29,41 @@ DEFAULT_BATCH_SIZE = 64
 @dataclass(frozen=True)
 class Preprocessing:
     """What an input goes through before the model: uint8 -> resize to image_size (antialiased bilinear, as the data
-    sources do) -> gray broadcast to 3 channels -> x / 255, then (x - mean) / std per channel."""
+    sources do) -> gray broadcast to `channels` (3) -> x / 255 mapped onto value_range (0..1), then (x - mean) / std
+    per channel."""
 
     image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels: int = 3
+    value_range: tuple[float, float] = (0.0, 1.0)
+    fixed_size: int | None = None  # a backbone that only works at one side: batches resized to it, as in training
 
     @classmethod
     def of(cls, checkpoint: Checkpoint) -> Preprocessing:
-        return cls(checkpoint.image_size, checkpoint.mean, checkpoint.std)
+        return cls(checkpoint.image_size, checkpoint.mean, checkpoint.std, checkpoint.channels,
+                   checkpoint.value_range, checkpoint.fixed_size)
+
+    @property
+    def scale_shift(self) -> tuple[list[float], list[float]]:
+        """x (uint8 units) -> x * scale + shift per channel: the whole intensity mapping as one multiply-add."""
+        lo, hi = self.value_range
+        scale = [(hi - lo) / (255.0 * s) for s in self.std]
+        shift = [(lo - m) / s for m, s in zip(self.mean, self.std, strict=True)]
+        return scale, shift
+
+
+def batch_preprocess(p: Preprocessing, device: torch.device) -> Preprocess:
+    """The training code's Preprocess for this run. Runs from before checkpoints recorded channels / value range /
+    fixed side need only mean and std; a tree whose Preprocess cannot honour a recorded non-default is an error, not
+    a silent mismatch."""
+    if (p.channels, p.value_range, p.fixed_size) == (3, (0.0, 1.0), None):
+        return Preprocess(p.mean, p.std, device)
+    try:
+        return Preprocess(p.mean, p.std, device, channels=p.channels, value_range=p.value_range, size=p.fixed_size)
+    except TypeError:
+        raise XferlabError(f"this run needs {p.channels}-channel input mapped onto {p.value_range}, which this "
+                           "xferlab cannot prepare; update xferlab") from None
 
 
 def build_model(checkpoint: Checkpoint) -> TransferModel:
@@ -103,7 +129,7 @@ class LoadedRun:
         self.preprocessing = Preprocessing.of(folder.checkpoint)
         self.device = resolve_device(device)
         self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
-        self._preprocess = Preprocess(self.preprocessing.mean, self.preprocessing.std, self.device)
+        self._preprocess = batch_preprocess(self.preprocessing, self.device)
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "

@@ -31,8 +31,13 @@ class Checkpoint:
     backbone: str
     class_names: list[str]
     image_size: tuple[int, int]  # H, W every input is resized to
-    mean: tuple[float, float, float]  # per channel, in 0..1 units
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per channel, in value_range units
+    std: tuple[float, ...]
+    # Written by newer trainings as checkpoint["preprocessing"] (the backbone's input record); these defaults are what
+    # every run before that used: 3 channels, uint8 mapped onto 0..1, no fixed side.
+    channels: int = 3
+    value_range: tuple[float, float] = (0.0, 1.0)
+    fixed_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,14 @@ def _load_checkpoint(path: Path) -> Checkpoint:
     if missing:
         raise XferlabError(f"{path}: not an xferlab model.pt (missing {', '.join(missing)}); "
                            "point at a run folder written by xferlab train")
+    pre = raw.get("preprocessing") or {}
+    mean, std = pre.get("mean", raw["mean"]), pre.get("std", raw["std"])
     return Checkpoint(raw["state_dict"], str(raw["backbone"]), [str(c) for c in raw["class_names"]],
                       (int(raw["image_size"][0]), int(raw["image_size"][1])),
-                      tuple(float(v) for v in raw["mean"]), tuple(float(v) for v in raw["std"]))
+                      tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                      channels=int(pre.get("channels", 3)),
+                      value_range=tuple(float(v) for v in pre.get("value_range", (0.0, 1.0))),
+                      fixed_size=None if pre.get("size") is None else int(pre["size"]))
 
 
 def read_run_folder(path: str | os.PathLike) -> RunFolder:
