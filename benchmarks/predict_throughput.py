@@ -34,7 +34,7 @@ def main() -> None:
     items = collect_inputs([args.pngs], run.class_names)
     decoded = np.concatenate([run.prepare(ims) for _, ims in Decoder(False).batches(items, args.batch_size)])
     images = torch.from_numpy(decoded)
-    preprocess = Preprocess(run.preprocessing.mean, run.preprocessing.std)
+    preprocess = Preprocess.for_input(run.preprocessing.input)
 
     def forward(batch):
         return run.model(preprocess(batch))

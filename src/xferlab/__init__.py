@@ -19,8 +19,8 @@ __all__ = ["LoadedRun", "XferlabError", "__version__", "list_backbones", "load_r
 
 
 def list_backbones() -> list[str]:
-    """Names of every registered backbone (the registry is filled on first call)."""
-    import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
+    """Names of the built-in backbones (importing xferlab.backbones fills the registry, on first call). The timm:NAME
+    and xrv:WEIGHTS families are open-ended and not listed here: `xferlab backbones --all` lists their members."""
     from xferlab.backbones.registry import list_backbones as registered
 
     return registered()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hospitalfiles import save_png16, write_dicom
 from PIL import Image
 
+from hospitalfiles import save_png16, write_dicom
 from xferlab.config import DataConfig
 from xferlab.data.hospital import bits_for_max, png_significant_bits
 from xferlab.data.images import check_file_sizes, read_image_file, read_image_header

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tinydata import write_tiny_npy
 
+from tinydata import write_tiny_npy
 from xferlab.config import DataConfig, TrainConfig
 from xferlab.engine.run import train
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import xferlab
+from xferlab import artifacts
 from xferlab.cli import main
 
 onnx = pytest.importorskip("onnx")  # the onnx extra is installed by `make test`
@@ -30,7 +31,7 @@ def test_onnxruntime_matches_torch_on_the_test_images_at_any_batch_size(exported
         (probs,) = session.run(None, {"images": rgb[:n]})
         np.testing.assert_allclose(probs, run.predict(images[:n]), atol=1e-4, rtol=0)
     np.testing.assert_allclose(session.run(None, {"images": rgb})[0],
-                               np.load(tiny_run / "predictions.npz")["test_probs"], atol=1e-4, rtol=0)
+                               artifacts.read_run(tiny_run).predictions["test"][1], atol=1e-4, rtol=0)
 
 
 def test_metadata_describes_the_preprocessing(exported):

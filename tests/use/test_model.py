@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hospitalfiles import write_dicom
 from PIL import Image
 
 import xferlab
+from hospitalfiles import write_dicom
+from xferlab import artifacts
 from xferlab.errors import XferlabError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -66,7 +67,7 @@ def test_load_run_errors_name_the_folder_and_the_fix(tmp_path, tiny_run):
     with pytest.raises(XferlabError, match=r"not a run folder"):
         xferlab.load_run(tmp_path / "nope")
     (tmp_path / "half").mkdir()
-    (tmp_path / "half" / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (tmp_path / "half" / artifacts.CONFIG_YAML).write_text(artifacts.read_config_text(tiny_run))
     with pytest.raises(XferlabError, match=r"half: no metrics\.json"):
         xferlab.load_run(tmp_path / "half")
 
@@ -74,9 +75,9 @@ def test_load_run_errors_name_the_folder_and_the_fix(tmp_path, tiny_run):
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_run):
     bad = tmp_path / "bad"
     bad.mkdir()
-    for name in ("config.yaml", "metrics.json"):
-        (bad / name).write_text((tiny_run / name).read_text())
-    torch.save({"state_dict": {}, "evil": Image.new("L", (2, 2))}, bad / "model.pt")  # needs full unpickling
+    for name in artifacts.RUN_FILES:
+        (bad / name).write_bytes((tiny_run / name).read_bytes())
+    torch.save({"state_dict": {}, "evil": Image.new("L", (2, 2))}, bad / artifacts.MODEL_PT)  # needs full unpickling
     with pytest.raises(XferlabError, match=r"model\.pt: cannot be loaded safely"):
         xferlab.load_run(bad)
 
@@ -95,9 +96,25 @@ def test_readme_snippet_runs(tiny_run, tmp_path, monkeypatch):
 
 
 def test_the_exported_intensity_mapping_is_the_training_one(tiny_run):
+    from xferlab.use.export import _WithPreprocessing
+
     run = xferlab.load_run(tiny_run)
-    scale, shift = run.preprocessing.scale_shift
     batch = torch.arange(0, 256, dtype=torch.uint8).view(1, 1, 16, 16)
     expected = run._preprocess(batch)
-    mapped = batch.float() * torch.tensor(scale).view(1, 3, 1, 1) + torch.tensor(shift).view(1, 3, 1, 1)
+    mapped = _WithPreprocessing(run.model, run.preprocessing).prepare(batch.expand(-1, 3, -1, -1))
     torch.testing.assert_close(mapped, expected, atol=1e-6, rtol=0)
+
+
+def test_the_checkpoints_input_record_is_used_and_old_checkpoints_get_the_defaults(tiny_run):
+    from xferlab.inputs import InputSpec
+    from xferlab.use.runfolder import input_spec
+
+    run = xferlab.load_run(tiny_run)
+    assert run.preprocessing.input == InputSpec()  # resnet18: ImageNet's 3 channels, 0..1, mean/std, no fixed side
+    xrv_like = {"mean": [0.0], "std": [1.0], "preprocessing": {"channels": 1, "mean": [0.0], "std": [1.0],
+                                                               "value_range": [-1024.0, 1024.0], "size": 224}}
+    assert input_spec(xrv_like, tiny_run) == InputSpec(1, (0.0,), (1.0,), (-1024.0, 1024.0), 224)
+    old = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}  # saved before the record existed
+    assert input_spec(old, tiny_run) == InputSpec(mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(XferlabError, match="does not know; update xferlab"):
+        input_spec({**old, "preprocessing": {"channels": 3, "gamma": 2.2}}, tiny_run)

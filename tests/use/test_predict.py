@@ -7,9 +7,10 @@ import csv
 
 import numpy as np
 import pytest
-from hospitalfiles import write_dicom
 from PIL import Image
 
+from hospitalfiles import write_dicom
+from xferlab import artifacts
 from xferlab.cli import main
 
 
@@ -38,11 +39,11 @@ def test_predicting_the_runs_test_images_reproduces_predictions_npz(tiny_run, ti
     assert main(["predict", str(tiny_run), str(tiny_data / "test_normal.npy"), str(tiny_data / "test_pneumonia.npy"),
                  "--out", str(out), "--batch-size", "5"]) == 0
     rows = _rows(out)
-    saved = np.load(tiny_run / "predictions.npz")
-    np.testing.assert_allclose(_probs(rows), saved["test_probs"], atol=1e-5, rtol=0)
-    assert [r["label"] for r in rows] == [["normal", "pneumonia"][k] for k in saved["test_labels"]]
+    labels, saved_probs = artifacts.read_run(tiny_run).predictions["test"]
+    np.testing.assert_allclose(_probs(rows), saved_probs, atol=1e-5, rtol=0)
+    assert [r["label"] for r in rows] == [["normal", "pneumonia"][k] for k in labels]
     assert rows[0]["index"] == "0" and rows[0]["decision_rule"] == "argmax"
-    assert [r["predicted"] for r in rows] == [["normal", "pneumonia"][k] for k in saved["test_probs"].argmax(1)]
+    assert [r["predicted"] for r in rows] == [["normal", "pneumonia"][k] for k in saved_probs.argmax(1)]
     text = capsys.readouterr().out
     assert "labels known for 16 of 16 images" in text and "balanced_accuracy" in text and "95% CI" in text
 
@@ -53,7 +54,7 @@ def test_png_folder_per_class_gives_labels_and_the_same_probabilities(tiny_run, 
     rows = _rows(out)
     assert len(rows) == 16 and rows[0]["path"].endswith("00.png") and rows[0]["index"] == ""
     assert {r["label"] for r in rows} == {"normal", "pneumonia"}
-    np.testing.assert_allclose(_probs(rows), np.load(tiny_run / "predictions.npz")["test_probs"], atol=1e-5)
+    np.testing.assert_allclose(_probs(rows), artifacts.read_run(tiny_run).predictions["test"][1], atol=1e-5)
 
 
 def test_manifest_and_dicom_inputs(tiny_run, png_folder, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """A trained run in Python: `load_run(path)` -> LoadedRun with its config, metrics, class names, the model in eval mode
-and predict(x) -> N×K class probabilities, with the run's own preprocessing (image size, gray -> 3 channels,
-normalisation) read from the run folder.
+and predict(x) -> N×K class probabilities, with the run's own preprocessing (image size, then the backbone's input
+record saved in model.pt: channels, intensity mapping, normalisation, fixed side) read from the run folder.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xferlab.backbones import zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.config import TrainConfig
 from xferlab.data.batches import Preprocess
 from xferlab.data.images import decode_pil, read_image_file, resize_image, stack_images, to_uint8
 from xferlab.engine.run import resolve_device
 from xferlab.errors import XferlabError
-from xferlab.use.runfolder import Checkpoint, RunFolder, read_run_folder
+from xferlab.inputs import InputSpec
+from xferlab.use.runfolder import Checkpoint, TrainedRun, read_trained_run
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -29,41 +29,19 @@ DEFAULT_BATCH_SIZE = 64
 @dataclass(frozen=True)
 class Preprocessing:
     """What an input goes through before the model: uint8 -> resize to image_size (antialiased bilinear, as the data
-    sources do) -> gray broadcast to `channels` (3) -> x / 255 mapped onto value_range (0..1), then (x - mean) / std
-    per channel."""
+    sources do) -> the backbone's input record as in training (xferlab.data.batches.Preprocess.for_input: gray
+    broadcast to its channels, x / 255 mapped onto its value range, (x - mean) / std per channel, its fixed side)."""
 
     image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    channels: int = 3
-    value_range: tuple[float, float] = (0.0, 1.0)
-    fixed_size: int | None = None  # a backbone that only works at one side: batches resized to it, as in training
+    input: InputSpec
 
     @classmethod
     def of(cls, checkpoint: Checkpoint) -> Preprocessing:
-        return cls(checkpoint.image_size, checkpoint.mean, checkpoint.std, checkpoint.channels,
-                   checkpoint.value_range, checkpoint.fixed_size)
+        return cls(checkpoint.image_size, checkpoint.input)
 
-    @property
-    def scale_shift(self) -> tuple[list[float], list[float]]:
-        """x (uint8 units) -> x * scale + shift per channel: the whole intensity mapping as one multiply-add."""
-        lo, hi = self.value_range
-        scale = [(hi - lo) / (255.0 * s) for s in self.std]
-        shift = [(lo - m) / s for m, s in zip(self.mean, self.std, strict=True)]
-        return scale, shift
-
-
-def batch_preprocess(p: Preprocessing, device: torch.device) -> Preprocess:
-    """The training code's Preprocess for this run. Runs from before checkpoints recorded channels / value range /
-    fixed side need only mean and std; a tree whose Preprocess cannot honour a recorded non-default is an error, not
-    a silent mismatch."""
-    if (p.channels, p.value_range, p.fixed_size) == (3, (0.0, 1.0), None):
-        return Preprocess(p.mean, p.std, device)
-    try:
-        return Preprocess(p.mean, p.std, device, channels=p.channels, value_range=p.value_range, size=p.fixed_size)
-    except TypeError:
-        raise XferlabError(f"this run needs {p.channels}-channel input mapped onto {p.value_range}, which this "
-                           "xferlab cannot prepare; update xferlab") from None
+    def batch_preprocess(self, device: torch.device | str = "cpu") -> Preprocess:
+        """The training code's Preprocess for this run."""
+        return Preprocess.for_input(self.input, device)
 
 
 def build_model(checkpoint: Checkpoint) -> TransferModel:
@@ -121,7 +99,7 @@ class LoadedRun:
     """A finished run ready to predict. Attributes: path, config (TrainConfig), metrics (metrics.json),
     class_names, model (TransferModel in eval mode), preprocessing, device."""
 
-    def __init__(self, folder: RunFolder, device: str = "cpu"):
+    def __init__(self, folder: TrainedRun, device: str = "cpu"):
         self.path: Path = folder.path
         self.config: TrainConfig = folder.config
         self.metrics: dict = folder.metrics
@@ -129,7 +107,7 @@ class LoadedRun:
         self.preprocessing = Preprocessing.of(folder.checkpoint)
         self.device = resolve_device(device)
         self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
-        self._preprocess = batch_preprocess(self.preprocessing, self.device)
+        self._preprocess = self.preprocessing.batch_preprocess(self.device)
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "
@@ -164,4 +142,4 @@ class LoadedRun:
 
 def load_run(path: str | os.PathLike, device: str = "cpu") -> LoadedRun:
     """Load a run folder written by `xferlab train` (or one run of a study) for prediction on `device`."""
-    return LoadedRun(read_run_folder(path), device)
+    return LoadedRun(read_trained_run(path), device)

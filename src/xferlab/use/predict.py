@@ -6,7 +6,7 @@ bootstrap confidence intervals (the evaluation code the reports use).
 from __future__ import annotations
 
 import csv
-import io as _io
+import io
 import os
 import time
 import warnings
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from xferlab import io
+from xferlab import files
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
 from xferlab.use.inputs import Decoder, InputItem, collect_inputs
@@ -80,7 +80,7 @@ def _evaluate(items: Sequence[InputItem], probs: np.ndarray) -> dict | None:
 
 def predictions_csv(pred: Predictions) -> str:
     """path, index (npy stacks), label (when known), predicted, one probability column per class, decision_rule."""
-    buf = _io.StringIO()
+    buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "index", "label", "predicted", *[f"p_{c}" for c in pred.class_names], "decision_rule"])
     predicted = pred.probs.argmax(1)
@@ -104,7 +104,7 @@ def check_out(out: str | os.PathLike) -> Path:
 def write_predictions(pred: Predictions, out: str | os.PathLike) -> Path:
     """Write predictions_csv atomically (temporary name, then rename)."""
     out = check_out(out)
-    io.write_text(out, predictions_csv(pred))
+    files.write_text(out, predictions_csv(pred))
     return out
 
 
