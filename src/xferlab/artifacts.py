@@ -10,7 +10,7 @@ from a newer xferlab is refused with an error that says to upgrade.
 
     run folder     config.yaml (resolved TrainConfig), history.csv (one row per epoch), metrics.json,
                    predictions.npz ({split}_labels, {split}_probs for val and test at the best epoch), model.pt,
-                   curves.png (drawn by xferlab.report from the history)
+                   curves.png (drawn by xferlab.report from the history), model.onnx (only from xferlab export)
     study folder   study.yaml, environment.json (or environment-shard-I-of-N.json), runs/<name>/ (run folders),
                    audit/ (an audit folder), results.csv, results.json, report.html
     audit folder   audit.json (written last: its presence means the audit is complete), audit_arrays.npz, *.png
@@ -45,6 +45,12 @@ METRICS_JSON = "metrics.json"
 PREDICTIONS_NPZ = "predictions.npz"
 MODEL_PT = "model.pt"
 CURVES_PNG = "curves.png"
+MODEL_ONNX = "model.onnx"  # only on request: xferlab export's default output (xferlab.use.export writes it)
+# model.pt of the largest registered backbone (DenseNet/ResNet-50: ~100 MB; a ViT-B ~350 MB) with room to spare; a
+# bigger file is not a run of ours and is refused before unpickling.
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+# What read_run needs of a finished run folder, in the order a reader checks them (model.pt only to load the model).
+RUN_FILES = (CONFIG_YAML, METRICS_JSON, HISTORY_CSV, PREDICTIONS_NPZ)
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                    "train_seconds", "eval_seconds")
 
@@ -158,6 +164,28 @@ def read_run(folder: Path) -> RunFolder:
         raise XferlabError(f"{folder}: unreadable run folder ({err}); rerun it (xferlab study --force) or remove it") \
             from None
     return RunFolder(folder, config, history, metrics, predictions, version)
+
+
+def read_checkpoint(folder: Path) -> dict[str, Any]:
+    """model.pt as saved by write_run (a dict: state_dict, backbone, class_names, image_size, mean, std,
+    preprocessing), loaded on the CPU without unpickling code; refused before loading when larger than any checkpoint
+    of ours (MAX_CHECKPOINT_BYTES)."""
+    import torch  # only readers of model.pt pay for torch
+
+    path = Path(folder) / MODEL_PT
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise XferlabError(f"{path}: {size / 1024**2:.0f} MiB is larger than any xferlab {MODEL_PT} "
+                           f"({MAX_CHECKPOINT_BYTES / 1024**3:.0f} GiB at most); point at a run folder xferlab wrote")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError ... depending on the damage
+        raise XferlabError(f"{path}: cannot be loaded safely ({str(err).strip()[:200] or type(err).__name__}); "
+                           f"retrain the run or copy its {MODEL_PT} again") from None
+    if not isinstance(raw, dict):
+        raise XferlabError(f"{path}: not an xferlab {MODEL_PT} (a {type(raw).__name__}, not a dict); point at a "
+                           "run folder written by xferlab train")
+    return raw
 
 
 def read_config_text(folder: Path) -> str:
