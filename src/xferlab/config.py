@@ -48,6 +48,9 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
     medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist")
     skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
+    allow_external_links: bool = Field(
+        False, description="folder: follow symlinks whose target lies outside the dataset folder (refused by default)"
+    )
     memory_budget_mb: float | None = Field(
         None, ge=0,
         description="folder/csv: when the decoded uint8 images would take more than this many MiB, stream them from "

@@ -22,6 +22,7 @@ from xferlab.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
 from xferlab.data.images import (
     check_file_sizes,
+    check_regular_file,
     concat_batches,
     describe_files,
     read_each,
@@ -255,10 +256,37 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _image_files(folder: Path) -> list[Path]:
+    """Entries with an image suffix that are not folders. FIFOs, devices and broken or looping links are kept, so
+    that reading them is refused by name (images.check_regular_file) rather than silently dropped or blocked on."""
     return sorted(
         f for f in folder.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        if not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS and not _is_dir(f)
     )
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a symlink loop or an over-long name is not a folder; reading it reports the problem
+        return False
+
+
+def _check_links_inside(paths: Sequence[Path], root: Path, allow: bool) -> None:
+    """A symlink (of a file or of a class folder) whose target lies outside the dataset folder is refused unless
+    data.allow_external_links: a dataset copied from elsewhere should not read files beyond itself."""
+    if allow:
+        return
+    top = root.resolve()
+    for path in paths:
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing or looping targets are reported when the file is read
+            continue
+        if not target.is_relative_to(top):
+            raise XferlabError(
+                f"{path}: a symlink to {target}, outside the dataset folder {top}; copy the file into the dataset, "
+                "or set data.allow_external_links: true if the links are meant"
+            )
 
 
 def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[str]]:
@@ -294,6 +322,7 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     """`train/<class>/` image files (PNG/JPEG/TIFF/BMP), optional `val/` and `test/`; val carved when absent."""
     root = Path(cfg.path)
     class_names, paths, labels, splits = _folder_entries(root)
+    _check_links_inside(paths, root, cfg.allow_external_links)
     images, kept, skipped = _load_images(paths, cfg, str(root))
     labels = np.asarray(labels, dtype=np.int64)[kept]
     splits = np.asarray(splits, dtype=object)[kept]
@@ -360,14 +389,23 @@ def _manifest_columns(manifest: Path) -> dict[str, list]:
         cols["split"].append(_manifest_split(_cell(row, "split", line, manifest, required=False), line, manifest))
         if cols["group"] is not None:
             cols["group"].append(_cell(row, "group", line, manifest))
-    missing = [(line, p) for (line, _), p in zip(rows, cols["path"]) if not p.is_file()]
+    missing = [(line, err) for (line, _), p in zip(rows, cols["path"]) if (err := _file_problem(p))]
     if missing:
-        line, path = missing[0]
+        line, err = missing[0]
         raise XferlabError(
-            f"{manifest}, line {line}: image file {path} not found ({len(missing)} row(s) point at missing files); "
+            f"{manifest}, line {line}: {err} ({len(missing)} row(s) point at missing or unusable files); "
             f"relative paths are read from the manifest's folder {manifest.parent}"
         )
     return cols
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an image file (missing, a folder, a FIFO, a device, a loop), or None."""
+    try:
+        check_regular_file(path)
+    except XferlabError as err:
+        return str(err)
+    return None
 
 
 def _manifest_splits(
