@@ -201,8 +201,14 @@ def check_regular_file(path: str | os.PathLike, where: str | None = None) -> os.
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     """(H, W) as displayed: EXIF orientations 5-8 swap the stored width and height."""
+    # From what open() already parsed (getexif() would read on, and verify() must come straight after open).
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION)
+        if image.info.get("exif"):
+            exif = Image.Exif()
+            exif.load(image.info["exif"])
+            orientation = exif.get(_EXIF_ORIENTATION)
+        else:
+            orientation = getattr(image, "tag_v2", {}).get(_EXIF_ORIENTATION)  # TIFF keeps it as a plain tag
     except Exception:  # noqa: BLE001 - a broken EXIF block leaves the stored orientation
         orientation = None
     h, w = image.height, image.width
