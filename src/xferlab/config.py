@@ -18,7 +18,14 @@ from xferlab.errors import XferlabError, did_you_mean
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .nan` or `--lr inf` is an error naming the key, not a run that trains on NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Upper bounds that catch a typo (an extra zero) before it allocates: 4096 px is beyond every registered backbone's
+# useful input and near full chest-radiograph resolution; 1024 threads is beyond any CPU this runs on.
+MAX_IMAGE_SIZE = 4096
+MAX_THREADS = 1024
 
 
 def _known_regime(v: str) -> str:
@@ -40,7 +47,8 @@ class DataConfig(_Strict):
 
     path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
     format: str = Field("npy", description="a registered data source: npy, folder, csv, medmnist")
-    image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
+                                   description="resize to S×S; default: the images' own size")
     val_split: Literal["ordered", "random"] = Field(
         "ordered", description="how val is carved from the train pool when the source has no val split"
     )
@@ -86,7 +94,8 @@ class TrainConfig(_Strict):
     scheduler: Literal["cosine", "none"] = "cosine"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="bf16 autocast; auto: on for a CUDA GPU with native bf16, off (fp32) on CPU"
@@ -168,14 +177,72 @@ def build(model: type[BaseModel], values: dict[str, Any], where: str = "config")
         raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None), model)) from None
 
 
+# A config is a few hundred lines; anything far larger is not one (and a YAML alias "billion laughs" expands a few
+# lines into billions of nodes: the expanded size is counted on the composed graph before anything is built).
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_nodes(node, memo: dict[int, int]) -> int:
+    """Nodes the document has once every alias is expanded, counted in time linear in the composed graph."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once instead of looping
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+        node.value if isinstance(node, yaml.SequenceNode) else []
+    memo[id(node)] = 1 + sum(_expanded_nodes(c, memo) for c in children)
+    return memo[id(node)]
+
+
+def _duplicate_key(node, seen: set[int]) -> tuple[str, int] | None:
+    """(key, line) of the first key repeated within one mapping (YAML's loaders silently keep the last one)."""
+    if id(node) in seen:
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    return key.value, key.start_mark.line + 1
+                keys.add(key.value)
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+        node.value if isinstance(node, yaml.SequenceNode) else []
+    return next((d for c in children if (d := _duplicate_key(c, seen))), None)
+
+
+def _check_yaml_shape(text: str, path: Path) -> None:
+    """Refuse oversized files, alias bombs and repeated keys before the document is built."""
+    if len(text) > MAX_YAML_BYTES:
+        raise XferlabError(f"{path}: {len(text):,} characters, more than a config ({MAX_YAML_BYTES:,} at most); "
+                           "check that this is the config file")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return
+    if (n := _expanded_nodes(node, {})) > MAX_YAML_NODES:
+        raise XferlabError(f"{path}: the document expands to {n:,} values through its aliases (&anchor / *alias), "
+                           f"more than {MAX_YAML_NODES:,}; write the values out or remove the nested aliases")
+    if duplicate := _duplicate_key(node, set()):
+        raise XferlabError(f"{path} line {duplicate[1]}: key '{duplicate[0]}' is repeated in the same mapping; "
+                           "keep one of them")
+
+
 def read_yaml(path: str | os.PathLike) -> YamlValues:
     """Load a YAML mapping with the safe loader (no Python object tags); errors name the file and line."""
     path = Path(path)
     try:
+        if not path.is_file():  # a FIFO or a device would be read forever
+            raise XferlabError(f"{path}: cannot read config (missing, or a folder, FIFO or device rather than a file); "
+                               "check the path")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise XferlabError(f"{path}: {path.stat().st_size:,} bytes, more than a config ({MAX_YAML_BYTES:,} at "
+                               "most); check that this is the config file")
         text = path.read_text()
-    except OSError as err:
-        raise XferlabError(f"{path}: cannot read config ({err.strerror}); check the path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise XferlabError(f"{path}: cannot read config ({getattr(err, 'strerror', None) or err}); check the path "
+                           "and save it as UTF-8") from None
     try:
+        _check_yaml_shape(text, path)
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -223,7 +290,8 @@ class AuditConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice")
 
     @field_validator("regime")
     @classmethod

@@ -389,7 +389,7 @@ def _manifest_columns(manifest: Path) -> dict[str, list]:
         cols["split"].append(_manifest_split(_cell(row, "split", line, manifest, required=False), line, manifest))
         if cols["group"] is not None:
             cols["group"].append(_cell(row, "group", line, manifest))
-    missing = [(line, err) for (line, _), p in zip(rows, cols["path"]) if (err := _file_problem(p))]
+    missing = [(line, err) for (line, _), p in zip(rows, cols["path"], strict=True) if (err := _file_problem(p))]
     if missing:
         line, err = missing[0]
         raise XferlabError(

@@ -41,6 +41,7 @@ from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
 from xferlab.engine.accel import Accel, accel_for, num_threads, place
+from xferlab.engine.guards import check_finite_losses
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
@@ -217,6 +218,7 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
                     row[f"{s}_loss"] = row[f"{s}_acc"] = None
         row["train_seconds"], row["eval_seconds"] = train_timer.seconds, eval_timer.seconds
         history.append(row)
+        check_finite_losses(row, cfg.lr)  # per-epoch hook: a diverged run stops here, its staged folder removed
         if row["val_acc"] > best["val_acc"]:  # strictly better: ties keep the earlier epoch
             best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs, "state": _changing_state(model)}
         bar.set_postfix(val_acc=f"{row['val_acc']:.3f}", best=best["epoch"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xferlab import io
+from xferlab import checks, io
 from xferlab.config import StudyConfig, build, read_yaml
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
@@ -70,27 +70,17 @@ class StudyResults:
 
 
 def load_run(run_dir: Path, settings: BootstrapSettings) -> RunRecord:
-    """Read one run folder (config.yaml, metrics.json, history.csv, predictions.npz) and evaluate its predictions."""
-    try:
-        config = dict(read_yaml(run_dir / "config.yaml"))
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        with open(run_dir / "history.csv", newline="") as f:
-            history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        with np.load(run_dir / "predictions.npz") as saved:
-            predictions = {s: (saved[f"{s}_labels"], saved[f"{s}_probs"]) for s in SPLITS if f"{s}_labels" in saved}
-    except (OSError, KeyError, ValueError) as err:
-        raise XferlabError(f"{run_dir}: unreadable run folder ({err}); rerun it (xferlab study --force) or remove it") \
-            from None
+    """Read one run folder (config.yaml, metrics.json, history.csv, predictions.npz; model.pt checked against them)
+    and evaluate its predictions. A damaged or mismatched file is an error naming it and what to rerun."""
+    metrics = checks.read_metrics(run_dir)
+    config = checks.read_config(run_dir)
+    history = checks.read_history(run_dir)
+    predictions = checks.read_predictions(run_dir, len(metrics["class_names"]))
+    if (run_dir / checks.MODEL_PT).exists():  # the report needs no weights, but a mismatched model.pt is reported
+        checks.check_checkpoint(run_dir, config["backbone"], len(metrics["class_names"]))
     record = RunRecord(run_dir.name, run_dir, config, metrics, history, predictions)
     record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
     return record
-
-
-def _number(text: str) -> float | int | None:
-    if text in ("", "None"):
-        return None
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
 def collect_results(out: str | Path) -> StudyResults:
