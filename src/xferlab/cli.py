@@ -353,6 +353,14 @@ def _check_launch(command: str) -> None:
                            f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
 
 
+def _printable(text: str) -> str:
+    """Bytes of a non-UTF-8 file name (held as surrogates) shown as \\xNN: any stderr can print the line."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a job scheduler's stop, `kill`), raised where the program is so it unwinds as Ctrl-C does: staged
     folders removed, finished runs kept, the resume command printed; exit status 143 (128 + SIGTERM)."""
@@ -388,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_launch(args.command)
             status = COMMANDS[args.command](args)
     except XferlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_printable(str(err))}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt as stop:
         print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)

@@ -233,10 +233,17 @@ def check_header(image: Image.Image, where: str) -> None:
         )
 
 
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Image.open without Pillow's bomb warning: check_header refuses large images with a clearer message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _open_checked(path: str | os.PathLike, where: str) -> Image.Image:
     if check_regular_file(path, where).st_size == 0:
         raise XferlabError(f"{where}: empty file (0 bytes); replace it by the image or remove it")
-    image = Image.open(path)
+    image = _open(path)
     try:
         check_header(image, where)
     except BaseException:
@@ -335,7 +342,8 @@ def check_file_sizes(paths: Sequence[Path], where: str) -> None:
     for path in paths:
         try:
             check_regular_file(path)  # never open a FIFO or a device, even for its header
-            with Image.open(path) as image:
+            with _open(path) as image:
+                check_header(image, str(path))  # a bomb's claimed size is not a size to compare
                 sizes.append(_oriented_size(image))
                 names.append(str(path))
         except Exception:  # noqa: BLE001 - unreadable files are reported by read_image_file
