@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -289,6 +290,12 @@ def _check_links_inside(paths: Sequence[Path], root: Path, allow: bool) -> None:
             )
 
 
+def _class_name(folder: Path) -> str:
+    """The folder's name as text: bytes that are not UTF-8 (held by Python as surrogates, which no file format,
+    figure or terminal can write) are shown as \\xNN."""
+    return os.fsencode(folder.name).decode("utf-8", "backslashreplace")
+
+
 def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[str]]:
     """Class names (train subfolders) and, per image file, its path, label and split."""
     if not (root / "train").is_dir():
@@ -297,7 +304,7 @@ def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[
             f"{root}: no train/ folder; the folder format expects train/<class>/, optional val/ and test/ "
             f"(subfolders here: {inside or 'none'}); point data.path at the folder that holds train/"
         )
-    class_names = [d.name for d in _subdirs(root / "train")]
+    class_names = [_class_name(d) for d in _subdirs(root / "train")]
     if not class_names:
         raise XferlabError(f"{root / 'train'}: no class subfolders; put each class's images in train/<class>/")
     paths, labels, splits = [], [], []
@@ -305,14 +312,15 @@ def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[
         if not (root / split).is_dir():
             continue
         for class_dir in _subdirs(root / split):
-            if class_dir.name not in class_names:
+            name = _class_name(class_dir)
+            if name not in class_names:
                 raise XferlabError(
-                    f"{class_dir}: '{class_dir.name}' is not a class of train/ {class_names}"
-                    f"{did_you_mean(class_dir.name, class_names)}; rename or remove the folder"
+                    f"{class_dir}: '{name}' is not a class of train/ {class_names}"
+                    f"{did_you_mean(name, class_names)}; rename or remove the folder"
                 )
             files = _image_files(class_dir)
             paths += files
-            labels += [class_names.index(class_dir.name)] * len(files)
+            labels += [class_names.index(name)] * len(files)
             splits += [split] * len(files)
     return class_names, paths, labels, splits
 
