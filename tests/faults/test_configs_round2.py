@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 from faultkit import TRAIN
-
 from tinydata import write_tiny_npy
 
 

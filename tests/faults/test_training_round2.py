@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from faultkit import TRAIN, tree
-
 from tinydata import write_tiny_npy
+
 from xferlab.cli import main
 
 ENV = {**os.environ, "XFERLAB_OFFLINE": "1"}
@@ -94,7 +94,8 @@ def test_sigterm_stops_a_study_like_ctrl_c_keeping_finished_runs(tmp_path, npy, 
     code = main(["study", str(tmp_path / "study.yaml"), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 143, err
-    assert "terminated: 1 finished run(s) kept" in err and f"resume with: xferlab study {tmp_path / 'study.yaml'}" in err
+    assert "terminated: 1 finished run(s) kept" in err
+    assert f"resume with: xferlab study {tmp_path / 'study.yaml'} --out {out}" in err
     assert [p.name for p in _runs(out)] == ["resnet18-frozen-seed0"]  # no staging folder of the second run
     assert (out / "runs" / "resnet18-frozen-seed0" / "metrics.json").is_file()
     assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".lock", ".tmp"))]
