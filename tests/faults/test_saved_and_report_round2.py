@@ -4,6 +4,7 @@ escaped, and report.html loads nothing from elsewhere and runs no script."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -157,6 +158,28 @@ def test_a_hand_edited_results_json_is_refused_by_readers_and_rebuilt_by_report(
     assert main(["report", str(copy)]) == 0  # the report never reads results.json: it rebuilds it from the runs
     rebuilt = check_results_json(copy / "results.json", schema_version=1)
     assert rebuilt["runs"][0]["run"] == RUN and rebuilt["runs"][0]["test"]["metrics"]["accuracy"]["value"] >= 0
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_old_report(copy, fails, monkeypatch):
+    from xferlab.report import html
+
+    out = copy
+    old = (out / "report.html").read_bytes()
+    real = html.io.write_text
+
+    def full(path, text):
+        if Path(path).name == "report.html":  # half the report reaches the disk, then the device is full
+            return html.io.write_file(path, lambda f: (f.write(text[: len(text) // 2].encode()),
+                                                       _raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))))
+        return real(path, text)
+
+    monkeypatch.setattr(html.io, "write_text", full)
+    fails(["report", out], out, "report.html", "No space left on device", "free disk space")
+    assert (out / "report.html").read_bytes() == old
+
+
+def _raise(err: Exception):
+    raise err
 
 
 # ---- the report: escaped, self-contained, no script ---------------------------------------------------------------

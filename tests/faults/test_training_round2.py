@@ -1,5 +1,5 @@
 """Second fault suite, training: a diverging loss, SIGTERM, two writers of one --out, an output folder made
-read-only or removed mid-run, a full disk while writing the report."""
+read-only or removed mid-run (a full disk while writing the report: test_saved_and_report_round2)."""
 
 from __future__ import annotations
 
@@ -160,36 +160,3 @@ def test_an_output_folder_removed_mid_run_is_a_clear_error(tmp_path, npy, fails,
 
     monkeypatch.setattr(run, "_write_run", removed_first)
     fails(_train(tmp_path / "run", npy), tmp_path, ".run.partial", "removed while the command ran")
-
-
-@pytest.fixture(scope="module")
-def study_out(tmp_path_factory, npy) -> Path:
-    root = tmp_path_factory.mktemp("study")
-    doc = {"name": "full disk", "data": {"path": str(npy)}, "backbones": ["resnet18"], "regimes": ["frozen"],
-           "bootstrap_resamples": 100, "train": {"weights": "none", "epochs": 1, "device": "cpu", "num_threads": 1}}
-    (root / "study.yaml").write_text(yaml.safe_dump(doc))
-    assert main(["study", str(root / "study.yaml"), "--out", str(root / "out")]) == 0
-    return root / "out"
-
-
-def test_a_full_disk_while_writing_the_report_keeps_the_old_report(study_out, tmp_path, fails, monkeypatch):
-    from xferlab.report import html
-
-    out = tmp_path / "out"
-    shutil.copytree(study_out, out)
-    old = (out / "report.html").read_bytes()
-    real = html.io.write_text
-
-    def full(path, text):
-        if Path(path).name == "report.html":  # half the report reaches the disk, then the device is full
-            return html.io.write_file(path, lambda f: (f.write(text[: len(text) // 2].encode()),
-                                                       _raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))))
-        return real(path, text)
-
-    monkeypatch.setattr(html.io, "write_text", full)
-    fails(["report", out], out, "report.html", "No space left on device", "free disk space")
-    assert (out / "report.html").read_bytes() == old
-
-
-def _raise(err: Exception):
-    raise err
