@@ -102,8 +102,10 @@ def test_sigterm_stops_a_study_like_ctrl_c_keeping_finished_runs(tmp_path, npy, 
 
 
 def test_two_processes_writing_one_out_one_wins_the_other_is_refused(tmp_path, npy, capsys):
+    import xferlab.engine.run  # noqa: F401  (imported now, so this process reaches the folder within milliseconds)
+
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "xferlab", *map(str, _train(out, npy))],
+    first = subprocess.Popen([sys.executable, "-m", "xferlab", *map(str, _train(out, npy, "--epochs", "2"))],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     end = time.monotonic() + 120
     while not (tmp_path / ".run.lock").exists():  # the first process is writing `out`

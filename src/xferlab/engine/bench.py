@@ -80,7 +80,8 @@ def _check(image_size: int, batch_size: int, steps: int, warmup: int) -> None:
     from xferlab.config import MAX_IMAGE_SIZE
 
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise XferlabError(f"--image-size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size}")
+        raise XferlabError(f"--image-size must be at least {MIN_IMAGE_SIZE} and at most {MAX_IMAGE_SIZE}, "
+                           f"got {image_size}")
     if batch_size > MAX_BATCH:
         raise XferlabError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
     for name, value, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
