@@ -162,3 +162,16 @@ def test_an_output_folder_removed_mid_run_is_a_clear_error(tmp_path, npy, fails,
 
     monkeypatch.setattr(run, "_write_run", removed_first)
     fails(_train(tmp_path / "run", npy), tmp_path, ".run.partial", "removed while the command ran")
+
+
+def test_the_finite_loss_check_as_a_per_epoch_hook():
+    from types import SimpleNamespace
+
+    from xferlab.engine.guards import FiniteLosses
+    from xferlab.errors import XferlabError
+
+    hook = FiniteLosses(lr=0.5)
+    row = {"epoch": 4, "train_loss": 0.3, "val_loss": 0.4, "test_loss": None}
+    hook.on_epoch_end(SimpleNamespace(row=lambda: row), state=None)  # finite (and a missing test split): nothing
+    with pytest.raises(XferlabError, match=r"epoch 4: val loss nan: .*lr = 0\.5.*--lr 0\.05"):
+        hook.on_epoch_end(SimpleNamespace(row=lambda: {**row, "val_loss": float("nan")}), state=None)

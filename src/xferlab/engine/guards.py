@@ -24,3 +24,14 @@ def check_finite_losses(row: dict, lr: float) -> None:
             f"epoch {row['epoch']}: {losses}: training diverged; the learning rate (lr = {lr:g}) is likely too "
             f"high: lower it (e.g. --lr {lr / 10:g}); nothing was saved"
         )
+
+
+class FiniteLosses:
+    """check_finite_losses as a fit-loop hook: `on_epoch_end(record, state)` with any record that has `.row()`
+    (the history row), for a loop that calls hooks once per epoch instead of this module's function."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def on_epoch_end(self, record, state) -> None:
+        check_finite_losses(record.row(), self.lr)
