@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from faultkit import TRAIN
+
 from tinydata import write_tiny_npy
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from faultkit import TRAIN, tree
-from tinydata import write_tiny_npy
 
+from tinydata import write_tiny_npy
 from xferlab.cli import main
 
 ENV = {**os.environ, "XFERLAB_OFFLINE": "1"}
