@@ -1,5 +1,6 @@
 """Second fault suite, saved folders and the report: a damaged or hand-edited run folder makes `xferlab report` name
-the file and what to rerun (xferlab.checks, which predict / export / the API reuse); every user-provided string is
+the file and what to rerun (xferlab.checks through xferlab.artifacts' readers, which predict / export / the API
+reuse); every user-provided string is
 escaped, and report.html loads nothing from elsewhere and runs no script."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import yaml
 from faultkit import png_folder
 
-from xferlab.checks import check_results_json
+from xferlab import artifacts
 from xferlab.cli import main
 from xferlab.errors import XferlabError
 
@@ -150,30 +151,31 @@ def test_a_hand_edited_results_json_is_refused_by_readers_and_rebuilt_by_report(
     doc["runs"][0]["test"]["metrics"]["accuracy"]["value"] = float("nan")  # "improved" by hand
     (copy / "results.json").write_text(json.dumps(doc))
     with pytest.raises(XferlabError, match=r"results\.json: unreadable or hand-edited .*NaN.*xferlab report"):
-        check_results_json(copy / "results.json", schema_version=1)
+        artifacts.read_results(copy)
     doc["runs"][0]["test"]["metrics"]["accuracy"]["value"] = 0.5
-    (copy / "results.json").write_text(json.dumps({**doc, "schema_version": 99}))
-    with pytest.raises(XferlabError, match="schema_version 99, expected 1"):
-        check_results_json(copy / "results.json", schema_version=1)
+    (copy / "results.json").write_text(json.dumps({**doc, "schema_version": artifacts.SCHEMA_VERSION + 98}))
+    with pytest.raises(XferlabError, match=f"schema_version {artifacts.SCHEMA_VERSION + 98}, expected "
+                                           f"{artifacts.SCHEMA_VERSION} or older"):
+        artifacts.read_results(copy)
     assert main(["report", str(copy)]) == 0  # the report never reads results.json: it rebuilds it from the runs
-    rebuilt = check_results_json(copy / "results.json", schema_version=1)
+    rebuilt = artifacts.read_results(copy)
     assert rebuilt["runs"][0]["run"] == RUN and rebuilt["runs"][0]["test"]["metrics"]["accuracy"]["value"] >= 0
 
 
 def test_a_full_disk_while_writing_the_report_keeps_the_old_report(copy, fails, monkeypatch):
-    from xferlab.report import html
+    from xferlab import files
 
     out = copy
     old = (out / "report.html").read_bytes()
-    real = html.io.write_text
+    real = files.write_text
 
     def full(path, text):
         if Path(path).name == "report.html":  # half the report reaches the disk, then the device is full
-            return html.io.write_file(path, lambda f: (f.write(text[: len(text) // 2].encode()),
-                                                       _raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))))
+            return files.write_file(path, lambda f: (f.write(text[: len(text) // 2].encode()),
+                                                     _raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))))
         return real(path, text)
 
-    monkeypatch.setattr(html.io, "write_text", full)
+    monkeypatch.setattr(files, "write_text", full)
     fails(["report", out], out, "report.html", "No space left on device", "free disk space")
     assert (out / "report.html").read_bytes() == old
 

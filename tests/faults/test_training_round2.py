@@ -39,30 +39,30 @@ def test_a_loss_that_becomes_nan_stops_the_run_naming_the_epoch_and_the_learning
 
 
 def test_a_loss_that_becomes_infinite_later_stops_at_that_epoch(tmp_path, npy, fails, monkeypatch):
-    from xferlab.engine import run
+    from xferlab.engine import fit  # the one fit loop calls train_one_epoch
 
-    real, calls = run.train_one_epoch, []
+    real, calls = fit.train_one_epoch, []
 
     def diverging(*args, **kwargs):
         loss, acc = real(*args, **kwargs)
         calls.append(1)
         return (float("inf") if len(calls) == 2 else loss), acc
 
-    monkeypatch.setattr(run, "train_one_epoch", diverging)
+    monkeypatch.setattr(fit, "train_one_epoch", diverging)
     fails(_train(tmp_path / "run", npy, "--epochs", "3"), tmp_path, "epoch 2", "train loss inf")
     assert len(calls) == 2  # stopped at once, epoch 3 never ran
 
 
 def test_sigterm_during_a_run_exits_143_and_leaves_nothing(tmp_path, npy, monkeypatch, capsys):
-    from xferlab.engine import run
+    from xferlab.engine import fit  # the one fit loop calls train_one_epoch
 
-    real = run.train_one_epoch
+    real = fit.train_one_epoch
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's `scancel` / `kill` would, mid-epoch
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run, "train_one_epoch", terminated)
+    monkeypatch.setattr(fit, "train_one_epoch", terminated)
     before = tree(tmp_path)
     assert main([str(a) for a in _train(tmp_path / "run", npy)]) == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated"
@@ -75,14 +75,14 @@ def _runs(out: Path) -> list[Path]:
 
 
 def test_sigterm_stops_a_study_like_ctrl_c_keeping_finished_runs(tmp_path, npy, monkeypatch, capsys):
-    from xferlab.engine import run
+    from xferlab.engine import fit  # the one fit loop calls train_one_epoch
 
     doc = {"name": "term", "data": {"path": str(npy)}, "backbones": ["resnet18"], "regimes": ["frozen"],
            "seeds": [0, 1, 2], "bootstrap_resamples": 100,
            "train": {"weights": "none", "epochs": 1, "batch_size": 8, "device": "cpu", "num_threads": 1}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
-    real, started = run.train_one_epoch, []
+    real, started = fit.train_one_epoch, []
 
     def terminated_in_second_run(*args, **kwargs):
         started.append(1)
@@ -90,7 +90,7 @@ def test_sigterm_stops_a_study_like_ctrl_c_keeping_finished_runs(tmp_path, npy, 
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run, "train_one_epoch", terminated_in_second_run)
+    monkeypatch.setattr(fit, "train_one_epoch", terminated_in_second_run)
     code = main(["study", str(tmp_path / "study.yaml"), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 143, err
@@ -138,16 +138,16 @@ def test_a_lock_held_by_a_live_process_refuses_at_once(tmp_path, npy, fails):
 
 
 def test_an_output_folder_made_read_only_mid_run_is_a_clear_error(tmp_path, npy, fails, monkeypatch):
-    from xferlab import io
+    from xferlab import files
 
-    real = io._create_temp
+    real = files._create_temp
 
     def read_only(path):  # the folder became read-only (remounted, chmod by an admin) after training started
         if path.name == "metrics.json":
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real(path)
 
-    monkeypatch.setattr(io, "_create_temp", read_only)
+    monkeypatch.setattr(files, "_create_temp", read_only)
     fails(_train(tmp_path / "run", npy), tmp_path, "metrics.json", "Read-only file system", "not writable")
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from xferlab import io
+from xferlab import files as io
+from xferlab.data.config import MAX_IMAGE_SIZE
 from xferlab.errors import XferlabError, did_you_mean
 
 GENERATOR_VERSION = "1"  # bump whenever the pixels a given seed produces change
@@ -613,9 +614,9 @@ def render_phantom(
     return _render_batch([rng], [rng if noise_rng is None else noise_rng], [params], size, bool(pneumonia))[0]
 
 
-# Bounds that catch a typo before it allocates: 4096 px is full chest-radiograph resolution, and 4 GiB of uint8
-# phantoms is far beyond any study here (the reference study's 2,400 images at 256 px take 150 MiB).
-MAX_SIZE = 4096
+# Bounds that catch a typo before it allocates: the largest image size a config accepts, and 4 GiB of uint8
+# phantoms, far beyond any study here (the reference study's 2,400 images at 256 px take 150 MiB).
+MAX_SIZE = MAX_IMAGE_SIZE
 MAX_TOTAL_BYTES = 4 << 30
 
 

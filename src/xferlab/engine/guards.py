@@ -4,8 +4,12 @@ epoch and the likely cause, before anything is written (the run folder is still 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from xferlab.errors import XferlabError
+
+if TYPE_CHECKING:
+    from xferlab.engine.fit import EpochRecord, FitState
 
 LOSS_KEYS = ("train_loss", "val_loss", "test_loss")
 
@@ -27,11 +31,11 @@ def check_finite_losses(row: dict, lr: float) -> None:
 
 
 class FiniteLosses:
-    """check_finite_losses as a fit-loop hook: `on_epoch_end(record, state)` with any record that has `.row()`
-    (the history row), for a loop that calls hooks once per epoch instead of this module's function."""
+    """check_finite_losses as a fit-loop hook (xferlab.engine.fit): after every epoch, before the best epoch is
+    chosen when passed first."""
 
     def __init__(self, lr: float):
         self.lr = lr
 
-    def on_epoch_end(self, record, state) -> None:
+    def on_epoch_end(self, record: EpochRecord, state: FitState) -> None:
         check_finite_losses(record.row(), self.lr)
