@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv]'
+	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv,dicom,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

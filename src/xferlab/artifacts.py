@@ -11,7 +11,7 @@ from a newer xferlab is refused with an error that says to upgrade.
 
     run folder     config.yaml (resolved TrainConfig), history.csv (one row per epoch), metrics.json,
                    predictions.npz ({split}_labels, {split}_probs for val and test at the best epoch), model.pt,
-                   curves.png (drawn by xferlab.report from the history)
+                   curves.png (drawn by xferlab.report from the history), model.onnx (only from xferlab export)
     study folder   study.yaml, environment.json (or environment-shard-I-of-N.json), runs/<name>/ (run folders),
                    audit/ (an audit folder), results.csv, results.json, report.html
     audit folder   audit.json (written last: its presence means the audit is complete), audit_arrays.npz, *.png
@@ -45,6 +45,11 @@ METRICS_JSON = "metrics.json"
 PREDICTIONS_NPZ = "predictions.npz"
 MODEL_PT = "model.pt"
 CURVES_PNG = "curves.png"
+MODEL_ONNX = "model.onnx"  # only on request: xferlab export's default output (xferlab.use.export writes it)
+# model.pt of the largest registered backbone (DenseNet/ResNet-50: ~100 MB; a ViT-B ~350 MB) with room to spare; a
+# bigger file is not a run of ours and is refused before unpickling.
+# What read_run needs of a finished run folder, in the order a reader checks them (model.pt only to load the model).
+RUN_FILES = (CONFIG_YAML, METRICS_JSON, HISTORY_CSV, PREDICTIONS_NPZ)
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                    "train_seconds", "eval_seconds")
 

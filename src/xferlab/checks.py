@@ -133,8 +133,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
-        raise damaged(path, f"not a weights-only xferlab checkpoint ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        # torch's own text is a long multi-line advice to unpickle anyway, with terminal escapes: not for us
+        raise damaged(path, f"not a weights-only xferlab checkpoint ({type(err).__name__}); it may run code "
+                            "when loaded, or be damaged") from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "head.weight" not in state:
         raise damaged(path, "has no state_dict with a head.weight; it is not an xferlab run's model.pt")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xferlab.errors import XferlabError
+from xferlab.use import commands as use_commands
 
 log = logging.getLogger("xferlab")
 
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_args(p)
     _add_audit_parser(sub)
     _add_study_parsers(sub)
+    use_commands.add_parsers(sub)  # predict, export
     for command in sub.choices.values():
         command.formatter_class = DefaultsFormatter
         for action in command._actions:  # an option without help text still shows its default
@@ -391,7 +393,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backbones, "demo": cmd_demo,
-            "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report}
+            "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report,
+            **use_commands.COMMANDS}
 
 
 DISTRIBUTED_COMMANDS = ("train", "study")

@@ -1,5 +1,5 @@
 """Pixel plumbing shared by every source: checked conversion to uint8, Pillow resizing, image-file decoding and
-header checks that read no pixels.
+header checks that read no pixels. DICOM and the scaling of 12/16-bit pixels live in xferlab.data.hospital.
 
 Images are uint8 H×W (grayscale) or 3×H×W (RGB, channel-first); batches add a leading N.
 """
@@ -17,6 +17,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from xferlab.data.hospital import declared_bits, dicom_header, is_dicom, read_dicom, wide_to_uint8
 from xferlab.errors import XferlabError
 
 # Bilinear with Pillow's support scaling is antialiased when shrinking (the same filter as torchvision's
@@ -25,10 +26,6 @@ RESAMPLE = Image.Resampling.BILINEAR
 
 # Float arrays are converted in slices of about this many elements so no full-size float temporary is made.
 _CHUNK_ELEMENTS = 1 << 22
-
-# 16-bit pixels map to 8 bits by their full range (65535 -> 255), the same for every image, so intensities stay
-# comparable across files; a per-image min-max stretch would not.
-_UINT16_TO_UINT8 = 255.0 / 65535.0
 
 _GRAY_MODES = ("1", "L", "LA", "La")
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -168,15 +165,14 @@ def could_be_colour(mode: str) -> bool:
     return mode not in _SINGLE_CHANNEL_MODES
 
 
-def _decode(image: Image.Image, where: str) -> np.ndarray:
+def _decode(image: Image.Image, where: str, path: str | os.PathLike | None,
+            header: Image.Image | None = None) -> np.ndarray:
+    """`header`: the image as opened, when `image` is a transposed copy that lost the file's tags (TIFF bit depth)."""
     if image.mode in _GRAY_MODES:
         return np.asarray(image.convert("L"))
     if image.mode in _WIDE_INT_MODES:
-        pixels = np.asarray(image).astype(np.int64)
-        lo, hi = int(pixels.min()), int(pixels.max())
-        if lo < 0 or hi > 65535:
-            raise XferlabError(f"{where}: integer pixels range {lo}..{hi}, outside 0..65535; re-export as 8 or 16 bit")
-        return np.rint(pixels * _UINT16_TO_UINT8).astype(np.uint8)
+        # scaled by the bits the file uses, not by 65535: a 12-bit radiograph would otherwise stay nearly black
+        return wide_to_uint8(np.asarray(image), declared_bits(header or image, path), where)
     if image.mode == "F":
         return to_uint8(np.asarray(image), where)
     return _gray_or_rgb(np.asarray(image.convert("RGB")))
@@ -252,22 +248,31 @@ def _open_checked(path: str | os.PathLike, where: str) -> Image.Image:
     return image
 
 
+def decode_pil(image: Image.Image, where: str = "image") -> np.ndarray:
+    """An open PIL image as read_image_file decodes a file: uint8 H×W or 3×H×W."""
+    return _decode(image, where, getattr(image, "filename", None) or None)
+
+
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """Decode one PNG/JPEG/TIFF/BMP/... file into uint8 H×W (grayscale) or 3×H×W (colour).
 
-    Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the full 16-bit range; F -> gray by to_uint8's float
-    rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all equal come back as H×W. EXIF
-    orientation is applied. Anything but a regular file, bombs and multi-frame files are refused before decoding
-    (check_regular_file, check_header); unreadable or corrupt files raise XferlabError naming the file.
+    Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the bits the file uses (hospital.wide_to_uint8);
+    F -> gray by to_uint8's float rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all
+    equal come back as H×W. EXIF orientation is applied. DICOM files (hospital.is_dicom) go to hospital.read_dicom.
+    Anything but a regular file, bombs and multi-frame files are refused before decoding (check_regular_file,
+    check_header); unreadable or corrupt files raise XferlabError naming the file.
     """
     where = str(path)
+    check_regular_file(path, where)  # before is_dicom reads a suffix-less file's marker: a FIFO would block
+    if is_dicom(path):
+        return read_dicom(path)
     try:
         with _open_checked(path, where) as image, warnings.catch_warnings():
             # Pillow warns about palette transparency given as bytes and about large images; both are handled here.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
-            return _decode(ImageOps.exif_transpose(image), where)
+            return _decode(ImageOps.exif_transpose(image), where, path, header=image)
     except XferlabError:
         raise
     except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on broken files
@@ -285,6 +290,9 @@ def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], bool]:
     verify() rejects is decoded once to decide, so exactly the files read_image_file refuses are refused, with its
     message (a PNG missing only its end marker decodes fine).
     """
+    check_regular_file(path)
+    if is_dicom(path):
+        return dicom_header(path)
     try:
         with _open_checked(path, str(path)) as image:
             size, mode = _oriented_size(image), image.mode
@@ -342,10 +350,13 @@ def check_file_sizes(paths: Sequence[Path], where: str) -> None:
     for path in paths:
         try:
             check_regular_file(path)  # never open a FIFO or a device, even for its header
-            with _open(path) as image:
-                check_header(image, str(path))  # a bomb's claimed size is not a size to compare
-                sizes.append(_oriented_size(image))
-                names.append(str(path))
+            if is_dicom(path):
+                sizes.append(dicom_header(path)[0])
+            else:
+                with _open(path) as image:
+                    check_header(image, str(path))  # a bomb's claimed size is not a size to compare
+                    sizes.append(_oriented_size(image))
+            names.append(str(path))
         except Exception:  # noqa: BLE001 - unreadable files are reported by read_image_file
             continue
     check_same_size(sizes, where, names)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 NPY_TEST_PREFIX = "test_"
 MEDMNIST_DEFAULT_SIZE = 28  # `<flag>.npz` holds the original 28×28 release; `<flag>_<S>.npz` the MedMNIST+ sizes
 
