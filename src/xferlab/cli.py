@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,8 @@ log = logging.getLogger("xferlab")
 # The options each command takes from a config model: option name, type, choices, default and help all come from the
 # model's fields (xferlab.config), so they exist once. Options default to None here, so that only the options given
 # on the command line are laid over a YAML file; --help shows the model's default.
-DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "memory_budget_mb",
-                "loader_workers")
+DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "allow_external_links",
+                "memory_budget_mb", "loader_workers")
 TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
                  "num_threads")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
@@ -329,11 +333,11 @@ def cmd_study(args: argparse.Namespace) -> int:
             if is_main_process() and shard is None:
                 results, report = build_outputs(out)
                 tracking.study_outputs(parent, out)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
-        print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
-              f"{_study_command(args, out, shard)}", file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if isinstance(stop, Terminated) else 'interrupted'}: {len(done)} finished run(s) "
+              f"kept in {out}; resume with: {_study_command(args, out, shard)}", file=sys.stderr)
+        return _stop_status(stop)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished"
@@ -468,19 +472,54 @@ def _check_launch(command: str) -> None:
                            f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
 
 
+def _printable(text: str) -> str:
+    """Bytes of a non-UTF-8 file name (held as surrogates) shown as \\xNN: any stderr can print the line."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), raised where the program is so it unwinds as Ctrl-C does: staged
+    folders removed, finished runs kept, the resume command printed; exit status 143 (128 + SIGTERM)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_status(stop: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C for the command's duration (main thread only; the old handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     status = 1  # an unexpected exception propagates with its traceback
     try:
-        _check_launch(args.command)
-        status = COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            _check_launch(args.command)
+            status = COMMANDS[args.command](args)
     except XferlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_printable(str(err))}", file=sys.stderr)
         status = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as stop:
+        print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+        status = _stop_status(stop)
     finally:
         if "xferlab.engine.distributed" in sys.modules:  # a command that trained under torchrun: leave its group
             sys.modules["xferlab.engine.distributed"].shutdown(barrier=status == 0)

@@ -17,6 +17,9 @@ from xferlab.data.config import StrictModel as _Strict
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.files import YamlValues, read_yaml  # noqa: F401  (read_yaml: part of this module's API)
 
+# Upper bound that catches a typo (an extra zero) before it allocates: 1024 threads is beyond any CPU this runs on.
+MAX_THREADS = 1024
+
 
 def _known_regime(v: str) -> str:
     """parse_regime's check, its XferlabError turned into a ValueError so that build() adds the file, line and key."""
@@ -78,7 +81,8 @@ class TrainConfig(_Strict):
     scheduler: Literal["cosine", "none"] = Field("cosine", description="learning-rate schedule, stepped per batch")
     seed: int = Field(0, description="seed of the head's initialisation and of the training batches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="bf16 autocast; auto: on for a CUDA GPU with native bf16, off (fp32) on CPU"
@@ -174,7 +178,8 @@ class AuditConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice")
 
     @field_validator("regime")
     @classmethod
