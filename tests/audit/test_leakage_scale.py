@@ -167,7 +167,6 @@ def test_precomputed_embeddings_replace_the_backbone(tiny_npy, tmp_path, capsys)
 
 def test_the_streaming_pass_over_files_equals_the_in_memory_one(tmp_path):
     from tinydata import write_tiny_folder
-
     from xferlab.audit.scan import scan_dataset
 
     root = write_tiny_folder(tmp_path / "folder")
