@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # one set of random weights for every draw: the fixed features
     model = create_model(args.backbone, 2, args.weights, image_size=SIZE).eval()
-    preprocess = Preprocess(model.spec.mean, model.spec.std)
+    preprocess = Preprocess.for_input(model.spec.input)
     layer = choose_layer(model, (SIZE, SIZE))
     print(f"fixed features: {args.backbone} ({args.weights} weights), Grad-CAM layer {layer}, {SIZE} px, "
           f"alpha {args.alpha}")

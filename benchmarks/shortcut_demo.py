@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xferlab.cli import main as xferlab
-from xferlab.config import DataConfig
+from xferlab.data.config import DataConfig
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.data.sources import load_dataset
 from xferlab.explain.audit_check import audit_shortcut

@@ -5,52 +5,110 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from xferlab.errors import XferlabError
+from xferlab.explain import commands as explain_commands
+from xferlab.use import commands as use_commands
 
 log = logging.getLogger("xferlab")
 
 
+# The options each command takes from a config model: option name, type, choices, default and help all come from the
+# model's fields (xferlab.config), so they exist once. Options default to None here, so that only the options given
+# on the command line are laid over a YAML file; --help shows the model's default.
+DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "allow_external_links",
+                "memory_budget_mb", "loader_workers")
+TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
+                 "num_threads", "test_bn")
+SPEED_OPTIONS = ("amp", "channels_last", "compile")
+AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads",
+                 "shortcut_run")
+TRACK_OPTIONS = ("track", "track_uri")  # TrainConfig, StudyConfig and TrackOptions (an audit) share these fields
+OPTION_NAMES = {"path": "data"}  # field -> option where they differ (--data sets data.path)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default: argparse's own where it has one; config-model options carry the
+    model's default in their help already (their argparse default is None: "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and "default" not in text:
+            # "default" already in the text: the option's help says it (or an option without help got it above)
+            text += " (default: %(default)s)"
+        return text
+
+
+def _option_type(annotation) -> tuple[type | None, list | None, bool]:
+    """(argparse type, choices, repeatable) of a field: Literal -> choices; X | None -> X; Annotated[str, ...] -> str;
+    list[X] -> X's, the option given once per item."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is list:
+        return *_option_type(get_args(annotation)[0])[:2], True
+    if get_origin(annotation) is Literal:
+        return None, list(get_args(annotation)), False
+    for candidate in (annotation, *get_args(annotation)):
+        if candidate in (int, float, bool):
+            return candidate, None, False
+    return str, None, False
+
+
+def add_model_options(group, model, names: tuple[str, ...]) -> None:
+    """One option per field of `model` named in `names`, described by the field itself."""
+    for name in names:
+        field = model.model_fields[name]
+        kind, choices, repeatable = _option_type(field.annotation)
+        text = (field.description or name.replace("_", " ")).replace("%", "%%")
+        if repeatable:  # the option replaces the YAML's whole list
+            text += "; repeat the option for several"
+        default = "" if field.default is None else f" (default: {_shown(field.default)})"
+        flag = "--" + OPTION_NAMES.get(name, name).replace("_", "-")
+        dest = OPTION_NAMES.get(name, name)
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action="store_true", default=None, help=text + default)
+        else:
+            group.add_argument(flag, dest=dest, type=kind, choices=choices, help=text + default,
+                               action="append" if repeatable else "store")
+
+
+def _shown(default: Any) -> str:
+    """A field's default as --help shows it (an empty list: none)."""
+    if isinstance(default, list):
+        return ", ".join(map(str, default)) or "none"
+    return str(default)
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="dataset folder (npy, folder, medmnist) or manifest (csv)")
-    g.add_argument("--format", help="data layout: npy (default), folder, csv or medmnist")
-    g.add_argument("--image-size", type=int, help="resize images to S×S (default: their own size)")
-    g.add_argument("--val-split", choices=["ordered", "random"],
-                   help="carve val from train: last 20%% per class (reference) or seeded random")
-    g.add_argument("--medmnist-flag", help="medmnist dataset flag, e.g. pneumoniamnist")
-    g.add_argument("--skip-unreadable", action="store_true", default=None, help="skip unreadable image files")
-    g.add_argument("--memory-budget-mb", type=float,
-                   help="folder/csv: stream images from disk per batch when decoded they would exceed this many MiB")
-    g.add_argument("--loader-workers", type=int, help="DataLoader worker processes that decode streamed images")
+    from xferlab.config import DataConfig
+
+    add_model_options(p.add_argument_group("data"), DataConfig, DATA_OPTIONS)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from xferlab.config import TrainConfig
+
     g = p.add_argument_group("training (defaults: the reference study)")
-    g.add_argument("--backbone", help="registered backbone (xferlab backbones); default resnet18")
-    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
-    g.add_argument("--regime", help="frozen (default), adabn, finetune or partial:K")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--scheduler", choices=["cosine", "none"])
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--num-threads", type=int, help="CPU threads for torch")
-    g.add_argument("--test-bn", choices=["off", "adapt"],
-                   help="adapt: also report val/test with BatchNorm statistics re-estimated on each split's own images "
-                        "(AdaBN; transductive, metrics.json test_bn)")
+    add_model_options(g, TrainConfig, TRAIN_OPTIONS)
     _add_speed_args(g)
 
 
+def _add_track_args(p: argparse.ArgumentParser, model) -> None:
+    """--track and --track-uri, from `model`'s track and track_uri fields (README, Experiment tracking)."""
+    add_model_options(p.add_argument_group("experiment tracking (README, Experiment tracking)"), model, TRACK_OPTIONS)
+
+
 def _add_speed_args(g) -> None:
-    g.add_argument("--amp", choices=["auto", "bf16", "off"],
-                   help="bf16 autocast; auto: on for CUDA GPUs with native bf16, off on CPU")
-    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="NHWC layout; auto: on for CUDA only")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    from xferlab.config import TrainConfig
+
+    add_model_options(g, TrainConfig, SPEED_OPTIONS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with 90%% of pneumonia and 10%% of normal train/val images, none in test")
     p.add_argument("--seed", type=int, default=0)
 
-    sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
+    p = sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
+    p.add_argument("--all", action="store_true", help="also every timm model with pretrained weights (timm:NAME) "
+                   "and torchxrayvision's chest X-ray DenseNets (xrv:WEIGHTS), with local weight availability")
+    p.add_argument("--filter", metavar="GLOB", help="only names matching GLOB, e.g. 'timm:vit_*' or '*convnext*'")
 
     p = sub.add_parser("train", help="train one backbone in one regime; writes a run folder")
     p.add_argument("-c", "--config", type=Path, help="run YAML; command-line options override it")
@@ -76,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     _add_data_args(p)
     _add_train_args(p)
+    from xferlab.config import TrainConfig
+
+    _add_track_args(p, TrainConfig)
 
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
@@ -97,24 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_args(p)
     _add_audit_parser(sub)
     _add_study_parsers(sub)
-    _add_explain_parser(sub)
+    use_commands.add_parsers(sub)  # predict, export
+    explain_commands.add_parsers(sub)  # explain
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsFormatter
+        for action in command._actions:  # an option without help text still shows its default
+            if not action.help and action.option_strings and action.default not in (None, False):
+                action.help = "default: %(default)s"
     return parser
-
-
-def _add_explain_parser(sub) -> None:
-    p = sub.add_parser("explain", help="Grad-CAM maps of a run: overlays, contact sheets and explain.json (border-band "
-                                       "and region-of-interest shares)")
-    p.add_argument("run", type=Path, help="run folder (xferlab train --out, or DIR/runs/<name> of a study)")
-    p.add_argument("inputs", type=Path, nargs="*", help="image files or .npy arrays to explain instead of the run's "
-                                                         "val and test splits")
-    p.add_argument("--out", type=Path, required=True, help="folder to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--data", help="explain on this dataset path instead of the run's (same format and classes)")
-    p.add_argument("--max-errors", type=int, default=16, help="overlays of misclassified images per split (16)")
-    p.add_argument("--per-class", type=int, default=4, help="overlays of correct images per class and split (4)")
-    p.add_argument("--max-images", type=int, default=512, help="maps per split; a seeded sample beyond it (512)")
-    p.add_argument("--layer", help="module to read instead of the registry's cam_layer (e.g. layer3 for tiny images)")
-    p.add_argument("--seed", type=int, default=0)
 
 
 def _add_study_parsers(sub) -> None:
@@ -127,6 +181,9 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="train only the I-th of N disjoint parts of the grid (1-based, cell k in part k %% N + 1), "
                         "e.g. one job of a job array; no report: run `xferlab report DIR` once every part has finished")
+    from xferlab.config import StudyConfig
+
+    _add_track_args(p, StudyConfig)
 
     p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder")
     p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR)")
@@ -136,20 +193,15 @@ def _add_audit_parser(sub) -> None:
     p = sub.add_parser("audit", help="can the test split be trusted? shift tests, pixel statistics, leakage, "
                                      "re-split experiment; writes audit.json and figures")
     p.add_argument("-c", "--config", type=Path, help="YAML with data: and audit: sections; options override it")
-    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create (default runs/audit)")
+    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing audit folder")
     _add_data_args(p)
-    g = p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)")
-    g.add_argument("--backbone", help="fixed backbone for the embeddings (default efficientnet_lite0)")
-    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
-    g.add_argument("--regime", help="regime trained on every re-split: frozen (default), finetune or partial:K")
-    g.add_argument("--resplits", type=int, help="R re-splits of the pooled data (default 20; 0 skips)")
-    g.add_argument("--permutations", type=int, help="permutations for the classifier and MMD tests (default 1000)")
-    g.add_argument("--alpha", type=float, help="significance level (default 0.05)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--num-threads", type=int, help="CPU threads for torch")
-    g.add_argument("--shortcut-run", help="run folder trained on this data: Grad-CAM + occlusion shortcut check")
+    from xferlab.config import AuditConfig, TrackOptions
+
+    add_model_options(p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)"), AuditConfig, AUDIT_OPTIONS)
+    _add_track_args(p, TrackOptions)
+    p.add_argument("--embeddings", type=Path, help="precomputed embeddings (.npy, one row per image in dataset "
+                   "order) instead of the backbone pass")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -159,13 +211,13 @@ def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
     """The config's data: section with the data options given on the command line laid over it."""
-    given = _given(args, ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable",
-                          "memory_budget_mb", "loader_workers"))
+    given = _given(args, tuple(OPTION_NAMES.get(n, n) for n in DATA_OPTIONS))
     if "data" in given:
         given["path"] = given.pop("data")
     section = values.get("data") or {}
     if not isinstance(section, dict):
-        raise XferlabError(f"{getattr(args, 'config', None) or 'config'}: data: must be a mapping (path:, format:, ...), "
+        where = getattr(args, "config", None) or "config"
+        raise XferlabError(f"{where}: data: must be a mapping (path:, format:, ...), "
                            f"got {type(section).__name__}; write it as data: {{path: ...}}")
     data = {**section, **given}
     if "path" not in data:
@@ -180,8 +232,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     values = read_yaml(args.config) if args.config else {}
     data = _data_values(args, values)
     values["data"] = data
-    values.update(_given(args, ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed",
-                                "device", "num_threads", "amp", "channels_last", "compile", "test_bn")))
+    values.update(_given(args, TRAIN_OPTIONS + SPEED_OPTIONS + TRACK_OPTIONS))
     return values
 
 
@@ -189,10 +240,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from xferlab.config import TrainConfig, build
     from xferlab.engine.distributed import is_main_process
     from xferlab.engine.run import train
+    from xferlab.tracking import epoch_hooks
+    from xferlab.tracking import session as tracking
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
-    result = train(cfg, args.out, overwrite=args.overwrite)
-    if is_main_process():  # under torchrun every rank trains; rank 0 reports
+    with tracking.train_run(cfg, args.out, enabled=is_main_process()) as tracker:
+        result = train(cfg, args.out, overwrite=args.overwrite, hooks=epoch_hooks(tracker))
+        if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
+            from xferlab.report.figures import write_run_curves
+
+            write_run_curves(result.out, result.history, cfg.model_dump(mode="json"))
+            tracking.finished_run(tracker, result.out)  # after the curves: curves.png is one of the run's files
+    if is_main_process():
         _print_run_summary(result)
     return 0
 
@@ -221,7 +280,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    import xferlab.backbones.zoo  # noqa: F401
+    if args.all or args.filter:
+        return _list_all_backbones(args.filter)
     from xferlab.backbones.registry import count_parameters, get_spec, list_backbones
 
     rows = []
@@ -230,11 +290,28 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         body = spec.build(224)
         rows.append((name, f"{count_parameters(body) / 1e6:.1f}M", spec.feature_dim,
                      "yes" if spec.weights.available() else "no", spec.weights.describe()))
-    header = ("backbone", "params", "features", "offline weights", "weights source")
+    _print_table(("backbone", "params", "features", "offline weights", "weights source"), rows)
+    print("more: xferlab backbones --all (timm:NAME, xrv:WEIGHTS) or --filter GLOB")
+    return 0
+
+
+def _list_all_backbones(pattern: str | None) -> int:
+    """Registered backbones and family members by name, without building them (timm alone lists over a thousand)."""
+    from xferlab.backbones.registry import list_available, list_families
+
+    rows = [(n, "yes" if w.available() else "no", w.describe()) for n, w in list_available(pattern)]
+    _print_table(("backbone", "offline weights", "weights source"), rows)
+    print(f"{len(rows)} backbones, {sum(r[1] == 'yes' for r in rows)} with weights on this machine")
+    for family in list_families():
+        if not family.installed():
+            print(f"{family.prefix}: not installed (pip install 'xferlab[{family.extra}]')")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -249,31 +326,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.engine.distributed import is_main_process
-    from xferlab.study import build_outputs, load_study, run_study
+    from xferlab.report import build_outputs
+    from xferlab.study import load_study, run_study
     from xferlab.study.grid import parse_shard
     from xferlab.study.summary import summary_table
+    from xferlab.tracking import session as tracking
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
+    _override_tracking(study, args)
     out = args.out or Path("runs") / args.study.stem
     try:
-        outcome = run_study(study, out, force=args.force, shard=shard)
-    except KeyboardInterrupt:
+        with tracking.study_run(study, out, enabled=is_main_process()) as parent:  # the parent run, with --track
+            outcome = run_study(study, out, force=args.force, shard=shard, tracker=parent)
+            # other shards may still be running: the report is built once, by `xferlab report`
+            if is_main_process() and shard is None:
+                results, report = build_outputs(out)
+                tracking.study_outputs(parent, out)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
-        print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
-              f"{_study_command(args, out, shard)}", file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if isinstance(stop, Terminated) else 'interrupted'}: {len(done)} finished run(s) "
+              f"kept in {out}; resume with: {_study_command(args, out, shard)}", file=sys.stderr)
+        return _stop_status(stop)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished"
-    if shard is not None:  # other shards may still be running: the report is built once, by `xferlab report`
+    if shard is not None:
         print(f"\nshard {shard[0]}/{shard[1]}: {counts}; when every shard has finished: xferlab report {out}")
         return 0
-    results, report = build_outputs(out)
     print(f"\n{counts}")
     print(summary_table(results))
     print(f"report: {report}")
     return 0
+
+
+def _override_tracking(config, args: argparse.Namespace) -> None:
+    """--track / --track-uri replace the YAML's track: / track_uri: (validated on assignment)."""
+    from pydantic import ValidationError
+
+    from xferlab.config import format_validation_error
+
+    try:
+        for key, value in _given(args, TRACK_OPTIONS).items():
+            setattr(config, key, value)
+    except ValidationError as err:
+        raise XferlabError(format_validation_error(err, "options")) from None
 
 
 def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] | None) -> str:
@@ -284,11 +381,15 @@ def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] |
     for option, value in (("--data", args.data), ("--device", args.device),
                           ("--shard", shard and f"{shard[0]}/{shard[1]}")):
         words += [option, str(value)] if value is not None else []
+    for tool in getattr(args, "track", None) or []:  # the trackers too: the resumed study logs to the same runs
+        words += ["--track", tool]
+    if getattr(args, "track_uri", None):
+        words += ["--track-uri", args.track_uri]
     return shlex.join(words)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from xferlab.study import build_outputs
+    from xferlab.report import build_outputs
     from xferlab.study.summary import summary_table
 
     results, report = build_outputs(args.dir)
@@ -301,7 +402,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from xferlab.engine.bench import bench
-    from xferlab.io import write_text
+    from xferlab.files import write_text
 
     result = bench(args.backbone, args.image_size, args.batch_size, args.device, weights=args.weights,
                    regime=args.regime, amp=args.amp or "auto", channels_last=args.channels_last or "auto",
@@ -313,42 +414,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-AUDIT_YAML_KEYS = ("data", "audit")
+AUDIT_YAML_KEYS = ("data", "audit", *TRACK_OPTIONS)
 
 
 def _audit_configs(args: argparse.Namespace):
-    """DataConfig and AuditConfig from the YAML file (data: and audit: sections) and the command-line options."""
-    from xferlab.config import AuditConfig, DataConfig, build, read_yaml
+    """DataConfig, AuditConfig and TrackOptions from the YAML file (data: and audit: sections, track: and
+    track_uri:) and the command-line options."""
+    from xferlab.config import AuditConfig, DataConfig, TrackOptions, build, read_yaml
     from xferlab.errors import did_you_mean
 
     values = read_yaml(args.config) if args.config else {}
     for key in values:
         if key not in AUDIT_YAML_KEYS:
             raise XferlabError(f"{args.config}: unknown key '{key}'{did_you_mean(str(key), AUDIT_YAML_KEYS)}; an audit "
-                               "config has a data: and an audit: section")
-        if values[key] is not None and not isinstance(values[key], dict):
+                               "config has a data: and an audit: section (and optionally track: and track_uri:)")
+        if key in ("data", "audit") and values[key] is not None and not isinstance(values[key], dict):
             raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
                                f"got {type(values[key]).__name__}")
     data = _data_values(args, values)
-    audit = {**(values.get("audit") or {}), **_given(args, ("backbone", "weights", "regime", "resplits",
-                                                            "permutations", "alpha", "seed", "device", "num_threads",
-                                                            "shortcut_run"))}
+    audit = {**(values.get("audit") or {}), **_given(args, AUDIT_OPTIONS)}
+    track = {**{k: values[k] for k in TRACK_OPTIONS if k in values}, **_given(args, TRACK_OPTIONS)}
     where = str(args.config or "options")
     for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
         for key in values_:
             if key not in model.model_fields:
                 hint = did_you_mean(str(key), model.model_fields)
                 raise XferlabError(f"{where}: unknown key '{section}.{key}'{hint}; remove it or check its spelling")
-    return build(DataConfig, data, where=where), build(AuditConfig, audit, where=where)
+    return (build(DataConfig, data, where=where), build(AuditConfig, audit, where=where),
+            build(TrackOptions, track, where=where))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from xferlab.audit import run_audit
-    from xferlab.io import staged_dir
+    from xferlab.files import staged_dir
+    from xferlab.tracking import session as tracking
 
-    data_cfg, audit_cfg = _audit_configs(args)
-    with staged_dir(args.out, overwrite=args.overwrite) as stage:
-        result = run_audit(data_cfg, audit_cfg, stage)
+    data_cfg, audit_cfg, track = _audit_configs(args)
+    with tracking.audit_run(track.track, track.track_uri, data_cfg, audit_cfg, args.out) as tracker:
+        with staged_dir(args.out, overwrite=args.overwrite) as stage:
+            result = run_audit(data_cfg, audit_cfg, stage, embeddings=args.embeddings)
+        tracking.audited(tracker, args.out)
     verdict = result["verdict"]
     print(f"{verdict['level'].upper()}: {verdict['headline']}")
     for finding in verdict["findings"]:
@@ -357,29 +462,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from xferlab.explain.run import ExplainOptions, explain_run
-    from xferlab.io import staged_dir
-
-    for name in ("max_errors", "per_class", "max_images"):
-        if getattr(args, name) < (1 if name == "max_images" else 0):
-            raise XferlabError(f"--{name.replace('_', '-')}: must be >= {1 if name == 'max_images' else 0}, "
-                               f"got {getattr(args, name)}")
-    opts = ExplainOptions(max_errors=args.max_errors, per_class=args.per_class, max_images=args.max_images,
-                          seed=args.seed, data=args.data, layer=args.layer)
-    with staged_dir(args.out, overwrite=args.overwrite) as stage:
-        result = explain_run(args.run, stage, inputs=args.inputs, opts=opts)
-    for split, part in result["splits"].items():
-        shares = ", ".join(f"{k} {v:.2f}" for k, v in part["summary"]["all"].items() if k.endswith("_share")
-                           and v is not None)
-        print(f"{split}: {part['summary']['all']['n']} maps; mean CAM share: {shares or 'n/a'}")
-    print(f"explanations: {args.out} (explain.json, contact sheets, overlays; {result['seconds']:.0f}s)")
-    return 0
-
-
 COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backbones, "demo": cmd_demo,
             "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report,
-            "explain": cmd_explain}
+            **use_commands.COMMANDS, **explain_commands.COMMANDS}
 
 
 DISTRIBUTED_COMMANDS = ("train", "study")
@@ -397,19 +482,54 @@ def _check_launch(command: str) -> None:
                            f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
 
 
+def _printable(text: str) -> str:
+    """Bytes of a non-UTF-8 file name (held as surrogates) shown as \\xNN: any stderr can print the line."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), raised where the program is so it unwinds as Ctrl-C does: staged
+    folders removed, finished runs kept, the resume command printed; exit status 143 (128 + SIGTERM)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_status(stop: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C for the command's duration (main thread only; the old handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     status = 1  # an unexpected exception propagates with its traceback
     try:
-        _check_launch(args.command)
-        status = COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            _check_launch(args.command)
+            status = COMMANDS[args.command](args)
     except XferlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_printable(str(err))}", file=sys.stderr)
         status = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as stop:
+        print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+        status = _stop_status(stop)
     finally:
         if "xferlab.engine.distributed" in sys.modules:  # a command that trained under torchrun: leave its group
             sys.modules["xferlab.engine.distributed"].shutdown(barrier=status == 0)

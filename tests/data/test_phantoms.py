@@ -220,7 +220,7 @@ def test_roi_masks_are_the_lung_fields(plain: Path) -> None:
         # lungs are darker than the rest of the body on the film
         assert images[roi == 1].mean() < images[roi == 0].mean()
     # the npy layout still sees only the two classes
-    from xferlab.config import DataConfig
+    from xferlab.data.config import DataConfig
     from xferlab.data.sources import load_dataset
 
     assert load_dataset(DataConfig(path=str(plain))).class_names == list(CLASS_NAMES)

@@ -12,8 +12,9 @@ import torch
 
 from xferlab.backbones.registry import create_model
 from xferlab.cli import main
-from xferlab.config import DataConfig, TrainConfig
+from xferlab.config import TrainConfig
 from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.config import DataConfig
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.engine.accel import num_threads
 from xferlab.engine.run import train

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xferlab.config import DataConfig
+from xferlab.data.config import DataConfig
 from xferlab.data.sources import load_dataset
 from xferlab.errors import XferlabError
 from xferlab.explain.regions import border_mask, boxes_to_masks, dataset_regions, mass_share

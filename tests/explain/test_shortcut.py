@@ -87,6 +87,10 @@ def test_audit_runs_the_check_on_a_given_run(tiny_run: Path, shortcut_phantoms: 
     assert 0.0 <= check["p_value"] <= 1.0 and check["n_images"] == 24 and check["split"] == "val"
     assert check["zone"] == "border band less the region of interest" and 0 <= check["marker_share"] <= 1
     assert any(f["topic"] == "shortcut" for f in audit["verdict"]["findings"])
+    from xferlab.report.audit import render_audit_section
+
+    html = render_audit_section(out)  # the report's audit section shows the check's record
+    assert "Shortcut check" in html and "0.141" in html and check["cam_layer"] in html
 
 
 def test_audit_refuses_a_run_of_other_data(tiny_run: Path, tmp_path: Path, capsys) -> None:

@@ -31,6 +31,6 @@ def test_study_explains_its_runs_and_the_report_shows_them(shortcut_phantoms: Pa
 
 
 def test_report_without_explanations_has_no_section(tmp_path: Path) -> None:
-    from xferlab.explain.section import render_explain_section
+    from xferlab.report.explain import render_explain_section
 
-    assert render_explain_section(tmp_path / "explain") == ""
+    assert render_explain_section(tmp_path) == ""

@@ -6,8 +6,8 @@ import pytest
 
 import xferlab.engine.run as engine_run
 from xferlab.cli import main
+from xferlab.report import build_outputs
 from xferlab.report.html import SECTIONS
-from xferlab.study import build_outputs
 
 
 class ReportParser(HTMLParser):
@@ -99,7 +99,7 @@ def test_an_audit_that_cannot_be_rendered_is_noted_not_fatal(study_dir, tmp_path
 
     copy = tmp_path / "copy"
     shutil.copytree(study_dir, copy)
-    monkeypatch.setitem(sys.modules, "xferlab.audit.report", None)
+    monkeypatch.setitem(sys.modules, "xferlab.report.audit", None)
     _, report = build_outputs(copy)
     assert "holds a split audit, but xferlab.audit cannot be imported" in report.read_text()
     assert _parse(report).sections == [s for s in SECTIONS if s != "explain"]
@@ -111,4 +111,4 @@ def test_a_damaged_run_folder_is_a_clear_error(study_dir, tmp_path, missing, cap
     shutil.copytree(study_dir, copy)
     (copy / "runs" / "resnet18-frozen-seed0" / missing).unlink()
     assert main(["report", str(copy)]) == 2
-    assert "resnet18-frozen-seed0: unreadable run folder" in capsys.readouterr().err
+    assert f"resnet18-frozen-seed0/{missing}: missing" in capsys.readouterr().err

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.config import AuditConfig
@@ -27,8 +26,6 @@ _CHUNK = 256
 _FEATURE_BATCH = 64
 
 
-
-
 def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -> TransferModel:
     """The audit backbone with the frozen regime applied (parameters and BatchNorm statistics fixed)."""
     model = create_model(cfg.backbone, max(2, data.num_classes), cfg.weights, image_size=data.image_size[0])
@@ -36,11 +33,29 @@ def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -
     return model.to(device).eval()
 
 
+class Embedder:
+    """Embeds one chunk of uint8 images at a time with the audit backbone (for the streaming pass, scan.py)."""
+
+    def __init__(self, data: ImageDataset, cfg: AuditConfig):
+        self.cfg = cfg
+        device = resolve_device(cfg.device)
+        self.model = fixed_backbone(data, cfg, device)
+        self.preprocess = Preprocess(self.model.spec.mean, self.model.spec.std, device)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        features = extract_features(self.model.body, as_tensor(images), self.preprocess, _FEATURE_BATCH)
+        return features.float().cpu().numpy()
+
+    def check(self, features: np.ndarray) -> None:
+        if not np.isfinite(features).all():
+            raise XferlabError(f"backbone '{self.cfg.backbone}' produced non-finite features; check the weights file")
+
+
 def embed_dataset(data: ImageDataset, cfg: AuditConfig, progress: bool = True) -> np.ndarray:
     """Pooled backbone features of every image (N × D float32, dataset order)."""
     device = resolve_device(cfg.device)
     model = fixed_backbone(data, cfg, device)
-    preprocess = Preprocess(model.spec.mean, model.spec.std, device)
+    preprocess = Preprocess.for_input(model.spec.input, device)
     images = as_tensor(data.images)
     chunks = range(0, len(images), _CHUNK)
     bar = tqdm(chunks, desc=f"embedding ({cfg.backbone})", unit="chunk", disable=not progress, leave=False)

@@ -12,12 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from xferlab import io  # noqa: E402
+from xferlab import files as io  # noqa: E402
 from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
-from xferlab.report.figures import SPLIT_COLOURS  # noqa: E402
+from xferlab.style import SPLIT_COLOURS  # noqa: E402
 
 MARKERS = "os^Dvx+*"
 METHOD_LABELS = {"classifier": "classifier AUC", "mmd": "MMD", "ks": "KS (Bonferroni)"}
@@ -40,14 +40,21 @@ def _show(ax, image: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
+SCATTER_POINTS = 5000
+
+
 def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha: float, path: Path) -> str:
     """Left: the embeddings' first two principal components by split side and class. Right: every test's p-value."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     ref, target = domain_masks(data)
-    xy = PCA(n_components=2, random_state=0).fit_transform(embeddings.astype(np.float64))
+    # A scatter of more points than SCATTER_POINTS is a blot, and the PCA of all of them costs gigabytes at 200k.
+    shown = np.zeros(len(data.labels), dtype=bool)
+    shown[np.random.default_rng(0).permutation(len(shown))[:SCATTER_POINTS]] = True
+    xy = np.zeros((len(shown), 2))
+    xy[shown] = PCA(n_components=2, random_state=0).fit_transform(embeddings[shown].astype(np.float64))
     for k, name in enumerate(data.class_names):
         for side, mask, colour in (("train+val", ref, SPLIT_COLOURS["train"]), ("test", target, SPLIT_COLOURS["test"])):
-            m = mask & (data.labels == k)
+            m = mask & (data.labels == k) & shown
             ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.5, color=colour, marker=MARKERS[k % len(MARKERS)],
                        label=f"{side} · {name}")
     ax.set(xlabel="PC 1", ylabel="PC 2", title="backbone embeddings")
@@ -124,8 +131,8 @@ def _leak_pairs(data: ImageDataset, leakage: dict, limit: int) -> list[tuple[int
     for group in leakage["exact"]["cross_split"]:
         members = sorted(group["images"], key=lambda i: SPLITS.index(i["split"]))
         pairs.append((members[-1]["index"], members[0]["index"], "exact copy"))
-    for kind, unit in (("phash", "bits"), ("embedding", "1-cos")):
-        for p in leakage[kind].get("pairs", []):
+    for kind, unit in (("phash", "bits"), ("embedding", "1-cos"), ("aligned", "1-r")):
+        for p in leakage.get(kind, {}).get("pairs", []):
             pairs.append((p["query"]["index"], p["match"]["index"], f"{kind} {p['distance']:.3g} {unit}"))
     for g in leakage["groups"].get("overlapping", []):
         ex = g["examples"]

@@ -6,32 +6,31 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from xferlab import io
-from xferlab.audit import figures
+import xferlab.audit.figures as figures
+from xferlab import artifacts
 from xferlab.audit.common import jsonable
-from xferlab.engine.accel import num_threads as torch_threads
-from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import STATS, pixel_audit
 from xferlab.audit.resplit import resplit_experiment
+from xferlab.audit.scan import ImageScan, load_embeddings, scan_dataset
 from xferlab.audit.shift import class_balance, shift_tests
 from xferlab.audit.verdict import make_verdict
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.errors import XferlabError
-from xferlab.study.runner import AUDIT_JSON
 
 log = logging.getLogger(__name__)
 
-ARRAYS = "audit_arrays.npz"
+ARRAYS = artifacts.AUDIT_ARRAYS_NPZ  # kept for older imports
 
 
 @contextmanager
@@ -47,7 +46,7 @@ def _dataset_info(data: ImageDataset) -> dict:
             "channels": data.channels, "groups": data.groups is not None}
 
 
-def _statistics(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, seconds: dict) -> tuple[dict, dict]:
+def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict) -> tuple[dict, dict]:
     """Shift, class balance, pixels and leakage; returns the results and the per-image arrays behind them.
 
     BLAS runs single-threaded here: the matrices are small (at most a few thousand rows), and measured on a shared
@@ -55,12 +54,13 @@ def _statistics(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, se
     """
     with threadpool_limits(limits=1, user_api="blas"):
         with _timed(seconds, "shift"):
-            shift, scores = shift_tests(data, embeddings, cfg)
+            shift, scores = shift_tests(data, scan.embeddings, cfg)
             balance = class_balance(data, cfg)
         with _timed(seconds, "pixels"):
-            pixels, values = pixel_audit(data, cfg)
+            pixels, values = pixel_audit(data, cfg, scan.pixel_stats)
         with _timed(seconds, "leakage"):
-            leakage = leakage_audit(data, embeddings, cfg)
+            leakage = leakage_audit(data, scan.embeddings, cfg, hashes=scan.hashes, phashes=scan.phashes,
+                                    descriptors=scan.descriptors)
     results = {"shift": shift, "class_balance": balance, "pixels": pixels, "leakage": leakage}
     return results, {"domain_scores": scores, "pixel_stats": values}
 
@@ -89,9 +89,12 @@ def _shortcut(data: ImageDataset, data_cfg: DataConfig, cfg: AuditConfig, result
         result["verdict"]["level"] = "caution"
 
 
-def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True,
+              embeddings: np.ndarray | str | Path | None = None) -> dict:
     """Audit the dataset's splits and write `out_dir/audit.json` (every statistic), figures (PNG) and
-    `audit_arrays.npz` (per-image pixel statistics and domain scores). Returns what audit.json holds."""
+    `audit_arrays.npz` (per-image pixel statistics and domain scores). Returns what audit.json holds.
+
+    `embeddings` (an N × D array or .npy file, one row per image in dataset order) replaces the backbone pass."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,17 +102,18 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         raise XferlabError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from None
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    # The audit compares every image with every other (hashes, embeddings, re-splits), so it reads the images into
-    # memory whatever the training memory budget says.
-    data = load_dataset(data_cfg.model_copy(update={"memory_budget_mb": None}))
+    # Images are read a chunk at a time (scan.py), so data.memory_budget_mb holds as in training.
+    data = load_dataset(data_cfg)
     if audit_cfg.shortcut_run:  # a run that does not fit the data fails now, not after the embeddings
         from xferlab.explain.audit_check import check_shortcut_run
 
         check_shortcut_run(data, audit_cfg.shortcut_run)
+    given = None if embeddings is None else load_embeddings(embeddings, len(data.labels))
     with torch_threads(audit_cfg.num_threads):
-        with _timed(seconds, "embedding"):
-            embeddings = embed_dataset(data, audit_cfg, progress)
-        result, arrays = _statistics(data, embeddings, audit_cfg, seconds)
+        with _timed(seconds, "embedding"):  # the streaming pass: embeddings, hashes, descriptors, pixel statistics
+            scan = scan_dataset(data, audit_cfg, given, progress)
+        embeddings = scan.embeddings
+        result, arrays = _statistics(data, scan, audit_cfg, seconds)
         with _timed(seconds, "resplit"):
             result["resplit"] = resplit_experiment(data, embeddings, audit_cfg, progress)
     result = {"dataset": _dataset_info(data), **result,
@@ -119,11 +123,11 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         _shortcut(data, data_cfg, audit_cfg, result, seconds)
     with _timed(seconds, "figures"):
         result["figures"] = _figures(data, embeddings, result, arrays, audit_cfg, out)
-    io.save_npz(out / ARRAYS, labels=data.labels, splits=data.splits.astype(str), stat_names=np.array(list(STATS)),
-                **arrays)
+    arrays = {"labels": data.labels, "splits": data.splits.astype(str), "stat_names": np.array(list(STATS)),
+              **arrays}
     seconds["total"] = time.perf_counter() - start
     result["seconds"] = seconds
     result = jsonable(result)
-    io.write_json(out / AUDIT_JSON, result)
+    artifacts.write_audit(out, result, arrays)
     log.info("audit written to %s in %.1fs", out, seconds["total"])
     return result

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.data.batches import Preprocess, batch_indices
-from xferlab.engine.accel import Accel, native_bf16, num_threads, resolve_accel
+from xferlab.data.config import MAX_IMAGE_SIZE
+from xferlab.engine.accel import Accel, accelerator_scope, native_bf16, num_threads, resolve_accel
 from xferlab.engine.loop import make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.timing import Timer, inference_throughput, matmul_flops_per_s, peak_rss_bytes
@@ -72,9 +72,16 @@ def count_flops(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tenso
     return counter.get_total_flops() / len(batch)
 
 
+# A benchmark batch beyond this measures the allocator, not the model (and is a typo more often than a plan).
+MAX_BATCH = 4096
+
+
 def _check(image_size: int, batch_size: int, steps: int, warmup: int) -> None:
-    if image_size < MIN_IMAGE_SIZE:
-        raise XferlabError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise XferlabError(f"--image-size must be at least {MIN_IMAGE_SIZE} and at most {MAX_IMAGE_SIZE}, "
+                           f"got {image_size}")
+    if batch_size > MAX_BATCH:
+        raise XferlabError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
     for name, value, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
         if value < low:
             raise XferlabError(f"--{name} must be at least {low}, got {value}")
@@ -117,9 +124,9 @@ def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "a
     _check(image_size, batch_size, steps, warmup)
     dev = resolve_device(device)
     accel = resolve_accel(dev, amp, channels_last, compile)
-    with num_threads(threads):
+    with num_threads(threads), accelerator_scope():
         model = _model(backbone, weights, regime, image_size, accel)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, dev, channels_last=accel.channels_last)
+        preprocess = Preprocess.for_input(model.spec.input, dev, channels_last=accel.channels_last)
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (steps * batch_size, image_size, image_size), dtype=torch.uint8, generator=gen)
         labels = torch.randint(0, 2, (len(images),), generator=gen)

@@ -34,8 +34,21 @@ def check_count(split: str, n: int, min_images: int) -> None:
                            f"BatchNorm statistics need (test_bn_min_images); use --test-bn off or more images")
 
 
+def check_split_counts(counts: dict[str, int], min_images: int) -> None:
+    """Every non-empty evaluated split must have enough images; called before training so a run fails at once."""
+    for split, n in counts.items():
+        if n:
+            check_count(split, n, min_images)
+
+
 def has_batchnorm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_adaptable(model: TransferModel) -> None:
+    if not has_batchnorm(model.body):
+        raise XferlabError(f"--test-bn adapt: backbone '{model.spec.name}' has no BatchNorm layers to adapt; "
+                           "use --test-bn off")
 
 
 def adapted_model(model: TransferModel, images, preprocess, batch_size: int, seed: int = 0,
@@ -43,9 +56,7 @@ def adapted_model(model: TransferModel, images, preprocess, batch_size: int, see
     """A copy of `model` whose BatchNorm statistics are those of `images` (uint8 tensor or streamed images), in eval
     mode; the original is untouched. For predict: adapt once on its inputs, then predict with the copy."""
     check_count(where, len(images), min_images)
-    if not has_batchnorm(model.body):
-        raise XferlabError(f"--test-bn adapt: backbone '{model.spec.name}' has no BatchNorm layers to adapt; "
-                           "use --test-bn off")
+    check_adaptable(model)
     adapted = copy.deepcopy(model)
     adapt_batchnorm(adapted.body, images, preprocess, batch_size, torch.Generator().manual_seed(seed), dist)
     return adapted.eval()

@@ -8,24 +8,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xferlab.data.batches import Preprocess, as_tensor
+from xferlab.data.batches import as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.errors import XferlabError
 from xferlab.explain.cam import choose_layer, grad_cam
-from xferlab.explain.model import load_run
 from xferlab.explain.regions import dataset_regions
 from xferlab.explain.shortcut import shortcut_check
+from xferlab.use.model import LoadedRun, load_run
 
 MAX_CHECK_IMAGES = 256  # the rank test's normal approximation is good from ~20 images; more only costs time
 MIN_CHECK_IMAGES = 20
 
 
-def check_shortcut_run(data: ImageDataset, run_dir: str | Path, split: str = "val"):
+def check_shortcut_run(data: ImageDataset, run_dir: str | Path, split: str = "val") -> LoadedRun:
     """The run, if it fits the audited data (classes, image size, enough images); called before the audit's long
     steps, so a wrong run fails at once."""
     run = load_run(run_dir)
-    if data.class_names != run.class_names or data.image_size != run.image_size:
-        raise XferlabError(f"audit.shortcut_run {run_dir}: trained on classes {run.class_names} at {run.image_size}, "
+    size = run.preprocessing.image_size
+    if data.class_names != run.class_names or data.image_size != size:
+        raise XferlabError(f"audit.shortcut_run {run_dir}: trained on classes {run.class_names} at {size}, "
                            f"the audited data has {data.class_names} at {data.image_size}; give a run trained on it")
     n = len(data.indices(split))
     if n < MIN_CHECK_IMAGES:
@@ -46,14 +47,14 @@ def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_di
     regions = dataset_regions(data, data_format, data_path)
     roi = regions["roi"].masks[idx] if "roi" in regions and regions["roi"].known[idx].all() else None
     model = run.model
-    preprocess = Preprocess(model.spec.mean, model.spec.std)
-    layer = choose_layer(model, run.image_size)
+    preprocess = run.preprocessing.batch_preprocess(run.device)  # the run's own input record
+    layer = choose_layer(model, run.preprocessing.image_size)
     cams, _ = grad_cam(model, as_tensor(images), preprocess, layer=layer)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return torch.cat([model(preprocess(as_tensor(batch[i:i + 64]))).float().softmax(1)
-                              for i in range(0, len(batch), 64)]).numpy()
+                              for i in range(0, len(batch), 64)]).cpu().numpy()
 
     result = shortcut_check(images, cams, predict, roi=roi, alpha=alpha, seed=seed)
     record = {**result.as_dict(), "run": str(run_dir), "split": split, "cam_layer": layer,

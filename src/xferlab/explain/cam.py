@@ -18,7 +18,7 @@ from xferlab.errors import XferlabError
 EXTRA_HINT = "pip install 'xferlab[explain]'"
 
 
-def _grad_cam_classes():
+def grad_cam_classes():
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -63,7 +63,8 @@ def _output_sides(model: TransferModel, names: list[str], image_size: tuple[int,
         handles.append(model.body.get_submodule(name).register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *image_size))
+            device = next(model.parameters()).device
+            model.eval()(torch.zeros(1, model.spec.channels, *image_size, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -75,6 +76,8 @@ def choose_layer(model: TransferModel, image_size: tuple[int, int]) -> str:
     last module of the latest stage whose map is at least that large."""
     target_layer(model)  # the registry entry must name a valid layer either way
     spec = model.spec
+    if spec.resize_to:  # weights that work at one side only: Preprocess resizes every batch to it
+        image_size = (spec.resize_to, spec.resize_to)
     candidates = [spec.cam_layer] + [stage[-1] for stage in reversed(spec.stages)]
     sides = _output_sides(model, candidates, image_size)
     for name in candidates:
@@ -96,7 +99,7 @@ def grad_cam(model: TransferModel, images: torch.Tensor, preprocess: Preprocess,
     A target layer whose map is 1×1 (a small image at the last stage) has no spatial information: its maps are all
     zero; name an earlier `layer` then.
     """
-    GradCAM, ClassifierOutputTarget = _grad_cam_classes()
+    GradCAM, ClassifierOutputTarget = grad_cam_classes()
     model = _uncompiled(model)
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(True)  # a frozen backbone would leave the target layer's activations without gradients

@@ -10,7 +10,6 @@ as one split, 'inputs', without labels.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,21 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xferlab import io
-from xferlab.config import DataConfig
-from xferlab.data.batches import Preprocess, as_tensor
+from xferlab import artifacts, files
+from xferlab.data.batches import as_tensor
+from xferlab.data.config import DataConfig
+from xferlab.data.images import read_image_file, resize_image
 from xferlab.data.sources import load_dataset
 from xferlab.errors import XferlabError
 from xferlab.explain.cam import choose_layer, grad_cam
 from xferlab.explain.figures import contact_sheet, enlarged, overlay, png_bytes
-from xferlab.explain.model import LoadedRun, load_run
 from xferlab.explain.regions import BORDER_FRACTION, Region, border_mask, dataset_regions, mass_share
+from xferlab.use.model import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
 
-EXPLAIN_JSON = "explain.json"
-SCHEMA_VERSION = 1
-SPLITS = ("val", "test")
+SPLITS = artifacts.EVAL_SPLITS
 MAX_INPUT_BYTES = 512 << 20  # one input file; larger is refused rather than decoded
 
 
@@ -76,9 +74,10 @@ def dataset_splits(run: LoadedRun, opts: ExplainOptions) -> list[SplitInput]:
     if dataset.class_names != run.class_names:
         raise XferlabError(f"{data_cfg.path}: classes {dataset.class_names} differ from the run's {run.class_names}; "
                            "explain the run on data with the same classes")
-    if dataset.image_size != run.image_size:
-        raise XferlabError(f"{data_cfg.path}: images are {dataset.image_size} but the run was trained on "
-                           f"{run.image_size}; set data.image_size in the run's config or resize the data")
+    size = run.preprocessing.image_size
+    if dataset.image_size != size:
+        raise XferlabError(f"{data_cfg.path}: images are {dataset.image_size} but the run was trained on {size}; "
+                           "set data.image_size in the run's config or resize the data")
     regions = dataset_regions(dataset, data_cfg.format, Path(data_cfg.path))
     out = []
     for split in SPLITS:
@@ -89,10 +88,16 @@ def dataset_splits(run: LoadedRun, opts: ExplainOptions) -> list[SplitInput]:
     return out
 
 
-def _read_input(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One INPUT file as K×H×W uint8 at the run's size: an .npy array (H×W or N×H×W) or an image Pillow reads."""
-    from PIL import Image
+def _gray(image: np.ndarray) -> np.ndarray:
+    """uint8 H×W, or 3×H×W reduced to its luma (ITU-R 601, as Pillow's "L"): the maps are drawn over gray images."""
+    if image.ndim == 2:
+        return image
+    return np.round(np.tensordot((0.299, 0.587, 0.114), image.astype(np.float32), axes=1)).astype(np.uint8)
 
+
+def _read_input(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """One INPUT file as K×H×W uint8 at the run's size: an .npy array (H×W or N×H×W) or an image file decoded as
+    `xferlab predict` decodes it (xferlab.data.images.read_image_file: DICOM and 16-bit included)."""
     if not path.is_file():
         raise XferlabError(f"{path}: no such input file; give image files or .npy arrays")
     if path.stat().st_size > MAX_INPUT_BYTES:
@@ -106,20 +111,12 @@ def _read_input(path: Path, size: tuple[int, int]) -> np.ndarray:
             raise XferlabError(f"{path}: need a uint8 H×W or N×H×W array, got {array.dtype} {array.shape}")
         frames = [array] if array.ndim == 2 else list(array)
     else:
-        try:
-            with Image.open(path) as im:
-                frames = [np.asarray(im.convert("L"))]
-        except (OSError, Image.DecompressionBombError) as err:
-            raise XferlabError(f"{path}: cannot read image ({err}); give a PNG, JPEG or TIFF file") from None
-    h, w = size
-    def fit(frame: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR))
-
-    return np.stack([f if f.shape == (h, w) else fit(f) for f in frames])
+        frames = [_gray(read_image_file(path))]
+    return np.stack([resize_image(f, size) for f in frames])
 
 
 def input_split(paths: list[Path], run: LoadedRun) -> SplitInput:
-    arrays = [_read_input(Path(p), run.image_size) for p in paths]
+    arrays = [_read_input(Path(p), run.preprocessing.image_size) for p in paths]
     names = [f"{Path(p).name}[{i}]" if len(a) > 1 else Path(p).name for p, a in zip(paths, arrays, strict=True)
              for i in range(len(a))]
     images = np.concatenate(arrays)
@@ -168,17 +165,17 @@ def _chosen(labels: np.ndarray | None, preds: np.ndarray, opts: ExplainOptions, 
 
 
 def _draw(split: SplitInput, maps, preds, probs, shares, chosen, class_names, stage: Path, title: str) -> list[str]:
-    folder = stage / "overlays" / split.name
+    folder = stage / artifacts.OVERLAYS / split.name
     folder.mkdir(parents=True, exist_ok=True)
-    tiles, captions, files = [], [], []
+    tiles, captions, drawn = [], [], []
     for i in chosen:
         rgb = enlarged(overlay(split.images[i], maps[i]))
         truth = class_names[split.labels[i]] if split.labels is not None else (split.names or [""] * (i + 1))[i]
         tag = "error" if split.labels is not None and preds[i] != split.labels[i] else "ok"
         name = f"{split.name}_{int(split.index[i]):06d}_{tag}_pred-{class_names[preds[i]]}.png"
         data = png_bytes(rgb)
-        io.write_file(folder / name, lambda handle, data=data: handle.write(data))
-        files.append(f"overlays/{split.name}/{name}")
+        files.write_file(folder / name, lambda handle, data=data: handle.write(data))
+        drawn.append(f"{artifacts.OVERLAYS}/{split.name}/{name}")
         tiles.append(rgb)
         captions.append(f"{truth} -> {class_names[preds[i]]} {probs[i, preds[i]]:.2f}\n"
                         f"border {shares['border'][i]:.2f}" + (f" roi {shares['roi'][i]:.2f}" if 'roi' in shares and
@@ -187,30 +184,31 @@ def _draw(split: SplitInput, maps, preds, probs, shares, chosen, class_names, st
         import matplotlib.pyplot as plt
 
         fig = contact_sheet(tiles, captions, f"{title} · {split.name}: errors first, then correct cases per class")
-        io.save_figure(stage / f"contact_{split.name}.png", fig)
+        files.save_figure(stage / artifacts.CONTACT_SHEET_PNG.format(split.name), fig)
         plt.close(fig)
-    return files
+    return drawn
 
 
 def explain_split(run: LoadedRun, split: SplitInput, opts: ExplainOptions, layer: str, stage: Path) -> dict:
-    preprocess = Preprocess(run.model.spec.mean, run.model.spec.std, "cpu")
+    preprocess = run.preprocessing.batch_preprocess(run.device)  # the run's own: channels, value range, mean/std
     maps, probs = grad_cam(run.model, as_tensor(split.images), preprocess, batch_size=opts.batch_size,
                            layer=layer)
     preds = probs.argmax(1)
     shares = _shares(split, maps)
     chosen = _chosen(split.labels, preds, opts, len(run.class_names))
     title = f"{run.config.backbone} · {run.config.regime}"
-    files = _draw(split, maps, preds, probs, shares, chosen, run.class_names, stage, title)
+    drawn_files = _draw(split, maps, preds, probs, shares, chosen, run.class_names, stage, title)
     images = [{"index": int(split.index[i]), **({"name": split.names[i]} if split.names else {}),
                "label": None if split.labels is None else int(split.labels[i]), "pred": int(preds[i]),
                "prob": round(float(probs[i, preds[i]]), 4),
                **{f"{k}_share": _nan_to_none(s[i:i + 1])[0] for k, s in shares.items()}}
               for i in range(len(preds))]
-    drawn = dict(zip(chosen.tolist(), files, strict=True))
+    drawn = dict(zip(chosen.tolist(), drawn_files, strict=True))
     for i, record in enumerate(images):
         record["overlay"] = drawn.get(i)
     return {"summary": _summary(shares, split.labels, preds, run.class_names),
-            "contact_sheet": f"contact_{split.name}.png" if files else None, "images": images}
+            "contact_sheet": artifacts.CONTACT_SHEET_PNG.format(split.name) if drawn_files else None,
+            "images": images}
 
 
 def explain_run(run_dir: str | Path, out: str | Path, inputs: list[Path] | None = None,
@@ -221,10 +219,9 @@ def explain_run(run_dir: str | Path, out: str | Path, inputs: list[Path] | None 
     run = load_run(run_dir)
     torch.manual_seed(opts.seed)
     splits = [input_split(inputs, run)] if inputs else dataset_splits(run, opts)
-    layer = opts.layer or choose_layer(run.model, run.image_size)
+    layer = opts.layer or choose_layer(run.model, run.preprocessing.image_size)
     out = Path(out)
     result = {
-        "schema_version": SCHEMA_VERSION,
         "run": str(Path(run_dir)),
         "backbone": run.config.backbone,
         "regime": run.config.regime,
@@ -238,24 +235,21 @@ def explain_run(run_dir: str | Path, out: str | Path, inputs: list[Path] | None 
         "splits": {s.name: explain_split(run, s, opts, layer, out) for s in splits},
     }
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    io.write_text(out / EXPLAIN_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    artifacts.write_explain(out, result)
     return result
-
-
-EXPLAIN_DIR = "explain"  # a study's explanations: DIR/explain/<run name>/
 
 
 def explain_study(study_dir: str | Path, run_names: list[str], force: bool = False,
                   opts: ExplainOptions | None = None) -> list[str]:
     """Explain each finished run DIR/runs/<name> into DIR/explain/<name> (skipped when its explain.json exists and
     not `force`); returns the names explained now. Each folder is staged, so one that exists is complete."""
-    study_dir = Path(study_dir)
+    study = artifacts.StudyFolder(Path(study_dir), None, None)
     done = []
     for name in run_names:
-        target = study_dir / EXPLAIN_DIR / name
-        if (target / EXPLAIN_JSON).is_file() and not force:
+        target = study.explain_dir(name)
+        if artifacts.is_finished_explain(target) and not force:
             continue
-        with io.staged_dir(target, overwrite=True) as stage:
-            explain_run(study_dir / "runs" / name, stage, opts=opts)
+        with files.staged_dir(target, overwrite=True) as stage:
+            explain_run(study.run_dir(name), stage, opts=opts)
         done.append(name)
     return done

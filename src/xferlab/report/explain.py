@@ -1,15 +1,17 @@
-"""The report's "Where the models look" section, drawn from DIR/explain/<run>/explain.json and contact sheets only.
-
-Self-contained (its own small table and data-URI helpers) so that the report calls one function and the explain
-room never imports the report.
-"""
+"""The report's "Where the models look" section, drawn from a study's explain folders (DIR/explain/<run>/: their
+explain.json and the contact sheets it names, read through xferlab.artifacts) only; xferlab.explain writes them."""
 
 from __future__ import annotations
 
-import base64
-import json
+import logging
 from html import escape
 from pathlib import Path
+
+from xferlab import artifacts
+from xferlab.errors import XferlabError
+from xferlab.report.figures import png_uri
+
+log = logging.getLogger(__name__)
 
 SECTION_ID = "explain"
 TITLE = "Where the models look"
@@ -40,23 +42,27 @@ def _table(rows: list[list[str]]) -> str:
 def _sheet(folder: Path, file: str | None, caption: str) -> str:
     if not file or not (folder / file).is_file():
         return ""
-    uri = "data:image/png;base64," + base64.b64encode((folder / file).read_bytes()).decode("ascii")
+    uri = png_uri((folder / file).read_bytes())
     return (f'<figure><img src="{uri}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption>'
             "</figure>")
 
 
-def render_explain_section(explain_root: Path) -> str:
-    """The section's HTML, or '' when `explain_root` holds no explain.json."""
-    files = sorted(Path(explain_root).glob("*/explain.json"))
-    if not files:
+def render_explain_section(study_dir: Path) -> str:
+    """The section's HTML, or '' when the study folder holds no finished explanation."""
+    folders = artifacts.study_explanations(study_dir)
+    if not folders:
         return ""
     rows, sheets = [], []
-    for f in files:
-        result = json.loads(f.read_text())
-        name = f.parent.name
+    for folder in folders:
+        try:
+            result = artifacts.read_explain(folder)
+        except XferlabError as err:  # one damaged explanation is noted, the rest of the report still built
+            log.warning("%s", err)
+            continue
+        name = folder.name
         rows += _rows(name, result)
         for split, part in result["splits"].items():
-            sheets.append(_sheet(f.parent, part.get("contact_sheet"),
+            sheets.append(_sheet(folder, part.get("contact_sheet"),
                                  f"{name} · {split} (layer {result.get('cam_layer')}): errors first, then correct "
                                  "cases per class"))
     intro = ("Grad-CAM maps of each run's predicted class. Each map is min-max scaled on its own, so the table "
