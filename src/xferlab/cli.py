@@ -41,6 +41,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, help="CPU threads for torch")
     _add_speed_args(g)
+    g.add_argument("--cuda-graphs", choices=["auto", "on", "off"],
+                   help="replay training steps from CUDA graphs; auto: on for one CUDA process without --compile")
+    g.add_argument("--inference-batch-size", type=int,
+                   help="batch of the fixed-backbone feature pass (default: 256 on CUDA, the training batch on CPU)")
 
 
 def _add_speed_args(g) -> None:
@@ -159,7 +163,8 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     data = _data_values(args, values)
     values["data"] = data
     values.update(_given(args, ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed",
-                                "device", "num_threads", "amp", "channels_last", "compile")))
+                                "device", "num_threads", "amp", "channels_last", "compile",
+                                "cuda_graphs", "inference_batch_size")))
     return values
 
 

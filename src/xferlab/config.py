@@ -92,6 +92,15 @@ class TrainConfig(_Strict):
         "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay training steps from CUDA graphs (a fixed backbone's head: one graph per epoch; "
+        "fine-tuning: one per full batch, the short last batch eager); auto: on for one CUDA process without "
+        "--compile; a no-op on CPU. Changes no result"
+    )
+    inference_batch_size: int | None = Field(
+        None, gt=0, description="batch size of the fixed-backbone feature pass (no gradients, so larger than the "
+        "training batch costs only memory); default: 256 on CUDA, the training batch on CPU. Changes no result"
+    )
 
 
 class YamlValues(dict):

@@ -39,7 +39,7 @@ from xferlab.config import TrainConfig, to_yaml
 from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
-from xferlab.engine import distributed
+from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, num_threads, place
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
 from xferlab.errors import XferlabError
@@ -87,12 +87,15 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
         n_eval = sum(len(y) for s, y in labels.items() if s != "train")
         del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
-        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
+        trainer = graphs.epoch_trainer(cfg, prepared.trained, prepared.inputs["train"], labels["train"],
+                                       prepared.train_forward, prepared.cached,
+                                       dist.steps_per_epoch(len(labels["train"]), cfg.batch_size), device, dist.enabled)
+        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, trainer)
         model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
-        metrics["accel"] = accel.describe()
+        metrics["accel"] = {**accel.describe(), **(trainer.describe() if trainer else {"cuda_graphs": False})}
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
             _write_run(stage, cfg, data, model, history, metrics, best["probs"])
@@ -162,6 +165,7 @@ class _Prepared:
     trained: torch.nn.Module  # the module whose weights training changes (the head alone for fixed backbones)
     seconds: float = 0.0
     images_per_s: float | None = None
+    cached: bool = False  # inputs are a fixed backbone's features and `trained` is the head
 
 
 def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict,
@@ -180,14 +184,18 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
                 adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
                                 torch.Generator().manual_seed(cfg.seed), dist)
         body = accel.compiled(model.body)
+        batch = graphs.feature_batch_size(cfg.inference_batch_size, cfg.batch_size, accel.device)
         with extract_timer:
-            feats = {s: extract_features(body, x, preprocess, cfg.batch_size, dist) for s, (x, _) in splits.items()}
+            feats = {s: extract_features(body, x, preprocess, batch, dist) for s, (x, _) in splits.items()}
     n_images = sum(len(x) for x, _ in splits.values())
     return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), model.head,
-                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
+                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds, cached=True)
 
 
-def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool):
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool,
+         trainer=None):
+    """Train for cfg.epochs, evaluating val and test after each; `trainer` (xferlab.engine.graphs.epoch_trainer), when
+    given, trains each epoch in place of train_one_epoch."""
     inputs = prepared.inputs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
@@ -202,8 +210,11 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
         batches = dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch, device=inputs["train"].device)
         model.train()
         with train_timer:
-            train_loss, train_acc = train_one_epoch(prepared.train_forward, inputs["train"], labels["train"],
-                                                    optimizer, scheduler, batches, device, dist)
+            if trainer is not None:
+                train_loss, train_acc = trainer.train_epoch(batches)
+            else:
+                train_loss, train_acc = train_one_epoch(prepared.train_forward, inputs["train"], labels["train"],
+                                                        optimizer, scheduler, batches, device, dist)
         dist.broadcast_buffers(prepared.trained)  # every rank evaluates (and keeps) the same BatchNorm statistics
         model.eval()
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}

@@ -42,7 +42,7 @@ SHARD_ENVIRONMENT_JSON = "environment-shard-{}-of-{}.json"  # one per shard: job
 SHARD_ENVIRONMENT_NAME = re.compile(r"environment-shard-([0-9]+)-of-([0-9]+)\.json")
 # Settings that choose where and how fast a run computes, not what it computes: a finished run stays valid when they
 # change (e.g. a study resumed on a GPU machine).
-EXECUTION_KEYS = ("device", "num_threads")
+EXECUTION_KEYS = ("device", "num_threads", "cuda_graphs", "inference_batch_size")
 
 
 @dataclass
