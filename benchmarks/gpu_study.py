@@ -281,11 +281,8 @@ def main(argv=None) -> int:
     import torch
 
     import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
-    from xferlab.data.phantoms import generate_phantoms
-    from xferlab.evaluation.timing import matmul_flops_per_s
+    from xferlab.engine.accel import num_threads
 
-    if sizes.threads:
-        torch.set_num_threads(sizes.threads)
     if sizes.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA GPU visible; run with --smoke on a CPU machine", file=sys.stderr)
         return 2
@@ -297,6 +294,22 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="xferlab-gpu-study-"))
     out = args.out or (work / "gpu_study.json" if args.smoke else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with num_threads(sizes.threads):  # restored afterwards: the smoke test runs in the test process
+        results = run_sections(sizes, work, out, args.smoke, skip)
+    print(json.dumps(summary(results), indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    if args.work is None and not args.smoke:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def run_sections(sizes: Sizes, work: Path, out: Path, smoke: bool, skip: set[str]) -> dict:
+    """Phantoms, warm-up and the matmul yardstick, then every section not skipped; the JSON after each."""
+    import torch
+
+    from xferlab.data.phantoms import generate_phantoms
+    from xferlab.evaluation.timing import matmul_flops_per_s
+
     t0 = time.perf_counter()
     data = generate_phantoms(work / "phantoms", size=sizes.image, n_per_class=sizes.n_per_class,
                              n_test_per_class=sizes.n_test_per_class, shift="acquisition")
@@ -306,7 +319,7 @@ def main(argv=None) -> int:
     ctx = Context(sizes, work, data, matmul, {}, ddp_timeout=180 if sizes.device == "cuda" else 300)
     ctx.results["environment"] = {**environment(ctx), "matmul_flops_per_s": matmul,
                                   "matmul_dtype": str(dtype).replace("torch.", ""), "sizes": asdict(sizes),
-                                  "smoke": args.smoke, "setup_s": time.perf_counter() - t0}
+                                  "smoke": smoke, "setup_s": time.perf_counter() - t0}
     for name, section in SECTIONS.items():
         if name in skip:
             continue
@@ -319,13 +332,9 @@ def main(argv=None) -> int:
             ctx.results[name] = {"error": f"{type(err).__name__}: {err}"}
         ctx.results.setdefault("seconds", {})[name] = time.perf_counter() - t
         write(out, ctx.results)
-    ctx.results["seconds"]["total"] = time.perf_counter() - t0
+    ctx.results.setdefault("seconds", {})["total"] = time.perf_counter() - t0
     write(out, ctx.results)
-    print(json.dumps(summary(ctx.results), indent=2))
-    print(f"wrote {out}", file=sys.stderr)
-    if args.work is None and not args.smoke:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return ctx.results
 
 
 if __name__ == "__main__":
