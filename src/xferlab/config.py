@@ -95,11 +95,12 @@ class TrainConfig(_Strict):
     cuda_graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="replay training steps from CUDA graphs (a fixed backbone's head: one graph per epoch; "
         "fine-tuning: one per full batch, the short last batch eager); auto: on for one CUDA process without "
-        "--compile; a no-op on CPU. Changes no result"
+        "--compile; a no-op on CPU. Changes results only by float rounding"
     )
     inference_batch_size: int | None = Field(
         None, gt=0, description="batch size of the fixed-backbone feature pass (no gradients, so larger than the "
-        "training batch costs only memory); default: 256 on CUDA, the training batch on CPU. Changes no result"
+        "training batch costs only memory); default: 256 on CUDA, the training batch on CPU. Float rounding aside, "
+        "changes no result"
     )
 
 

@@ -22,6 +22,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 log = logging.getLogger(__name__)
 
+# Longest epoch captured as one graph: each step is ~15 graph nodes, and a graph of a few tens of thousands of nodes
+# still captures in well under a second; a longer epoch (hundreds of thousands of images) runs eagerly, where its
+# launches are a small share of its time anyway.
+MAX_GRAPH_STEPS = 2048
+
 
 def lr_schedule(lr: float, total_steps: int, cosine: bool) -> list[float]:
     """The learning rate of every optimizer step, as torch's CosineAnnealingLR (T_max = total_steps, stepped once
@@ -78,7 +83,7 @@ class HeadTrainer:
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.epoch = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.use_graph = spec.graphs and device.type == "cuda"
+        self.use_graph = spec.graphs and device.type == "cuda" and len(self.bounds) <= MAX_GRAPH_STEPS
 
     @property
     def captured(self) -> bool:
