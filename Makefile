@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test,medmnist]'
+	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv,dicom,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/xferlab demo --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks   # lint and import order (pyproject.toml [tool.ruff]); fails on a violation
 	$(BIN)/python -m pytest -q
 
 clean:

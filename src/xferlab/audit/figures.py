@@ -12,12 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from xferlab import io  # noqa: E402
+from xferlab import files as io  # noqa: E402
 from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
-from xferlab.report.figures import SPLIT_COLOURS  # noqa: E402
+from xferlab.style import SPLIT_COLOURS  # noqa: E402
 
 MARKERS = "os^Dvx+*"
 METHOD_LABELS = {"classifier": "classifier AUC", "mmd": "MMD", "ks": "KS (Bonferroni)"}
