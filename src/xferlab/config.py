@@ -255,6 +255,8 @@ class StudyConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100, description="resamples of every bootstrap confidence interval")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0
+    target_sensitivity: float = Field(0.95, gt=0, lt=1, description="operating point: the threshold chosen on val "
+                                      "that reaches this sensitivity, reported on test")
     audit: AuditConfig | None = None
 
     @field_validator("backbones", "regimes", "seeds")

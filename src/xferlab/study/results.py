@@ -20,8 +20,11 @@ import numpy as np
 from xferlab import io
 from xferlab.config import StudyConfig, build, read_yaml
 from xferlab.errors import XferlabError
+from xferlab.evaluation.calibration import calibrate
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
+from xferlab.evaluation.flags import degenerate_flags
 from xferlab.evaluation.metrics import METRICS
+from xferlab.evaluation.operating import DEFAULT_TARGET_SENSITIVITY, operating_points
 from xferlab.study.grid import expand_grid
 from xferlab.study.runner import RUNS, STUDY_YAML, find_environment
 
@@ -48,6 +51,9 @@ class RunRecord:
     history: list[dict]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]]
     evaluation: dict[str, dict] = field(default_factory=dict)
+    calibration: dict[str, dict] = field(default_factory=dict)  # split -> calibration.Calibration.as_dict()
+    operating_points: list[dict] | None = None  # operating.OperatingPoint.as_dict() each; None: not binary
+    flags: dict[str, list[str]] = field(default_factory=dict)  # split -> degenerate-run flags (study.flags)
 
     @property
     def class_names(self) -> list[str]:
@@ -69,8 +75,10 @@ class StudyResults:
         return "test" if self.records and all("test" in r.predictions for r in self.records) else "val"
 
 
-def load_run(run_dir: Path, settings: BootstrapSettings) -> RunRecord:
-    """Read one run folder (config.yaml, metrics.json, history.csv, predictions.npz) and evaluate its predictions."""
+def load_run(run_dir: Path, settings: BootstrapSettings,
+             target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
+    """Read one run folder (config.yaml, metrics.json, history.csv, predictions.npz) and evaluate its predictions:
+    metrics with CIs, calibration (temperature fitted on val), operating points chosen on val, degenerate flags."""
     try:
         config = dict(read_yaml(run_dir / "config.yaml"))
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -83,6 +91,10 @@ def load_run(run_dir: Path, settings: BootstrapSettings) -> RunRecord:
             from None
     record = RunRecord(run_dir.name, run_dir, config, metrics, history, predictions)
     record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
+    record.calibration = {s: c.as_dict() for s, c in calibrate(predictions).items()}
+    points = operating_points(predictions, target_sensitivity, **settings.as_kwargs())
+    record.operating_points = None if points is None else [p.as_dict() for p in points]
+    record.flags = {s: degenerate_flags(y, p, record.evaluation[s]) for s, (y, p) in predictions.items()}
     return record
 
 
@@ -112,7 +124,8 @@ def collect_results(out: str | Path) -> StudyResults:
         raise XferlabError(f"{out}: no finished runs under {out / RUNS}; run `xferlab study STUDY.yaml --out {out}`")
     environment_file = find_environment(out)  # environment.json, or the first shard's
     environment = json.loads(environment_file.read_text()) if environment_file else None
-    records = [load_run(out / RUNS / n, settings) for n in finished]
+    target = study.target_sensitivity if study else DEFAULT_TARGET_SENSITIVITY
+    records = [load_run(out / RUNS / n, settings, target) for n in finished]
     return StudyResults(out, study, settings, records, [n for n in names if n not in finished], environment)
 
 
@@ -147,6 +160,10 @@ def result_row(record: RunRecord) -> dict:
         "device": m.get("device"),
         "class_names": record.class_names,
         **{split: record.evaluation.get(split) for split in SPLITS},
+        "flags": {split: record.flags.get(split) for split in SPLITS if split in record.flags},
+        "degenerate": any(record.flags.values()),
+        "calibration": record.calibration,
+        "operating_points": record.operating_points,
         "timing": timing(record),
         "config": record.config,
     }
@@ -154,7 +171,8 @@ def result_row(record: RunRecord) -> dict:
 
 def csv_row(row: dict) -> dict:
     """A results.json row flattened to scalars: <split>_<metric>, <split>_<metric>_low/_high, timing columns."""
-    flat = {k: v for k, v in row.items() if k not in (*SPLITS, "timing", "config", "class_names")}
+    nested = (*SPLITS, "timing", "config", "class_names", "flags", "calibration", "operating_points")
+    flat = {k: v for k, v in row.items() if k not in nested}
     for split in SPLITS:
         ev = row.get(split)
         flat[f"{split}_n"] = ev["n"] if ev else None
@@ -163,7 +181,28 @@ def csv_row(row: dict) -> dict:
             flat[f"{split}_{name}"] = metric.get("value")
             flat[f"{split}_{name}_low"] = metric.get("low")
             flat[f"{split}_{name}_high"] = metric.get("high")
+        flat[f"{split}_flags"] = " ".join(row["flags"].get(split) or [])
+        cal = row["calibration"].get(split) or {}
+        for key in ("ece", "brier", "ece_scaled", "brier_scaled"):
+            flat[f"{split}_{key}"] = cal.get(key)
+    flat["temperature"] = (row["calibration"].get("val") or {}).get("temperature")
+    flat.update(_operating_columns(row["operating_points"]))
     flat.update(row["timing"])
+    return flat
+
+
+def _operating_columns(points: list[dict] | None) -> dict:
+    """op_youden_threshold, op_youden_test_sensitivity(_low/_high), ... (target-sensitivity rule named 'target')."""
+    flat = {}
+    for point in points or []:
+        rule = "youden" if point["rule"] == "youden" else "target"
+        flat[f"op_{rule}_rule"] = point["rule"]
+        flat[f"op_{rule}_threshold"] = point["threshold"]
+        for split in SPLITS:
+            rates = point.get(split) or {}
+            for key in ("sensitivity", "specificity"):
+                for suffix in ("", "_low", "_high"):
+                    flat[f"op_{rule}_{split}_{key}{suffix}"] = rates.get(key + suffix)
     return flat
 
 
