@@ -17,17 +17,16 @@ SPLIT_MARKERS = {"val": "s", "test": "o"}
 
 def reliability_figure(panels: Sequence[tuple[str, dict[str, dict]]]):
     """One reliability diagram per run: mean top-label confidence vs accuracy per bin, val and test told apart by
-    colour and marker, marker area by the bin's share of cases; the diagonal is perfect calibration."""
+    colour and marker; empty bins are left out; the diagonal is perfect calibration."""
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (title, calibration) in zip(axes.flat, panels):
+    for ax, (title, calibration) in zip(axes.flat, panels, strict=False)  # hidden spare axes have no panel:
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         for split, cal in calibration.items():
             r = cal["reliability"]
-            n = sum(r["counts"]) or 1
             pts = [(c, a, k) for c, a, k in zip(r["confidence"], r["accuracy"], r["counts"], strict=True) if k]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=figures.SPLIT_COLOURS[split], linewidth=1,
                     marker=SPLIT_MARKERS.get(split, "o"), markersize=5, label=f"{split} (ECE {cal['ece']:.3f})")
@@ -67,7 +66,7 @@ def render_calibration_section(results: StudyResults, table, figure_html) -> str
                  text_columns=2)
     if op_rows:
         conf = f"{100 * results.settings.confidence:.0f}%"
-        body += (f"<h3>Operating points (threshold on the positive-class probability, chosen on val)</h3>"
+        body += ("<h3>Operating points (threshold on the positive-class probability, chosen on val)</h3>"
                  + table(["run", "rule", "threshold", "val sensitivity", "val specificity",
                           f"test sensitivity [{conf} CI]", f"test specificity [{conf} CI]"], op_rows, text_columns=2))
     else:

@@ -335,7 +335,8 @@ def render_report(results: StudyResults) -> str:
     data = results.records[0].config.get("data", {})
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [_summary(results), _answers(results), _metrics(results), _comparison(results), _curves(results),
-                _timing(results), _confusion(results), _roc(results), _calibration(results), _audit(results), _environment(results)]
+                _timing(results), _confusion(results), _roc(results), _calibration(results), _audit(results),
+                _environment(results)]
     present = [s for s in SECTIONS if f'id="{s}"' in "".join(sections)]
     nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in present)
     header = (f"<h1>{escape(title)}</h1><p class=\"muted\">{len(results.records)} runs · data "
