@@ -50,19 +50,56 @@ def _add_speed_args(g) -> None:
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
 
 
+DESCRIPTION = """Transfer-learning studies on chest X-rays (or any image classes), offline.
+Which pretrained backbone, frozen or fine-tuned, and can the test split be trusted?"""
+EPILOG = """first steps:
+  xferlab demo                                   the offline demo study -> runs/demo/report.html
+  xferlab phantoms data/phantoms                 synthetic chest radiographs to try things on
+  xferlab train --data data/phantoms --backbone efficientnet_lite0 --out runs/lite0
+  xferlab study reference --data DIR             the reference study (configs/reference.yaml)
+  xferlab audit --data DIR                       can this test split be trusted?
+`xferlab COMMAND --help` lists a command's options."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xferlab")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """-v and -q, accepted before or after the command; SUPPRESS so a subcommand's absent flag keeps the top's."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show xferlab's debug messages (other libraries stay at warnings)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress output; results and errors only")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xferlab", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from xferlab.data.phantoms import DEFAULT_N_PER_CLASS, DEFAULT_N_TEST_PER_CLASS, DEFAULT_SIZE
+
+    common = _output_options()
+    parser = argparse.ArgumentParser(prog="xferlab", description=DESCRIPTION, epilog=EPILOG, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"xferlab {_version()}")
+    sub = _SubcommandsWithParents(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     p = sub.add_parser("phantoms", help="write synthetic chest-radiograph phantoms in the npy layout")
-    p.add_argument("out", type=Path)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--n-per-class", type=int, help="train-pool images per class (80%% train, 20%% val)")
-    p.add_argument("--n-test-per-class", type=int)
+    p.add_argument("out", type=Path, help="folder to write (<class>.npy, test_<class>.npy, phantoms.json)")
+    p.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
+                   help=f"image side in pixels (default {DEFAULT_SIZE})")
+    p.add_argument("--n-per-class", type=_positive_int,
+                   help=f"train-pool images per class, 80%% train and 20%% val (default {DEFAULT_N_PER_CLASS})")
+    p.add_argument("--n-test-per-class", type=_positive_int,
+                   help=f"test images per class (default {DEFAULT_N_TEST_PER_CLASS})")
     p.add_argument("--shift", choices=["none", "acquisition"], default="none",
-                   help="render the test split as if from another site")
-    p.add_argument("--seed", type=int, default=0)
+                   help="acquisition: render the test split as if from another site (default none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
 
@@ -76,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="train every run this many epochs (a quick look)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="train every run this many epochs, >= 1 (a quick look); default: configs/demo.yaml's")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
 
     p = sub.add_parser("bench", help="training-step and inference throughput and FLOPs per image, as JSON")
@@ -96,9 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SubcommandsWithParents:
+    """add_parser with the shared -v/-q options and the one-line help as the command's description."""
+
+    def __init__(self, sub, common: argparse.ArgumentParser):
+        self.sub, self.common = sub, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give one >= 1, e.g. 3") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1; give a whole number >= 1, e.g. 3")
+    return value
+
+
 def _add_study_parsers(sub) -> None:
     p = sub.add_parser("study", help="train a grid of backbones × regimes × seeds; results.csv/json and report.html")
-    p.add_argument("study", type=Path, help="study YAML (see configs/reference.yaml)")
+    p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo")
     p.add_argument("--out", type=Path, help="study folder (default runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
@@ -118,7 +177,7 @@ def _add_audit_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create (default runs/audit)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing audit folder")
     _add_data_args(p)
-    g = p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)")
+    g = p.add_argument_group("audit")
     g.add_argument("--backbone", help="fixed backbone for the embeddings (default efficientnet_lite0)")
     g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
     g.add_argument("--regime", help="regime trained on every re-split: frozen (default), finetune or partial:K")
@@ -169,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from xferlab.engine.run import train
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
-    result = train(cfg, args.out, overwrite=args.overwrite)
+    result = train(cfg, args.out, overwrite=args.overwrite, progress=not _quiet(args))
     if is_main_process():  # under torchrun every rank trains; rank 0 reports
         _print_run_summary(result)
     return 0
@@ -202,9 +261,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     for name in list_backbones():
         spec = get_spec(name)
         body = spec.build(224)
-        rows.append((name, f"{count_parameters(body) / 1e6:.1f}M", spec.feature_dim,
+        rows.append((name, f"{count_parameters(body) / 1e6:.2f}M", spec.feature_dim,
                      "yes" if spec.weights.available() else "no", spec.weights.describe()))
-    header = ("backbone", "params", "features", "offline weights", "weights source")
+    header = ("backbone", "params (backbone, no head)", "features", "offline weights", "weights source")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -215,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from xferlab.demo import run_demo
     from xferlab.study.summary import summary_table
 
-    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force)
+    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force, progress=not _quiet(args))
     print(f"\n{summary_table(results)}")
     print(f"demo finished in {seconds:.0f}s; report: {report}")
     return 0
@@ -228,10 +287,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.study.summary import summary_table
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
+    study = load_study(_study_file(args.study), data=args.data, train={"device": args.device} if args.device else None)
     out = args.out or Path("runs") / args.study.stem
     try:
-        outcome = run_study(study, out, force=args.force, shard=shard)
+        outcome = run_study(study, out, force=args.force, shard=shard, progress=not _quiet(args))
     except KeyboardInterrupt:
         done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
         print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
@@ -248,6 +307,23 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(summary_table(results))
     print(f"report: {report}")
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+def _study_file(path: Path) -> Path:
+    """The study YAML: the path given, or a bundled config by name (`reference` -> configs/reference.yaml)."""
+    if path.exists() or path.suffix:
+        return path
+    from xferlab.demo import config_path
+
+    try:
+        return config_path(f"{path.name}.yaml")
+    except XferlabError:
+        raise XferlabError(f"{path}: no such study file or bundled study; give a YAML path, or one of the bundled "
+                           "names: reference, demo") from None
 
 
 def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] | None) -> str:
@@ -321,7 +397,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     data_cfg, audit_cfg = _audit_configs(args)
     with staged_dir(args.out, overwrite=args.overwrite) as stage:
-        result = run_audit(data_cfg, audit_cfg, stage)
+        result = run_audit(data_cfg, audit_cfg, stage, progress=not _quiet(args))
     verdict = result["verdict"]
     print(f"{verdict['level'].upper()}: {verdict['headline']}")
     for finding in verdict["findings"]:
@@ -349,15 +425,41 @@ def _check_launch(command: str) -> None:
                            f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
 
 
+def _setup_output(verbose: bool, quiet: bool) -> None:
+    """Other libraries' loggers stay at WARNING (Pillow and matplotlib log a flood at DEBUG); -v lowers xferlab's own
+    logger only. --quiet silences progress."""
+    from xferlab.engine.progress import set_quiet
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    set_quiet(quiet)
+
+
+def _with_fix(err: XferlabError, command: str) -> str:
+    """The error text, with the fix that works for this command where the library cannot know it."""
+    from xferlab.backbones.weights import WeightsUnavailable
+
+    if not isinstance(err, WeightsUnavailable):
+        return str(err)
+    import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
+    from xferlab.backbones.registry import get_spec, list_backbones
+
+    offline = ", ".join(n for n in list_backbones() if get_spec(n).weights.available()) or "none"
+    if command == "study":
+        return (f"{err.reason}; or set train: {{weights: none}} in the study YAML (random weights), or list "
+                f"backbones whose weights are available offline: {offline}")
+    return f"{err}; backbones whose weights are available offline: {offline}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    _setup_output(getattr(args, "verbose", False), getattr(args, "quiet", False))
     status = 1  # an unexpected exception propagates with its traceback
     try:
         _check_launch(args.command)
         status = COMMANDS[args.command](args)
     except XferlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_with_fix(err, args.command)}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -29,7 +29,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
-from tqdm.auto import tqdm
 
 import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab import io
@@ -42,6 +41,7 @@ from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
 from xferlab.engine.accel import Accel, accel_for, num_threads, place
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
+from xferlab.engine.progress import EpochProgress
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
 from xferlab.evaluation.timing import Timer
@@ -195,9 +195,8 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
     steps = cfg.epochs * dist.steps_per_epoch(n_train, cfg.batch_size)
     scheduler = CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
     history, best = [], {"val_acc": -1.0}
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.backbone} {cfg.regime}", unit="epoch",
-               disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: off unless a tty
-    for epoch in bar:
+    report = EpochProgress(cfg.epochs, f"{cfg.backbone} {cfg.regime}", enabled=progress)
+    for epoch in range(1, cfg.epochs + 1):
         train_timer, eval_timer = Timer(device), Timer(device)
         batches = dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch, device=inputs["train"].device)
         model.train()
@@ -219,7 +218,8 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
         history.append(row)
         if row["val_acc"] > best["val_acc"]:  # strictly better: ties keep the earlier epoch
             best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs, "state": _changing_state(model)}
-        bar.set_postfix(val_acc=f"{row['val_acc']:.3f}", best=best["epoch"])
+        report.on_epoch_end(epoch, row)
+    report.close()
     return history, best
 
 

@@ -23,7 +23,7 @@ def reliability_figure(panels: Sequence[tuple[str, dict[str, dict]]]):
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (title, calibration) in zip(axes.flat, panels, strict=False)  # hidden spare axes have no panel:
+    for ax, (title, calibration) in zip(axes.flat, panels, strict=False):  # spare axes (hidden) have no panel
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         for split, cal in calibration.items():
             r = cal["reliability"]
