@@ -46,6 +46,8 @@ class Calibration:
     brier_scaled: float
     reliability: Reliability
     bins: int = ECE_BINS
+    temperature_at_bound: bool = False  # the fit ran to LOG_T_BOUNDS: val too small or separable to fit T
+
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -105,10 +107,11 @@ def calibrate(predictions: dict[str, tuple[np.ndarray, np.ndarray]], bins: int =
     """Calibration of every split in `predictions` (split -> (labels, probs)), with the temperature fitted on val
     (T = 1, i.e. unscaled, when there is no val split)."""
     t = fit_temperature(*predictions["val"]) if "val" in predictions else 1.0
+    at_bound = bool(np.isclose(abs(np.log(t)), LOG_T_BOUNDS[1], atol=1e-3))
     out = {}
     for split, (labels, probs) in predictions.items():
         scaled = scale(probs, t)
         out[split] = Calibration(expected_calibration_error(labels, probs, bins), brier_score(labels, probs), t,
                                  expected_calibration_error(labels, scaled, bins), brier_score(labels, scaled),
-                                 reliability(labels, probs, bins), bins)
+                                 reliability(labels, probs, bins), bins, at_bound)
     return out

@@ -20,7 +20,7 @@ def reliability_figure(panels: Sequence[tuple[str, dict[str, dict]]]):
     colour and marker; empty bins are left out; the diagonal is perfect calibration."""
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (title, calibration) in zip(axes.flat, panels, strict=False):  # spare axes (hidden) have no panel
@@ -37,8 +37,7 @@ def reliability_figure(panels: Sequence[tuple[str, dict[str, dict]]]):
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9, loc="upper left")
-    fig.tight_layout()
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)  # off the data
     return fig
 
 
@@ -56,8 +55,9 @@ def render_calibration_section(results: StudyResults, table, figure_html) -> str
         for split in SPLITS:
             c = r.calibration.get(split)
             if c:
+                bound = " (search bound: not fitted)" if c.get("temperature_at_bound") else ""
                 cal_rows.append([r.name, split, f"{c['ece']:.3f}", f"{c['ece_scaled']:.3f}", f"{c['brier']:.3f}",
-                                 f"{c['brier_scaled']:.3f}", f"{c['temperature']:.2f}"])
+                                 f"{c['brier_scaled']:.3f}", f"{c['temperature']:.3g}{bound}"])
         for p in r.operating_points or []:
             op_rows.append([r.name, p["rule"], f"{p['threshold']:.3f}", _rate(p["val"], "sensitivity"),
                             _rate(p["val"], "specificity"), _rate(p["test"], "sensitivity"),

@@ -46,6 +46,7 @@ th { background: #f4f6f8; } th.left, td.left, table.kv td { text-align: left; }
 .scroll { overflow-x: auto; max-width: 100%; } .ci { color: #666; font-size: 0.86em; }
 tr.best td { background: #eef8f0; font-weight: 600; }
 tr.degenerate td { background: #fdf0ee; }
+.flag { color: #b3261e; font-weight: 600; }
 .verdict-banner { border-left: 6px solid #b3261e; background: #fdf0ee; padding: 0.6em 1em; font-weight: 600; }
 img { max-width: 100%; height: auto; }
 figure { margin: 0.6em 0 1.4em; } figcaption { color: #555; font-size: 0.88em; }
@@ -134,7 +135,7 @@ def _summary(results: StudyResults) -> str:
     rows = []
     for c in configs:
         t = c["timing"]
-        flags = Html(escape(c["flag_text"]).replace("; ", "<br>")) if c["flag_text"] else ""
+        flags = Html('<span class="flag">degenerate</span>') if c["flag_text"] else ""
         rows.append([rank_label(c), c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
                      _config_cell(c, "val", "accuracy"),
                      *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
@@ -147,6 +148,12 @@ def _summary(results: StudyResults) -> str:
              "chooses anything.")
     classes = ["degenerate" if c["flag_text"] else "best" if c["rank"] == 1 else "" for c in configs]
     body = _table(header, rows, classes, text_columns=3)
+    flagged = [f"<li><strong>{escape(c['backbone'])} · {escape(c['regime'])}</strong>: {escape(c['flag_text'])}</li>"
+               for c in configs if c["flag_text"]]
+    if flagged:
+        body += ('<p class="flag">Degenerate runs (do not read their accuracy as a result):</p>'
+                 f'<ul>{"".join(flagged)}</ul>')
+
     sentence = audit_sentence(results)
     if sentence:
         body = f'<p class="verdict-banner">{escape(sentence)} <a href="#audit">See the split audit.</a></p>' + body

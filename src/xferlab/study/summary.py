@@ -71,8 +71,10 @@ def rank_label(config: dict) -> str:
 def ranking_note(results: StudyResults) -> str:
     """How the table is ranked and what a tie is, in one sentence."""
     split = results.primary_split
+    conf = f"{100 * results.settings.confidence:.0f}%"
     return (f"Ranked by mean {split} {RANK_METRIC}; '=' marks a tie (equal to {DIGITS} decimals, or overlapping "
-            f"{100 * results.settings.confidence:.0f}% CIs, or mean ± sd across seeds); '!' marks a degenerate run.")
+            f"{conf} CIs, or mean ± sd across seeds); a degenerate run (one class for most cases, sensitivity or "
+            "specificity near 0, or an AUROC CI holding 0.5) is flagged.")
 
 
 def audit_verdict(results: StudyResults) -> dict | None:
