@@ -23,6 +23,9 @@ demo: $(STAMP)
 	$(BIN)/xferlab demo --out runs/demo
 
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome \
+		>/dev/null 2>&1 || echo "make test: chromium is not installed, so the browser test (marker browser) will \
+	not run; install it with: apt-get install chromium"
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -139,7 +139,7 @@ def _summary(results: StudyResults) -> str:
         rows.append([rank_label(c), c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
                      _config_cell(c, "val", "accuracy"),
                      *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
-                     f"{t['train_seconds']['mean']:.1f}", _seconds(t["seconds_per_epoch"]["mean"]), flags])
+                     _seconds(t["train_seconds"]["mean"]), _seconds(t["seconds_per_epoch"]["mean"]), flags])
     seeds = sorted({s for c in configs for s in c["seeds"]})
     ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
     spread = f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
@@ -166,7 +166,7 @@ def _seconds(value: float | None) -> str:
     """Seconds with enough digits to be non-zero (a frozen run's head epoch takes milliseconds)."""
     if value is None:
         return "n/a"
-    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
 
 
 def _params(total: int | None, trainable: int | None) -> Html:
@@ -239,8 +239,8 @@ def _timing(results: StudyResults) -> str:
     rows = []
     for r, (_, t) in zip(results.records, runs):
         m = r.metrics
-        rows.append([r.name, r.metrics.get("device", ""), f"{t['feature_seconds']:.1f}", f"{t['fit_seconds']:.1f}",
-                     f"{t['train_seconds']:.1f}", _seconds(t['seconds_per_epoch']), _num(t["eval_seconds"], 1),
+        rows.append([r.name, r.metrics.get("device", ""), _seconds(t["feature_seconds"]), _seconds(t["fit_seconds"]),
+                     _seconds(t["train_seconds"]), _seconds(t["seconds_per_epoch"]), _seconds(t["eval_seconds"]),
                      _num(t["total_seconds"], 1), _num(t["inference_images_per_s"], 0),
                      _params(m.get("params"), m.get("trainable_params"))])
     header = ["run", "device", "features s", "loop s", "training s", "s / epoch", "evaluation s", "run total s",

@@ -124,7 +124,7 @@ def summary_table(results: StudyResults) -> str:
         flagged = any(c["flags"].values())
         rows.append((rank_label(c), c["backbone"], c["regime"], format_value(c, "val", "accuracy").split(" [")[0],
                      format_value(c, "test", "accuracy"), format_value(c, "test", "auroc").split(" [")[0],
-                     f"{t['train_seconds']['mean']:.0f}", _seconds(t["seconds_per_epoch"]["mean"]),
+                     _seconds(t["train_seconds"]["mean"]), _seconds(t["seconds_per_epoch"]["mean"]),
                      "! degenerate" if flagged else ""))
         if flagged:
             notes.append(f"  ! {c['backbone']} {c['regime']}: {c['flag_text']}")
@@ -142,4 +142,4 @@ def _seconds(value: float | None) -> str:
     """Seconds with enough digits to be non-zero: 12, 1.4, 0.031."""
     if value is None:
         return "n/a"
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
