@@ -17,7 +17,7 @@ from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
-from xferlab.report.figures import SPLIT_COLOURS  # noqa: E402
+from xferlab.report.figures import SPLIT_COLOURS, SPLIT_MARKERS  # noqa: E402
 
 MARKERS = "os^Dv<>p"  # fillable markers: test points are drawn hollow
 CLASS_COLOURS = ("tab:blue", "tab:red", "tab:purple", "tab:olive", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")
@@ -66,7 +66,7 @@ def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha:
     bx.set_xticks(np.arange(len(scopes)) + width * (len(METHODS) - 1) / 2, list(scopes))
     bx.set(ylabel=f"-log10 p (clipped at {P_CLIP})", ylim=(0, 1.15 * top),
            title="shift tests, train+val vs test (unadjusted; skipped scopes empty)")
-    bx.legend(fontsize=9)
+    bx.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)  # off the bars
     fig.tight_layout()
     return _save(fig, path)
 
@@ -111,14 +111,14 @@ def test_like_figure(data: ImageDataset, scores: np.ndarray, count: int, path: P
                 rows.append((label, idx[np.argsort(-scores[idx])][:count]))
     if not rows:
         return None
-    fig = plt.figure(figsize=(min(10.0, 1.3 * count), 1.75 * len(rows)), layout="constrained")
+    fig = plt.figure(figsize=(min(10.0, 1.3 * count), 2.0 * len(rows)), layout="constrained")
     for (label, idx), sub in zip(rows, np.atleast_1d(fig.subfigures(len(rows), 1))):
         sub.suptitle(label, fontsize=9, weight="bold", x=0.01, ha="left")
         for ax, i in zip(np.atleast_1d(sub.subplots(1, count)), list(idx) + [None] * count):
             if i is None:
                 ax.axis("off")
             else:
-                _show(ax, data.images[i], f"{data.splits[i]} #{i}, score {scores[i]:.2f}")
+                _show(ax, data.images[i], f"{data.splits[i]} #{i}\nscore {scores[i]:.2f}")  # two lines: no overlap
     return _save(fig, path)
 
 
@@ -157,10 +157,9 @@ def leakage_figure(data: ImageDataset, leakage: dict, limit: int, path: Path) ->
 def _curves(ax, history: list[dict], title: str) -> None:
     epochs = [h["epoch"] for h in history]
     for s in ("train", "val", "test"):
-        ax.plot(epochs, [h[s] for h in history], color=SPLIT_COLOURS[s], label=s, marker="o", markersize=2)
+        ax.plot(epochs, [h[s] for h in history], color=SPLIT_COLOURS[s], label=s, marker=SPLIT_MARKERS[s], markersize=3)
     ax.set(xlabel="epoch", ylabel="accuracy", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right")
 
 
 def resplit_figure(resplit: dict, path: Path) -> str:
@@ -187,7 +186,10 @@ def resplit_figure(resplit: dict, path: Path) -> str:
     ax.set_xticks(range(len(keys)), ["train", "val", "test", "val − test"])
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set(ylabel="best-epoch accuracy; val − test: difference", title="(c) best epoch: original vs re-splits")
-    ax.legend(fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    # One legend above the panels, off every curve and point: splits (a, b) and the original split's marker (c).
+    handles, labels = axes[0].get_legend_handles_labels()
+    extra_h, extra_l = ax.get_legend_handles_labels()
+    fig.legend(handles + extra_h, labels + extra_l, loc="upper center", ncol=4, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, path)
