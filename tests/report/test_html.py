@@ -113,11 +113,14 @@ def test_a_damaged_run_folder_is_a_clear_error(study_dir, tmp_path, missing, cap
     assert "resnet18-frozen-seed0: unreadable run folder" in capsys.readouterr().err
 
 
-def test_the_report_shows_calibration_and_operating_points(study_dir, fake_audit):
-    results, report = build_outputs(study_dir)
-    html = report.read_text()
-    section = html[html.index('<section id="calibration">'):]
-    section = section[:section.index("</section>")]
+def test_the_report_shows_calibration_and_operating_points(study_dir):
+    from xferlab.report.calibration import render_calibration_section
+    from xferlab.report.html import _figure, _table
+    from xferlab.study import collect_results
+
+    results = collect_results(study_dir)
+    section = render_calibration_section(results, _table, _figure)
+    assert section.startswith('<section id="calibration">')
     record = results.records[0]
     cal = record.calibration["test"]
     assert f"<td>{cal['ece']:.3f}</td>" in section and "Guo et al. 2017" in section
