@@ -95,7 +95,6 @@ def _reference_runner():
     sys.path.insert(0, str(HERE))
     from reference_loop import run_reference
 
-    import xferlab.backbones.zoo  # noqa: F401
     from xferlab.backbones.registry import create_model
 
     def run(spec: dict) -> dict:
@@ -142,7 +141,6 @@ def machine_yardsticks(args) -> dict:
     """FLOPs per image (FlopCounterMode) of the backbone at this size; the parent's matmul FLOP/s, for the header."""
     import torch
 
-    import xferlab.backbones.zoo  # noqa: F401
     from xferlab.backbones.registry import create_model
     from xferlab.engine.bench import count_flops, cpu_name
     from xferlab.evaluation.timing import matmul_flops_per_s

@@ -27,7 +27,7 @@ def test_version_and_user_facing_help(capsys):
     status, out, _ = _run(capsys, ["audit", "--help"])
     assert status == 0 and "xferlab.config" not in out and "--quiet" in out
     status, out, _ = _run(capsys, ["phantoms", "--help"])
-    assert "(default 64)" in out and "(default 1000)" in out
+    assert "(default: 64)" in out and "(default: 1000)" in out and "(default: 0)" in out  # seed 0 shown too
 
 
 def test_demo_epochs_zero_is_refused(capsys):

@@ -10,44 +10,85 @@ from pathlib import Path
 from typing import Any
 
 from xferlab.errors import XferlabError
+from xferlab.use import commands as use_commands
 
 log = logging.getLogger("xferlab")
 
 
+# The options each command takes from a config model: option name, type, choices, default and help all come from the
+# model's fields (xferlab.config), so they exist once. Options default to None here, so that only the options given
+# on the command line are laid over a YAML file; --help shows the model's default.
+DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "memory_budget_mb",
+                "loader_workers")
+TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
+                 "num_threads")
+SPEED_OPTIONS = ("amp", "channels_last", "compile")
+AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads")
+OPTION_NAMES = {"path": "data"}  # field -> option where they differ (--data sets data.path)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default: argparse's own where it has one; config-model options carry the
+    model's default in their help already (their argparse default is None: "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _shows_default(action) and "default" not in text:
+            # "default" already in the text: the option's help says it (or an option without help got it above)
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """An option whose default is worth showing: given (not None, SUPPRESS or a store_true's False); 0 is shown."""
+    return bool(action.option_strings) and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+
+
+def _option_type(annotation) -> tuple[type | None, list | None]:
+    """(argparse type, choices) of a field: Literal -> choices; X | None -> X; Annotated[str, ...] -> str."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return None, list(get_args(annotation))
+    for candidate in (annotation, *get_args(annotation)):
+        if candidate in (int, float, bool):
+            return candidate, None
+    return str, None
+
+
+def add_model_options(group, model, names: tuple[str, ...]) -> None:
+    """One option per field of `model` named in `names`, described by the field itself."""
+    for name in names:
+        field = model.model_fields[name]
+        kind, choices = _option_type(field.annotation)
+        text = (field.description or name.replace("_", " ")).replace("%", "%%")
+        default = "" if field.default is None or field.is_required() else f" (default: {field.default})"
+        flag = "--" + OPTION_NAMES.get(name, name).replace("_", "-")
+        dest = OPTION_NAMES.get(name, name)
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action="store_true", default=None, help=text + default)
+        else:
+            group.add_argument(flag, dest=dest, type=kind, choices=choices, help=text + default)
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="dataset folder (npy, folder, medmnist) or manifest (csv)")
-    g.add_argument("--format", help="data layout: npy (default), folder, csv or medmnist")
-    g.add_argument("--image-size", type=int, help="resize images to S×S (default: their own size)")
-    g.add_argument("--val-split", choices=["ordered", "random"],
-                   help="carve val from train: last 20%% per class (reference) or seeded random")
-    g.add_argument("--medmnist-flag", help="medmnist dataset flag, e.g. pneumoniamnist")
-    g.add_argument("--skip-unreadable", action="store_true", default=None, help="skip unreadable image files")
-    g.add_argument("--memory-budget-mb", type=float,
-                   help="folder/csv: stream images from disk per batch when decoded they would exceed this many MiB")
-    g.add_argument("--loader-workers", type=int, help="DataLoader worker processes that decode streamed images")
+    from xferlab.config import DataConfig
+
+    add_model_options(p.add_argument_group("data"), DataConfig, DATA_OPTIONS)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from xferlab.config import TrainConfig
+
     g = p.add_argument_group("training (defaults: the reference study)")
-    g.add_argument("--backbone", help="registered backbone (xferlab backbones); default resnet18")
-    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
-    g.add_argument("--regime", help="frozen (default), adabn, finetune or partial:K")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--scheduler", choices=["cosine", "none"])
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    add_model_options(g, TrainConfig, TRAIN_OPTIONS)
     _add_speed_args(g)
 
 
 def _add_speed_args(g) -> None:
-    g.add_argument("--amp", choices=["auto", "bf16", "off"],
-                   help="bf16 autocast; auto: on for CUDA GPUs with native bf16, off on CPU")
-    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="NHWC layout; auto: on for CUDA only")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    from xferlab.config import TrainConfig
+
+    add_model_options(g, TrainConfig, SPEED_OPTIONS)
 
 
 DESCRIPTION = """Transfer-learning studies on chest X-rays (or any image classes), offline.
@@ -92,16 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantoms", help="write synthetic chest-radiograph phantoms in the npy layout")
     p.add_argument("out", type=Path, help="folder to write (<class>.npy, test_<class>.npy, phantoms.json)")
     p.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
-                   help=f"image side in pixels (default {DEFAULT_SIZE})")
+                   help="image side in pixels")
     p.add_argument("--n-per-class", type=_positive_int,
-                   help=f"train-pool images per class, 80%% train and 20%% val (default {DEFAULT_N_PER_CLASS})")
+                   help=f"train-pool images per class, 80%% train and 20%% val (default: {DEFAULT_N_PER_CLASS})")
     p.add_argument("--n-test-per-class", type=_positive_int,
-                   help=f"test images per class (default {DEFAULT_N_TEST_PER_CLASS})")
+                   help=f"test images per class (default: {DEFAULT_N_TEST_PER_CLASS})")
     p.add_argument("--shift", choices=["none", "acquisition"], default="none",
-                   help="acquisition: render the test split as if from another site (default none)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                   help="acquisition: render the test split as if from another site")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
-    sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
+    p = sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
+    p.add_argument("--all", action="store_true", help="also every timm model with pretrained weights (timm:NAME) "
+                   "and torchxrayvision's chest X-ray DenseNets (xrv:WEIGHTS), with local weight availability")
+    p.add_argument("--filter", metavar="GLOB", help="only names matching GLOB, e.g. 'timm:vit_*' or '*convnext*'")
 
     p = sub.add_parser("train", help="train one backbone in one regime; writes a run folder")
     p.add_argument("-c", "--config", type=Path, help="run YAML; command-line options override it")
@@ -112,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder (default runs/demo)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="train every run this many epochs, >= 1 (a quick look); default: configs/demo.yaml's")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
@@ -131,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_args(p)
     _add_audit_parser(sub)
     _add_study_parsers(sub)
+    use_commands.add_parsers(sub)  # predict, export
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsFormatter
+        for action in command._actions:  # an option without help text still shows its default
+            if not action.help and _shows_default(action):
+                action.help = "default: %(default)s"
     return parser
 
 
@@ -143,6 +193,10 @@ class _SubcommandsWithParents:
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
         kwargs.setdefault("description", kwargs.get("help"))
         return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+    @property
+    def choices(self) -> dict[str, argparse.ArgumentParser]:
+        return self.sub.choices
 
 
 def _positive_int(text: str) -> int:
@@ -157,8 +211,8 @@ def _positive_int(text: str) -> int:
 
 def _add_study_parsers(sub) -> None:
     p = sub.add_parser("study", help="train a grid of backbones × regimes × seeds; results.csv/json and report.html")
-    p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo")
-    p.add_argument("--out", type=Path, help="study folder (default runs/<YAML name>)")
+    p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")
+    p.add_argument("--out", type=Path, help="study folder (default: runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
@@ -174,19 +228,12 @@ def _add_audit_parser(sub) -> None:
     p = sub.add_parser("audit", help="can the test split be trusted? shift tests, pixel statistics, leakage, "
                                      "re-split experiment; writes audit.json and figures")
     p.add_argument("-c", "--config", type=Path, help="YAML with data: and audit: sections; options override it")
-    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create (default runs/audit)")
+    p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing audit folder")
     _add_data_args(p)
-    g = p.add_argument_group("audit")
-    g.add_argument("--backbone", help="fixed backbone for the embeddings (default efficientnet_lite0)")
-    g.add_argument("--weights", help="imagenet (default), none, or a state-dict / .safetensors file")
-    g.add_argument("--regime", help="regime trained on every re-split: frozen (default), finetune or partial:K")
-    g.add_argument("--resplits", type=int, help="R re-splits of the pooled data (default 20; 0 skips)")
-    g.add_argument("--permutations", type=int, help="permutations for the classifier and MMD tests (default 1000)")
-    g.add_argument("--alpha", type=float, help="significance level (default 0.05)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    from xferlab.config import AuditConfig
+
+    add_model_options(p.add_argument_group("audit"), AuditConfig, AUDIT_OPTIONS)
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -196,13 +243,13 @@ def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
     """The config's data: section with the data options given on the command line laid over it."""
-    given = _given(args, ("data", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable",
-                          "memory_budget_mb", "loader_workers"))
+    given = _given(args, tuple(OPTION_NAMES.get(n, n) for n in DATA_OPTIONS))
     if "data" in given:
         given["path"] = given.pop("data")
     section = values.get("data") or {}
     if not isinstance(section, dict):
-        raise XferlabError(f"{getattr(args, 'config', None) or 'config'}: data: must be a mapping (path:, format:, ...), "
+        where = getattr(args, "config", None) or "config"
+        raise XferlabError(f"{where}: data: must be a mapping (path:, format:, ...), "
                            f"got {type(section).__name__}; write it as data: {{path: ...}}")
     data = {**section, **given}
     if "path" not in data:
@@ -217,8 +264,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     values = read_yaml(args.config) if args.config else {}
     data = _data_values(args, values)
     values["data"] = data
-    values.update(_given(args, ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed",
-                                "device", "num_threads", "amp", "channels_last", "compile")))
+    values.update(_given(args, TRAIN_OPTIONS + SPEED_OPTIONS))
     return values
 
 
@@ -229,7 +275,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
     result = train(cfg, args.out, overwrite=args.overwrite, progress=not _quiet(args))
-    if is_main_process():  # under torchrun every rank trains; rank 0 reports
+    if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
+        from xferlab.report.figures import write_run_curves
+
+        write_run_curves(result.out, result.history, cfg.model_dump(mode="json"))
         _print_run_summary(result)
     return 0
 
@@ -254,7 +303,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    import xferlab.backbones.zoo  # noqa: F401
+    if args.all or args.filter:
+        return _list_all_backbones(args.filter)
     from xferlab.backbones.registry import count_parameters, get_spec, list_backbones
 
     rows = []
@@ -263,11 +313,28 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         body = spec.build(224)
         rows.append((name, f"{count_parameters(body) / 1e6:.2f}M", spec.feature_dim,
                      "yes" if spec.weights.available() else "no", spec.weights.describe()))
-    header = ("backbone", "params (backbone, no head)", "features", "offline weights", "weights source")
+    _print_table(("backbone", "params (backbone, no head)", "features", "offline weights", "weights source"), rows)
+    print("more: xferlab backbones --all (timm:NAME, xrv:WEIGHTS) or --filter GLOB")
+    return 0
+
+
+def _list_all_backbones(pattern: str | None) -> int:
+    """Registered backbones and family members by name, without building them (timm alone lists over a thousand)."""
+    from xferlab.backbones.registry import list_available, list_families
+
+    rows = [(n, "yes" if w.available() else "no", w.describe()) for n, w in list_available(pattern)]
+    _print_table(("backbone", "offline weights", "weights source"), rows)
+    print(f"{len(rows)} backbones, {sum(r[1] == 'yes' for r in rows)} with weights on this machine")
+    for family in list_families():
+        if not family.installed():
+            print(f"{family.prefix}: not installed (pip install 'xferlab[{family.extra}]')")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -282,7 +349,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.engine.distributed import is_main_process
-    from xferlab.study import build_outputs, load_study, run_study
+    from xferlab.report import build_outputs
+    from xferlab.study import load_study, run_study
     from xferlab.study.grid import parse_shard
     from xferlab.study.summary import summary_table
 
@@ -323,7 +391,7 @@ def _study_file(path: Path) -> Path:
         return config_path(f"{path.name}.yaml")
     except XferlabError:
         raise XferlabError(f"{path}: no such study file or bundled study; give a YAML path, or one of the bundled "
-                           "names: reference, demo") from None
+                           "names: reference, demo, pretraining") from None
 
 
 def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] | None) -> str:
@@ -338,7 +406,7 @@ def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] |
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from xferlab.study import build_outputs
+    from xferlab.report import build_outputs
     from xferlab.study.summary import summary_table
 
     results, report = build_outputs(args.dir)
@@ -351,7 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from xferlab.engine.bench import bench
-    from xferlab.io import write_text
+    from xferlab.files import write_text
 
     result = bench(args.backbone, args.image_size, args.batch_size, args.device, weights=args.weights,
                    regime=args.regime, amp=args.amp or "auto", channels_last=args.channels_last or "auto",
@@ -380,8 +448,7 @@ def _audit_configs(args: argparse.Namespace):
             raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
                                f"got {type(values[key]).__name__}")
     data = _data_values(args, values)
-    audit = {**(values.get("audit") or {}), **_given(args, ("backbone", "weights", "regime", "resplits",
-                                                            "permutations", "alpha", "seed", "device", "num_threads"))}
+    audit = {**(values.get("audit") or {}), **_given(args, AUDIT_OPTIONS)}
     where = str(args.config or "options")
     for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
         for key in values_:
@@ -393,7 +460,7 @@ def _audit_configs(args: argparse.Namespace):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from xferlab.audit import run_audit
-    from xferlab.io import staged_dir
+    from xferlab.files import staged_dir
 
     data_cfg, audit_cfg = _audit_configs(args)
     with staged_dir(args.out, overwrite=args.overwrite) as stage:
@@ -407,7 +474,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "phantoms": cmd_phantoms, "backbones": cmd_backbones, "demo": cmd_demo,
-            "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report}
+            "bench": cmd_bench, "audit": cmd_audit, "study": cmd_study, "report": cmd_report,
+            **use_commands.COMMANDS}
 
 
 DISTRIBUTED_COMMANDS = ("train", "study")
@@ -441,7 +509,6 @@ def _with_fix(err: XferlabError, command: str) -> str:
 
     if not isinstance(err, WeightsUnavailable):
         return str(err)
-    import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
     from xferlab.backbones.registry import get_spec, list_backbones
 
     offline = ", ".join(n for n in list_backbones() if get_spec(n).weights.available()) or "none"

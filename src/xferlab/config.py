@@ -7,18 +7,15 @@ ignored setting.
 from __future__ import annotations
 
 import inspect
-import os
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
+from xferlab.data.config import DataConfig  # noqa: F401  (DataConfig: re-exported)
+from xferlab.data.config import StrictModel as _Strict
 from xferlab.errors import XferlabError, did_you_mean
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from xferlab.files import YamlValues, read_yaml  # noqa: F401  (read_yaml: part of this module's API)
 
 
 def _known_regime(v: str) -> str:
@@ -35,54 +32,36 @@ def _known_regime(v: str) -> str:
 RegimeName = Annotated[str, AfterValidator(_known_regime)]  # a regime of xferlab.backbones.regimes, by name
 
 
-class DataConfig(_Strict):
-    """Where the images are and how to read them."""
+def _known_backbone(v: str) -> str:
+    """A registered backbone (did-you-mean otherwise), so a misspelt name fails when the config is read."""
+    from xferlab.backbones.registry import get_spec  # importing xferlab.backbones registers them
 
-    path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
-    format: str = Field("npy", description="a registered data source: npy, folder, csv, medmnist")
-    image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
-    val_split: Literal["ordered", "random"] = Field(
-        "ordered", description="how val is carved from the train pool when the source has no val split"
-    )
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
-    medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist")
-    skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
-    memory_budget_mb: float | None = Field(
-        None, ge=0,
-        description="folder/csv: when the decoded uint8 images would take more than this many MiB, stream them from "
-        "disk per batch (DataLoader workers) instead of loading them; default: load everything. npy (memory-mapped) "
-        "and medmnist ignore it",
-    )
-    loader_workers: int = Field(
-        2, ge=0, description="DataLoader worker processes that decode streamed images (0: in the main process)"
-    )
-    seed: int = 0
+    try:
+        get_spec(v)
+    except XferlabError as err:
+        raise ValueError(str(err)) from None
+    return v
 
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        from xferlab.data.sources import SOURCES
 
-        if v not in SOURCES:
-            raise ValueError(f"unknown data format{did_you_mean(v, SOURCES)}; choose one of {', '.join(sorted(SOURCES))}")
-        return v
+BackboneName = Annotated[str, AfterValidator(_known_backbone)]  # a backbone of xferlab.backbones, by name
 
 
 class TrainConfig(_Strict):
     """One training run. Defaults are the reference study's (Adam 1e-3, cosine per step, batch 32, 30 epochs)."""
 
     data: DataConfig
-    backbone: str = "resnet18"
-    weights: str = Field("imagenet", description="'imagenet', 'none' or a state-dict file path")
-    regime: RegimeName = "frozen"
-    epochs: int = Field(30, gt=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["cosine", "none"] = "cosine"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backbone: BackboneName = Field(
+        "resnet18", description="registered backbone, timm:NAME or xrv:WEIGHTS (xferlab backbones --all)")
+    weights: str = Field("imagenet", description="imagenet or pretrained (the backbone's own: chest X-rays for xrv:), "
+                         "none, or a state-dict / .safetensors file")
+    regime: RegimeName = Field("frozen", description="frozen, adabn, finetune or partial:K")
+    epochs: int = Field(30, gt=0, description="training epochs")
+    batch_size: int = Field(32, gt=0, description="global batch of one optimiser step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    scheduler: Literal["cosine", "none"] = Field("cosine", description="learning-rate schedule, stepped per batch")
+    seed: int = Field(0, description="seed of the head's initialisation and of the training batches")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
     amp: Literal["auto", "bf16", "off"] = Field(
@@ -92,27 +71,6 @@ class TrainConfig(_Strict):
         "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
-
-
-class YamlValues(dict):
-    """A mapping read from a YAML file that remembers the line of every key, for error messages."""
-
-    key_lines: dict[tuple[str, ...], int]
-
-
-def _key_lines(node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    lines: dict[tuple[str, ...], int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                path = prefix + (key.value,)
-                lines[path] = key.start_mark.line + 1
-                lines.update(_key_lines(value, path))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            lines[prefix + (str(i),)] = value.start_mark.line + 1
-            lines.update(_key_lines(value, prefix + (str(i),)))
-    return lines
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -165,29 +123,6 @@ def build(model: type[BaseModel], values: dict[str, Any], where: str = "config")
         raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None), model)) from None
 
 
-def read_yaml(path: str | os.PathLike) -> YamlValues:
-    """Load a YAML mapping with the safe loader (no Python object tags); errors name the file and line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise XferlabError(f"{path}: cannot read config ({err.strerror}); check the path") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise XferlabError(f"{path}: YAML syntax error{line}: {problem}; fix the file") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise XferlabError(f"{path}: a config must be a mapping of keys to values, got {type(values).__name__}")
-    out = YamlValues(values)
-    out.key_lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader)) if values else {}
-    return out
-
-
 def to_yaml(cfg: BaseModel) -> str:
     """The fully resolved config as YAML (paths as strings), saved beside every result."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -199,13 +134,14 @@ class AuditConfig(_Strict):
     Defaults are sized for the demo phantoms (1300 images at 64 px): about a minute on 2 CPU cores.
     """
 
-    backbone: str = Field("efficientnet_lite0", description="fixed backbone whose embeddings the shift tests use")
-    weights: str = "imagenet"
+    backbone: BackboneName = Field("efficientnet_lite0",
+                                   description="fixed backbone whose embeddings the shift tests use")
+    weights: str = Field("imagenet", description="imagenet, none, or a state-dict / .safetensors file")
     regime: RegimeName = Field("frozen", description="regime trained on every re-split: frozen, finetune or partial:K")
-    resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data")
-    alpha: float = Field(0.05, gt=0, lt=1)
+    resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data (0 skips)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level")
     permutations: int = Field(1000, ge=1, description="permutations for the MMD and classifier tests")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the audit's permutations, re-splits and training")
     components: int = Field(32, ge=2, description="PCA components the classifier and MMD tests work on")
     ks_components: int = Field(8, ge=1, description="leading PCA components tested one by one with KS (Bonferroni)")
     folds: int = Field(5, ge=2, le=20, description="cross-validation folds of the domain classifier")
@@ -219,7 +155,7 @@ class AuditConfig(_Strict):
     epochs: int = Field(30, gt=0, description="re-split training epochs (the reference study's 30)")
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
 
     @field_validator("regime")
@@ -246,7 +182,7 @@ class StudyConfig(_Strict):
 
     name: str = Field("study", min_length=1, description="title of the report")
     data: DataConfig
-    backbones: list[str] = Field(min_length=1)
+    backbones: list[BackboneName] = Field(min_length=1)
     regimes: list[RegimeName] = Field(["frozen", "finetune"], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     train: dict[str, Any] = Field({}, description="any TrainConfig option (epochs, batch_size, lr, weights, ...)")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from xferlab.data.phantoms import GENERATOR_VERSION, generate_phantoms
 from xferlab.errors import XferlabError
-from xferlab.study import StudyResults, build_outputs, load_study, run_study
+from xferlab.report import build_outputs
+from xferlab.study import StudyResults, load_study, run_study
 
 DEMO_CONFIG = "demo.yaml"
 PHANTOM_SHIFT = "acquisition"  # the test split rendered as if from another site: the reference's val/test gap

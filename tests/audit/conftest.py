@@ -10,11 +10,11 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from xferlab.audit.embed import embed_dataset
-from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.data.sources import load_dataset
+from xferlab.engine.accel import num_threads as torch_threads
 
 PHANTOM_SIZE = 32
 

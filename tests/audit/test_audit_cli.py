@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from xferlab.audit.report import render_audit_section
 from xferlab.cli import main
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.errors import XferlabError
+from xferlab.report.audit import render_audit_section
 
 
 def _strict_json(path):

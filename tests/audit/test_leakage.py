@@ -12,9 +12,9 @@ from PIL import Image
 
 from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import MAX_LISTED, group_overlap, leakage_audit
-from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.engine.accel import num_threads as torch_threads
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from sklearn.model_selection import KFold, cross_val_predict
 from xferlab.audit import shift
 from xferlab.audit.common import MIN_PER_SIDE, permutation_p
 from xferlab.config import AuditConfig
-from xferlab.data.phantoms import DEFAULT_N_PER_CLASS, DEFAULT_N_TEST_PER_CLASS
 from xferlab.data.dataset import ImageDataset
+from xferlab.data.phantoms import DEFAULT_N_PER_CLASS, DEFAULT_N_TEST_PER_CLASS
 from xferlab.data.splits import draw_splits
 
 ALPHA = 0.05

@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.errors import XferlabError

@@ -3,7 +3,6 @@ import pytest
 import torch
 from PIL import Image
 
-import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.registry import create_model, get_spec, list_backbones
 from xferlab.backbones.weights import TorchvisionWeights
 from xferlab.data.batches import Preprocess

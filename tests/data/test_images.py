@@ -105,7 +105,7 @@ def test_read_gray_content_saved_as_rgb_stays_gray(tmp_path):
     assert read_image_file(tmp_path / "a.jpg").shape == (8, 8)
 
 
-def test_read_16bit_png_scales_by_full_range(tmp_path):
+def test_read_16bit_png_using_all_16_bits_scales_by_65535(tmp_path):
     Image.fromarray(np.array([[0, 65535], [257, 32896]], dtype=np.uint16)).save(tmp_path / "a.png")
     assert read_image_file(tmp_path / "a.png").tolist() == [[0, 255], [1, 128]]
 

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import xferlab.backbones.zoo  # noqa: F401
 import xferlab.engine.accel as accel_mod
 from xferlab.backbones.registry import create_model
 from xferlab.data.batches import Preprocess
@@ -67,3 +66,12 @@ def test_cuda_defaults_and_resident_data():
     assert a.channels_last and (a.amp_dtype is torch.bfloat16) == accel_mod.native_bf16(gpu)  # emulated bf16: off
     splits = {"train": (torch.zeros(4, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))}
     assert place(splits, gpu)["train"][0].is_cuda
+
+
+def test_accelerator_switches_are_restored_after_the_scope():
+    from xferlab.engine.accel import accelerator_scope
+
+    before = torch.backends.cudnn.benchmark
+    with accelerator_scope():
+        torch.backends.cudnn.benchmark = not before  # what Accel.prepare does on CUDA
+    assert torch.backends.cudnn.benchmark == before

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import DataConfig, TrainConfig
@@ -14,7 +13,8 @@ from xferlab.engine.run import train
 
 
 def _bn_stats(state: dict) -> dict:
-    return {k: v.clone() for k, v in state.items() if k.startswith("body.") and k.endswith(("running_mean", "running_var"))}
+    return {k: v.clone() for k, v in state.items()
+            if k.startswith("body.") and k.endswith(("running_mean", "running_var"))}
 
 
 def _equal(a: dict, b: dict) -> bool:

@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 
-import xferlab.backbones.zoo  # noqa: F401
 from xferlab.backbones.registry import create_model
 from xferlab.cli import main
 from xferlab.engine.bench import bench, count_flops
@@ -33,7 +32,8 @@ def test_flops_scale_with_the_image_area_and_a_training_step_costs_two_to_three_
 
 
 def test_grouped_convolutions_cost_two_forwards_backward():
-    """torch's own formula counts a depthwise weight gradient as if ungrouped (C times too many FLOPs): ours does not."""
+    """torch's own formula counts a depthwise weight gradient as if ungrouped (C times too many FLOPs): ours does
+    not."""
     model = create_model("efficientnet_lite0", 2, "none", image_size=32)
     x, y = torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])
     forward, step = count_flops(model, x), count_flops(model, x, y)

@@ -16,6 +16,7 @@ from xferlab.evaluation.calibration import (
     reliability,
     scale,
 )
+from xferlab.evaluation.metrics import point_metrics
 
 
 def test_ece_by_hand():
@@ -35,8 +36,16 @@ def test_brier_matches_sklearn_binary():
     p1 = rng.uniform(size=200)
     labels = (rng.uniform(size=200) < p1).astype(int)
     probs = np.c_[1 - p1, p1]
-    # the multi-class Brier counts both classes' squared errors: twice scikit-learn's binary score
-    assert brier_score(labels, probs) == pytest.approx(2 * brier_score_loss(labels, p1))
+    # one Brier in xferlab: the metric table's, scikit-learn's (binary: the positive class's squared error)
+    assert brier_score(labels, probs) == pytest.approx(brier_score_loss(labels, p1))
+    assert calibrate({"val": (labels, probs)})["val"].brier == pytest.approx(point_metrics(labels, probs)["brier"])
+
+
+def test_calibration_uses_the_metric_tables_ece_and_brier():
+    from xferlab.evaluation import calibration, metrics
+
+    assert calibration.expected_calibration_error is metrics.expected_calibration_error
+    assert calibration.brier_score is metrics.brier_score
 
 
 def test_temperature_recovers_overconfidence():

@@ -95,3 +95,37 @@ def test_confusion_and_roc_curves_match_scikit_learn():
     binary = roc_curves(np.array([0, 1, 1, 0]), np.array([[.8, .2], [.3, .7], [.4, .6], [.6, .4]]))
     assert list(binary) == [1] and binary[1][2] == 1.0
     assert roc_curves(np.zeros(3, int), np.tile([.5, .5], (3, 1))) == {}  # one class: no curve
+
+
+def test_expected_calibration_error_matches_the_definition_by_hand():
+    """Guo et al. 2017: bins ((m-1)/15, m/15] of top-label confidence, sum of |B|/n * |acc(B) - conf(B)|."""
+    from xferlab.evaluation.metrics import METRICS_BY_NAME
+
+    y = np.array([0, 1, 1, 0, 1])
+    p1 = np.array([0.9, 0.95, 0.6, 0.55, 0.2])  # confidences .9 .95 .6 .55 .8; right: no yes yes no no
+    probs = np.c_[1 - p1, p1]
+    # bins: .9 -> 14th (13/15, 14/15]; .95 -> 15th; .6 -> 9th; .55 -> 9th; .8 -> 12th
+    by_hand = (abs(0 - 0.9) + abs(1 - 0.95) + abs((1 + 0) - (0.6 + 0.55)) + abs(0 - 0.8)) / 5
+    ece = METRICS_BY_NAME["ece"]
+    assert ece.point(y, probs) == pytest.approx(by_hand)
+    assert not ece.higher_is_better and ece.uses_probabilities
+    perfect = np.eye(2)[y]
+    assert ece.point(y, perfect) == 0.0
+
+
+def test_brier_score_is_scikit_learns_and_the_bootstrap_agrees_with_the_point_values():
+    from sklearn.metrics import brier_score_loss
+
+    from xferlab.evaluation.metrics import METRICS, batched_metrics, point_metrics
+
+    rng = np.random.default_rng(1)
+    for k in (2, 3):
+        y = rng.integers(0, k, 60)
+        probs = rng.dirichlet(np.ones(k), 60)
+        m = point_metrics(y, probs)
+        expected = (np.mean((probs[:, 1] - y) ** 2) if k == 2 else
+                    np.mean(((probs - np.eye(k)[y]) ** 2).sum(1)))  # binary: the positive class's squared error
+        assert m["brier"] == pytest.approx(expected) == pytest.approx(brier_score_loss(y, probs, labels=range(k)))
+        batched = batched_metrics(y, probs[None])[:, 0]
+        for name, value in zip(METRICS, batched):
+            assert value == pytest.approx(m[name]), (k, name)

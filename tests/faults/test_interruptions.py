@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tinydata import write_tiny_npy
 
 # Timing columns differ between any two runs; everything else must be identical.

@@ -17,7 +17,7 @@ FAKE_AUDIT_SECTION = ('<section id="audit"><h2>Split audit</h2><p>stand-in verdi
 
 
 def install_fake_audit(monkeypatch) -> None:
-    """xferlab.audit and xferlab.audit.report replaced by stand-ins that write and render a minimal audit."""
+    """xferlab.audit and xferlab.report.audit replaced by stand-ins that write and render a minimal audit."""
 
     def run_audit(data_cfg, audit_cfg, out_dir, progress=True):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -26,10 +26,10 @@ def install_fake_audit(monkeypatch) -> None:
 
     audit = types.ModuleType("xferlab.audit")
     audit.run_audit = run_audit
-    report = types.ModuleType("xferlab.audit.report")
+    report = types.ModuleType("xferlab.report.audit")
     report.render_audit_section = lambda audit_dir: FAKE_AUDIT_SECTION
     monkeypatch.setitem(sys.modules, "xferlab.audit", audit)
-    monkeypatch.setitem(sys.modules, "xferlab.audit.report", report)
+    monkeypatch.setitem(sys.modules, "xferlab.report.audit", report)
 
 
 @pytest.fixture

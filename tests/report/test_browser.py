@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from chromium import Browser, find_chromium
 
-from xferlab.study import build_outputs
+from xferlab import artifacts
+from xferlab.report import build_outputs
 
 pytestmark = pytest.mark.browser
 
@@ -58,10 +59,10 @@ def _audit_section(audit_dir) -> str:
 def report_with_audit(study_dir, tmp_path, monkeypatch):
     copy = tmp_path / "study"
     shutil.copytree(study_dir, copy)
-    (copy / "audit" / "audit.json").write_text(json.dumps({"verdict": VERDICT}))
-    module = types.ModuleType("xferlab.audit.report")
+    (copy / artifacts.AUDIT / artifacts.AUDIT_JSON).write_text(json.dumps({"verdict": VERDICT}))
+    module = types.ModuleType("xferlab.report.audit")
     module.render_audit_section = _audit_section
-    monkeypatch.setitem(sys.modules, "xferlab.audit.report", module)
+    monkeypatch.setitem(sys.modules, "xferlab.report.audit", module)
     return build_outputs(copy)[1]
 
 

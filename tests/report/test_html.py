@@ -6,8 +6,8 @@ import pytest
 
 import xferlab.engine.run as engine_run
 from xferlab.cli import main
+from xferlab.report import build_outputs
 from xferlab.report.html import SECTIONS
-from xferlab.study import build_outputs
 
 
 class ReportParser(HTMLParser):
@@ -98,7 +98,7 @@ def test_an_audit_that_cannot_be_rendered_is_noted_not_fatal(study_dir, tmp_path
 
     copy = tmp_path / "copy"
     shutil.copytree(study_dir, copy)
-    monkeypatch.setitem(sys.modules, "xferlab.audit.report", None)
+    monkeypatch.setitem(sys.modules, "xferlab.report.audit", None)
     _, report = build_outputs(copy)
     assert "holds a split audit, but xferlab.audit cannot be imported" in report.read_text()
     assert _parse(report).sections == list(SECTIONS)

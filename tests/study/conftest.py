@@ -34,8 +34,8 @@ def write_run_folder(run_dir: Path, data: Path, backbone: str, regime: str, seed
                      labels: dict[str, np.ndarray], params: int, train_seconds: float, epochs: int = 2) -> Path:
     """A finished run folder as engine.run.train writes it, with the given best-epoch predictions."""
     run_dir.mkdir(parents=True)
-    cfg = TrainConfig(data=DataConfig(path=data), backbone=backbone, regime=regime, seed=seed, epochs=epochs,
-                      weights="none", device="cpu")
+    cfg = TrainConfig(data=DataConfig(path=data), regime=regime, seed=seed, epochs=epochs, weights="none",
+                      device="cpu").model_copy(update={"backbone": backbone})  # stand-in names need no registry entry
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     accs = {s: float((probs[s].argmax(1) == labels[s]).mean()) for s in probs}
     history = [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6,

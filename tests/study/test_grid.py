@@ -55,9 +55,8 @@ def test_a_study_without_a_data_path_asks_for_one(tmp_path):
 
 
 def test_preflight_rejects_unknown_backbones_and_missing_weights_before_any_run(study_yaml, tmp_path):
-    bad_name = load_study(study_yaml("a.yaml", backbones=["resnet81"]))
-    with pytest.raises(XferlabError, match="did you mean 'resnet18'"):
-        preflight(expand_grid(bad_name))
+    with pytest.raises(XferlabError, match="did you mean 'resnet18'"):  # now when the study is read
+        load_study(study_yaml("a.yaml", backbones=["resnet81"]))
     offline = load_study(study_yaml("b.yaml", train={"weights": "imagenet"}))
     with pytest.raises(XferlabError, match="resnet18-f37072fd.pth"):  # the file to place in the empty TORCH_HOME
         preflight(expand_grid(offline))

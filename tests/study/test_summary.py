@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 
+from xferlab import artifacts
 from xferlab.study import collect_results, write_results
 from xferlab.study.summary import audit_sentence, rank_label, ranked, summary_table
 
@@ -50,11 +51,11 @@ def test_degenerate_runs_are_flagged_in_terminal_and_results(tmp_path, run_folde
     assert "! resnet18 frozen: val: predicts pneumonia for 100% of cases; specificity 0.000 < 0.05" in text
     assert "finetune" in text and text.count("! degenerate") == 1
     write_results(results)
-    rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    rows = {r["run"]: r for r in artifacts.read_results(out)["runs"]}
     frozen, finetune = rows["resnet18-frozen-seed0"], rows["resnet18-finetune-seed0"]
     assert frozen["degenerate"] and not finetune["degenerate"]
     assert set(frozen["flags"]["test"]) == {"one_class", "low_specificity", "auroc_ci_holds_0.5"}
-    with open(out / "results.csv", newline="") as f:
+    with open(out / artifacts.RESULTS_CSV, newline="") as f:
         table = {r["run"]: r for r in csv.DictReader(f)}
     assert table["resnet18-frozen-seed0"]["test_flags"].split() == frozen["flags"]["test"]
     assert table["resnet18-finetune-seed0"]["test_flags"] == ""

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.config import AuditConfig
@@ -40,7 +39,7 @@ def embed_dataset(data: ImageDataset, cfg: AuditConfig, progress: bool = True) -
     """Pooled backbone features of every image (N × D float32, dataset order)."""
     device = resolve_device(cfg.device)
     model = fixed_backbone(data, cfg, device)
-    preprocess = Preprocess(model.spec.mean, model.spec.std, device)
+    preprocess = Preprocess.for_input(model.spec.input, device)
     images = as_tensor(data.images)
     chunks = range(0, len(images), _CHUNK)
     bar = tqdm(chunks, desc=f"embedding ({cfg.backbone})", unit="chunk", disable=not progress, leave=False)

@@ -12,12 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from xferlab import io  # noqa: E402
+from xferlab import files as io  # noqa: E402
 from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
-from xferlab.report.figures import SPLIT_COLOURS, SPLIT_MARKERS  # noqa: E402
+from xferlab.style import FONT_RC, SPLIT_COLOURS, SPLIT_MARKERS  # noqa: E402
+
+matplotlib.rcParams.update(FONT_RC)  # the report's font sizes (xferlab.style), legible at the report's size
 
 MARKERS = "os^Dv<>p"  # fillable markers: test points are drawn hollow
 CLASS_COLOURS = ("tab:blue", "tab:red", "tab:purple", "tab:olive", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")

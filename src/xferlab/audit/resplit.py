@@ -19,15 +19,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xferlab.audit.common import skipped
-from xferlab.engine.accel import num_threads as torch_threads
-from xferlab.engine.run import resolve_device
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import AuditConfig
 from xferlab.data.batches import Preprocess, as_tensor, batch_indices
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.splits import draw_splits, split_counts
-from xferlab.engine.loop import evaluate, make_adam, train_one_epoch
+from xferlab.engine.accel import num_threads as torch_threads
+from xferlab.engine.fit import BestEpoch, FitTask, fit
+from xferlab.engine.loop import make_adam
+from xferlab.engine.run import resolve_device
 from xferlab.errors import XferlabError
 
 # Cached features are evaluated in one batch per split: the batch size does not change accuracy, and 32-row batches
@@ -67,7 +68,7 @@ def _factory(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig,
             model.body.load_state_dict(body)
         apply_regime(model, regime)
         model.to(device)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, device)
+        preprocess = Preprocess.for_input(model.spec.input, device)
         return model, lambda batch: model(preprocess(batch))
 
     return as_tensor(data.images), make_model
@@ -75,8 +76,8 @@ def _factory(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig,
 
 def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make: ModelFactory, cfg: AuditConfig,
               seed: int, device: torch.device) -> dict:
-    """Train on one split (the engine's Adam, cosine per step, best epoch by val accuracy as in a training run);
-    accuracies at the best epoch and the per-epoch history of train, val and test accuracy."""
+    """Train on one split through the engine's fit loop (Adam, cosine per step, best epoch by val accuracy as in a
+    training run); accuracies at the best epoch and the per-epoch history of train, val and test accuracy."""
     model, forward = make(seed)
     parts = {s: torch.from_numpy(np.flatnonzero(splits == s)) for s in ("train", "val", "test")}
     x = {s: inputs[idx.to(inputs.device)] for s, idx in parts.items()}
@@ -84,21 +85,17 @@ def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make
     optimizer = make_adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     steps = cfg.epochs * math.ceil(len(y["train"]) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    generator = torch.Generator().manual_seed(seed)
-    eval_batch = FEATURE_EVAL_BATCH if inputs.is_floating_point() else cfg.batch_size
-    history, best = [], None
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        batches = batch_indices(len(x["train"]), cfg.batch_size, generator, device=inputs.device)
-        _, train_acc = train_one_epoch(forward, x["train"], y["train"], optimizer, scheduler, batches, device)
-        model.eval()
-        row = {"epoch": epoch, "train": train_acc,
-               **{s: evaluate(forward, x[s], y[s], eval_batch, device)[1] for s in ("val", "test")}}
-        history.append(row)
-        if best is None or row["val"] > best["val"]:  # strictly better: ties keep the earlier epoch
-            best = row
-    return {"best_epoch": best["epoch"], "train": best["train"], "val": best["val"], "test": best["test"],
-            "gap": best["val"] - best["test"], "sizes": split_counts(splits), "history": history}
+    generator = torch.Generator().manual_seed(seed)  # one stream across the epochs
+    task = FitTask(model, forward, forward, x, y, optimizer, scheduler,
+                   batches=lambda epoch: batch_indices(len(x["train"]), cfg.batch_size, generator,
+                                                       device=inputs.device),
+                   eval_batch_size=FEATURE_EVAL_BATCH if inputs.is_floating_point() else cfg.batch_size, device=device)
+    best = BestEpoch()
+    history = [{"epoch": r.epoch, "train": r.train_acc, "val": r.val_acc, "test": r.test_acc}
+               for r in fit(task, cfg.epochs, [best])]
+    b = best.record
+    return {"best_epoch": b.epoch, "train": b.train_acc, "val": b.val_acc, "test": b.test_acc,
+            "gap": b.val_acc - b.test_acc, "sizes": split_counts(splits), "history": history}
 
 
 def placement(original: float, values: np.ndarray) -> dict:

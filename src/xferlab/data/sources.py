@@ -12,13 +12,13 @@ import csv
 import logging
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xferlab.config import DataConfig
+from xferlab.data.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
 from xferlab.data.images import (
     check_file_sizes,
@@ -31,6 +31,7 @@ from xferlab.data.images import (
     stack_images,
     to_uint8,
 )
+from xferlab.data.registry import SOURCES, SourceFn, register_source  # noqa: F401  (re-exported)
 from xferlab.data.splits import carve_val, draw_splits
 from xferlab.errors import XferlabError, did_you_mean
 
@@ -39,24 +40,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SourceFn = Callable[[DataConfig], ImageDataset]
-SOURCES: dict[str, SourceFn] = {}
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 NPY_TEST_PREFIX = "test_"
 MEDMNIST_DEFAULT_SIZE = 28  # `<flag>.npz` holds the original 28×28 release; `<flag>_<S>.npz` the MedMNIST+ sizes
-
-
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    """Decorator: make `fn` the loader for data format `name`."""
-
-    def register(fn: SourceFn) -> SourceFn:
-        if name in SOURCES:
-            raise ValueError(f"data source '{name}' is already registered (by {SOURCES[name].__qualname__})")
-        SOURCES[name] = fn
-        return fn
-
-    return register
 
 
 def load_dataset(cfg: DataConfig) -> ImageDataset:
@@ -172,7 +159,7 @@ def _load_images(
     them per batch. Returns (images, indices of the files kept, files skipped as unreadable)."""
     if cfg.memory_budget_mb is None:
         return _read_images(paths, cfg, where)
-    from xferlab.data import streaming  # imports torch: only sources given a memory budget pay for it
+    import xferlab.data.streaming as streaming  # imports torch: only sources given a memory budget pay for it
 
     budget = cfg.memory_budget_mb * streaming.MIB
     scan = streaming.scan_image_files(paths, where, cfg.image_size, cfg.skip_unreadable)

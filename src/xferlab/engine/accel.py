@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -54,7 +54,8 @@ class Accel:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move the model to the device in the chosen memory layout; turn on cuDNN autotuning on CUDA."""
+        """Move the model to the device in the chosen memory layout; turn on cuDNN autotuning on CUDA (call it
+        inside accelerator_scope, which restores the switch)."""
         if self.device.type == "cuda":
             # Fixed input shapes within a run: let cuDNN time its algorithms once per shape and keep the fastest.
             torch.backends.cudnn.benchmark = True
@@ -125,6 +126,18 @@ def place(tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.d
         return tensors
     log.debug("dataset resident on %s (%.1f MiB)", device, nbytes / 2**20)
     return {s: (x.to(device), y.to(device)) for s, (x, y) in tensors.items()}
+
+
+@contextlib.contextmanager
+def accelerator_scope() -> Iterator[None]:
+    """Process-wide accelerator switches a run may set (cuDNN autotuning, TF32 matmuls) are restored when the block
+    ends, so a run's settings never leak into the next run or the caller."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = saved
 
 
 @contextlib.contextmanager

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.data.batches import Preprocess, batch_indices
-from xferlab.engine.accel import Accel, native_bf16, num_threads, resolve_accel
+from xferlab.engine.accel import Accel, accelerator_scope, native_bf16, num_threads, resolve_accel
 from xferlab.engine.loop import make_adam, train_one_epoch
 from xferlab.errors import XferlabError
 from xferlab.evaluation.timing import Timer, inference_throughput, matmul_flops_per_s, peak_rss_bytes
@@ -117,9 +116,9 @@ def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "a
     _check(image_size, batch_size, steps, warmup)
     dev = resolve_device(device)
     accel = resolve_accel(dev, amp, channels_last, compile)
-    with num_threads(threads):
+    with num_threads(threads), accelerator_scope():
         model = _model(backbone, weights, regime, image_size, accel)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, dev, channels_last=accel.channels_last)
+        preprocess = Preprocess.for_input(model.spec.input, dev, channels_last=accel.channels_last)
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (steps * batch_size, image_size, image_size), dtype=torch.uint8, generator=gen)
         labels = torch.randint(0, 2, (len(images),), generator=gen)

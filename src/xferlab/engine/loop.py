@@ -9,7 +9,7 @@ prepare the fixed-backbone regimes: BatchNorm statistics re-estimated once (adab
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -1,17 +1,21 @@
 """Progress of a training run, one report per epoch: a tqdm bar on a terminal, one plain line per epoch otherwise
 (logs, CI), nothing under `--quiet`. The time left is the mean of the epochs measured so far times the epochs left.
 
-The fit loop calls `on_epoch_end(epoch, row)` at one point per epoch (row: the history.csv row) and `close()` at the
-end; nothing else in the loop knows how progress is shown.
+EpochProgress is a fit-loop hook (xferlab.engine.fit): `on_fit_start` starts the clock (and the bar),
+`on_epoch_end(record, state)` reports the epoch, `on_fit_end` closes the bar; nothing in the loop knows how progress
+is shown. It is the one progress implementation of the fit loop.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from xferlab.engine.fit import BestEpoch, EpochRecord, FitState
 
 _QUIET = False  # set once by the CLI's --quiet; a library caller passes progress=False instead
 
@@ -41,43 +45,59 @@ def _fmt(value: float | None) -> str:
 
 
 class EpochProgress:
-    """Per-epoch progress of one run. `stream` defaults to stderr; `interactive` (default: whether the stream is a
+    """Per-epoch progress of one run, as a fit-loop hook. `best` (a BestEpoch hook placed before this one) adds the
+    best epoch so far to the report. `stream` defaults to stderr; `interactive` (default: whether the stream is a
     terminal) chooses the bar over plain lines."""
 
-    def __init__(self, epochs: int, label: str, enabled: bool = True, stream: TextIO | None = None,
-                 interactive: bool | None = None, clock=time.perf_counter):
-        self.epochs, self.label, self.clock = epochs, label, clock
+    def __init__(self, label: str, best: BestEpoch | None = None, enabled: bool = True,
+                 stream: TextIO | None = None, interactive: bool | None = None, clock=time.perf_counter):
+        self.label, self.best, self.clock = label, best, clock
         self.stream = stream or sys.stderr
         self.enabled = enabled and not _QUIET
-        tty = self.stream.isatty() if interactive is None and hasattr(self.stream, "isatty") else bool(interactive)
-        self.bar = tqdm(total=epochs, desc=label, unit="epoch", file=self.stream, leave=False, dynamic_ncols=True) \
-            if self.enabled and tty else None
-        self.started = self._last = clock()
+        self.interactive = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) \
+            if interactive is None else bool(interactive)
+        self.epochs = 0
+        self.bar = None
+        self._last = 0.0
         self.seconds: list[float] = []  # wall seconds of each finished epoch (training + evaluation)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.epochs, self.seconds = state.epochs, []
+        if self.enabled and self.interactive:
+            self.bar = tqdm(total=state.epochs, desc=self.label, unit="epoch", file=self.stream, leave=False,
+                            dynamic_ncols=True)
+        self._last = self.clock()
 
     def time_left(self, epoch: int) -> float:
         """Mean measured epoch seconds × epochs still to run."""
         return sum(self.seconds) / len(self.seconds) * (self.epochs - epoch) if self.seconds else float("nan")
 
-    def line(self, epoch: int, row: dict) -> str:
-        """'resnet18 finetune epoch 3/30: loss 0.412 acc 0.861 val acc 0.845 3.1s, about 1m24s left'."""
-        return (f"{self.label} epoch {epoch}/{self.epochs}: loss {_fmt(row.get('train_loss'))} "
-                f"acc {_fmt(row.get('train_acc'))} val acc {_fmt(row.get('val_acc'))} {self.seconds[-1]:.1f}s, "
-                f"about {format_seconds(self.time_left(epoch))} left")
+    def _best(self) -> str:
+        epoch = None if self.best is None else self.best.epoch
+        return "" if epoch is None else f" (best epoch {epoch})"
 
-    def on_epoch_end(self, epoch: int, row: dict) -> None:
+    def line(self, record: EpochRecord) -> str:
+        """'resnet18 finetune epoch 3/30: loss 0.412 acc 0.861 val acc 0.845 (best epoch 2) 3.1s, about 1m24s
+        left'."""
+        return (f"{self.label} epoch {record.epoch}/{self.epochs}: loss {_fmt(record.train_loss)} "
+                f"acc {_fmt(record.train_acc)} val acc {_fmt(record.val_acc)}{self._best()} "
+                f"{self.seconds[-1]:.1f}s, about {format_seconds(self.time_left(record.epoch))} left")
+
+    def on_epoch_end(self, record: EpochRecord, state: FitState) -> None:
         now = self.clock()
         self.seconds.append(now - self._last)
         self._last = now
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_postfix(loss=_fmt(row.get("train_loss")), acc=_fmt(row.get("train_acc")),
-                                 val_acc=_fmt(row.get("val_acc")), refresh=False)
+            best = {} if self.best is None or self.best.epoch is None else {"best": self.best.epoch}
+            self.bar.set_postfix(loss=_fmt(record.train_loss), acc=_fmt(record.train_acc),
+                                 val_acc=_fmt(record.val_acc), **best, refresh=False)
             self.bar.update(1)
         else:
-            print(self.line(epoch, row), file=self.stream, flush=True)
+            print(self.line(record), file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def on_fit_end(self, state: FitState) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None

@@ -1,7 +1,8 @@
 """A training run, top to bottom: config -> data -> model + regime -> loop -> best epoch -> run folder.
 
 The run folder holds config.yaml (resolved), history.csv, metrics.json, model.pt (best weights), predictions.npz
-(labels and class probabilities of val and test at the best epoch, what reports compute metrics from) and curves.png.
+(labels and class probabilities of val and test at the best epoch, what reports compute metrics from), written
+through xferlab.artifacts; xferlab.report draws curves.png from the history.
 The folder is staged (a hidden `.NAME.partial`, removed if anything fails, bad input included) and renamed when
 complete, so a run folder that exists is complete. Test data is evaluated every epoch for the
 curves but never chooses anything: the best epoch is chosen on val accuracy alone.
@@ -18,20 +19,18 @@ disk per batch (StreamedImages).
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _io
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
-from xferlab import io
+from xferlab import artifacts, files
+from xferlab.artifacts import HISTORY_COLUMNS  # noqa: F401  (re-exported: the columns of history.csv)
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, count_parameters, create_model
 from xferlab.config import TrainConfig, to_yaml
@@ -39,8 +38,9 @@ from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed
-from xferlab.engine.accel import Accel, accel_for, num_threads, place
-from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam, train_one_epoch
+from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
+from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
+from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
 from xferlab.engine.progress import EpochProgress
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
@@ -48,8 +48,6 @@ from xferlab.evaluation.timing import Timer
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "train_seconds", "eval_seconds")
 
 
 @dataclass
@@ -67,48 +65,51 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> RunResult:
+def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+          hooks: Sequence[object] = ()) -> RunResult:
     """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
-    writes)."""
+    writes). `hooks`: fit-loop hooks (xferlab.engine.fit) called after every epoch, after the built-in ones."""
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
     accel = accel_for(cfg, device)
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
-    with num_threads(cfg.num_threads), _run_folder(out, overwrite, dist) as stage:  # threads restored afterwards
+    # threads and accelerator switches (cudnn.benchmark) are the run's own: restored afterwards
+    with num_threads(cfg.num_threads), accelerator_scope(), _run_folder(out, overwrite, dist) as stage:
         data = load_dataset(cfg.data)
-        torch.manual_seed(cfg.seed)  # the head's initialisation; training batches are drawn from the seed by the sampler
+        torch.manual_seed(cfg.seed)  # the head's initialisation; the sampler draws training batches from the seed
         model = create_model(cfg.backbone, data.num_classes, cfg.weights, image_size=data.image_size[0])
         apply_regime(model, regime)
         accel.prepare(model)
-        preprocess = Preprocess(model.spec.mean, model.spec.std, device, channels_last=accel.channels_last)
+        preprocess = Preprocess.for_input(model.spec.input, device, channels_last=accel.channels_last)
         splits = place(_split_inputs(data, cfg, device), device)
         prepared = _prepare_inputs(cfg, model, regime, accel, preprocess, splits, dist)
         labels = {s: y.to(prepared.inputs[s].device) for s, (_, y) in splits.items()}  # beside the inputs
         n_eval = sum(len(y) for s, y in labels.items() if s != "train")
         del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
-        history, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main)
-        model.load_state_dict(best["state"], strict=False)  # the rest of the weights never changed
+        records, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, hooks)
+        history = [r.row() for r in records]
+        model.load_state_dict(best.kept, strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
         metrics["accel"] = accel.describe()
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
-            _write_run(stage, cfg, data, model, history, metrics, best["probs"])
+            _write_run(stage, cfg, data, model, history, metrics, best.record.probs)
     return RunResult(Path(out), metrics, history)
 
 
 @contextlib.contextmanager
 def _run_folder(out, overwrite: bool, dist: distributed.Dist) -> Iterator[Path | None]:
-    """Rank 0 stages the run folder (io.staged_dir: renamed into place only when the block completes, removed if it
+    """Rank 0 stages the run folder (files.staged_dir: renamed into place only when the block completes, removed if it
     fails) and yields it; the other ranks yield None. A folder that cannot be created is an error on every rank: a
     rank left alone would wait in the next collective forever."""
     with contextlib.ExitStack() as stack:
         stage, problem = None, None
         if dist.is_main:
             try:
-                stage = stack.enter_context(io.staged_dir(out, overwrite=overwrite))
+                stage = stack.enter_context(files.staged_dir(out, overwrite=overwrite))
             except XferlabError as err:
                 problem = str(err)
         problem = dist.broadcast_object(problem)
@@ -187,40 +188,25 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
                      adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
 
 
-def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool):
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool,
+         hooks: Sequence[object] = ()) -> tuple[list[EpochRecord], BestEpoch]:
+    """The engine's fit loop (xferlab.engine.fit) with the run's optimiser, schedule and batches; the best epoch is
+    chosen on val accuracy and keeps a copy of the weights training changed."""
     inputs = prepared.inputs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adam(params, cfg.lr, cfg.weight_decay)
+    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     n_train = len(inputs["train"])
     steps = cfg.epochs * dist.steps_per_epoch(n_train, cfg.batch_size)
     scheduler = CosineAnnealingLR(optimizer, T_max=steps) if cfg.scheduler == "cosine" else None
-    history, best = [], {"val_acc": -1.0}
-    report = EpochProgress(cfg.epochs, f"{cfg.backbone} {cfg.regime}", enabled=progress)
-    for epoch in range(1, cfg.epochs + 1):
-        train_timer, eval_timer = Timer(device), Timer(device)
-        batches = dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch, device=inputs["train"].device)
-        model.train()
-        with train_timer:
-            train_loss, train_acc = train_one_epoch(prepared.train_forward, inputs["train"], labels["train"],
-                                                    optimizer, scheduler, batches, device, dist)
-        dist.broadcast_buffers(prepared.trained)  # every rank evaluates (and keeps) the same BatchNorm statistics
-        model.eval()
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
-        probs = {}
-        with eval_timer:
-            for s in ("val", "test"):
-                if s in inputs:
-                    row[f"{s}_loss"], row[f"{s}_acc"], probs[s] = evaluate(prepared.forward, inputs[s], labels[s],
-                                                                             cfg.batch_size, device, dist)
-                else:
-                    row[f"{s}_loss"] = row[f"{s}_acc"] = None
-        row["train_seconds"], row["eval_seconds"] = train_timer.seconds, eval_timer.seconds
-        history.append(row)
-        if row["val_acc"] > best["val_acc"]:  # strictly better: ties keep the earlier epoch
-            best = {"epoch": epoch, "val_acc": row["val_acc"], "probs": probs, "state": _changing_state(model)}
-        report.on_epoch_end(epoch, row)
-    report.close()
-    return history, best
+    task = FitTask(
+        model, prepared.train_forward, prepared.forward, inputs, labels, optimizer, scheduler,
+        batches=lambda epoch: dist.train_batches(n_train, cfg.batch_size, cfg.seed, epoch,
+                                                 device=inputs["train"].device),
+        eval_batch_size=cfg.batch_size, device=device, dist=dist,
+        # every rank evaluates (and keeps) the same BatchNorm statistics
+        after_train=lambda: dist.broadcast_buffers(prepared.trained))
+    best = BestEpoch(lambda: _changing_state(model))
+    report = EpochProgress(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
+    return fit(task, cfg.epochs, [best, report, *hooks]), best
 
 
 def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:
@@ -231,11 +217,11 @@ def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:
 
 
 def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, throughput, device, t_start) -> dict:
-    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in best["probs"].items()}
+    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in best.record.probs.items()}
     return {
         "backbone": cfg.backbone,
         "regime": cfg.regime,
-        "best_epoch": best["epoch"],
+        "best_epoch": best.epoch,
         "val": split_metrics["val"],
         "test": split_metrics.get("test"),
         "train_seconds": sum(r["train_seconds"] for r in history),
@@ -252,23 +238,12 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
 
 
 def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, probs: dict) -> None:
-    from xferlab.report.figures import curves_figure
-
-    io.write_text(stage / "config.yaml", to_yaml(cfg))
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    io.write_text(stage / "history.csv", buf.getvalue())
-    io.write_json(stage / "metrics.json", metrics)
-    io.save_npz(stage / "predictions.npz", **{f"{s}_{kind}": arr for s, p in probs.items()
-                                             for kind, arr in (("labels", _labels(data, s)), ("probs", p))})
-    io.save_torch(stage / "model.pt", {
+    """The run folder's data (artifacts.write_run); its curves are drawn by xferlab.report from the history."""
+    checkpoint = {
         "state_dict": model.state_dict(), "backbone": cfg.backbone, "class_names": data.class_names,
         "image_size": list(data.image_size), "mean": list(model.spec.mean), "std": list(model.spec.std),
-    })
-    fig = curves_figure(history, title=f"{cfg.backbone} · {cfg.regime}")
-    io.save_figure(stage / "curves.png", fig)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+        # channels, intensity mapping and fixed side as well (xferlab.backbones.registry.preprocessing_for)
+        "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(model.spec.input).items()},
+    }
+    predictions = {s: (_labels(data, s), p) for s, p in probs.items()}
+    artifacts.write_run(stage, to_yaml(cfg), history, metrics, predictions, checkpoint)

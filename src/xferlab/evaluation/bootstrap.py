@@ -6,9 +6,10 @@ drawn to fixed class sizes (the npy layout, the phantoms), and it keeps every me
 (sensitivity needs positives, AUROC needs both classes). The percentile method rather than BCa because BCa is
 undefined (NaN with a warning) when a metric does not vary across resamples, as accuracy 1.0 on a small val split does.
 
-Metrics are recomputed for thousands of resamples at once by `batched_metrics`, a NumPy transcription of
-xferlab.evaluation.metrics.point_metrics: scikit-learn scores one sample per call, which costs seconds per run at
-2000 resamples × 7 metrics. tests/evaluation/test_bootstrap.py checks it against scikit-learn.
+Metrics are recomputed for thousands of resamples at once by xferlab.evaluation.metrics.batched_metrics (each
+METRIC_TABLE entry's batched function, NumPy transcriptions of the point metrics): scikit-learn scores one sample
+per call, which costs seconds per run at 2000 resamples × 9 metrics. tests/evaluation/test_bootstrap.py checks it
+against scikit-learn.
 """
 
 from __future__ import annotations
@@ -16,50 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import bootstrap, rankdata
+from scipy.stats import bootstrap
 
-from xferlab.evaluation.metrics import METRICS
+from xferlab.evaluation.metrics import METRICS, batched_metrics  # noqa: F401  (batched_metrics re-exported)
 
 DEFAULT_RESAMPLES = 2000  # Efron & Tibshirani (1993, ch. 19): ~1000+ resamples for percentile interval endpoints
 MIN_CASES_PER_CLASS = 2  # a class with fewer cases has no resampling variability to speak of
 _BATCH_ELEMENTS = 4_000_000  # resamples × cases × columns held in memory at once (~32 MB of float64)
-
-
-def batched_metrics(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """METRICS of many prediction sets on the same cases: labels (N,), probs (..., N, K) -> array (len(METRICS), ...).
-
-    Same definitions as point_metrics: argmax predictions; class 1 positive for K = 2, macro averages otherwise;
-    precision and F1 are 0 where nothing is predicted positive (scikit-learn's zero_division=0). Every class must be
-    present in `labels`.
-    """
-    labels = np.asarray(labels)
-    n, k = probs.shape[-2:]
-    classes = np.arange(k)
-    is_true = labels[:, None] == classes  # (N, K)
-    is_pred = probs.argmax(-1)[..., None] == classes  # (..., N, K)
-    tp = (is_pred & is_true).sum(-2)
-    n_pred, n_true = is_pred.sum(-2), is_true.sum(0)
-    recall = tp / n_true
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(n_pred > 0, tp / n_pred, 0.0)
-        f1 = np.where(n_pred + n_true > 0, 2 * tp / (n_pred + n_true), 0.0)
-    specificity = (n - n_true - n_pred + tp) / (n - n_true)
-    auroc = np.stack([_auroc(labels == c, probs[..., c]) for c in ([1] if k == 2 else classes)], -1)
-    if k == 2:
-        per_class = (recall[..., 1], specificity[..., 1], precision[..., 1], f1[..., 1])
-    else:
-        per_class = tuple(m.mean(-1) for m in (recall, specificity, precision, f1))
-    sensitivity, spec, prec, f1_score = per_class
-    accuracy = tp.sum(-1) / n
-    return np.stack([accuracy, recall.mean(-1), auroc.mean(-1), sensitivity, spec, prec, f1_score])
-
-
-def _auroc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUROC along the last axis (ties count one half, as roc_auc_score's trapezoids do)."""
-    n_pos = positive.sum()
-    n_neg = positive.size - n_pos
-    ranks = rankdata(scores, axis=-1)
-    return (ranks[..., positive].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def can_bootstrap(labels: np.ndarray, num_classes: int) -> bool:

@@ -1,12 +1,13 @@
 """Are the predicted probabilities calibrated? Expected calibration error, Brier score, reliability-diagram data and
 temperature scaling fitted on val.
 
-ECE follows Guo et al. 2017 ("On Calibration of Modern Neural Networks", eq. 3): the top-label confidence (the
-largest class probability) in 15 equal-width bins over [0, 1]; ECE = sum over bins of (bin share) × |accuracy −
-mean confidence|. The Brier score is the multi-class one (Brier 1950): the mean over cases of the squared distance
-between the probability vector and the one-hot label (0 is perfect; 0.5 is a constant 50/50 guess on binary data).
-Temperature scaling (Guo et al. 2017, sec. 4.2) divides the logits by one scalar T fitted on val by minimising the
-negative log-likelihood; it never changes the argmax, so accuracy is unchanged and only calibration moves.
+ECE and the Brier score are the metric table's (xferlab.evaluation.metrics, the one implementation of each): ECE as in
+Guo et al. 2017 ("On Calibration of Modern Neural Networks", eq. 3), the top-label confidence (the largest class
+probability) in 15 equal-width bins over [0, 1], ECE = sum over bins of (bin share) × |accuracy − mean confidence|;
+Brier as scikit-learn's brier_score_loss (0 is perfect; on binary data the positive class's squared error, 0.25 for
+a constant 50/50 guess). Temperature scaling (Guo et al. 2017, sec. 4.2) divides the logits by one scalar T fitted
+on val by minimising the negative log-likelihood; it never changes the argmax, so accuracy is unchanged and only
+calibration moves.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-ECE_BINS = 15  # Guo et al. 2017 use M = 15 equal-width bins
+from xferlab.evaluation.metrics import ECE_BINS, brier_score, expected_calibration_error
+
+__all__ = ["ECE_BINS", "Calibration", "Reliability", "brier_score", "calibrate", "expected_calibration_error",
+           "fit_temperature", "reliability", "scale"]
+
 # Search range of log T: T from e^-5 to e^5 (0.007 to 148) spans every temperature met in practice; a bound keeps a
 # perfectly separable val split (NLL falling forever as T -> 0) from running off to infinity.
 LOG_T_BOUNDS = (-5.0, 5.0)
@@ -48,7 +53,6 @@ class Calibration:
     bins: int = ECE_BINS
     temperature_at_bound: bool = False  # the fit ran to LOG_T_BOUNDS: val too small or separable to fit T
 
-
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -66,20 +70,6 @@ def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> 
     mean = lambda s, c: float(s / c) if c else None  # noqa: E731
     return Reliability(edges.tolist(), counts.tolist(), [mean(s, c) for s, c in zip(conf_sum, counts, strict=True)],
                        [mean(s, c) for s, c in zip(acc_sum, counts, strict=True)])
-
-
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE of Guo et al. 2017: sum over bins of n_bin / N × |accuracy − mean confidence| (top label, equal width)."""
-    r = reliability(labels, probs, bins)
-    n = sum(r.counts)
-    return float(sum(c / n * abs(a - p) for c, a, p in zip(r.counts, r.accuracy, r.confidence, strict=True) if c))
-
-
-def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Multi-class Brier score: mean over cases of sum over classes of (p_k − [y = k])²."""
-    probs = np.asarray(probs, dtype=np.float64)
-    onehot = np.eye(probs.shape[1])[np.asarray(labels)]
-    return float(((probs - onehot) ** 2).sum(1).mean())
 
 
 def _log_probs(probs: np.ndarray) -> np.ndarray:
@@ -103,15 +93,15 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.exp(best.x))
 
 
-def calibrate(predictions: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = ECE_BINS) -> dict[str, Calibration]:
+def calibrate(predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Calibration]:
     """Calibration of every split in `predictions` (split -> (labels, probs)), with the temperature fitted on val
-    (T = 1, i.e. unscaled, when there is no val split)."""
+    (T = 1, i.e. unscaled, when there is no val split). ECE uses ECE_BINS bins, as the reliability data."""
     t = fit_temperature(*predictions["val"]) if "val" in predictions else 1.0
     at_bound = bool(np.isclose(abs(np.log(t)), LOG_T_BOUNDS[1], atol=1e-3))
     out = {}
     for split, (labels, probs) in predictions.items():
         scaled = scale(probs, t)
-        out[split] = Calibration(expected_calibration_error(labels, probs, bins), brier_score(labels, probs), t,
-                                 expected_calibration_error(labels, scaled, bins), brier_score(labels, scaled),
-                                 reliability(labels, probs, bins), bins, at_bound)
+        out[split] = Calibration(expected_calibration_error(labels, probs), brier_score(labels, probs), t,
+                                 expected_calibration_error(labels, scaled), brier_score(labels, scaled),
+                                 reliability(labels, probs), ECE_BINS, at_bound)
     return out

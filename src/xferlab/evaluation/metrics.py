@@ -1,20 +1,28 @@
-"""Classification metrics from scikit-learn: accuracy, balanced accuracy, AUROC, sensitivity, specificity, precision,
-F1, the confusion matrix and ROC curves.
+"""Classification metrics: accuracy, balanced accuracy, AUROC, sensitivity, specificity, precision, F1, the Brier
+score (scikit-learn), the expected calibration error (15 equal-width bins, Guo et al. 2017), the confusion matrix
+and ROC curves.
 
 Binary data treats class 1 as positive (with the npy layout's sorted names, 'pneumonia'); multi-class data gets
-macro averages and a one-vs-rest AUROC. `classification_metrics` is what a run's metrics.json holds;
-`point_metrics` adds precision and F1 for studies (xferlab.evaluation.evaluate).
+macro averages and a one-vs-rest AUROC. METRIC_TABLE defines each metric once (name, report label, point and
+batched function, whether it needs probabilities, direction, format); `classification_metrics` (what a run's
+metrics.json holds: the in_run entries), `point_metrics` and `batched_metrics` (bootstrap CIs), the results and
+the report all iterate it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     auc,
     balanced_accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     multilabel_confusion_matrix,
@@ -24,8 +32,178 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-# Every metric a study reports, in report order; the first five are classification_metrics' keys.
-METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1")
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric, defined once: every table, CI, summary and report column iterates METRIC_TABLE.
+
+    `point(labels, probs)` is the value of one prediction set (scikit-learn where it has the metric; None where
+    undefined); `batched(Batch)` the same for thousands of bootstrap resamples at once (one value per resample).
+    `uses_probabilities`: False when only the argmax predictions matter. `in_run`: also in a run's metrics.json.
+    """
+
+    name: str
+    label: str
+    point: Callable[[np.ndarray, np.ndarray], float | None]
+    batched: Callable[[Batch], np.ndarray]
+    uses_probabilities: bool = False
+    higher_is_better: bool = True
+    digits: int = 3
+    in_run: bool = False
+
+    def format(self, value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.{self.digits}f}"
+
+
+class Batch:
+    """Labels (N,) and many prediction sets (..., N, K) on the same cases, with the counts the batched metrics
+    share, each computed once on first use. Every class must be present in `labels`."""
+
+    def __init__(self, labels: np.ndarray, probs: np.ndarray):
+        self.labels, self.probs = np.asarray(labels), probs
+        self.n, self.k = probs.shape[-2:]
+        self.classes = np.arange(self.k)
+
+    @cached_property
+    def is_true(self) -> np.ndarray:  # (N, K)
+        return self.labels[:, None] == self.classes
+
+    @cached_property
+    def is_pred(self) -> np.ndarray:  # (..., N, K)
+        return self.probs.argmax(-1)[..., None] == self.classes
+
+    @cached_property
+    def tp(self) -> np.ndarray:
+        return (self.is_pred & self.is_true).sum(-2)
+
+    @cached_property
+    def n_pred(self) -> np.ndarray:
+        return self.is_pred.sum(-2)
+
+    @cached_property
+    def n_true(self) -> np.ndarray:
+        return self.is_true.sum(0)
+
+    @cached_property
+    def recall(self) -> np.ndarray:
+        return self.tp / self.n_true
+
+    def per_class(self, values: np.ndarray) -> np.ndarray:
+        """Class 1 for binary data, the macro average otherwise (as the point metrics)."""
+        return values[..., 1] if self.k == 2 else values.mean(-1)
+
+
+def _nan_to_none(value) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _positive_or_macro(score, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
+    """A scikit-learn score of class 1 for binary data, macro-averaged over all K classes otherwise."""
+    if k == 2:
+        return score(y_true, y_pred, pos_label=1, zero_division=0)
+    return score(y_true, y_pred, average="macro", labels=np.arange(k), zero_division=0)
+
+
+def _auroc_point(y: np.ndarray, probs: np.ndarray) -> float | None:
+    k = probs.shape[1]
+    if len(np.unique(y)) < (2 if k == 2 else k):  # undefined with a class absent
+        return None
+    if k == 2:
+        return roc_auc_score(y, probs[:, 1])
+    return roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=np.arange(k))
+
+
+def _specificity_point(y: np.ndarray, probs: np.ndarray) -> float:
+    k = probs.shape[1]
+    spec = specificity_scores(y, probs.argmax(1), k)
+    return spec[1] if k == 2 else np.nanmean(spec)
+
+
+def _auroc_batched(b: Batch) -> np.ndarray:
+    return np.stack([_auroc(b.labels == c, b.probs[..., c]) for c in ([1] if b.k == 2 else b.classes)], -1).mean(-1)
+
+
+def _auroc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC along the last axis (ties count one half, as roc_auc_score's trapezoids do)."""
+    n_pos = positive.sum()
+    n_neg = positive.size - n_pos
+    ranks = rankdata(scores, axis=-1)
+    return (ranks[..., positive].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _specificity_batched(b: Batch) -> np.ndarray:
+    return b.per_class((b.n - b.n_true - b.n_pred + b.tp) / (b.n - b.n_true))
+
+
+def _precision_batched(b: Batch) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return b.per_class(np.where(b.n_pred > 0, b.tp / b.n_pred, 0.0))  # zero_division=0, as scikit-learn
+
+
+def _f1_batched(b: Batch) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return b.per_class(np.where(b.n_pred + b.n_true > 0, 2 * b.tp / (b.n_pred + b.n_true), 0.0))
+
+
+ECE_BINS = 15  # equal-width bins on top-label confidence, as Guo et al. 2017 (On Calibration of Modern Neural Networks)
+
+
+def _ece(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Expected calibration error along the last two axes (..., N, K): the case-weighted mean over ECE_BINS bins
+    ((m-1)/M, m/M] of |accuracy - mean confidence|, confidence being the top class's probability."""
+    confidence = probs.max(-1)
+    correct = probs.argmax(-1) == labels
+    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    gaps = sum(np.abs(np.where(bins == m, correct - confidence, 0.0).sum(-1)) for m in range(ECE_BINS))
+    return gaps / probs.shape[-2]
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ECE of one prediction set (N, K): Guo et al. 2017's, ECE_BINS equal-width bins of the top-label confidence.
+    The one ECE of xferlab: the table's entry and xferlab.evaluation.calibration use it."""
+    return float(_ece(np.asarray(labels), np.asarray(probs)))
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Brier score of one prediction set (N, K), scikit-learn's brier_score_loss: binary data scores the positive
+    class alone (0.25 for a constant 50/50 guess), K > 2 classes sum every class's squared error. The one Brier of
+    xferlab: the table's entry and xferlab.evaluation.calibration use it."""
+    probs = np.asarray(probs)
+    return float(brier_score_loss(labels, probs, labels=np.arange(probs.shape[1])))
+
+
+def _brier_batched(b: Batch) -> np.ndarray:
+    """Mean squared distance of the probabilities to the one-hot label; halved for binary data, as scikit-learn's
+    brier_score_loss (the positive class's squared error)."""
+    squared = ((b.probs - b.is_true) ** 2).sum(-1).mean(-1)
+    return squared / 2 if b.k == 2 else squared
+
+
+def _argmax(fn: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda y, probs: fn(np.asarray(y), probs.argmax(1), probs.shape[1])
+
+
+# Every metric, in report order. Adding one is one entry here (plus its test); the first five are what a run's
+# metrics.json holds (in_run).
+METRIC_TABLE: tuple[Metric, ...] = (
+    Metric("accuracy", "accuracy", _argmax(lambda y, p, k: accuracy_score(y, p)),
+           lambda b: b.tp.sum(-1) / b.n, in_run=True),
+    Metric("balanced_accuracy", "balanced acc.", _argmax(lambda y, p, k: balanced_accuracy_score(y, p)),
+           lambda b: b.recall.mean(-1), in_run=True),
+    Metric("auroc", "AUROC", _auroc_point, _auroc_batched, uses_probabilities=True, in_run=True),
+    Metric("sensitivity", "sensitivity", _argmax(lambda y, p, k: _positive_or_macro(recall_score, y, p, k)),
+           lambda b: b.per_class(b.recall), in_run=True),
+    Metric("specificity", "specificity", _specificity_point, _specificity_batched, in_run=True),
+    Metric("precision", "precision", _argmax(lambda y, p, k: _positive_or_macro(precision_score, y, p, k)),
+           _precision_batched),
+    Metric("f1", "F1", _argmax(lambda y, p, k: _positive_or_macro(f1_score, y, p, k)), _f1_batched),
+    Metric("ece", "ECE", expected_calibration_error, lambda b: _ece(b.labels, b.probs),
+           uses_probabilities=True, higher_is_better=False),
+    Metric("brier", "Brier", brier_score, _brier_batched, uses_probabilities=True, higher_is_better=False),
+)
+METRICS_BY_NAME = {m.name: m for m in METRIC_TABLE}
+METRICS = tuple(m.name for m in METRIC_TABLE)  # names, in report order
+RUN_METRICS = tuple(m.name for m in METRIC_TABLE if m.in_run)
 
 
 def specificity_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -37,45 +215,27 @@ def specificity_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int)
         return tn / (tn + fp)
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    """Metrics of predicted class probabilities (N×K). AUROC is None when only one class is present."""
+def _values(names: tuple[str, ...], y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     y_true = np.asarray(y_true)
-    k = probs.shape[1]
-    y_pred = probs.argmax(1)
-    present = np.unique(y_true)
-    if k == 2:
-        auroc = roc_auc_score(y_true, probs[:, 1]) if len(present) == 2 else None
-        sens = recall_score(y_true, y_pred, pos_label=1, zero_division=0)
-        spec = specificity_scores(y_true, y_pred, 2)[1]
-    else:
-        auroc = (roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=np.arange(k))
-                 if len(present) == k else None)
-        sens = recall_score(y_true, y_pred, average="macro", labels=np.arange(k), zero_division=0)
-        spec = np.nanmean(specificity_scores(y_true, y_pred, k))
-    out = {
-        "accuracy": accuracy_score(y_true, y_pred),
-        "balanced_accuracy": balanced_accuracy_score(y_true, y_pred),
-        "auroc": auroc,
-        "sensitivity": sens,
-        "specificity": spec,
-    }
-    return {name: (None if v is None or math.isnan(v) else float(v)) for name, v in out.items()}
+    return {name: _nan_to_none(METRICS_BY_NAME[name].point(y_true, probs)) for name in names}
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """The in_run metrics of predicted class probabilities (N×K): what a run's metrics.json holds. AUROC is None when
+    a class is absent."""
+    return _values(RUN_METRICS, y_true, probs)
 
 
 def point_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    """All of METRICS: classification_metrics plus precision and F1 (class 1 for binary data, macro otherwise)."""
-    y_true = np.asarray(y_true)
-    k = probs.shape[1]
-    y_pred = probs.argmax(1)
-    if k == 2:
-        extra = {"precision": precision_score(y_true, y_pred, pos_label=1, zero_division=0),
-                 "f1": f1_score(y_true, y_pred, pos_label=1, zero_division=0)}
-    else:
-        labels = np.arange(k)
-        extra = {"precision": precision_score(y_true, y_pred, average="macro", labels=labels, zero_division=0),
-                 "f1": f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)}
-    out = {**classification_metrics(y_true, probs), **{name: float(v) for name, v in extra.items()}}
-    return {name: out[name] for name in METRICS}
+    """Every metric of METRIC_TABLE for one prediction set."""
+    return _values(METRICS, y_true, probs)
+
+
+def batched_metrics(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Every metric of many prediction sets on the same cases: labels (N,), probs (..., N, K) -> array
+    (len(METRICS), ...). Every class must be present in `labels`."""
+    batch = Batch(labels, probs)
+    return np.stack([np.broadcast_to(m.batched(batch), probs.shape[:-2]) for m in METRIC_TABLE])
 
 
 def confusion(y_true: np.ndarray, probs: np.ndarray) -> list[list[int]]:

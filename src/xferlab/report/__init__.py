@@ -1,1 +1,26 @@
-"""Figures (matplotlib) drawn from saved results."""
+"""The report: figures (matplotlib) and the self-contained report.html, drawn from saved records only.
+
+  figures.py  matplotlib figures from records (curves, comparison, timing, confusion, ROC); a run's curves.png
+  html.py     report.html: one function per section, SECTIONS lists them in order
+  audit.py    the audit's section, from the audit folder's record (xferlab.artifacts.read_audit)
+  calibration.py  the calibration section: ECE/Brier before and after temperature scaling, operating points,
+                  reliability diagrams
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_outputs(out: str | Path):
+    """From the saved run folders in `out`: every run's curves.png (where missing), results.csv, results.json and
+    report.html. Returns (StudyResults, report path)."""
+    from xferlab.report.figures import write_run_curves  # matplotlib is only needed here
+    from xferlab.report.html import write_report
+    from xferlab.study.results import collect_results, write_results
+
+    results = collect_results(out)
+    for record in results.records:
+        write_run_curves(record.path, record.history, record.config, missing_only=True)
+    write_results(results)
+    return results, write_report(results)

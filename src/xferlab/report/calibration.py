@@ -9,10 +9,9 @@ from html import escape
 
 import matplotlib.pyplot as plt
 
-from xferlab.report import figures
+import xferlab.report.figures as figures
 from xferlab.study.results import SPLITS, StudyResults
-
-SPLIT_MARKERS = {"val": "s", "test": "o"}
+from xferlab.style import SPLIT_MARKERS
 
 
 def reliability_figure(panels: Sequence[tuple[str, dict[str, dict]]]):
@@ -77,7 +76,8 @@ def render_calibration_section(results: StudyResults, table, figure_html) -> str
                         "diagonal are calibrated, below it over-confident.")
     target = results.study.target_sensitivity if results.study else 0.95
     intro = ("ECE: expected calibration error over 15 equal-width bins of the top-label confidence (Guo et al. 2017); "
-             "Brier: mean squared distance of the probability vector from the one-hot label (0 is perfect). "
+             "Brier: scikit-learn's, the squared error of the probabilities (0 is perfect; binary data: the positive "
+             "class's, 0.25 for a constant 50/50 guess). "
              "Temperature scaling divides the logits by one T fitted on val (it never changes a prediction). "
              f"Thresholds are chosen on val (Youden's J; the highest reaching sensitivity {target:g}) and applied "
              "unchanged to test.")

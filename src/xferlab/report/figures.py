@@ -3,8 +3,10 @@ and ROC curves (the reference study's figure style). Each function returns a mat
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -14,15 +16,12 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
-SPLIT_MARKERS = {"train": "o", "val": "s", "test": "^"}  # splits told apart by marker as well as colour
+from xferlab import artifacts, files  # noqa: E402
+from xferlab.style import FONT_RC, MIN_FONT_PT, SPLIT_COLOURS, SPLIT_MARKERS  # noqa: E402,F401  (re-exported)
+
 PNG_DPI = 100  # sharp on screen while keeping a 4-run report around 1.5 MB
-# The report shows a PNG at most at its own pixel size (the page's column is 1116 px; figures are drawn <= 11 in
-# wide, grid cells <= 5.4 in), so a font of >= 9 pt at 100 dpi stays >= 9 pt on screen at 100 % zoom.
-MIN_FONT_PT = 9
 GRID_WIDTH_IN = 5.4  # one cell of the report's two-column grid (540 px)
-matplotlib.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
-                            "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 10})
+matplotlib.rcParams.update(FONT_RC)  # legible at the report's size (xferlab.style.MIN_FONT_PT)
 
 
 def to_png(fig) -> bytes:
@@ -32,6 +31,21 @@ def to_png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=PNG_DPI)
     plt.close(fig)
     return buf.getvalue()
+
+
+def png_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI (base64): an image the page carries inside itself."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def write_run_curves(run_dir: Path, history: Sequence[dict], config: dict, missing_only: bool = False) -> Path:
+    """A run folder's curves.png, drawn from its history (the engine writes data, not pictures)."""
+    path = Path(run_dir) / artifacts.CURVES_PNG
+    if not (missing_only and path.is_file()):
+        fig = curves_figure(history, title=f"{config.get('backbone')} · {config.get('regime')}")
+        files.save_figure(path, fig)
+        plt.close(fig)
+    return path
 
 
 def curves_figure(history: Sequence[dict], title: str = ""):

@@ -7,32 +7,31 @@ DIR/audit/audit.json exists), environment.
 
 from __future__ import annotations
 
-import base64
 import logging
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from xferlab import io
-from xferlab.evaluation.metrics import METRICS, roc_curves
-from xferlab.report import figures
+import xferlab.report.figures as figures
+from xferlab import artifacts
+from xferlab.artifacts import EVAL_SPLITS as SPLITS
+from xferlab.artifacts import REPORT_HTML  # noqa: F401  (re-exported)
+from xferlab.evaluation.metrics import METRIC_TABLE, METRICS, roc_curves
 from xferlab.report.calibration import render_calibration_section
+from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment
-from xferlab.study.results import SPLITS, StudyResults, timing
-from xferlab.study.runner import AUDIT, AUDIT_JSON
+from xferlab.study.results import StudyResults, timing
 from xferlab.study.summary import audit_sentence, rank_label, ranked, ranking_note
 
 log = logging.getLogger(__name__)
 
-REPORT_HTML = "report.html"
 SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "confusion", "roc", "calibration",
             "audit", "environment")
 TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", "comparison": "Validation curves",
           "curves": "Per-run curves", "timing": "Timing", "confusion": "Confusion matrices", "roc": "ROC curves",
           "calibration": "Calibration", "audit": "Split audit", "environment": "Environment"}
-METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "auroc": "AUROC",
-                 "sensitivity": "sensitivity", "specificity": "specificity", "precision": "precision", "f1": "F1"}
+METRIC_LABELS = {m.name: m.label for m in METRIC_TABLE}
 
 STYLE = """<style>
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -57,11 +56,6 @@ figure { margin: 0.6em 0 1.4em; } figcaption { color: #555; font-size: 0.88em; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.82em; }
 details { margin: 0.3em 0; }
 </style>"""
-
-
-def png_uri(png: bytes) -> str:
-    """PNG bytes as a data: URI (base64): an image the page carries inside itself."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def figure_uri(fig) -> str:
@@ -291,11 +285,11 @@ def _calibration(results: StudyResults) -> str:
 
 
 def _audit(results: StudyResults) -> str:
-    audit_dir = results.out / AUDIT
-    if not (audit_dir / AUDIT_JSON).is_file():
+    audit_dir = results.out / artifacts.AUDIT
+    if not artifacts.is_finished_audit(audit_dir):
         return ""
-    try:
-        from xferlab.audit.report import render_audit_section
+    try:  # imported here: the audit's modules are heavier than a report without an audit needs
+        from xferlab.report.audit import render_audit_section
     except ImportError as err:
         log.warning("audit results exist but xferlab.audit cannot be imported: %s", err)
         return _section("audit", f"<p>{escape(str(audit_dir))} holds a split audit, but xferlab.audit cannot be "
@@ -323,12 +317,12 @@ def _environment(results: StudyResults) -> str:
     if results.study is not None and results.study.audit is not None:
         seeds.append(["audit seed", results.study.audit.seed])
     configs = []
-    study_yaml = results.out / "study.yaml"
-    if study_yaml.is_file():
+    study_yaml = artifacts.study_yaml_path(results.out)
+    if study_yaml is not None:
         configs.append(f"<details><summary>study.yaml (resolved)</summary><pre>{escape(study_yaml.read_text())}"
                        "</pre></details>")
     for r in results.records:
-        text = (r.path / "config.yaml").read_text()
+        text = artifacts.read_config_text(r.path)
         configs.append(f"<details><summary>{escape(r.name)}/config.yaml</summary><pre>{escape(text)}</pre></details>")
     body = (_table(["", "value"], rows, cls="kv") + "<h3>Packages</h3>" +
             _table(["package", "version"], packages, cls="kv") + "<h3>Seeds</h3>" +
@@ -356,6 +350,4 @@ def render_report(results: StudyResults) -> str:
 
 def write_report(results: StudyResults) -> Path:
     """Write DIR/report.html atomically and return its path."""
-    path = results.out / REPORT_HTML
-    io.write_text(path, render_report(results))
-    return path
+    return artifacts.write_report_html(results.out, render_report(results))

@@ -1,4 +1,5 @@
-"""Studies: a grid of backbones × regimes × seeds, run with resume, evaluated with bootstrap CIs, and reported.
+"""Studies: a grid of backbones × regimes × seeds, run with resume, evaluated with bootstrap CIs (the report, with
+xferlab.report.build_outputs, sits above).
 
   grid.py         study YAML -> one resolved TrainConfig per run (per-backbone / per-regime overrides)
   runner.py       run_study: train missing runs into DIR/runs/<name>, the optional audit into DIR/audit
@@ -10,20 +11,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from xferlab.study.grid import RunSpec, expand_grid, load_study
 from xferlab.study.results import StudyResults, collect_results, write_results
 from xferlab.study.runner import StudyOutcome, run_study
 
-__all__ = ["RunSpec", "StudyOutcome", "StudyResults", "build_outputs", "collect_results", "expand_grid",
+__all__ = ["RunSpec", "StudyOutcome", "StudyResults", "collect_results", "expand_grid",
            "load_study", "run_study", "write_results"]
 
-
-def build_outputs(out: str | Path) -> tuple[StudyResults, Path]:
-    """From the saved run folders in `out`: results.csv, results.json and report.html. Returns (results, report)."""
-    from xferlab.report.html import write_report  # matplotlib is only needed here
-
-    results = collect_results(out)
-    write_results(results)
-    return results, write_report(results)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xferlab import artifacts
 from xferlab.evaluation.bootstrap import paired_difference
 from xferlab.study.results import RunRecord, StudyResults, timing
-from xferlab.study.runner import AUDIT, AUDIT_JSON
 
 METRIC = "accuracy"  # the reference study's metric; the report's tables give all the others
 
@@ -201,7 +201,7 @@ def _val_test_gap(results: StudyResults) -> Answer | None:
             f"{separate} of {len(runs)}.")
     details = []
     if separate:
-        audit = "the split audit below" if (results.out / AUDIT / AUDIT_JSON).is_file() else \
+        audit = "the split audit below" if artifacts.is_finished_audit(results.out / artifacts.AUDIT) else \
             "a split audit (audit: in the study YAML)"
         details.append(f"A gap beyond the uncertainty is what a test split drawn from another distribution than "
                        f"train/val produces (a different site, scanner or population); check it with {audit}.")

@@ -25,8 +25,9 @@ class RunSpec:
 
 
 def run_name(backbone: str, regime: str, seed: int) -> str:
-    """Folder name of a grid cell, e.g. 'resnet18-partial2-seed0' (a ':' is not portable in file names)."""
-    return f"{backbone}-{re.sub(r'[^A-Za-z0-9_.]+', '', regime)}-seed{seed}"
+    """Folder name of a grid cell, e.g. 'resnet18-partial2-seed0', 'timm_convnext_atto-frozen-seed0' (a ':' is not
+    portable in file names)."""
+    return f"{backbone.replace(':', '_')}-{re.sub(r'[^A-Za-z0-9_.]+', '', regime)}-seed{seed}"
 
 
 def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -108,14 +109,13 @@ def shard_specs(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[Run
 
 def preflight(specs: list[RunSpec]) -> None:
     """Fail before the first run, not hours into the study: unknown backbones and weights that cannot be loaded."""
-    import xferlab.backbones.zoo  # noqa: F401  (registers the backbones)
-    from xferlab.backbones.registry import get_spec
+    from xferlab.backbones.registry import PRETRAINED, get_spec
     from xferlab.backbones.weights import is_offline
 
     for spec in specs:
         backbone = get_spec(spec.backbone)
         weights = spec.config.weights
-        if weights == "imagenet" and is_offline() and not backbone.weights.available():
+        if weights in PRETRAINED and is_offline() and not backbone.weights.available():
             backbone.weights.load()  # raises the error that names the file to place in the cache
-        elif weights not in ("imagenet", "none") and not Path(weights).is_file():
+        elif weights not in (*PRETRAINED, "none") and not Path(weights).is_file():
             raise XferlabError(f"run {spec.name}: weights file {weights} does not exist; check 'weights' in the study")

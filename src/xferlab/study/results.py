@@ -7,9 +7,6 @@ the results can be rebuilt at any time without training.
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
 import logging
 import statistics
 from dataclasses import dataclass, field
@@ -17,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xferlab import io
-from xferlab.config import StudyConfig, build, read_yaml
+from xferlab import artifacts
+from xferlab.artifacts import EVAL_SPLITS, RESULTS_CSV, RESULTS_JSON, SCHEMA_VERSION  # noqa: F401  (re-exported)
+from xferlab.config import StudyConfig, build
 from xferlab.errors import XferlabError
 from xferlab.evaluation.calibration import calibrate
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
@@ -26,14 +24,10 @@ from xferlab.evaluation.flags import degenerate_flags
 from xferlab.evaluation.metrics import METRICS
 from xferlab.evaluation.operating import DEFAULT_TARGET_SENSITIVITY, operating_points
 from xferlab.study.grid import expand_grid
-from xferlab.study.runner import RUNS, STUDY_YAML, find_environment
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("val", "test")
-RESULTS_CSV = "results.csv"
-RESULTS_JSON = "results.json"
-SCHEMA_VERSION = 1
+SPLITS = EVAL_SPLITS  # the splits evaluated (xferlab.artifacts); this name is kept for older imports
 # The run settings copied into every row beside the full resolved config (the columns a reader sorts by).
 CONFIG_COLUMNS = ("backbone", "regime", "seed", "weights", "epochs", "batch_size", "lr", "weight_decay", "scheduler")
 TIMING_KEYS = ("feature_seconds", "fit_seconds", "train_seconds", "seconds_per_epoch", "eval_seconds",
@@ -77,19 +71,11 @@ class StudyResults:
 
 def load_run(run_dir: Path, settings: BootstrapSettings,
              target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
-    """Read one run folder (config.yaml, metrics.json, history.csv, predictions.npz) and evaluate its predictions:
-    metrics with CIs, calibration (temperature fitted on val), operating points chosen on val, degenerate flags."""
-    try:
-        config = dict(read_yaml(run_dir / "config.yaml"))
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        with open(run_dir / "history.csv", newline="") as f:
-            history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        with np.load(run_dir / "predictions.npz") as saved:
-            predictions = {s: (saved[f"{s}_labels"], saved[f"{s}_probs"]) for s in SPLITS if f"{s}_labels" in saved}
-    except (OSError, KeyError, ValueError) as err:
-        raise XferlabError(f"{run_dir}: unreadable run folder ({err}); rerun it (xferlab study --force) or remove it") \
-            from None
-    record = RunRecord(run_dir.name, run_dir, config, metrics, history, predictions)
+    """Read one run folder (artifacts.read_run) and evaluate its predictions: metrics with CIs, calibration
+    (temperature fitted on val), operating points chosen on val, degenerate flags."""
+    run = artifacts.read_run(run_dir)
+    predictions = run.predictions
+    record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions)
     record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
     record.calibration = {s: c.as_dict() for s, c in calibrate(predictions).items()}
     points = operating_points(predictions, target_sensitivity, **settings.as_kwargs())
@@ -98,35 +84,27 @@ def load_run(run_dir: Path, settings: BootstrapSettings,
     return record
 
 
-def _number(text: str) -> float | int | None:
-    if text in ("", "None"):
-        return None
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
 def collect_results(out: str | Path) -> StudyResults:
     """Every finished run of the study saved in `out`, evaluated. Runs of the study's grid that have no folder yet
     are listed as missing; without study.yaml, every run folder under out/runs is used."""
-    out = Path(out)
-    if not out.is_dir():
-        raise XferlabError(f"{out}: no such study folder; run `xferlab study STUDY.yaml --out {out}` first")
+    folder = artifacts.read_study(Path(out))
+    out = folder.path
     study = None
-    if (out / STUDY_YAML).is_file():
-        study = build(StudyConfig, read_yaml(out / STUDY_YAML), where=str(out / STUDY_YAML))
-        names = [spec.name for spec in expand_grid(study, where=str(out / STUDY_YAML))]
+    if folder.study is not None:
+        where = str(out / artifacts.STUDY_YAML)
+        study = build(StudyConfig, folder.study, where=where)
+        names = [spec.name for spec in expand_grid(study, where=where)]
         settings = BootstrapSettings(study.bootstrap_resamples, study.confidence, study.bootstrap_seed)
     else:
-        names = sorted(p.name for p in (out / RUNS).glob("*") if p.is_dir() and not p.name.startswith("."))
+        names = folder.run_names
         settings = BootstrapSettings()
-    finished = [n for n in names if (out / RUNS / n / "metrics.json").is_file()]
+    finished = [n for n in names if artifacts.is_finished_run(folder.run_dir(n))]
     if not finished:
-        raise XferlabError(f"{out}: no finished runs under {out / RUNS}; run `xferlab study STUDY.yaml --out {out}`")
-    environment_file = find_environment(out)  # environment.json, or the first shard's
-    environment = json.loads(environment_file.read_text()) if environment_file else None
+        runs = out / artifacts.RUNS
+        raise XferlabError(f"{out}: no finished runs under {runs}; run `xferlab study STUDY.yaml --out {out}`")
     target = study.target_sensitivity if study else DEFAULT_TARGET_SENSITIVITY
-    records = [load_run(out / RUNS / n, settings, target) for n in finished]
-    return StudyResults(out, study, settings, records, [n for n in names if n not in finished], environment)
+    records = [load_run(folder.run_dir(n), settings, target) for n in finished]
+    return StudyResults(out, study, settings, records, [n for n in names if n not in finished], folder.environment)
 
 
 def timing(record: RunRecord) -> dict[str, float | None]:
@@ -183,7 +161,7 @@ def csv_row(row: dict) -> dict:
             flat[f"{split}_{name}_high"] = metric.get("high")
         flat[f"{split}_flags"] = " ".join(row["flags"].get(split) or [])
         cal = row["calibration"].get(split) or {}
-        for key in ("ece", "brier", "ece_scaled", "brier_scaled"):
+        for key in ("ece_scaled", "brier_scaled"):  # <split>_ece and <split>_brier (with CIs) come from METRICS
             flat[f"{split}_{key}"] = cal.get(key)
     flat["temperature"] = (row["calibration"].get("val") or {}).get("temperature")
     flat.update(_operating_columns(row["operating_points"]))
@@ -237,7 +215,6 @@ def write_results(results: StudyResults) -> tuple[Path, Path]:
     """results.csv (one flat row per run) and results.json (rows, per-configuration summaries, settings)."""
     rows = [result_row(r) for r in results.records]
     doc = {
-        "schema_version": SCHEMA_VERSION,
         "study": results.study.name if results.study else results.out.name,
         "bootstrap": {"method": "percentile, stratified by class", **results.settings.as_kwargs()},
         "primary_split": results.primary_split,
@@ -245,12 +222,4 @@ def write_results(results: StudyResults) -> tuple[Path, Path]:
         "configurations": configurations(results.records),
         "missing_runs": results.missing,
     }
-    flat = [csv_row(row) for row in rows]
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(flat[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(flat)
-    csv_path, json_path = results.out / RESULTS_CSV, results.out / RESULTS_JSON
-    io.write_text(csv_path, buf.getvalue())
-    io.write_json(json_path, doc)
-    return csv_path, json_path
+    return artifacts.write_results(results.out, [csv_row(row) for row in rows], doc)

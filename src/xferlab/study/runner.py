@@ -17,15 +17,25 @@ distributed) and builds the report on its own.
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
-from xferlab import io
-from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, read_yaml, to_yaml
+from xferlab import artifacts
+from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's names)
+    AUDIT,
+    AUDIT_JSON,
+    ENVIRONMENT_JSON,
+    RUNS,
+    SHARD_ENVIRONMENT_JSON,
+    SHARD_ENVIRONMENT_NAME,
+    STUDY_YAML,
+    environment_file,
+    find_environment,
+)
+from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.errors import XferlabError
 from xferlab.study.environment import capture_environment
@@ -33,13 +43,6 @@ from xferlab.study.grid import RunSpec, expand_grid, preflight, shard_specs
 
 log = logging.getLogger(__name__)
 
-RUNS = "runs"
-AUDIT = "audit"
-AUDIT_JSON = "audit.json"
-STUDY_YAML = "study.yaml"
-ENVIRONMENT_JSON = "environment.json"
-SHARD_ENVIRONMENT_JSON = "environment-shard-{}-of-{}.json"  # one per shard: jobs of an array may run on other machines
-SHARD_ENVIRONMENT_NAME = re.compile(r"environment-shard-([0-9]+)-of-([0-9]+)\.json")
 # Settings that choose where and how fast a run computes, not what it computes: a finished run stays valid when they
 # change (e.g. a study resumed on a GPU machine).
 EXECUTION_KEYS = ("device", "num_threads")
@@ -60,7 +63,7 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     `shard` (I, N) limits this to the I-th of N parts of the grid (grid.shard_specs); the audit belongs to part 1.
 
     Writes out/study.yaml (the resolved study) and the environment record first, so `xferlab report` can rebuild the
-    report from the folder alone. Results and the report are written by xferlab.study.build_outputs.
+    report from the folder alone. Results and the report are written by xferlab.report.build_outputs.
     """
     out = Path(out)
     all_specs = expand_grid(study, where=STUDY_YAML)
@@ -109,37 +112,16 @@ def _bar_label(shard: tuple[int, int] | None) -> str:
     return "study" if shard is None else f"study shard {shard[0]}/{shard[1]}"
 
 
-def environment_file(shard: tuple[int, int] | None) -> str:
-    """Where a run of the study records its environment: environment.json, or one file per shard (no clobbering)."""
-    return ENVIRONMENT_JSON if shard is None else SHARD_ENVIRONMENT_JSON.format(*shard)
-
-
-def find_environment(out: Path) -> Path | None:
-    """The study folder's environment record: environment.json, else that of the first shard (lowest I)."""
-    if (out / ENVIRONMENT_JSON).is_file():
-        return out / ENVIRONMENT_JSON
-    shards = sorted((int(m[1]), int(m[2]), path) for path in out.glob("environment-shard-*.json")
-                    if (m := SHARD_ENVIRONMENT_NAME.fullmatch(path.name)))
-    return shards[0][2] if shards else None
-
-
 def _prepare_folder(out: Path, study: StudyConfig, shard: tuple[int, int] | None) -> None:
     """Create out/runs; write study.yaml (the same from every shard, atomically: racing shards are fine) and the
     environment record."""
-    try:
-        (out / RUNS).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise XferlabError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from None
-    io.write_text(out / STUDY_YAML, to_yaml(study))
-    io.write_json(out / environment_file(shard), capture_environment())
+    artifacts.write_study_header(out, to_yaml(study), capture_environment(), shard)
 
 
 def check_finished_run(run_dir: Path, spec: RunSpec) -> None:
     """A finished run is reused only if it was trained with this study's settings for it; otherwise say so."""
-    saved_file = run_dir / "config.yaml"
-    if not saved_file.is_file():
-        raise XferlabError(f"{run_dir} is not a run folder (no config.yaml); remove it or pass --force")
-    saved = build(TrainConfig, read_yaml(saved_file), where=str(saved_file)).model_dump(mode="json")
+    saved_file = run_dir / artifacts.CONFIG_YAML
+    saved = build(TrainConfig, artifacts.read_run_config(run_dir), where=str(saved_file)).model_dump(mode="json")
     wanted = spec.config.model_dump(mode="json")
     for key in wanted:
         if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
@@ -161,7 +143,7 @@ def run_study_audit(run_audit: Callable, data: DataConfig, audit: AuditConfig, o
                     progress: bool) -> bool:
     """Run the split audit into out/audit unless its audit.json exists (and not `force`). True if it ran."""
     audit_dir = out / AUDIT
-    if (audit_dir / AUDIT_JSON).is_file() and not force:
+    if artifacts.is_finished_audit(audit_dir) and not force:
         return False
     run_audit(data, audit, audit_dir, progress=progress)
     return True

@@ -4,11 +4,10 @@ honestly: the split audit's verdict stands above the ranking, ties are shown as 
 
 from __future__ import annotations
 
-import json
-
+from xferlab import artifacts
+from xferlab.errors import XferlabError
 from xferlab.evaluation.flags import describe
 from xferlab.study.results import StudyResults, configurations
-from xferlab.study.runner import AUDIT, AUDIT_JSON
 
 RANK_METRIC = "accuracy"
 DIGITS = 3  # values are shown with 3 decimals: two values equal at that precision are a tie
@@ -79,12 +78,12 @@ def ranking_note(results: StudyResults) -> str:
 
 def audit_verdict(results: StudyResults) -> dict | None:
     """The split audit's verdict ({level, headline, findings}) when the study folder holds an audit, else None."""
-    path = results.out / AUDIT / AUDIT_JSON
-    if not path.is_file():
+    folder = results.out / artifacts.AUDIT
+    if not artifacts.is_finished_audit(folder):
         return None
     try:
-        verdict = json.loads(path.read_text()).get("verdict")
-    except (OSError, ValueError):
+        verdict = artifacts.read_audit(folder).result.get("verdict")
+    except XferlabError:  # unreadable or newer than this xferlab: the report's audit section says so
         return None
     return verdict if isinstance(verdict, dict) and "level" in verdict else None
 

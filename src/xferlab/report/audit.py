@@ -3,15 +3,13 @@ report to embed; it reads only what run_audit saved."""
 
 from __future__ import annotations
 
-import json
 from html import escape
 from pathlib import Path
 
+from xferlab import artifacts
 from xferlab.audit.pixels import STATS
 from xferlab.audit.shift import METHODS
-from xferlab.errors import XferlabError
-from xferlab.report.html import png_uri
-from xferlab.study.runner import AUDIT_JSON
+from xferlab.report.figures import png_uri
 
 _STYLE = """<style>
 #audit table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
@@ -156,12 +154,8 @@ def _resplit(result: dict, audit_dir: Path) -> str:
 
 def render_audit_section(audit_dir: Path) -> str:
     """`<section id="audit">` with the verdict, tables and inline figures of the audit saved in `audit_dir`."""
-    audit_dir = Path(audit_dir)
-    try:
-        result = json.loads((audit_dir / AUDIT_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise XferlabError(f"{audit_dir}: no readable {AUDIT_JSON} ({err}); run `xferlab audit --out {audit_dir}` "
-                           "first") from None
+    audit = artifacts.read_audit(Path(audit_dir))
+    audit_dir, result = audit.path, audit.result
     cfg = result["config"]["audit"]
     meta = (f'<p class="muted">Backbone {escape(cfg["backbone"])} ({escape(cfg["weights"])}), {cfg["permutations"]} '
             f'permutations, alpha {cfg["alpha"]}, seed {cfg["seed"]}; {result["dataset"]["images"]} images; '

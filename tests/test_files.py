@@ -1,4 +1,4 @@
-"""Atomic result files (xferlab.io): the usual permissions, flushed before the rename, nothing left on failure."""
+"""Atomic result files (xferlab.files): the usual permissions, flushed before the rename, nothing left on failure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xferlab import io
+from xferlab import files as io
 from xferlab.errors import XferlabError
 
 

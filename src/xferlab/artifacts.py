@@ -1,0 +1,335 @@
+"""The folders xferlab writes, as typed records: a run folder, a study folder and an audit folder.
+
+This module is the only place that knows their file names and formats; everything else hands it a record to write
+or asks it for one. It sits at the bottom of the layers (it imports only xferlab.errors and xferlab.files), so any
+layer may use it.
+
+Schema: every folder kind has a SCHEMA_VERSION, stored in its main JSON file (metrics.json, results.json,
+audit.json). Files without one were written before versioning and read as version 1, the format they have; a file
+from a newer xferlab is refused with an error that says to upgrade.
+
+    run folder     config.yaml (resolved TrainConfig), history.csv (one row per epoch), metrics.json,
+                   predictions.npz ({split}_labels, {split}_probs for val and test at the best epoch), model.pt,
+                   curves.png (drawn by xferlab.report from the history), model.onnx (only from xferlab export)
+    study folder   study.yaml, environment.json (or environment-shard-I-of-N.json), runs/<name>/ (run folders),
+                   audit/ (an audit folder), results.csv, results.json, report.html
+    audit folder   audit.json (written last: its presence means the audit is complete), audit_arrays.npz, *.png
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from xferlab import files
+from xferlab.errors import XferlabError
+
+SCHEMA_VERSION = 1
+
+# The data splits, in order; the splits evaluated and saved with predictions are the last two (train only trains).
+SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+
+# run folder
+CONFIG_YAML = "config.yaml"
+HISTORY_CSV = "history.csv"
+METRICS_JSON = "metrics.json"
+PREDICTIONS_NPZ = "predictions.npz"
+MODEL_PT = "model.pt"
+CURVES_PNG = "curves.png"
+MODEL_ONNX = "model.onnx"  # only on request: xferlab export's default output (xferlab.use.export writes it)
+# model.pt of the largest registered backbone (DenseNet/ResNet-50: ~100 MB; a ViT-B ~350 MB) with room to spare; a
+# bigger file is not a run of ours and is refused before unpickling.
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+# What read_run needs of a finished run folder, in the order a reader checks them (model.pt only to load the model).
+RUN_FILES = (CONFIG_YAML, METRICS_JSON, HISTORY_CSV, PREDICTIONS_NPZ)
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                   "train_seconds", "eval_seconds")
+
+# study folder
+RUNS = "runs"
+AUDIT = "audit"
+STUDY_YAML = "study.yaml"
+ENVIRONMENT_JSON = "environment.json"
+SHARD_ENVIRONMENT_JSON = "environment-shard-{}-of-{}.json"  # one per shard: jobs of an array may run on other machines
+SHARD_ENVIRONMENT_NAME = re.compile(r"environment-shard-([0-9]+)-of-([0-9]+)\.json")
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+REPORT_HTML = "report.html"
+
+# audit folder
+AUDIT_JSON = "audit.json"
+AUDIT_ARRAYS_NPZ = "audit_arrays.npz"
+
+
+def _check_schema(doc: dict, path: Path) -> int:
+    version = int(doc.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        raise XferlabError(f"{path} has schema version {version}, newer than this xferlab reads ({SCHEMA_VERSION}); "
+                           "upgrade xferlab to read it")
+    return version
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class RunFolder:
+    """A finished run as saved: the resolved config (YAML values), per-epoch history, metrics.json, and the best
+    epoch's predictions as {split: (labels, probs)}."""
+
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metrics.get("class_names") or [])
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """history.csv's text: HISTORY_COLUMNS, one row per epoch."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def write_run(folder: Path, config_yaml: str, history: list[dict[str, Any]], metrics: dict[str, Any],
+              predictions: dict[str, tuple[np.ndarray, np.ndarray]], checkpoint: dict[str, Any] | None = None) -> None:
+    """Write a run folder's data files into `folder` (a staging folder: xferlab.files.staged_dir)."""
+    folder = Path(folder)
+    files.write_text(folder / CONFIG_YAML, config_yaml)
+    files.write_text(folder / HISTORY_CSV, history_csv(history))
+    files.write_json(folder / METRICS_JSON, {**metrics, "schema_version": SCHEMA_VERSION})
+    files.save_npz(folder / PREDICTIONS_NPZ, **{f"{s}_{kind}": arr for s, (labels, probs) in predictions.items()
+                                               for kind, arr in (("labels", labels), ("probs", probs))})
+    if checkpoint is not None:
+        files.save_torch(folder / MODEL_PT, checkpoint)
+
+
+def _number(text: str) -> float | int | None:
+    if text in ("", "None"):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def read_run_config(folder: Path) -> dict[str, Any]:
+    """The run's saved config.yaml as a mapping (for xferlab.config.build); an error if it is not a run folder."""
+    path = Path(folder) / CONFIG_YAML
+    if not path.is_file():
+        raise XferlabError(f"{folder} is not a run folder (no {CONFIG_YAML}); remove it or pass --force")
+    return files.read_yaml(path)
+
+
+def is_finished_run(folder: Path) -> bool:
+    return (Path(folder) / METRICS_JSON).is_file()
+
+
+def read_run(folder: Path) -> RunFolder:
+    """Read a run folder (config.yaml, metrics.json, history.csv, predictions.npz); model.pt is not needed."""
+    folder = Path(folder)
+    try:
+        config = dict(yaml.safe_load((folder / CONFIG_YAML).read_text()) or {})
+        metrics = _read_json(folder / METRICS_JSON)
+        version = _check_schema(metrics, folder / METRICS_JSON)
+        metrics.pop("schema_version", None)
+        with open(folder / HISTORY_CSV, newline="") as f:
+            history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        with np.load(folder / PREDICTIONS_NPZ) as saved:
+            predictions = {s: (saved[f"{s}_labels"], saved[f"{s}_probs"]) for s in EVAL_SPLITS
+                           if f"{s}_labels" in saved}
+    except (OSError, KeyError, ValueError, yaml.YAMLError) as err:
+        raise XferlabError(f"{folder}: unreadable run folder ({err}); rerun it (xferlab study --force) or remove it") \
+            from None
+    return RunFolder(folder, config, history, metrics, predictions, version)
+
+
+def read_checkpoint(folder: Path) -> dict[str, Any]:
+    """model.pt as saved by write_run (a dict: state_dict, backbone, class_names, image_size, mean, std,
+    preprocessing), loaded on the CPU without unpickling code; refused before loading when larger than any checkpoint
+    of ours (MAX_CHECKPOINT_BYTES)."""
+    import torch  # only readers of model.pt pay for torch
+
+    path = Path(folder) / MODEL_PT
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise XferlabError(f"{path}: {size / 1024**2:.0f} MiB is larger than any xferlab {MODEL_PT} "
+                           f"({MAX_CHECKPOINT_BYTES / 1024**3:.0f} GiB at most); point at a run folder xferlab wrote")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError ... depending on the damage
+        raise XferlabError(f"{path}: cannot be loaded safely ({str(err).strip()[:200] or type(err).__name__}); "
+                           f"retrain the run or copy its {MODEL_PT} again") from None
+    if not isinstance(raw, dict):
+        raise XferlabError(f"{path}: not an xferlab {MODEL_PT} (a {type(raw).__name__}, not a dict); point at a "
+                           "run folder written by xferlab train")
+    return raw
+
+
+def read_config_text(folder: Path) -> str:
+    """config.yaml of a run folder as text (shown verbatim in the report)."""
+    return (Path(folder) / CONFIG_YAML).read_text()
+
+
+# --------------------------------------------------------------------------------------------------------- studies
+
+
+@dataclass
+class StudyFolder:
+    """What a study folder holds before results are computed: the saved study (YAML values, None for a bare folder
+    of runs), its environment record and the names of its run folders (finished or not)."""
+
+    path: Path
+    study: dict[str, Any] | None
+    environment: dict[str, Any] | None
+    run_names: list[str] = field(default_factory=list)
+
+    def run_dir(self, name: str) -> Path:
+        return self.path / RUNS / name
+
+    def audit_dir(self) -> Path:
+        return self.path / AUDIT
+
+    def has_audit(self) -> bool:
+        return is_finished_audit(self.audit_dir())
+
+
+def environment_file(shard: tuple[int, int] | None) -> str:
+    """Where a run of the study records its environment: environment.json, or one file per shard (no clobbering)."""
+    return ENVIRONMENT_JSON if shard is None else SHARD_ENVIRONMENT_JSON.format(*shard)
+
+
+def find_environment(out: Path) -> Path | None:
+    """The study folder's environment record: environment.json, else that of the first shard (lowest I)."""
+    out = Path(out)
+    if (out / ENVIRONMENT_JSON).is_file():
+        return out / ENVIRONMENT_JSON
+    shards = sorted((int(m[1]), int(m[2]), path) for path in out.glob("environment-shard-*.json")
+                    if (m := SHARD_ENVIRONMENT_NAME.fullmatch(path.name)))
+    return shards[0][2] if shards else None
+
+
+def write_study_header(out: Path, study_yaml: str, environment: dict[str, Any],
+                       shard: tuple[int, int] | None = None) -> None:
+    """Create out/runs; write study.yaml (the same from every shard, atomically: racing shards are fine) and the
+    environment record."""
+    out = Path(out)
+    try:
+        (out / RUNS).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise XferlabError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from None
+    files.write_text(out / STUDY_YAML, study_yaml)
+    files.write_json(out / environment_file(shard), environment)
+
+
+def study_yaml_path(out: Path) -> Path | None:
+    path = Path(out) / STUDY_YAML
+    return path if path.is_file() else None
+
+
+def read_study(out: Path) -> StudyFolder:
+    """The study folder's saved study, environment and run folder names (without study.yaml: every run folder)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise XferlabError(f"{out}: no such study folder; run `xferlab study STUDY.yaml --out {out}` first")
+    study = None
+    if (out / STUDY_YAML).is_file():
+        study = files.read_yaml(out / STUDY_YAML)  # line-aware, for errors that name the key's line
+    names = sorted(p.name for p in (out / RUNS).glob("*") if p.is_dir() and not p.name.startswith("."))
+    env_path = find_environment(out)
+    environment = _read_json(env_path) if env_path else None
+    return StudyFolder(out, study, environment, names)
+
+
+def write_results(out: Path, csv_rows: list[dict[str, Any]], doc: dict[str, Any]) -> tuple[Path, Path]:
+    """results.csv (flat rows) and results.json (`doc`, stamped with the schema version)."""
+    out = Path(out)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(csv_rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows)
+    csv_path, json_path = out / RESULTS_CSV, out / RESULTS_JSON
+    files.write_text(csv_path, buf.getvalue())
+    files.write_json(json_path, {"schema_version": SCHEMA_VERSION, **doc})
+    return csv_path, json_path
+
+
+def read_results(out: Path) -> dict[str, Any]:
+    path = Path(out) / RESULTS_JSON
+    try:
+        doc = _read_json(path)
+    except (OSError, ValueError) as err:
+        raise XferlabError(f"{path}: unreadable results ({err}); rebuild them with `xferlab report {out}`") from None
+    _check_schema(doc, path)
+    return doc
+
+
+def write_report_html(out: Path, html: str) -> Path:
+    path = Path(out) / REPORT_HTML
+    files.write_text(path, html)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- audits
+
+
+@dataclass
+class AuditFolder:
+    """A finished audit: what audit.json holds (every statistic, the verdict, figure file names) and the folder."""
+
+    path: Path
+    result: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+
+    def figure(self, name: str | None) -> Path | None:
+        return self.path / name if name else None
+
+
+def is_finished_audit(folder: Path) -> bool:
+    return (Path(folder) / AUDIT_JSON).is_file()
+
+
+def write_audit(folder: Path, result: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """audit_arrays.npz, then audit.json last: its presence means the audit is complete."""
+    folder = Path(folder)
+    files.save_npz(folder / AUDIT_ARRAYS_NPZ, **arrays)
+    files.write_json(folder / AUDIT_JSON, {**result, "schema_version": SCHEMA_VERSION})
+
+
+def read_audit(folder: Path) -> AuditFolder:
+    folder = Path(folder)
+    try:
+        result = _read_json(folder / AUDIT_JSON)
+    except (OSError, json.JSONDecodeError) as err:
+        raise XferlabError(f"{folder}: no readable {AUDIT_JSON} ({err}); run `xferlab audit --out {folder}` "
+                           "first") from None
+    version = _check_schema(result, folder / AUDIT_JSON)
+    result.pop("schema_version", None)
+    return AuditFolder(folder, result, version)
+
+
+def read_audit_arrays(folder: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(folder) / AUDIT_ARRAYS_NPZ) as saved:
+        return {k: saved[k] for k in saved.files}

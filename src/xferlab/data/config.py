@@ -1,0 +1,52 @@
+"""The data settings (DataConfig): where the images are and how to read them. Here, inside data/, so that the data
+sources can take it without importing xferlab.config (which sits above the backbones); xferlab.config re-exports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from xferlab.data.registry import SOURCES
+from xferlab.errors import did_you_mean
+
+
+class StrictModel(BaseModel):
+    """Every config rejects unknown keys (a typo is an error naming the key) and validates assignments."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictModel):
+    """Where the images are and how to read them."""
+
+    path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
+    format: str = Field("npy", description="data layout, a registered data source: npy, folder, csv or medmnist")
+    image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
+    val_split: Literal["ordered", "random"] = Field(
+        "ordered", description="how val is carved from the train pool when the source has no val split"
+    )
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
+    medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist (required there)")
+    skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
+    memory_budget_mb: float | None = Field(
+        None, ge=0,
+        description="folder/csv: when the decoded uint8 images would take more than this many MiB, stream them from "
+        "disk per batch (DataLoader workers) instead of loading them; default: load everything. npy (memory-mapped) "
+        "and medmnist ignore it",
+    )
+    loader_workers: int = Field(
+        2, ge=0, description="DataLoader worker processes that decode streamed images (0: in the main process)"
+    )
+    seed: int = 0
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown data format{did_you_mean(v, SOURCES)}; "
+                             f"choose one of {', '.join(sorted(SOURCES))}")
+        return v

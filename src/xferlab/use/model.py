@@ -1,0 +1,145 @@
+"""A trained run in Python: `load_run(path)` -> LoadedRun with its config, metrics, class names, the model in eval mode
+and predict(x) -> N×K class probabilities, with the run's own preprocessing (image size, then the backbone's input
+record saved in model.pt: channels, intensity mapping, normalisation, fixed side) read from the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xferlab.backbones.registry import TransferModel, create_model
+from xferlab.config import TrainConfig
+from xferlab.data.batches import Preprocess
+from xferlab.data.images import decode_pil, read_image_file, resize_image, stack_images, to_uint8
+from xferlab.engine.run import resolve_device
+from xferlab.errors import XferlabError
+from xferlab.inputs import InputSpec
+from xferlab.use.runfolder import Checkpoint, TrainedRun, read_trained_run
+
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an input goes through before the model: uint8 -> resize to image_size (antialiased bilinear, as the data
+    sources do) -> the backbone's input record as in training (xferlab.data.batches.Preprocess.for_input: gray
+    broadcast to its channels, x / 255 mapped onto its value range, (x - mean) / std per channel, its fixed side)."""
+
+    image_size: tuple[int, int]
+    input: InputSpec
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> Preprocessing:
+        return cls(checkpoint.image_size, checkpoint.input)
+
+    def batch_preprocess(self, device: torch.device | str = "cpu") -> Preprocess:
+        """The training code's Preprocess for this run."""
+        return Preprocess.for_input(self.input, device)
+
+
+def build_model(checkpoint: Checkpoint) -> TransferModel:
+    """The run's architecture with its trained weights, in eval mode on the CPU."""
+    model = create_model(checkpoint.backbone, len(checkpoint.class_names), weights="none",
+                         image_size=checkpoint.image_size[0])
+    try:
+        model.load_state_dict(checkpoint.state_dict)
+    except RuntimeError as err:
+        raise XferlabError(f"model.pt does not fit backbone '{checkpoint.backbone}' "
+                           f"({str(err).splitlines()[0]}); the run folder is damaged, retrain it") from None
+    return model.eval()
+
+
+def _channels_first(array: np.ndarray) -> np.ndarray:
+    """N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3) -> N×H×W or N×3×H×W."""
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        return array
+    if array.ndim == 4:
+        if array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):
+            array = array.transpose(0, 3, 1, 2)
+        if array.shape[1] == 1:
+            return array[:, 0]
+        if array.shape[1] == 3:
+            return array
+    raise XferlabError(f"array of shape {array.shape} is not images; give N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3), "
+                       "or one H×W image")
+
+
+def as_images(x) -> list[np.ndarray] | np.ndarray:
+    """predict's input as uint8 images (H×W or 3×H×W each): a path, PIL image, array, or a sequence of them."""
+    if isinstance(x, np.ndarray):
+        return to_uint8(_channels_first(x), "array")
+    if isinstance(x, (str, os.PathLike, Image.Image)):
+        x = [x]
+    if not isinstance(x, Sequence) or isinstance(x, (str, bytes)):
+        raise XferlabError(f"cannot predict a {type(x).__name__}; give image paths, PIL images or a uint8 array")
+    images = []
+    for i, item in enumerate(x):
+        if isinstance(item, (str, os.PathLike)):
+            images.append(read_image_file(item))
+        elif isinstance(item, Image.Image):
+            images.append(decode_pil(item, f"image {i}"))
+        elif isinstance(item, np.ndarray) and item.ndim in (2, 3):
+            images.append(to_uint8(item if item.ndim == 2 or item.shape[0] in (1, 3) else item.transpose(2, 0, 1),
+                                   f"array {i}"))
+        else:
+            raise XferlabError(f"item {i} is a {type(item).__name__}; give image paths, PIL images or uint8 arrays")
+    return images
+
+
+class LoadedRun:
+    """A finished run ready to predict. Attributes: path, config (TrainConfig), metrics (metrics.json),
+    class_names, model (TransferModel in eval mode), preprocessing, device."""
+
+    def __init__(self, folder: TrainedRun, device: str = "cpu"):
+        self.path: Path = folder.path
+        self.config: TrainConfig = folder.config
+        self.metrics: dict = folder.metrics
+        self.class_names: list[str] = folder.checkpoint.class_names
+        self.preprocessing = Preprocessing.of(folder.checkpoint)
+        self.device = resolve_device(device)
+        self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
+        self._preprocess = self.preprocessing.batch_preprocess(self.device)
+
+    def __repr__(self) -> str:
+        return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "
+                f"classes={self.class_names})")
+
+    def prepare(self, images: Sequence[np.ndarray] | np.ndarray, where: str = "input") -> np.ndarray:
+        """uint8 images (any size) -> one uint8 batch at the run's image size, gray or RGB as stacked."""
+        size = self.preprocessing.image_size
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and tuple(images.shape[-2:]) == size:
+            return images
+        return stack_images([resize_image(im, size) for im in images], where, None)
+
+    @torch.inference_mode()
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (float32 N×K) of one uint8 batch already at the run's image size."""
+        logits = self.model(self._preprocess(torch.from_numpy(np.ascontiguousarray(batch))))
+        return logits.float().softmax(1).cpu().numpy()
+
+    def predict_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for batch in batches:
+            yield self.predict_batch(self.prepare(batch))
+
+    def predict(self, x, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """N×K class probabilities (columns in class_names order) for image paths (PNG/JPEG/TIFF/DICOM ...), PIL
+        images, or a uint8 array N×H×W, N×H×W×C or N×C×H×W (one H×W image also works)."""
+        images = as_images(x)
+        if len(images) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        chunks = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+        return np.concatenate(list(self.predict_batches(chunks)))
+
+
+def load_run(path: str | os.PathLike, device: str = "cpu") -> LoadedRun:
+    """Load a run folder written by `xferlab train` (or one run of a study) for prediction on `device`."""
+    return LoadedRun(read_trained_run(path), device)

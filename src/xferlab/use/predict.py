@@ -1,0 +1,129 @@
+"""`xferlab predict RUN INPUT... --out predictions.csv`: class probabilities for new images with a run's own
+preprocessing, one CSV row per image, and, where labels are known, accuracy, balanced accuracy and AUROC with
+bootstrap confidence intervals (the evaluation code the reports use).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xferlab import files
+from xferlab.errors import XferlabError
+from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
+from xferlab.use.inputs import Decoder, InputItem, collect_inputs
+from xferlab.use.model import LoadedRun
+
+DECISION_RULE = "argmax"  # the class with the highest probability: what every metric of the run was computed with
+SHOWN_METRICS = ("accuracy", "balanced_accuracy", "auroc")
+
+
+@dataclass
+class Predictions:
+    """What predict produced: the items kept (in input order), their probabilities, the files skipped, the metrics
+    on the labelled items (None when no label is known) and the seconds spent."""
+
+    items: list[InputItem]
+    probs: np.ndarray  # N×K, columns in class_names order
+    class_names: list[str]
+    skipped: list[InputItem]
+    evaluation: dict | None
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.items) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def predict_inputs(run: LoadedRun, inputs: Sequence[str | os.PathLike], batch_size: int = 64,
+                   skip_unreadable: bool = False, progress: bool = True) -> Predictions:
+    """Decode, preprocess and classify every INPUT (files, folders, manifests, .npy stacks) in batches."""
+    if batch_size < 1:
+        raise XferlabError(f"--batch-size must be at least 1, got {batch_size}")
+    items = collect_inputs(inputs, run.class_names)
+    decoder = Decoder(skip_unreadable)
+    kept: list[InputItem] = []
+    probs: list[np.ndarray] = []
+    start = time.perf_counter()
+    with tqdm(total=len(items), unit="image", desc="predict", disable=None if progress else True,
+              leave=False, dynamic_ncols=True) as bar:  # disable=None: a bar on a terminal only
+        for batch_items, images in decoder.batches(items, batch_size):
+            probs.append(run.predict_batch(run.prepare(images, str(batch_items[0].path))))
+            kept += batch_items
+            bar.update(len(batch_items))
+    seconds = time.perf_counter() - start
+    decoder.report_skipped()
+    if not kept:
+        raise XferlabError("no readable images among the inputs; check the paths")
+    all_probs = np.concatenate(probs)
+    return Predictions(kept, all_probs, run.class_names, decoder.skipped, _evaluate(kept, all_probs), seconds)
+
+
+def _evaluate(items: Sequence[InputItem], probs: np.ndarray) -> dict | None:
+    labelled = np.array([i.label is not None for i in items])
+    if not labelled.any():
+        return None
+    labels = np.array([i.label for i in items if i.label is not None], dtype=np.int64)
+    with warnings.catch_warnings():  # one class among the labels: scikit-learn warns, the summary says "undefined"
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        return {"n_labelled": int(labelled.sum()), **evaluate_split(labels, probs[labelled], BootstrapSettings())}
+
+
+def predictions_csv(pred: Predictions) -> str:
+    """path, index (npy stacks), label (when known), predicted, one probability column per class, decision_rule."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "index", "label", "predicted", *[f"p_{c}" for c in pred.class_names], "decision_rule"])
+    predicted = pred.probs.argmax(1)
+    for item, p, k in zip(pred.items, pred.probs, predicted, strict=True):
+        writer.writerow([str(item.path), "" if item.index is None else item.index,
+                         "" if item.label is None else pred.class_names[item.label], pred.class_names[k],
+                         *(f"{v:.6g}" for v in p), DECISION_RULE])
+    return buf.getvalue()
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The CSV path, refused when it is a folder or its folder does not exist."""
+    out = Path(out)
+    if out.is_dir():
+        raise XferlabError(f"--out {out} is a folder; give a file name such as {out / 'predictions.csv'}")
+    if not out.parent.is_dir():
+        raise XferlabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    return out
+
+
+def write_predictions(pred: Predictions, out: str | os.PathLike) -> Path:
+    """Write predictions_csv atomically (temporary name, then rename)."""
+    out = check_out(out)
+    files.write_text(out, predictions_csv(pred))
+    return out
+
+
+def summary_lines(pred: Predictions) -> list[str]:
+    """What the CLI prints: counts, throughput and, with labels, the metrics with their CIs."""
+    counts = np.bincount(pred.probs.argmax(1), minlength=len(pred.class_names))
+    lines = [f"{len(pred.items)} images in {pred.seconds:.1f} s ({pred.images_per_s:.1f} images/s, decoding "
+             f"included); predicted: " + ", ".join(f"{c} {n}" for c, n in zip(pred.class_names, counts, strict=True))]
+    if pred.skipped:
+        lines.append(f"skipped {len(pred.skipped)} unreadable file(s)")
+    ev = pred.evaluation
+    if ev is not None:
+        level = int(BootstrapSettings().confidence * 100)
+        lines.append(f"labels known for {ev['n_labelled']} of {len(pred.items)} images:")
+        for name in SHOWN_METRICS:
+            m = ev["metrics"][name]
+            if m["value"] is None:
+                lines.append(f"  {name}: undefined (needs every class among the labels)")
+                continue
+            ci = f" ({level}% CI {m['low']:.3f}-{m['high']:.3f})" if m["low"] is not None else ""
+            lines.append(f"  {name}: {m['value']:.3f}{ci}")
+    return lines

@@ -1,0 +1,120 @@
+"""The Python API: xferlab.load_run, LoadedRun.predict, xferlab.list_backbones, and README's snippet."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import xferlab
+from hospitalfiles import write_dicom
+from xferlab import artifacts
+from xferlab.errors import XferlabError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_import_xferlab_lists_every_backbone():
+    from xferlab.backbones.registry import list_backbones
+
+    names = xferlab.list_backbones()
+    assert {"resnet18", "resnet34", "densenet121", "efficientnet_lite0"} <= set(names) and names == list_backbones()
+    assert set(xferlab.__all__) >= {"load_run", "list_backbones", "LoadedRun", "XferlabError"}
+
+
+def test_load_run_exposes_config_metrics_classes_and_an_eval_model(tiny_run):
+    run = xferlab.load_run(tiny_run)
+    assert isinstance(run, xferlab.LoadedRun)
+    assert run.config.backbone == "resnet18" and run.config.regime == "frozen"
+    assert run.class_names == ["normal", "pneumonia"] and run.metrics["class_names"] == run.class_names
+    assert not run.model.training and run.preprocessing.image_size == (32, 32)
+
+
+def test_predict_paths_pil_and_arrays_agree(tiny_run, tiny_data, tmp_path):
+    run = xferlab.load_run(tiny_run)
+    images = np.load(tiny_data / "test_pneumonia.npy")[:3]
+    paths = []
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    from_array = run.predict(images)
+    assert from_array.shape == (3, 2) and np.allclose(from_array.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(run.predict([str(p) for p in paths]), from_array, atol=1e-6)
+    np.testing.assert_allclose(run.predict([Image.open(p) for p in paths]), from_array, atol=1e-6)
+    np.testing.assert_allclose(run.predict(images[..., None]), from_array, atol=1e-6)  # N×H×W×1
+    rgb = np.repeat(images[:, None], 3, axis=1)
+    np.testing.assert_allclose(run.predict(rgb), from_array, atol=1e-5)  # gray as 3 equal channels: same input
+    # another size is resized to the run's 32×32 first
+    big = np.stack([np.asarray(Image.fromarray(im).resize((64, 64), Image.Resampling.NEAREST)) for im in images])
+    assert run.predict(big).shape == (3, 2)
+
+
+def test_predict_refuses_what_is_not_images(tiny_run):
+    run = xferlab.load_run(tiny_run)
+    with pytest.raises(XferlabError, match="not images"):
+        run.predict(np.zeros((2, 2, 8, 8, 8), np.uint8))
+    with pytest.raises(XferlabError, match="float pixels range"):
+        run.predict(np.full((1, 8, 8), 300.0))
+    with pytest.raises(XferlabError, match="no such file|not found"):
+        run.predict(["missing.png"])
+
+
+def test_load_run_errors_name_the_folder_and_the_fix(tmp_path, tiny_run):
+    with pytest.raises(XferlabError, match=r"not a run folder"):
+        xferlab.load_run(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / artifacts.CONFIG_YAML).write_text(artifacts.read_config_text(tiny_run))
+    with pytest.raises(XferlabError, match=r"half: no metrics\.json"):
+        xferlab.load_run(tmp_path / "half")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_run):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in artifacts.RUN_FILES:
+        (bad / name).write_bytes((tiny_run / name).read_bytes())
+    torch.save({"state_dict": {}, "evil": Image.new("L", (2, 2))}, bad / artifacts.MODEL_PT)  # needs full unpickling
+    with pytest.raises(XferlabError, match=r"model\.pt: cannot be loaded safely"):
+        xferlab.load_run(bad)
+
+
+def test_readme_snippet_runs(tiny_run, tmp_path, monkeypatch):
+    """README's "Using a trained model" Python snippet, run as written (with the files it names written here)."""
+    text = README.read_text()
+    section = text[text.index("## Using a trained model"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "lite0-frozen").symlink_to(tiny_run)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "chest.png")
+    write_dicom(tmp_path / "chest.dcm", np.arange(1600, dtype=np.uint16).reshape(40, 40), 12)
+    exec(compile(snippet, "README.md", "exec"), {})
+
+
+def test_the_exported_intensity_mapping_is_the_training_one(tiny_run):
+    from xferlab.use.export import _WithPreprocessing
+
+    run = xferlab.load_run(tiny_run)
+    batch = torch.arange(0, 256, dtype=torch.uint8).view(1, 1, 16, 16)
+    expected = run._preprocess(batch)
+    mapped = _WithPreprocessing(run.model, run.preprocessing).prepare(batch.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(mapped, expected, atol=1e-6, rtol=0)
+
+
+def test_the_checkpoints_input_record_is_used_and_old_checkpoints_get_the_defaults(tiny_run):
+    from xferlab.inputs import InputSpec
+    from xferlab.use.runfolder import input_spec
+
+    run = xferlab.load_run(tiny_run)
+    assert run.preprocessing.input == InputSpec()  # resnet18: ImageNet's 3 channels, 0..1, mean/std, no fixed side
+    xrv_like = {"mean": [0.0], "std": [1.0], "preprocessing": {"channels": 1, "mean": [0.0], "std": [1.0],
+                                                               "value_range": [-1024.0, 1024.0], "size": 224}}
+    assert input_spec(xrv_like, tiny_run) == InputSpec(1, (0.0,), (1.0,), (-1024.0, 1024.0), 224)
+    old = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}  # saved before the record existed
+    assert input_spec(old, tiny_run) == InputSpec(mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(XferlabError, match="does not know; update xferlab"):
+        input_spec({**old, "preprocessing": {"channels": 3, "gamma": 2.2}}, tiny_run)

@@ -1,0 +1,95 @@
+"""`xferlab predict`: inputs of every kind, the CSV, metrics with labels, unreadable files, and reproducing a run's
+own predictions.npz."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hospitalfiles import write_dicom
+from xferlab import artifacts
+from xferlab.cli import main
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _probs(rows, classes=("normal", "pneumonia")):
+    return np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def png_folder(tiny_data, tmp_path_factory):
+    """The run's test images as PNGs in a folder per class (the folder layout)."""
+    root = tmp_path_factory.mktemp("pngs")
+    for name in ("normal", "pneumonia"):
+        (root / name).mkdir()
+        for i, image in enumerate(np.load(tiny_data / f"test_{name}.npy")):
+            Image.fromarray(image).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def test_predicting_the_runs_test_images_reproduces_predictions_npz(tiny_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(tiny_data / "test_normal.npy"), str(tiny_data / "test_pneumonia.npy"),
+                 "--out", str(out), "--batch-size", "5"]) == 0
+    rows = _rows(out)
+    labels, saved_probs = artifacts.read_run(tiny_run).predictions["test"]
+    np.testing.assert_allclose(_probs(rows), saved_probs, atol=1e-5, rtol=0)
+    assert [r["label"] for r in rows] == [["normal", "pneumonia"][k] for k in labels]
+    assert rows[0]["index"] == "0" and rows[0]["decision_rule"] == "argmax"
+    assert [r["predicted"] for r in rows] == [["normal", "pneumonia"][k] for k in saved_probs.argmax(1)]
+    text = capsys.readouterr().out
+    assert "labels known for 16 of 16 images" in text and "balanced_accuracy" in text and "95% CI" in text
+
+
+def test_png_folder_per_class_gives_labels_and_the_same_probabilities(tiny_run, png_folder, tiny_data, tmp_path):
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(png_folder), "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 16 and rows[0]["path"].endswith("00.png") and rows[0]["index"] == ""
+    assert {r["label"] for r in rows} == {"normal", "pneumonia"}
+    np.testing.assert_allclose(_probs(rows), artifacts.read_run(tiny_run).predictions["test"][1], atol=1e-5)
+
+
+def test_manifest_and_dicom_inputs(tiny_run, png_folder, tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,label\n" + f"{png_folder / 'normal' / '00.png'},normal\n"
+                                    + f"{png_folder / 'pneumonia' / '00.png'},\n")
+    write_dicom(tmp_path / "a.dcm", np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 4, 12)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(tmp_path / "m.csv"), str(tmp_path / "a.dcm"), "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["label"] for r in rows] == ["normal", "", ""] and rows[2]["path"].endswith("a.dcm")
+    assert "labels known for 1 of 3 images" in capsys.readouterr().out
+
+
+def test_unreadable_file_stops_with_its_name_or_is_skipped(tiny_run, png_folder, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(png_folder / "normal" / "00.png").save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.png" in err and "--skip-unreadable" in err and not out.exists()
+    assert main(["predict", str(tiny_run), str(folder), "--out", str(out), "--skip-unreadable"]) == 0
+    assert [r["path"].rsplit("/", 1)[-1] for r in _rows(out)] == ["good.png"]
+    assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing_run", "x.png"], "not a run folder"),
+    (["RUN", "nothing_here.png"], "nothing_here.png: no such file or folder"),
+    (["RUN", "IN", "--out", "no_dir/p.csv"], "folder no_dir does not exist"),
+])
+def test_bad_arguments_are_one_error_line(tiny_run, png_folder, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = [{"RUN": str(tiny_run), "IN": str(png_folder)}.get(a, a) for a in args]
+    assert main(["predict", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
