@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv,dicom,onnx]'
+	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv,dicom,onnx,mlflow,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

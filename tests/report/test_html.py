@@ -110,7 +110,7 @@ def test_a_damaged_run_folder_is_a_clear_error(study_dir, tmp_path, missing, cap
     shutil.copytree(study_dir, copy)
     (copy / "runs" / "resnet18-frozen-seed0" / missing).unlink()
     assert main(["report", str(copy)]) == 2
-    assert "resnet18-frozen-seed0: unreadable run folder" in capsys.readouterr().err
+    assert f"resnet18-frozen-seed0/{missing}: missing" in capsys.readouterr().err
 
 
 def test_the_report_shows_calibration_and_operating_points(study_dir):

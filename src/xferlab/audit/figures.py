@@ -43,16 +43,23 @@ def _show(ax, image: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
+SCATTER_POINTS = 5000
+
+
 def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha: float, path: Path) -> str:
     """Left: the embeddings' first two principal components by split side and class. Right: every test's p-value."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": (1.25, 1)})
     ref, target = domain_masks(data)
-    xy = PCA(n_components=2, random_state=0).fit_transform(embeddings.astype(np.float64))
+    # A scatter of more points than SCATTER_POINTS is a blot, and the PCA of all of them costs gigabytes at 200k.
+    shown = np.zeros(len(data.labels), dtype=bool)
+    shown[np.random.default_rng(0).permutation(len(shown))[:SCATTER_POINTS]] = True
+    xy = np.zeros((len(shown), 2))
+    xy[shown] = PCA(n_components=2, random_state=0).fit_transform(embeddings[shown].astype(np.float64))
     for k, name in enumerate(data.class_names):
         # A class has its own colour and marker; the side is the fill: train+val filled, test hollow.
         colour, marker = CLASS_COLOURS[k % len(CLASS_COLOURS)], MARKERS[k % len(MARKERS)]
         for side, mask, filled in (("train+val", ref, True), ("test", target, False)):
-            m = mask & (data.labels == k)
+            m = mask & (data.labels == k) & shown
             ax.scatter(xy[m, 0], xy[m, 1], s=14, alpha=0.45 if filled else 0.8, marker=marker, linewidths=0.8,
                        facecolors=colour if filled else "none", edgecolors=colour, label=f"{side} · {name}")
     ax.set(xlabel="PC 1", ylabel="PC 2", title="backbone embeddings (filled: train+val, hollow: test)")
@@ -129,8 +136,8 @@ def _leak_pairs(data: ImageDataset, leakage: dict, limit: int) -> list[tuple[int
     for group in leakage["exact"]["cross_split"]:
         members = sorted(group["images"], key=lambda i: SPLITS.index(i["split"]))
         pairs.append((members[-1]["index"], members[0]["index"], "exact copy"))
-    for kind, unit in (("phash", "bits"), ("embedding", "1-cos")):
-        for p in leakage[kind].get("pairs", []):
+    for kind, unit in (("phash", "bits"), ("embedding", "1-cos"), ("aligned", "1-r")):
+        for p in leakage.get(kind, {}).get("pairs", []):
             pairs.append((p["query"]["index"], p["match"]["index"], f"{kind} {p['distance']:.3g} {unit}"))
     for g in leakage["groups"].get("overlapping", []):
         ex = g["examples"]

@@ -9,7 +9,7 @@ from xferlab.audit.shift import METHODS
 
 LEVELS = ("ok", "caution", "problem")
 METHOD_NAMES = {"classifier": "classifier", "mmd": "MMD", "ks": "KS"}  # the shift tests as the verdict names them
-NEAR = {"phash": "perceptual hash", "embedding": "embedding distance"}
+NEAR = {"phash": "perceptual hash", "embedding": "embedding distance", "aligned": "aligned pixels"}
 
 
 def _p(p: float | None) -> str:
@@ -90,7 +90,7 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
         parts.append(f"{exact} image(s) appear pixel-identical in two splits")
     if near:
         thresholds = ", ".join(f"{NEAR[k]} ≤ {leakage[k]['threshold']:.3g} {leakage[k]['unit']}"
-                               for k in NEAR if is_ok(leakage[k]))
+                               for k in NEAR if is_ok(leakage.get(k)))
         parts.append(f"{near} val/test image(s) have a near-duplicate in an earlier split ({thresholds}, calibrated "
                      "on within-split nearest neighbours)")
     if groups.get("count"):
@@ -102,8 +102,8 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
     within_text = f" {within} group(s) of exact copies sit within single splits." if within else ""
     if parts:
         return "problem", "Leakage: " + "; ".join(parts) + "." + within_text
-    checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage[k])]
-    unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if not is_ok(leakage[k])]
+    checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage.get(k))]
+    unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if k in leakage and not is_ok(leakage[k])]
     group_text = "no group overlap" if is_ok(groups) else "groups not checked (no patient ids)"
     text = f"Leakage: none found ({', '.join(checked)}; {group_text})"
     return "ok", text + (f"; not usable: {'; '.join(unchecked)}." if unchecked else ".") + within_text

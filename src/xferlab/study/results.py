@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xferlab import artifacts
+from xferlab import artifacts, checks
 from xferlab.artifacts import EVAL_SPLITS, RESULTS_CSV, RESULTS_JSON, SCHEMA_VERSION  # noqa: F401  (re-exported)
-from xferlab.config import StudyConfig, build
+from xferlab.backbones.registry import get_spec
+from xferlab.config import StudyConfig, TrainConfig, build
 from xferlab.errors import XferlabError
 from xferlab.evaluation.calibration import calibrate
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
@@ -69,11 +70,34 @@ class StudyResults:
         return "test" if self.records and all("test" in r.predictions for r in self.records) else "val"
 
 
+def check_run(run: artifacts.RunFolder) -> None:
+    """What a run folder must agree with beyond its files' own checks (artifacts.read_run): config.yaml is still a
+    valid TrainConfig, and model.pt, when kept, is this run's (backbone, class count, the backbone's feature width).
+    The report needs no weights, but a mismatched model.pt is reported."""
+    try:
+        cfg = build(TrainConfig, run.config, where=str(run.path / artifacts.CONFIG_YAML))
+    except XferlabError as err:
+        raise XferlabError(f"{err} ({checks.rerun_hint(run.path)})") from None
+    ckpt = artifacts.read_checkpoint(run.path)
+    if ckpt is not None:
+        checks.check_checkpoint(run.path / artifacts.MODEL_PT, ckpt, cfg.backbone, len(run.class_names),
+                                _feature_dim(cfg.backbone))
+
+
+def _feature_dim(backbone: str) -> int | None:
+    try:
+        return get_spec(backbone).feature_dim
+    except XferlabError:  # its family's package is missing here: the class count check stands alone
+        return None
+
+
 def load_run(run_dir: Path, settings: BootstrapSettings,
              target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
-    """Read one run folder (artifacts.read_run) and evaluate its predictions: metrics with CIs, calibration
-    (temperature fitted on val), operating points chosen on val, degenerate flags."""
+    """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions: metrics with CIs,
+    calibration (temperature fitted on val), operating points chosen on val, degenerate flags. A damaged or
+    mismatched file is an error naming it and what to rerun."""
     run = artifacts.read_run(run_dir)
+    check_run(run)
     predictions = run.predictions
     record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions)
     record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
@@ -94,7 +118,7 @@ def collect_results(out: str | Path) -> StudyResults:
         where = str(out / artifacts.STUDY_YAML)
         study = build(StudyConfig, folder.study, where=where)
         names = [spec.name for spec in expand_grid(study, where=where)]
-        settings = BootstrapSettings(study.bootstrap_resamples, study.confidence, study.bootstrap_seed)
+        settings = BootstrapSettings.of_study(study)
     else:
         names = folder.run_names
         settings = BootstrapSettings()
