@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv,dicom,onnx]'
+	$(BIN)/pip install -q -e '.[test,medmnist,timm,xrv,dicom,onnx,mlflow,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks   # lint and import order (pyproject.toml [tool.ruff]); fails on a violation
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome \
+		>/dev/null 2>&1 || echo "make test: chromium is not installed, so the browser test (marker browser) will \
+	not run; install it with: apt-get install chromium"
 	$(BIN)/python -m pytest -q
 
 clean:

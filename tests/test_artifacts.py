@@ -57,9 +57,10 @@ def test_an_audit_folder_written_before_the_artifacts_module_loads():
 def test_a_run_record_round_trips(tmp_path):
     history = [{c: (e if c == "epoch" else 0.5) for c in artifacts.HISTORY_COLUMNS} for e in (1, 2)]
     preds = {"val": (np.array([0, 1]), np.array([[0.8, 0.2], [0.3, 0.7]], np.float32))}
-    artifacts.write_run(tmp_path, "backbone: resnet18\n", history, {"best_epoch": 2}, preds)
+    metrics = {"backbone": "resnet18", "regime": "frozen", "best_epoch": 2, "class_names": ["a", "b"], "val": {}}
+    artifacts.write_run(tmp_path, "backbone: resnet18\n", history, metrics, preds)
     run = artifacts.read_run(tmp_path)
-    assert run.history == history and run.metrics == {"best_epoch": 2} and run.config == {"backbone": "resnet18"}
+    assert run.history == history and run.metrics == metrics and run.config == {"backbone": "resnet18"}
     assert json.loads((tmp_path / artifacts.METRICS_JSON).read_text())["schema_version"] == artifacts.SCHEMA_VERSION
     np.testing.assert_array_equal(run.predictions["val"][1], preds["val"][1])
 
@@ -70,3 +71,19 @@ def test_a_folder_from_a_newer_schema_is_refused(tmp_path):
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "schema_version": artifacts.SCHEMA_VERSION + 1}))
     with pytest.raises(XferlabError, match="newer than this xferlab reads"):
         artifacts.read_run(tmp_path / "run")
+
+
+def test_a_legacy_study_gains_the_honest_results_fields_when_rebuilt(tmp_path):
+    """results.json of an old folder lacks flags, calibration and operating points; rebuilding adds them (same
+    schema version: the fields are additive and every one is recomputed from predictions.npz)."""
+    from xferlab.report import build_outputs
+
+    old = artifacts.read_results(LEGACY / "study")["runs"][0]
+    assert "flags" not in old and "calibration" not in old
+    copy = tmp_path / "study"
+    shutil.copytree(LEGACY / "study", copy)
+    build_outputs(copy)
+    new = artifacts.read_results(copy)["runs"][0]
+    assert set(new["flags"]) == set(artifacts.EVAL_SPLITS) and isinstance(new["degenerate"], bool)
+    assert new["calibration"]["test"]["ece"] == pytest.approx(new["test"]["metrics"]["ece"]["value"])
+    assert new["calibration"]["test"]["brier"] == pytest.approx(new["test"]["metrics"]["brier"]["value"])

@@ -1,8 +1,9 @@
 """The folders xferlab writes, as typed records: a run folder, a study folder and an audit folder.
 
 This module is the only place that knows their file names and formats; everything else hands it a record to write
-or asks it for one. It sits at the bottom of the layers (it imports only xferlab.errors and xferlab.files), so any
-layer may use it.
+or asks it for one. Its readers validate what they read through xferlab.checks, so a damaged or hand-edited file is
+an error naming it and what to rerun. It sits at the bottom of the layers (it imports only xferlab.errors,
+xferlab.files and xferlab.checks), so any layer may use it.
 
 Schema: every folder kind has a SCHEMA_VERSION, stored in its main JSON file (metrics.json, results.json,
 audit.json). Files without one were written before versioning and read as version 1, the format they have; a file
@@ -27,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from xferlab import files
+from xferlab import checks, files
 from xferlab.errors import XferlabError
 
 SCHEMA_VERSION = 1
@@ -48,7 +48,6 @@ CURVES_PNG = "curves.png"
 MODEL_ONNX = "model.onnx"  # only on request: xferlab export's default output (xferlab.use.export writes it)
 # model.pt of the largest registered backbone (DenseNet/ResNet-50: ~100 MB; a ViT-B ~350 MB) with room to spare; a
 # bigger file is not a run of ours and is refused before unpickling.
-MAX_CHECKPOINT_BYTES = 2 * 1024**3
 # What read_run needs of a finished run folder, in the order a reader checks them (model.pt only to load the model).
 RUN_FILES = (CONFIG_YAML, METRICS_JSON, HISTORY_CSV, PREDICTIONS_NPZ)
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -128,13 +127,6 @@ def write_run(folder: Path, config_yaml: str, history: list[dict[str, Any]], met
         files.save_torch(folder / MODEL_PT, checkpoint)
 
 
-def _number(text: str) -> float | int | None:
-    if text in ("", "None"):
-        return None
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
 def read_run_config(folder: Path) -> dict[str, Any]:
     """The run's saved config.yaml as a mapping (for xferlab.config.build); an error if it is not a run folder."""
     path = Path(folder) / CONFIG_YAML
@@ -148,44 +140,25 @@ def is_finished_run(folder: Path) -> bool:
 
 
 def read_run(folder: Path) -> RunFolder:
-    """Read a run folder (config.yaml, metrics.json, history.csv, predictions.npz); model.pt is not needed."""
+    """Read a run folder (metrics.json, config.yaml, history.csv, predictions.npz), each file checked by
+    xferlab.checks (predictions against metrics.json's classes); model.pt is not needed (read_checkpoint)."""
     folder = Path(folder)
+    metrics = checks.read_metrics(folder / METRICS_JSON)
+    version = _check_schema(metrics, folder / METRICS_JSON)
+    metrics.pop("schema_version", None)
     try:
-        config = dict(yaml.safe_load((folder / CONFIG_YAML).read_text()) or {})
-        metrics = _read_json(folder / METRICS_JSON)
-        version = _check_schema(metrics, folder / METRICS_JSON)
-        metrics.pop("schema_version", None)
-        with open(folder / HISTORY_CSV, newline="") as f:
-            history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        with np.load(folder / PREDICTIONS_NPZ) as saved:
-            predictions = {s: (saved[f"{s}_labels"], saved[f"{s}_probs"]) for s in EVAL_SPLITS
-                           if f"{s}_labels" in saved}
-    except (OSError, KeyError, ValueError, yaml.YAMLError) as err:
-        raise XferlabError(f"{folder}: unreadable run folder ({err}); rerun it (xferlab study --force) or remove it") \
-            from None
+        config = files.read_yaml(folder / CONFIG_YAML)  # line-aware: a config check above names the key's line
+    except XferlabError as err:
+        raise XferlabError(f"{err} ({checks.rerun_hint(folder)})") from None
+    history = checks.read_history(folder / HISTORY_CSV)
+    predictions = checks.read_predictions(folder / PREDICTIONS_NPZ, EVAL_SPLITS, len(metrics["class_names"]))
     return RunFolder(folder, config, history, metrics, predictions, version)
 
 
-def read_checkpoint(folder: Path) -> dict[str, Any]:
-    """model.pt as saved by write_run (a dict: state_dict, backbone, class_names, image_size, mean, std,
-    preprocessing), loaded on the CPU without unpickling code; refused before loading when larger than any checkpoint
-    of ours (MAX_CHECKPOINT_BYTES)."""
-    import torch  # only readers of model.pt pay for torch
-
+def read_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The run's model.pt, loaded weights-only (checks.read_checkpoint), or None when the run kept no weights."""
     path = Path(folder) / MODEL_PT
-    size = path.stat().st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise XferlabError(f"{path}: {size / 1024**2:.0f} MiB is larger than any xferlab {MODEL_PT} "
-                           f"({MAX_CHECKPOINT_BYTES / 1024**3:.0f} GiB at most); point at a run folder xferlab wrote")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError ... depending on the damage
-        raise XferlabError(f"{path}: cannot be loaded safely ({str(err).strip()[:200] or type(err).__name__}); "
-                           f"retrain the run or copy its {MODEL_PT} again") from None
-    if not isinstance(raw, dict):
-        raise XferlabError(f"{path}: not an xferlab {MODEL_PT} (a {type(raw).__name__}, not a dict); point at a "
-                           "run folder written by xferlab train")
-    return raw
+    return checks.read_checkpoint(path) if path.exists() else None
 
 
 def read_config_text(folder: Path) -> str:
@@ -277,13 +250,8 @@ def write_results(out: Path, csv_rows: list[dict[str, Any]], doc: dict[str, Any]
 
 
 def read_results(out: Path) -> dict[str, Any]:
-    path = Path(out) / RESULTS_JSON
-    try:
-        doc = _read_json(path)
-    except (OSError, ValueError) as err:
-        raise XferlabError(f"{path}: unreadable results ({err}); rebuild them with `xferlab report {out}`") from None
-    _check_schema(doc, path)
-    return doc
+    """results.json, checked (checks.check_results_json: no NaN, a schema this xferlab reads, well-formed runs)."""
+    return checks.check_results_json(Path(out) / RESULTS_JSON, SCHEMA_VERSION, EVAL_SPLITS)
 
 
 def write_report_html(out: Path, html: str) -> Path:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +22,13 @@ log = logging.getLogger("xferlab")
 # The options each command takes from a config model: option name, type, choices, default and help all come from the
 # model's fields (xferlab.config), so they exist once. Options default to None here, so that only the options given
 # on the command line are laid over a YAML file; --help shows the model's default.
-DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "memory_budget_mb",
-                "loader_workers")
+DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "allow_external_links",
+                "memory_budget_mb", "loader_workers")
 TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
                  "num_threads", "cuda_graphs", "inference_batch_size")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
 AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads")
+TRACK_OPTIONS = ("track", "track_uri")  # TrainConfig, StudyConfig and TrackOptions (an audit) share these fields
 OPTION_NAMES = {"path": "data"}  # field -> option where they differ (--data sets data.path)
 
 
@@ -33,37 +38,55 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and "default" not in text:
+        if _shows_default(action) and "default" not in text:
             # "default" already in the text: the option's help says it (or an option without help got it above)
             text += " (default: %(default)s)"
         return text
 
 
-def _option_type(annotation) -> tuple[type | None, list | None]:
-    """(argparse type, choices) of a field: Literal -> choices; X | None -> X; Annotated[str, ...] -> str."""
+def _shows_default(action: argparse.Action) -> bool:
+    """An option whose default is worth showing: given (not None, SUPPRESS or a store_true's False); 0 is shown."""
+    return bool(action.option_strings) and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+
+
+def _option_type(annotation) -> tuple[type | None, list | None, bool]:
+    """(argparse type, choices, repeatable) of a field: Literal -> choices; X | None -> X; Annotated[str, ...] -> str;
+    list[X] -> X's, the option given once per item."""
     from typing import Literal, get_args, get_origin
 
+    if get_origin(annotation) is list:
+        return *_option_type(get_args(annotation)[0])[:2], True
     if get_origin(annotation) is Literal:
-        return None, list(get_args(annotation))
+        return None, list(get_args(annotation)), False
     for candidate in (annotation, *get_args(annotation)):
         if candidate in (int, float, bool):
-            return candidate, None
-    return str, None
+            return candidate, None, False
+    return str, None, False
 
 
 def add_model_options(group, model, names: tuple[str, ...]) -> None:
     """One option per field of `model` named in `names`, described by the field itself."""
     for name in names:
         field = model.model_fields[name]
-        kind, choices = _option_type(field.annotation)
+        kind, choices, repeatable = _option_type(field.annotation)
         text = (field.description or name.replace("_", " ")).replace("%", "%%")
-        default = "" if field.default is None else f" (default: {field.default})"
+        if repeatable:  # the option replaces the YAML's whole list
+            text += "; repeat the option for several"
+        default = "" if field.default is None or field.is_required() else f" (default: {_shown(field.default)})"
         flag = "--" + OPTION_NAMES.get(name, name).replace("_", "-")
         dest = OPTION_NAMES.get(name, name)
         if kind is bool:
             group.add_argument(flag, dest=dest, action="store_true", default=None, help=text + default)
         else:
-            group.add_argument(flag, dest=dest, type=kind, choices=choices, help=text + default)
+            group.add_argument(flag, dest=dest, type=kind, choices=choices, help=text + default,
+                               action="append" if repeatable else "store")
+
+
+def _shown(default: Any) -> str:
+    """A field's default as --help shows it (an empty list: none)."""
+    if isinstance(default, list):
+        return ", ".join(map(str, default)) or "none"
+    return str(default)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -80,25 +103,67 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_speed_args(g)
 
 
+def _add_track_args(p: argparse.ArgumentParser, model) -> None:
+    """--track and --track-uri, from `model`'s track and track_uri fields (README, Experiment tracking)."""
+    add_model_options(p.add_argument_group("experiment tracking (README, Experiment tracking)"), model, TRACK_OPTIONS)
+
+
 def _add_speed_args(g) -> None:
     from xferlab.config import TrainConfig
 
     add_model_options(g, TrainConfig, SPEED_OPTIONS)
 
 
+DESCRIPTION = """Transfer-learning studies on chest X-rays (or any image classes), offline.
+Which pretrained backbone, frozen or fine-tuned, and can the test split be trusted?"""
+EPILOG = """first steps:
+  xferlab demo                                   the offline demo study -> runs/demo/report.html
+  xferlab phantoms data/phantoms                 synthetic chest radiographs to try things on
+  xferlab train --data data/phantoms --backbone efficientnet_lite0 --out runs/lite0
+  xferlab study reference --data DIR             the reference study (configs/reference.yaml)
+  xferlab audit --data DIR                       can this test split be trusted?
+`xferlab COMMAND --help` lists a command's options."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xferlab")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """-v and -q, accepted before or after the command; SUPPRESS so a subcommand's absent flag keeps the top's."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show xferlab's debug messages (other libraries stay at warnings)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress output; results and errors only")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xferlab", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from xferlab.data.phantoms import DEFAULT_N_PER_CLASS, DEFAULT_N_TEST_PER_CLASS, DEFAULT_SIZE
+
+    common = _output_options()
+    parser = argparse.ArgumentParser(prog="xferlab", description=DESCRIPTION, epilog=EPILOG, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"xferlab {_version()}")
+    sub = _SubcommandsWithParents(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     p = sub.add_parser("phantoms", help="write synthetic chest-radiograph phantoms in the npy layout")
-    p.add_argument("out", type=Path)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--n-per-class", type=int, help="train-pool images per class (80%% train, 20%% val)")
-    p.add_argument("--n-test-per-class", type=int)
+    p.add_argument("out", type=Path, help="folder to write (<class>.npy, test_<class>.npy, phantoms.json)")
+    p.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
+                   help="image side in pixels")
+    p.add_argument("--n-per-class", type=_positive_int,
+                   help=f"train-pool images per class, 80%% train and 20%% val (default: {DEFAULT_N_PER_CLASS})")
+    p.add_argument("--n-test-per-class", type=_positive_int,
+                   help=f"test images per class (default: {DEFAULT_N_TEST_PER_CLASS})")
     p.add_argument("--shift", choices=["none", "acquisition"], default="none",
-                   help="render the test split as if from another site")
-    p.add_argument("--seed", type=int, default=0)
+                   help="acquisition: render the test split as if from another site")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
     p = sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
     p.add_argument("--all", action="store_true", help="also every timm model with pretrained weights (timm:NAME) "
@@ -111,11 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     _add_data_args(p)
     _add_train_args(p)
+    from xferlab.config import TrainConfig
+
+    _add_track_args(p, TrainConfig)
 
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="train every run this many epochs (a quick look)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="train every run this many epochs, >= 1 (a quick look); default: configs/demo.yaml's")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
 
     p = sub.add_parser("bench", help="training-step and inference throughput and FLOPs per image, as JSON")
@@ -136,21 +205,49 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         command.formatter_class = DefaultsFormatter
         for action in command._actions:  # an option without help text still shows its default
-            if not action.help and action.option_strings and action.default not in (None, False):
+            if not action.help and _shows_default(action):
                 action.help = "default: %(default)s"
     return parser
 
 
+class _SubcommandsWithParents:
+    """add_parser with the shared -v/-q options and the one-line help as the command's description."""
+
+    def __init__(self, sub, common: argparse.ArgumentParser):
+        self.sub, self.common = sub, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+    @property
+    def choices(self) -> dict[str, argparse.ArgumentParser]:
+        return self.sub.choices
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give one >= 1, e.g. 3") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1; give a whole number >= 1, e.g. 3")
+    return value
+
+
 def _add_study_parsers(sub) -> None:
     p = sub.add_parser("study", help="train a grid of backbones × regimes × seeds; results.csv/json and report.html")
-    p.add_argument("study", type=Path, help="study YAML (see configs/reference.yaml)")
-    p.add_argument("--out", type=Path, help="study folder (default runs/<YAML name>)")
+    p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")
+    p.add_argument("--out", type=Path, help="study folder (default: runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
     p.add_argument("--shard", metavar="I/N",
                    help="train only the I-th of N disjoint parts of the grid (1-based, cell k in part k %% N + 1), "
                         "e.g. one job of a job array; no report: run `xferlab report DIR` once every part has finished")
+    from xferlab.config import StudyConfig
+
+    _add_track_args(p, StudyConfig)
 
     p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder")
     p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR)")
@@ -163,9 +260,12 @@ def _add_audit_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/audit"), help="audit folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing audit folder")
     _add_data_args(p)
-    from xferlab.config import AuditConfig
+    from xferlab.config import AuditConfig, TrackOptions
 
-    add_model_options(p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)"), AuditConfig, AUDIT_OPTIONS)
+    add_model_options(p.add_argument_group("audit"), AuditConfig, AUDIT_OPTIONS)
+    _add_track_args(p, TrackOptions)
+    p.add_argument("--embeddings", type=Path, help="precomputed embeddings (.npy, one row per image in dataset "
+                   "order) instead of the backbone pass")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -196,7 +296,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     values = read_yaml(args.config) if args.config else {}
     data = _data_values(args, values)
     values["data"] = data
-    values.update(_given(args, TRAIN_OPTIONS + SPEED_OPTIONS))
+    values.update(_given(args, TRAIN_OPTIONS + SPEED_OPTIONS + TRACK_OPTIONS))
     return values
 
 
@@ -204,13 +304,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from xferlab.config import TrainConfig, build
     from xferlab.engine.distributed import is_main_process
     from xferlab.engine.run import train
+    from xferlab.tracking import epoch_hooks
+    from xferlab.tracking import session as tracking
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
-    result = train(cfg, args.out, overwrite=args.overwrite)
-    if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
-        from xferlab.report.figures import write_run_curves
+    with tracking.train_run(cfg, args.out, enabled=is_main_process()) as tracker:
+        result = train(cfg, args.out, overwrite=args.overwrite, progress=not _quiet(args), hooks=epoch_hooks(tracker))
+        if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
+            from xferlab.report.figures import write_run_curves
 
-        write_run_curves(result.out, result.history, cfg.model_dump(mode="json"))
+            write_run_curves(result.out, result.history, cfg.model_dump(mode="json"))
+            tracking.finished_run(tracker, result.out)  # after the curves: curves.png is one of the run's files
+    if is_main_process():
         _print_run_summary(result)
     return 0
 
@@ -243,9 +348,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     for name in list_backbones():
         spec = get_spec(name)
         body = spec.build(224)
-        rows.append((name, f"{count_parameters(body) / 1e6:.1f}M", spec.feature_dim,
+        rows.append((name, f"{count_parameters(body) / 1e6:.2f}M", spec.feature_dim,
                      "yes" if spec.weights.available() else "no", spec.weights.describe()))
-    _print_table(("backbone", "params", "features", "offline weights", "weights source"), rows)
+    _print_table(("backbone", "params (backbone, no head)", "features", "offline weights", "weights source"), rows)
     print("more: xferlab backbones --all (timm:NAME, xrv:WEIGHTS) or --filter GLOB")
     return 0
 
@@ -273,7 +378,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from xferlab.demo import run_demo
     from xferlab.study.summary import summary_table
 
-    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force)
+    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force, progress=not _quiet(args))
     print(f"\n{summary_table(results)}")
     print(f"demo finished in {seconds:.0f}s; report: {report}")
     return 0
@@ -285,28 +390,65 @@ def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.study import load_study, run_study
     from xferlab.study.grid import parse_shard
     from xferlab.study.summary import summary_table
+    from xferlab.tracking import session as tracking
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
+    study = load_study(_study_file(args.study), data=args.data, train={"device": args.device} if args.device else None)
+    _override_tracking(study, args)
     out = args.out or Path("runs") / args.study.stem
     try:
-        outcome = run_study(study, out, force=args.force, shard=shard)
-    except KeyboardInterrupt:
+        with tracking.study_run(study, out, enabled=is_main_process()) as parent:  # the parent run, with --track
+            outcome = run_study(study, out, force=args.force, shard=shard, tracker=parent,
+                                progress=not _quiet(args))
+            # other shards may still be running: the report is built once, by `xferlab report`
+            if is_main_process() and shard is None:
+                results, report = build_outputs(out)
+                tracking.study_outputs(parent, out)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         done = sorted(p.name for p in (out / "runs").glob("*") if not p.name.startswith(".")) if out.is_dir() else []
-        print(f"\ninterrupted: {len(done)} finished run(s) kept in {out}; resume with: "
-              f"{_study_command(args, out, shard)}", file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if isinstance(stop, Terminated) else 'interrupted'}: {len(done)} finished run(s) "
+              f"kept in {out}; resume with: {_study_command(args, out, shard)}", file=sys.stderr)
+        return _stop_status(stop)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished"
-    if shard is not None:  # other shards may still be running: the report is built once, by `xferlab report`
+    if shard is not None:
         print(f"\nshard {shard[0]}/{shard[1]}: {counts}; when every shard has finished: xferlab report {out}")
         return 0
-    results, report = build_outputs(out)
     print(f"\n{counts}")
     print(summary_table(results))
     print(f"report: {report}")
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+def _study_file(path: Path) -> Path:
+    """The study YAML: the path given, or a bundled config by name (`reference` -> configs/reference.yaml)."""
+    if path.exists() or path.suffix:
+        return path
+    from xferlab.demo import config_path
+
+    try:
+        return config_path(f"{path.name}.yaml")
+    except XferlabError:
+        raise XferlabError(f"{path}: no such study file or bundled study; give a YAML path, or one of the bundled "
+                           "names: reference, demo, pretraining") from None
+
+
+def _override_tracking(config, args: argparse.Namespace) -> None:
+    """--track / --track-uri replace the YAML's track: / track_uri: (validated on assignment)."""
+    from pydantic import ValidationError
+
+    from xferlab.config import format_validation_error
+
+    try:
+        for key, value in _given(args, TRACK_OPTIONS).items():
+            setattr(config, key, value)
+    except ValidationError as err:
+        raise XferlabError(format_validation_error(err, "options")) from None
 
 
 def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] | None) -> str:
@@ -317,6 +459,10 @@ def _study_command(args: argparse.Namespace, out: Path, shard: tuple[int, int] |
     for option, value in (("--data", args.data), ("--device", args.device),
                           ("--shard", shard and f"{shard[0]}/{shard[1]}")):
         words += [option, str(value)] if value is not None else []
+    for tool in getattr(args, "track", None) or []:  # the trackers too: the resumed study logs to the same runs
+        words += ["--track", tool]
+    if getattr(args, "track_uri", None):
+        words += ["--track-uri", args.track_uri]
     return shlex.join(words)
 
 
@@ -346,40 +492,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-AUDIT_YAML_KEYS = ("data", "audit")
+AUDIT_YAML_KEYS = ("data", "audit", *TRACK_OPTIONS)
 
 
 def _audit_configs(args: argparse.Namespace):
-    """DataConfig and AuditConfig from the YAML file (data: and audit: sections) and the command-line options."""
-    from xferlab.config import AuditConfig, DataConfig, build, read_yaml
+    """DataConfig, AuditConfig and TrackOptions from the YAML file (data: and audit: sections, track: and
+    track_uri:) and the command-line options."""
+    from xferlab.config import AuditConfig, DataConfig, TrackOptions, build, read_yaml
     from xferlab.errors import did_you_mean
 
     values = read_yaml(args.config) if args.config else {}
     for key in values:
         if key not in AUDIT_YAML_KEYS:
             raise XferlabError(f"{args.config}: unknown key '{key}'{did_you_mean(str(key), AUDIT_YAML_KEYS)}; an audit "
-                               "config has a data: and an audit: section")
-        if values[key] is not None and not isinstance(values[key], dict):
+                               "config has a data: and an audit: section (and optionally track: and track_uri:)")
+        if key in ("data", "audit") and values[key] is not None and not isinstance(values[key], dict):
             raise XferlabError(f"{args.config}: the {key}: section must be a mapping of keys to values, "
                                f"got {type(values[key]).__name__}")
     data = _data_values(args, values)
     audit = {**(values.get("audit") or {}), **_given(args, AUDIT_OPTIONS)}
+    track = {**{k: values[k] for k in TRACK_OPTIONS if k in values}, **_given(args, TRACK_OPTIONS)}
     where = str(args.config or "options")
     for section, values_, model in (("data", data, DataConfig), ("audit", audit, AuditConfig)):
         for key in values_:
             if key not in model.model_fields:
                 hint = did_you_mean(str(key), model.model_fields)
                 raise XferlabError(f"{where}: unknown key '{section}.{key}'{hint}; remove it or check its spelling")
-    return build(DataConfig, data, where=where), build(AuditConfig, audit, where=where)
+    return (build(DataConfig, data, where=where), build(AuditConfig, audit, where=where),
+            build(TrackOptions, track, where=where))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from xferlab.audit import run_audit
     from xferlab.files import staged_dir
+    from xferlab.tracking import session as tracking
 
-    data_cfg, audit_cfg = _audit_configs(args)
-    with staged_dir(args.out, overwrite=args.overwrite) as stage:
-        result = run_audit(data_cfg, audit_cfg, stage)
+    data_cfg, audit_cfg, track = _audit_configs(args)
+    with tracking.audit_run(track.track, track.track_uri, data_cfg, audit_cfg, args.out) as tracker:
+        with staged_dir(args.out, overwrite=args.overwrite) as stage:
+            result = run_audit(data_cfg, audit_cfg, stage, embeddings=args.embeddings,
+                               progress=not _quiet(args))
+        tracking.audited(tracker, args.out)
     verdict = result["verdict"]
     print(f"{verdict['level'].upper()}: {verdict['headline']}")
     for finding in verdict["findings"]:
@@ -408,19 +561,79 @@ def _check_launch(command: str) -> None:
                            f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
 
 
+def _setup_output(verbose: bool, quiet: bool) -> None:
+    """Other libraries' loggers stay at WARNING (Pillow and matplotlib log a flood at DEBUG); -v lowers xferlab's own
+    logger only. --quiet silences progress."""
+    from xferlab.engine.progress import set_quiet
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    set_quiet(quiet)
+
+
+def _with_fix(err: XferlabError, command: str) -> str:
+    """The error text, with the fix that works for this command where the library cannot know it."""
+    from xferlab.backbones.weights import WeightsUnavailable
+
+    if not isinstance(err, WeightsUnavailable):
+        return str(err)
+    from xferlab.backbones.registry import get_spec, list_backbones
+
+    offline = ", ".join(n for n in list_backbones() if get_spec(n).weights.available()) or "none"
+    if command == "study":
+        return (f"{err.reason}; or set train: {{weights: none}} in the study YAML (random weights), or list "
+                f"backbones whose weights are available offline: {offline}")
+    return f"{err}; backbones whose weights are available offline: {offline}"
+
+
+def _printable(text: str) -> str:
+    """Bytes of a non-UTF-8 file name (held as surrogates) shown as \\xNN: any stderr can print the line."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), raised where the program is so it unwinds as Ctrl-C does: staged
+    folders removed, finished runs kept, the resume command printed; exit status 143 (128 + SIGTERM)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_status(stop: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C for the command's duration (main thread only; the old handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    _setup_output(getattr(args, "verbose", False), getattr(args, "quiet", False))
     status = 1  # an unexpected exception propagates with its traceback
     try:
-        _check_launch(args.command)
-        status = COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            _check_launch(args.command)
+            status = COMMANDS[args.command](args)
     except XferlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_printable(_with_fix(err, args.command))}", file=sys.stderr)
         status = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as stop:
+        print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+        status = _stop_status(stop)
     finally:
         if "xferlab.engine.distributed" in sys.modules:  # a command that trained under torchrun: leave its group
             sys.modules["xferlab.engine.distributed"].shutdown(barrier=status == 0)

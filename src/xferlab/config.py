@@ -17,6 +17,9 @@ from xferlab.data.config import StrictModel as _Strict
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.files import YamlValues, read_yaml  # noqa: F401  (read_yaml: part of this module's API)
 
+# Upper bound that catches a typo (an extra zero) before it allocates: 1024 threads is beyond any CPU this runs on.
+MAX_THREADS = 1024
+
 
 def _known_regime(v: str) -> str:
     """parse_regime's check, its XferlabError turned into a ValueError so that build() adds the file, line and key."""
@@ -46,6 +49,22 @@ def _known_backbone(v: str) -> str:
 BackboneName = Annotated[str, AfterValidator(_known_backbone)]  # a backbone of xferlab.backbones, by name
 
 
+TrackerName = Literal["mlflow", "tensorboard"]
+
+
+TRACK_FIELD = Field([], description="experiment trackers to mirror into (xferlab.tracking): mlflow, tensorboard; "
+                   "they never change results")
+TRACK_URI_FIELD = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a SQLite store "
+                        "mlflow.db beside the output folder")
+
+
+class TrackOptions(_Strict):
+    """The tracking section of an audit YAML (train and study configs have the same two keys)."""
+
+    track: list[TrackerName] = TRACK_FIELD
+    track_uri: str | None = TRACK_URI_FIELD
+
+
 class TrainConfig(_Strict):
     """One training run. Defaults are the reference study's (Adam 1e-3, cosine per step, batch 32, 30 epochs)."""
 
@@ -62,7 +81,8 @@ class TrainConfig(_Strict):
     scheduler: Literal["cosine", "none"] = Field("cosine", description="learning-rate schedule, stepped per batch")
     seed: int = Field(0, description="seed of the head's initialisation and of the training batches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="bf16 autocast; auto: on for a CUDA GPU with native bf16, off (fp32) on CPU"
@@ -81,6 +101,8 @@ class TrainConfig(_Strict):
         "training batch costs only memory); default: 256 on CUDA, the training batch on CPU. Float rounding aside, "
         "changes no result"
     )
+    track: list[TrackerName] = TRACK_FIELD
+    track_uri: str | None = TRACK_URI_FIELD
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -166,7 +188,8 @@ class AuditConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
-    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; default: torch's choice")
+    num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice")
 
     @field_validator("regime")
     @classmethod
@@ -201,7 +224,11 @@ class StudyConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100, description="resamples of every bootstrap confidence interval")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0
+    target_sensitivity: float = Field(0.95, gt=0, lt=1, description="operating point: the threshold chosen on val "
+                                      "that reaches this sensitivity, reported on test")
     audit: AuditConfig | None = None
+    track: list[TrackerName] = TRACK_FIELD
+    track_uri: str | None = TRACK_URI_FIELD
 
     @field_validator("backbones", "regimes", "seeds")
     @classmethod
@@ -228,9 +255,11 @@ class StudyConfig(_Strict):
 def _check_train_keys(options: dict[str, Any], where: str) -> None:
     """Training option maps hold TrainConfig keys other than the grid's own."""
     for key in options:
+        if key in TrackOptions.model_fields:
+            raise ValueError(f"{where}'{key}' is set for the whole study: write it at the top of the study YAML")
         if key in GRID_KEYS:
             raise ValueError(f"{where}'{key}' is set by the study grid (data, backbones, regimes, seeds), not here")
         if key not in TrainConfig.model_fields:
-            choices = [k for k in TrainConfig.model_fields if k not in GRID_KEYS]
+            choices = [k for k in TrainConfig.model_fields if k not in GRID_KEYS and k not in TrackOptions.model_fields]
             raise ValueError(f"{where}unknown training option '{key}'{did_you_mean(str(key), choices)}; "
                              f"valid: {', '.join(choices)}")

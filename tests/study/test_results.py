@@ -105,5 +105,5 @@ def test_an_unreadable_run_folder_names_itself(tmp_path, run_folder, predictions
     run = run_folder(tmp_path / "out" / "runs" / "r", "resnet18", "frozen", 0,
                      {s: predictions(y, 0.75) for s, y in labels.items()}, labels, 100, 1.0)
     (run / "predictions.npz").write_bytes(b"not a zip")
-    with pytest.raises(XferlabError, match="runs/r: unreadable run folder"):
+    with pytest.raises(XferlabError, match="runs/r/predictions.npz: unreadable"):
         collect_results(tmp_path / "out")

@@ -78,7 +78,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_run):
     for name in artifacts.RUN_FILES:
         (bad / name).write_bytes((tiny_run / name).read_bytes())
     torch.save({"state_dict": {}, "evil": Image.new("L", (2, 2))}, bad / artifacts.MODEL_PT)  # needs full unpickling
-    with pytest.raises(XferlabError, match=r"model\.pt: cannot be loaded safely"):
+    with pytest.raises(XferlabError, match=r"model\.pt: not a weights-only xferlab checkpoint"):
         xferlab.load_run(bad)
 
 

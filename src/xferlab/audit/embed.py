@@ -26,13 +26,29 @@ _CHUNK = 256
 _FEATURE_BATCH = 64
 
 
-
-
 def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -> TransferModel:
     """The audit backbone with the frozen regime applied (parameters and BatchNorm statistics fixed)."""
     model = create_model(cfg.backbone, max(2, data.num_classes), cfg.weights, image_size=data.image_size[0])
     apply_regime(model, parse_regime("frozen"))
     return model.to(device).eval()
+
+
+class Embedder:
+    """Embeds one chunk of uint8 images at a time with the audit backbone (for the streaming pass, scan.py)."""
+
+    def __init__(self, data: ImageDataset, cfg: AuditConfig):
+        self.cfg = cfg
+        device = resolve_device(cfg.device)
+        self.model = fixed_backbone(data, cfg, device)
+        self.preprocess = Preprocess(self.model.spec.mean, self.model.spec.std, device)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        features = extract_features(self.model.body, as_tensor(images), self.preprocess, _FEATURE_BATCH)
+        return features.float().cpu().numpy()
+
+    def check(self, features: np.ndarray) -> None:
+        if not np.isfinite(features).all():
+            raise XferlabError(f"backbone '{self.cfg.backbone}' produced non-finite features; check the weights file")
 
 
 def embed_dataset(data: ImageDataset, cfg: AuditConfig, progress: bool = True) -> np.ndarray:

@@ -15,8 +15,9 @@ from collections import defaultdict
 import imagehash
 import numpy as np
 from PIL import Image
-from sklearn.neighbors import NearestNeighbors
 
+from xferlab.audit.nearcopy import pair_similarities, spectral_descriptors
+from xferlab.audit.neighbours import nearest
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
 
@@ -83,26 +84,45 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     return np.stack([imagehash.phash(Image.fromarray(im), hash_size=PHASH_SIZE).hash.ravel() for im in gray])
 
 
-def _nearest(features: np.ndarray, metric: str, query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Distance to and index of the nearest fitted point for each query (without a query: each point's nearest
-    other point)."""
-    nn = NearestNeighbors(n_neighbors=1, metric=metric, algorithm="brute").fit(features)
-    dist, idx = nn.kneighbors(query, n_neighbors=1)
-    return dist[:, 0], idx[:, 0]
+# Within-split pairs aligned to calibrate the aligned-copy threshold: a fixed number keeps the step linear in n.
+ALIGN_CALIBRATION = 2000
+
+
+def _within_split_neighbours(data: ImageDataset, features: np.ndarray, metric: str,
+                             unique: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (unique) image's nearest other image of the same split (indexed search, the same in both search modes,
+    so that thresholds do not depend on the mode): image, neighbour (dataset indices) and distance."""
+    images, matches, dists = [], [], []
+    for s in SPLITS:
+        idx = np.flatnonzero((data.splits == s) & unique)
+        if len(idx) >= 2:
+            dist, nn = nearest(features[idx], metric)
+            images.append(idx)
+            matches.append(idx[nn])
+            dists.append(dist)
+    if not images:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    return np.concatenate(images), np.concatenate(matches), np.concatenate(dists)
 
 
 def _within_split_distances(data: ImageDataset, features: np.ndarray, metric: str, unique: np.ndarray) -> np.ndarray:
     """Every (unique) image's distance to its nearest other image of the same split: the calibration sample."""
-    out = []
-    for s in SPLITS:
-        idx = np.flatnonzero((data.splits == s) & unique)
-        if len(idx) >= 2:
-            out.append(_nearest(features[idx], metric)[0])
-    return np.concatenate(out) if out else np.empty(0)
+    return _within_split_neighbours(data, features, metric, unique)[2]
+
+
+def _cross_split_candidates(data: ImageDataset, features: np.ndarray, metric: str, exact: bool):
+    """(query, nearest reference image, distance) for every image of a query split against its reference splits:
+    exact (all pairs, in chunks) or indexed."""
+    for query_split, ref_splits in CROSS:
+        q = np.flatnonzero(data.splits == query_split)
+        r = np.flatnonzero(np.isin(data.splits, ref_splits))
+        if len(q) and len(r):
+            dist, nn = nearest(features[r], metric, features[q], exact=exact)
+            yield q, r[nn], dist
 
 
 def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale: float, hashes: np.ndarray,
-                    cfg: AuditConfig) -> tuple[dict, set[int]]:
+                    cfg: AuditConfig, exact: bool = False) -> tuple[dict, set[int]]:
     """Cross-split pairs closer than the calibrated threshold (exact copies are reported separately, not here), the
     closest MAX_LISTED of them listed, and the dataset indices of every flagged query image.
 
@@ -126,16 +146,16 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
                           f"threshold ({threshold:.3g}) of another; this measure cannot separate copies from "
                           "look-alikes here"}, set()
     pairs, queries = [], 0
-    for query_split, ref_splits in CROSS:
-        q = np.flatnonzero(data.splits == query_split)
-        r = np.flatnonzero(np.isin(data.splits, ref_splits))
-        if not len(q) or not len(r):
-            continue
+    for q, match, dist in _cross_split_candidates(data, features, metric, exact):
         queries += len(q)
-        dist, nearest = _nearest(features[r], metric, features[q])
-        for i, j, d in zip(q, r[nearest], dist * scale):
+        for i, j, d in zip(q, match, dist * scale, strict=True):
             if d <= threshold and hashes[i] != hashes[j]:
                 pairs.append((float(d), int(i), int(j)))
+    return _listed(data, pairs, threshold, metric, calibration, queries)
+
+
+def _listed(data: ImageDataset, pairs: list, threshold: float, metric: str, calibration: dict,
+            queries: int) -> tuple[dict, set[int]]:
     pairs.sort(key=lambda p: p[0])  # stable: equal distances keep the query order
     positions = split_positions(data.splits)
     listed = [{"query": describe(data, i, positions), "match": describe(data, j, positions), "distance": d}
@@ -170,16 +190,51 @@ def group_overlap(data: ImageDataset) -> dict:
             "overlapping": overlap}
 
 
-def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig) -> dict:
-    """All leakage checks. Embedding distances are cosine distances (1 - cos) between backbone features."""
-    hashes = content_hashes(data.images)
-    phash, phash_flagged = near_duplicates(data, perceptual_hashes(data.images), "hamming", PHASH_BITS, hashes, cfg)
-    embedding, embedding_flagged = near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg)
-    result = {"exact": exact_duplicates(data, hashes), "phash": phash, "embedding": embedding,
+def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarray, cfg: AuditConfig,
+                   exact: bool = False) -> tuple[dict, set[int]]:
+    """Cross-split pairs that are the same picture after a re-export (nearcopy): each query image's nearest reference
+    image by spectral descriptor, aligned; flagged when the residual 1 - correlation is below the threshold, calibrated
+    like the other measures on the residuals of within-split nearest pairs (ALIGN_CALIBRATION of them, seeded)."""
+    unique = np.zeros(len(hashes), dtype=bool)
+    unique[np.unique(hashes, return_index=True)[1]] = True
+    images, matches, _ = _within_split_neighbours(data, descriptors, "euclidean", unique)
+    if len(images) < 2:
+        return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
+    rng = np.random.default_rng(cfg.seed)
+    pick = rng.choice(len(images), min(ALIGN_CALIBRATION, len(images)), replace=False)
+    within = 1.0 - pair_similarities(data.images, np.column_stack([images[pick], matches[pick]]))
+    reference = float(np.quantile(within, cfg.near_duplicate_quantile))
+    threshold = cfg.near_duplicate_factor * reference
+    calibration = {"quantile": cfg.near_duplicate_quantile, "factor": cfg.near_duplicate_factor,
+                   "within_split_quantile": reference, "within_split_median": float(np.median(within)),
+                   "within_split_images": len(within), "within_split_rate": float(np.mean(within <= threshold))}
+    pairs, queries = [], 0
+    for q, match, _ in _cross_split_candidates(data, descriptors, "euclidean", exact):
+        queries += len(q)
+        residual = 1.0 - pair_similarities(data.images, np.column_stack([q, match]))
+        pairs += [(float(d), int(i), int(j)) for i, j, d in zip(q, match, residual, strict=True)
+                  if d <= threshold and hashes[i] != hashes[j]]
+    return _listed(data, pairs, threshold, "aligned", calibration, queries)
+
+
+def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, *, hashes: np.ndarray | None = None,
+                  phashes: np.ndarray | None = None, descriptors: np.ndarray | None = None,
+                  exact: bool = False) -> dict:
+    """All leakage checks. Embedding distances are cosine distances (1 - cos) between backbone features. Per-image
+    hashes and descriptors come from the audit's streaming pass (scan.py) or are computed here; `exact` searches all
+    pairs instead of the index (the reference the indexed search is tested against)."""
+    hashes = content_hashes(data.images) if hashes is None else hashes
+    phashes = perceptual_hashes(data.images) if phashes is None else phashes
+    descriptors = spectral_descriptors(data.images) if descriptors is None else descriptors
+    phash, phash_flagged = near_duplicates(data, phashes, "hamming", PHASH_BITS, hashes, cfg, exact)
+    embedding, embedding_flagged = near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg, exact)
+    aligned, aligned_flagged = aligned_copies(data, descriptors, hashes, cfg, exact)
+    result = {"exact": exact_duplicates(data, hashes), "phash": phash, "embedding": embedding, "aligned": aligned,
               "groups": group_overlap(data)}
     result["phash"]["unit"] = f"of {PHASH_BITS} bits"
     result["embedding"]["unit"] = "(1 - cosine similarity)"
-    flagged = phash_flagged | embedding_flagged
+    result["aligned"]["unit"] = "(1 - correlation after alignment)"
+    flagged = phash_flagged | embedding_flagged | aligned_flagged
     result["near_duplicate_images"] = len(flagged)
     result["leak"] = bool(result["exact"]["cross_split_groups"] or flagged
                           or result["groups"].get("count", 0))

@@ -70,9 +70,10 @@ def _compare(ref: np.ndarray, test: np.ndarray) -> dict:
             "auc": float(res.statistic / (len(ref) * len(test))), "p": float(res.pvalue)}
 
 
-def pixel_audit(data: ImageDataset, cfg: AuditConfig) -> tuple[dict, np.ndarray]:
-    """Per split and class summaries and within-class tests. Returns the results and the per-image table."""
-    values = image_statistics(data.images)
+def pixel_audit(data: ImageDataset, cfg: AuditConfig, values: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Per split and class summaries and within-class tests. Returns the results and the per-image table (`values`:
+    image_statistics already computed by the audit's streaming pass)."""
+    values = image_statistics(data.images) if values is None else values
     names = list(STATS)
     summary = {s: {c: {stat: _summary(values[(data.splits == s) & (data.labels == k), j])
                        for j, stat in enumerate(names)}

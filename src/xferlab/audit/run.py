@@ -16,10 +16,10 @@ from threadpoolctl import threadpool_limits
 import xferlab.audit.figures as figures
 from xferlab import artifacts
 from xferlab.audit.common import jsonable
-from xferlab.audit.embed import embed_dataset
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import STATS, pixel_audit
 from xferlab.audit.resplit import resplit_experiment
+from xferlab.audit.scan import ImageScan, load_embeddings, scan_dataset
 from xferlab.audit.shift import class_balance, shift_tests
 from xferlab.audit.verdict import make_verdict
 from xferlab.config import AuditConfig, DataConfig
@@ -46,7 +46,7 @@ def _dataset_info(data: ImageDataset) -> dict:
             "channels": data.channels, "groups": data.groups is not None}
 
 
-def _statistics(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, seconds: dict) -> tuple[dict, dict]:
+def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict) -> tuple[dict, dict]:
     """Shift, class balance, pixels and leakage; returns the results and the per-image arrays behind them.
 
     BLAS runs single-threaded here: the matrices are small (at most a few thousand rows), and measured on a shared
@@ -54,12 +54,13 @@ def _statistics(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, se
     """
     with threadpool_limits(limits=1, user_api="blas"):
         with _timed(seconds, "shift"):
-            shift, scores = shift_tests(data, embeddings, cfg)
+            shift, scores = shift_tests(data, scan.embeddings, cfg)
             balance = class_balance(data, cfg)
         with _timed(seconds, "pixels"):
-            pixels, values = pixel_audit(data, cfg)
+            pixels, values = pixel_audit(data, cfg, scan.pixel_stats)
         with _timed(seconds, "leakage"):
-            leakage = leakage_audit(data, embeddings, cfg)
+            leakage = leakage_audit(data, scan.embeddings, cfg, hashes=scan.hashes, phashes=scan.phashes,
+                                    descriptors=scan.descriptors)
     results = {"shift": shift, "class_balance": balance, "pixels": pixels, "leakage": leakage}
     return results, {"domain_scores": scores, "pixel_stats": values}
 
@@ -75,9 +76,12 @@ def _figures(data: ImageDataset, embeddings: np.ndarray, result: dict, arrays: d
     return {k: v for k, v in made.items() if v}
 
 
-def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True,
+              embeddings: np.ndarray | str | Path | None = None) -> dict:
     """Audit the dataset's splits and write `out_dir/audit.json` (every statistic), figures (PNG) and
-    `audit_arrays.npz` (per-image pixel statistics and domain scores). Returns what audit.json holds."""
+    `audit_arrays.npz` (per-image pixel statistics and domain scores). Returns what audit.json holds.
+
+    `embeddings` (an N × D array or .npy file, one row per image in dataset order) replaces the backbone pass."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -85,13 +89,14 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         raise XferlabError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from None
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    # The audit compares every image with every other (hashes, embeddings, re-splits), so it reads the images into
-    # memory whatever the training memory budget says.
-    data = load_dataset(data_cfg.model_copy(update={"memory_budget_mb": None}))
+    # Images are read a chunk at a time (scan.py), so data.memory_budget_mb holds as in training.
+    data = load_dataset(data_cfg)
+    given = None if embeddings is None else load_embeddings(embeddings, len(data.labels))
     with torch_threads(audit_cfg.num_threads):
-        with _timed(seconds, "embedding"):
-            embeddings = embed_dataset(data, audit_cfg, progress)
-        result, arrays = _statistics(data, embeddings, audit_cfg, seconds)
+        with _timed(seconds, "embedding"):  # the streaming pass: embeddings, hashes, descriptors, pixel statistics
+            scan = scan_dataset(data, audit_cfg, given, progress)
+        embeddings = scan.embeddings
+        result, arrays = _statistics(data, scan, audit_cfg, seconds)
         with _timed(seconds, "resplit"):
             result["resplit"] = resplit_experiment(data, embeddings, audit_cfg, progress)
     result = {"dataset": _dataset_info(data), **result,

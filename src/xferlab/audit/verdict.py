@@ -9,7 +9,7 @@ from xferlab.audit.shift import METHODS
 
 LEVELS = ("ok", "caution", "problem")
 METHOD_NAMES = {"classifier": "classifier", "mmd": "MMD", "ks": "KS"}  # the shift tests as the verdict names them
-NEAR = {"phash": "perceptual hash", "embedding": "embedding distance"}
+NEAR = {"phash": "perceptual hash", "embedding": "embedding distance", "aligned": "aligned pixels"}
 
 
 def _p(p: float | None) -> str:
@@ -90,7 +90,7 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
         parts.append(f"{exact} image(s) appear pixel-identical in two splits")
     if near:
         thresholds = ", ".join(f"{NEAR[k]} ≤ {leakage[k]['threshold']:.3g} {leakage[k]['unit']}"
-                               for k in NEAR if is_ok(leakage[k]))
+                               for k in NEAR if is_ok(leakage.get(k)))
         parts.append(f"{near} val/test image(s) have a near-duplicate in an earlier split ({thresholds}, calibrated "
                      "on within-split nearest neighbours)")
     if groups.get("count"):
@@ -102,8 +102,8 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
     within_text = f" {within} group(s) of exact copies sit within single splits." if within else ""
     if parts:
         return "problem", "Leakage: " + "; ".join(parts) + "." + within_text
-    checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage[k])]
-    unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if not is_ok(leakage[k])]
+    checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage.get(k))]
+    unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if k in leakage and not is_ok(leakage[k])]
     group_text = "no group overlap" if is_ok(groups) else "groups not checked (no patient ids)"
     text = f"Leakage: none found ({', '.join(checked)}; {group_text})"
     return "ok", text + (f"; not usable: {'; '.join(unchecked)}." if unchecked else ".") + within_text
@@ -114,7 +114,10 @@ def resplit_finding(resplit: dict) -> tuple[str, str]:
         return "caution", f"Re-split experiment: not run ({resplit['reason']})."
     t, g, o = resplit["test_accuracy"], resplit["gap"], resplit["original"]
     r = resplit["resplits"]
-    numbers = (f"original test accuracy {o['test']:.3f} (val {o['val']:.3f}) sits at percentile "
+    # The audit trains its own model (the audit's backbone and regime) on each split, so its accuracies are not the
+    # study's runs' and say so: "the audit quotes 0.503 where the summary shows 0.507" must not puzzle a reader.
+    numbers = (f"the audit's own model's original test accuracy {o['test']:.3f} (val {o['val']:.3f}; not a study "
+               f"run's) sits at percentile "
                f"{t['percentile']:.0f} of {r} re-splits ({t['resplit_mean']:.3f} ± {t['resplit_sd']:.3f}, "
                f"{_p(t['p_lower'])} for as low); val-test gap {o['gap']:+.3f} vs {g['resplit_mean']:+.3f} "
                f"± {g['resplit_sd']:.3f} after "
@@ -128,7 +131,10 @@ def resplit_finding(resplit: dict) -> tuple[str, str]:
     if resplit["test_higher"]:
         return "problem", (f"Re-split ({resplit['regime']}): {numbers}; the original test split is easier than a "
                            f"random one ({_p(t['p_higher'])}), as leakage would make it.{note}")
-    return "ok", f"Re-split ({resplit['regime']}): {numbers}; consistent with a random split.{note}"
+    if resplit.get("note"):  # too few re-splits for any p-value to reach alpha: no evidence either way
+        return "caution", (f"Re-split ({resplit['regime']}): inconclusive, not ok: {numbers}; "
+                           f"{resplit['note']}.")
+    return "ok", f"Re-split ({resplit['regime']}): {numbers}; consistent with a random split."
 
 
 def _headline(level: str, flags: dict[str, str]) -> str:

@@ -16,7 +16,13 @@ from xferlab.errors import did_you_mean
 class StrictModel(BaseModel):
     """Every config rejects unknown keys (a typo is an error naming the key) and validates assignments."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .nan` or `--lr inf` is an error naming the key, not a run that trains on NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Upper bound that catches a typo (an extra zero) before it allocates: 4096 px is beyond every registered backbone's
+# useful input and near full chest-radiograph resolution.
+MAX_IMAGE_SIZE = 4096
 
 
 class DataConfig(StrictModel):
@@ -24,7 +30,8 @@ class DataConfig(StrictModel):
 
     path: Path = Field(description="dataset folder (npy, folder, medmnist) or manifest file (csv)")
     format: str = Field("npy", description="data layout, a registered data source: npy, folder, csv or medmnist")
-    image_size: int | None = Field(None, gt=0, description="resize to S×S; default: the images' own size")
+    image_size: int | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
+                                   description="resize to S×S; default: the images' own size")
     val_split: Literal["ordered", "random"] = Field(
         "ordered", description="how val is carved from the train pool when the source has no val split"
     )
@@ -32,6 +39,9 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="csv sources without a split column")
     medmnist_flag: str | None = Field(None, description="medmnist: dataset flag, e.g. pneumoniamnist (required there)")
     skip_unreadable: bool = Field(False, description="folder/csv: skip unreadable images with a warning")
+    allow_external_links: bool = Field(
+        False, description="folder: follow symlinks whose target lies outside the dataset folder (refused by default)"
+    )
     memory_budget_mb: float | None = Field(
         None, ge=0,
         description="folder/csv: when the decoded uint8 images would take more than this many MiB, stream them from "

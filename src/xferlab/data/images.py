@@ -7,13 +7,15 @@ Images are uint8 H×W (grayscale) or 3×H×W (RGB, channel-first); batches add a
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from xferlab.data.hospital import declared_bits, dicom_header, is_dicom, read_dicom, wide_to_uint8
 from xferlab.errors import XferlabError
@@ -28,6 +30,13 @@ _CHUNK_ELEMENTS = 1 << 22
 _GRAY_MODES = ("1", "L", "LA", "La")
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _SINGLE_CHANNEL_MODES = (*_GRAY_MODES, *_WIDE_INT_MODES, "F")  # _decode makes these H×W whatever the pixels
+
+# Decompression-bomb guard, checked on the header before any pixel is decoded: 8192×8192 is twice the side of the
+# largest digital chest radiographs (about 4300×3500 px, 43×35 cm at 100 µm) and decodes to 192 MiB as RGB.
+MAX_IMAGE_PIXELS = 8192 * 8192
+# EXIF Orientation values (TIFF 6.0 tag 274) that swap width and height: transposed and 90°/270° rotations.
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 
 T = TypeVar("T")
 
@@ -156,15 +165,87 @@ def could_be_colour(mode: str) -> bool:
     return mode not in _SINGLE_CHANNEL_MODES
 
 
-def _decode(image: Image.Image, where: str, path: str | os.PathLike | None) -> np.ndarray:
+def _decode(image: Image.Image, where: str, path: str | os.PathLike | None,
+            header: Image.Image | None = None) -> np.ndarray:
+    """`header`: the image as opened, when `image` is a transposed copy that lost the file's tags (TIFF bit depth)."""
     if image.mode in _GRAY_MODES:
         return np.asarray(image.convert("L"))
     if image.mode in _WIDE_INT_MODES:
         # scaled by the bits the file uses, not by 65535: a 12-bit radiograph would otherwise stay nearly black
-        return wide_to_uint8(np.asarray(image), declared_bits(image, path), where)
+        return wide_to_uint8(np.asarray(image), declared_bits(header or image, path), where)
     if image.mode == "F":
         return to_uint8(np.asarray(image), where)
     return _gray_or_rgb(np.asarray(image.convert("RGB")))
+
+
+def check_regular_file(path: str | os.PathLike, where: str | None = None) -> os.stat_result:
+    """Refuse anything but a regular file (after following links) before it is opened: a FIFO or a device would block
+    or read forever, a folder cannot be decoded, a symlink loop never resolves."""
+    where = where or str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise XferlabError(f"image file {where} not found (or a symlink to nothing); check the path") from None
+    except OSError as err:  # ELOOP (symlink loop), ENAMETOOLONG, EACCES, ...
+        raise XferlabError(f"{where}: cannot open image ({err.strerror}); replace it by the image file") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
+        raise XferlabError(f"{where}: is {kind}, not an image file; list image files only")
+    return info
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(H, W) as displayed: EXIF orientations 5-8 swap the stored width and height."""
+    # From what open() already parsed (getexif() would read on, and verify() must come straight after open).
+    try:
+        if image.info.get("exif"):
+            exif = Image.Exif()
+            exif.load(image.info["exif"])
+            orientation = exif.get(_EXIF_ORIENTATION)
+        else:
+            orientation = getattr(image, "tag_v2", {}).get(_EXIF_ORIENTATION)  # TIFF keeps it as a plain tag
+    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the stored orientation
+        orientation = None
+    h, w = image.height, image.width
+    return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
+
+
+def check_header(image: Image.Image, where: str) -> None:
+    """Refuse, from the header alone, what decoding would make dangerous or ambiguous: more than MAX_IMAGE_PIXELS
+    (a decompression bomb decodes gigabytes from a few kilobytes) and files of several pages or frames."""
+    pixels = image.width * image.height
+    if pixels > MAX_IMAGE_PIXELS:
+        raise XferlabError(
+            f"{where}: header declares {image.width}×{image.height} = {pixels:,} pixels, over the limit of "
+            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb, or a scan far larger than any backbone input); downscale "
+            "the image or remove the file"
+        )
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise XferlabError(
+            f"{where}: holds {frames} pages or frames (multi-page TIFF, animated GIF/PNG); xferlab reads one image "
+            "per file: save each page as its own file, or keep the first"
+        )
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Image.open without Pillow's bomb warning: check_header refuses large images with a clearer message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _open_checked(path: str | os.PathLike, where: str) -> Image.Image:
+    if check_regular_file(path, where).st_size == 0:
+        raise XferlabError(f"{where}: empty file (0 bytes); replace it by the image or remove it")
+    image = _open(path)
+    try:
+        check_header(image, where)
+    except BaseException:
+        image.close()
+        raise
+    return image
 
 
 def decode_pil(image: Image.Image, where: str = "image") -> np.ndarray:
@@ -177,20 +258,23 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
 
     Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the bits the file uses (hospital.wide_to_uint8);
     F -> gray by to_uint8's float rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all
-    equal come back as H×W. DICOM files (hospital.is_dicom) go to hospital.read_dicom. Unreadable or corrupt files
-    raise XferlabError naming the file.
+    equal come back as H×W. EXIF orientation is applied. DICOM files (hospital.is_dicom) go to hospital.read_dicom.
+    Anything but a regular file, bombs and multi-frame files are refused before decoding (check_regular_file,
+    check_header); unreadable or corrupt files raise XferlabError naming the file.
     """
     where = str(path)
+    check_regular_file(path, where)  # before is_dicom reads a suffix-less file's marker: a FIFO would block
     if is_dicom(path):
         return read_dicom(path)
     try:
-        with Image.open(path) as image:
+        with _open_checked(path, where) as image, warnings.catch_warnings():
+            # Pillow warns about palette transparency given as bytes and about large images; both are handled here.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
-            return _decode(image, where, path)
+            return _decode(ImageOps.exif_transpose(image), where, path, header=image)
     except XferlabError:
         raise
-    except FileNotFoundError:
-        raise XferlabError(f"{where}: image file not found; check the path") from None
     except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on broken files
         raise XferlabError(
             f"{where}: cannot read image ({type(err).__name__}: {err}); replace or remove the file"
@@ -198,20 +282,24 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], bool]:
-    """(H, W) and whether the file may be colour (could_be_colour), from its header, without decoding pixels.
+    """(H, W) as displayed (EXIF orientation applied) and whether the file may be colour (could_be_colour), from its
+    header, without decoding pixels.
 
     Pillow's verify() also checks what it can without decoding (PNG: every chunk's checksum; most other formats:
     nothing), so damage only decoding reveals, such as a truncated JPEG, surfaces when the image is decoded. A file
     verify() rejects is decoded once to decide, so exactly the files read_image_file refuses are refused, with its
     message (a PNG missing only its end marker decodes fine).
     """
+    check_regular_file(path)
     if is_dicom(path):
         return dicom_header(path)
     try:
-        with Image.open(path) as image:
-            size, mode = (image.height, image.width), image.mode
+        with _open_checked(path, str(path)) as image:
+            size, mode = _oriented_size(image), image.mode
             image.verify()
         return size, could_be_colour(mode)
+    except XferlabError:
+        raise
     except Exception:  # noqa: BLE001 - decoding decides, and its error names the problem
         pixels = read_image_file(path)
         return (int(pixels.shape[-2]), int(pixels.shape[-1])), pixels.ndim == 3
@@ -261,11 +349,13 @@ def check_file_sizes(paths: Sequence[Path], where: str) -> None:
     sizes, names = [], []
     for path in paths:
         try:
+            check_regular_file(path)  # never open a FIFO or a device, even for its header
             if is_dicom(path):
                 sizes.append(dicom_header(path)[0])
             else:
-                with Image.open(path) as image:
-                    sizes.append((image.height, image.width))
+                with _open(path) as image:
+                    check_header(image, str(path))  # a bomb's claimed size is not a size to compare
+                    sizes.append(_oriented_size(image))
             names.append(str(path))
         except Exception:  # noqa: BLE001 - unreadable files are reported by read_image_file
             continue

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from xferlab import files as io
+from xferlab.data.config import MAX_IMAGE_SIZE
 from xferlab.errors import XferlabError, did_you_mean
 
 GENERATOR_VERSION = "1"  # bump whenever the pixels a given seed produces change
@@ -613,9 +614,23 @@ def render_phantom(
     return _render_batch([rng], [rng if noise_rng is None else noise_rng], [params], size, bool(pneumonia))[0]
 
 
+# Bounds that catch a typo before it allocates: the largest image size a config accepts, and 4 GiB of uint8
+# phantoms, far beyond any study here (the reference study's 2,400 images at 256 px take 150 MiB).
+MAX_SIZE = MAX_IMAGE_SIZE
+MAX_TOTAL_BYTES = 4 << 30
+
+
 def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-        raise XferlabError(f"size: must be an integer >= {MIN_SIZE} (pixels per side), got {size!r}; pass e.g. size=64")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise XferlabError(f"size: must be an integer from {MIN_SIZE} to {MAX_SIZE} (pixels per side), got "
+                           f"{size!r}; pass e.g. size=64")
+
+
+def _check_total(size: int, n_per_class: int, n_test_per_class: int) -> None:
+    total = len(CLASS_NAMES) * (n_per_class + n_test_per_class) * size * size
+    if total > MAX_TOTAL_BYTES:
+        raise XferlabError(f"n_per_class, n_test_per_class, size: {total / 2**30:.1f} GiB of images, more than "
+                           f"{MAX_TOTAL_BYTES >> 30} GiB; ask for fewer or smaller phantoms")
 
 
 def _check_args(n_per_class: int, n_test_per_class: int, shift: str | None, seed: int) -> str | None:
@@ -681,6 +696,7 @@ def generate_phantoms(
     """
     _check_size(size)
     shift = _check_args(n_per_class, n_test_per_class, shift, seed)
+    _check_total(size, n_per_class, n_test_per_class)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test_site = "external" if shift == "acquisition" else "home"

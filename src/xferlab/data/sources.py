@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 import zipfile
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from xferlab.data.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
 from xferlab.data.images import (
     check_file_sizes,
+    check_regular_file,
     concat_batches,
     describe_files,
     read_each,
@@ -202,6 +204,9 @@ def _npy_files(root: Path) -> tuple[list[Path], list[Path]]:
     test = [f for f in files if f.stem.startswith(NPY_TEST_PREFIX)]
     if not train:
         found = describe_files([f.name for f in files]) or "no .npy files"
+        if (root / "train").is_dir():  # the folder layout (train/<class>/ images) given as the default npy format
+            raise XferlabError(f"{root}: holds a train/ folder, the folder layout, not <class>.npy files; add "
+                               "--format folder (or data: {format: folder} in the config)")
         raise XferlabError(
             f"{root}: no <class>.npy files (found {found}); save one array per class, e.g. normal.npy, pneumonia.npy"
         )
@@ -242,10 +247,43 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _image_files(folder: Path) -> list[Path]:
+    """Entries with an image suffix that are not folders. FIFOs, devices and broken or looping links are kept, so
+    that reading them is refused by name (images.check_regular_file) rather than silently dropped or blocked on."""
     return sorted(
         f for f in folder.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        if not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS and not _is_dir(f)
     )
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a symlink loop or an over-long name is not a folder; reading it reports the problem
+        return False
+
+
+def _check_links_inside(paths: Sequence[Path], root: Path, allow: bool) -> None:
+    """A symlink (of a file or of a class folder) whose target lies outside the dataset folder is refused unless
+    data.allow_external_links: a dataset copied from elsewhere should not read files beyond itself."""
+    if allow:
+        return
+    top = root.resolve()
+    for path in paths:
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing or looping targets are reported when the file is read
+            continue
+        if not target.is_relative_to(top):
+            raise XferlabError(
+                f"{path}: a symlink to {target}, outside the dataset folder {top}; copy the file into the dataset, "
+                "or set data.allow_external_links: true (--allow-external-links) if the links are meant"
+            )
+
+
+def _class_name(folder: Path) -> str:
+    """The folder's name as text: bytes that are not UTF-8 (held by Python as surrogates, which no file format,
+    figure or terminal can write) are shown as \\xNN."""
+    return os.fsencode(folder.name).decode("utf-8", "backslashreplace")
 
 
 def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[str]]:
@@ -256,7 +294,7 @@ def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[
             f"{root}: no train/ folder; the folder format expects train/<class>/, optional val/ and test/ "
             f"(subfolders here: {inside or 'none'}); point data.path at the folder that holds train/"
         )
-    class_names = [d.name for d in _subdirs(root / "train")]
+    class_names = [_class_name(d) for d in _subdirs(root / "train")]
     if not class_names:
         raise XferlabError(f"{root / 'train'}: no class subfolders; put each class's images in train/<class>/")
     paths, labels, splits = [], [], []
@@ -264,14 +302,15 @@ def _folder_entries(root: Path) -> tuple[list[str], list[Path], list[int], list[
         if not (root / split).is_dir():
             continue
         for class_dir in _subdirs(root / split):
-            if class_dir.name not in class_names:
+            name = _class_name(class_dir)
+            if name not in class_names:
                 raise XferlabError(
-                    f"{class_dir}: '{class_dir.name}' is not a class of train/ {class_names}"
-                    f"{did_you_mean(class_dir.name, class_names)}; rename or remove the folder"
+                    f"{class_dir}: '{name}' is not a class of train/ {class_names}"
+                    f"{did_you_mean(name, class_names)}; rename or remove the folder"
                 )
             files = _image_files(class_dir)
             paths += files
-            labels += [class_names.index(class_dir.name)] * len(files)
+            labels += [class_names.index(name)] * len(files)
             splits += [split] * len(files)
     return class_names, paths, labels, splits
 
@@ -281,6 +320,7 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     """`train/<class>/` image files (PNG/JPEG/TIFF/BMP), optional `val/` and `test/`; val carved when absent."""
     root = Path(cfg.path)
     class_names, paths, labels, splits = _folder_entries(root)
+    _check_links_inside(paths, root, cfg.allow_external_links)
     images, kept, skipped = _load_images(paths, cfg, str(root))
     labels = np.asarray(labels, dtype=np.int64)[kept]
     splits = np.asarray(splits, dtype=object)[kept]
@@ -347,14 +387,23 @@ def _manifest_columns(manifest: Path) -> dict[str, list]:
         cols["split"].append(_manifest_split(_cell(row, "split", line, manifest, required=False), line, manifest))
         if cols["group"] is not None:
             cols["group"].append(_cell(row, "group", line, manifest))
-    missing = [(line, p) for (line, _), p in zip(rows, cols["path"]) if not p.is_file()]
+    missing = [(line, err) for (line, _), p in zip(rows, cols["path"], strict=True) if (err := _file_problem(p))]
     if missing:
-        line, path = missing[0]
+        line, err = missing[0]
         raise XferlabError(
-            f"{manifest}, line {line}: image file {path} not found ({len(missing)} row(s) point at missing files); "
+            f"{manifest}, line {line}: {err} ({len(missing)} row(s) point at missing or unusable files); "
             f"relative paths are read from the manifest's folder {manifest.parent}"
         )
     return cols
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an image file (missing, a folder, a FIFO, a device, a loop), or None."""
+    try:
+        check_regular_file(path)
+    except XferlabError as err:
+        return str(err)
+    return None
 
 
 def _manifest_splits(

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.data.batches import Preprocess, batch_indices
+from xferlab.data.config import MAX_IMAGE_SIZE
 from xferlab.engine.accel import Accel, accelerator_scope, native_bf16, num_threads, resolve_accel
 from xferlab.engine.loop import make_adam, train_one_epoch
 from xferlab.errors import XferlabError
@@ -71,9 +72,16 @@ def count_flops(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tenso
     return counter.get_total_flops() / len(batch)
 
 
+# A benchmark batch beyond this measures the allocator, not the model (and is a typo more often than a plan).
+MAX_BATCH = 4096
+
+
 def _check(image_size: int, batch_size: int, steps: int, warmup: int) -> None:
-    if image_size < MIN_IMAGE_SIZE:
-        raise XferlabError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise XferlabError(f"--image-size must be at least {MIN_IMAGE_SIZE} and at most {MAX_IMAGE_SIZE}, "
+                           f"got {image_size}")
+    if batch_size > MAX_BATCH:
+        raise XferlabError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
     for name, value, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
         if value < low:
             raise XferlabError(f"--{name} must be at least {low}, got {value}")

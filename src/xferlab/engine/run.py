@@ -39,8 +39,10 @@ from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
-from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, ProgressBar, fit
+from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
+from xferlab.engine.guards import FiniteLosses
 from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
+from xferlab.engine.progress import EpochProgress
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
 from xferlab.evaluation.timing import Timer
@@ -211,8 +213,10 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
         after_train=lambda: dist.broadcast_buffers(prepared.trained),
         train_epoch=trainer.train_epoch if trainer is not None else None)
     best = BestEpoch(lambda: _changing_state(model))
-    bar = ProgressBar(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
-    return fit(task, cfg.epochs, [best, bar, *hooks]), best
+    report = EpochProgress(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
+    # FiniteLosses first, as the old loop checked before choosing the best epoch: a diverged epoch stops the run
+    # (its staged folder removed) before any other hook sees it.
+    return fit(task, cfg.epochs, [FiniteLosses(cfg.lr), best, report, *hooks]), best
 
 
 def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:

@@ -19,6 +19,11 @@ class BootstrapSettings:
     confidence: float = 0.95
     seed: int = 0
 
+    @classmethod
+    def of_study(cls, study) -> BootstrapSettings:
+        """A study's settings: its bootstrap_resamples, confidence and bootstrap_seed (a StudyConfig)."""
+        return cls(study.bootstrap_resamples, study.confidence, study.bootstrap_seed)
+
     def as_kwargs(self) -> dict:
         return {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed}
 

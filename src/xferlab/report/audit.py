@@ -112,7 +112,10 @@ def _pixels(result: dict, audit_dir: Path) -> str:
 def _leakage(result: dict, audit_dir: Path) -> str:
     lk = result["leakage"]
     rows = [["exact copies across splits (content hash)", lk["exact"]["cross_split_groups"], "identical bytes", None]]
-    for kind, label in (("phash", "perceptual hash"), ("embedding", "embedding nearest neighbour")):
+    for kind, label in (("phash", "perceptual hash"), ("embedding", "embedding nearest neighbour"),
+                        ("aligned", "aligned pixels (crop, rescale, JPEG, brightness, noise)")):
+        if kind not in lk:  # audits written before the aligned check
+            continue
         r = lk[kind]
         if r.get("status") == "ok":
             rows.append([f"near-duplicates: {label}", r["count"], f"≤ {_fmt(r['threshold'])} {r['unit']}",
@@ -124,8 +127,8 @@ def _leakage(result: dict, audit_dir: Path) -> str:
                  None])
     table = _table(["check", "findings", "threshold", "within-split rate below threshold"], rows)
     listed = []
-    for kind in ("phash", "embedding"):
-        for p in lk[kind].get("pairs", [])[:10]:
+    for kind in ("phash", "embedding", "aligned"):
+        for p in lk.get(kind, {}).get("pairs", [])[:10]:
             q, m = p["query"], p["match"]
             listed.append(f"<li>{kind}: {q['split']} #{q['split_index']} ({escape(q.get('file', q['class']))}) ~ "
                           f"{m['split']} #{m['split_index']} ({escape(m.get('file', m['class']))}), "

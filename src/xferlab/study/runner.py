@@ -16,6 +16,7 @@ distributed) and builds the report on its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,14 +39,18 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.errors import XferlabError
+from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.study.environment import capture_environment
 from xferlab.study.grid import RunSpec, expand_grid, preflight, shard_specs
+from xferlab.tracking import session as tracking
+from xferlab.tracking.base import Tracker, epoch_hooks
 
 log = logging.getLogger(__name__)
 
 # Settings that choose where and how fast a run computes, not what it computes: a finished run stays valid when they
 # change (e.g. a study resumed on a GPU machine).
-EXECUTION_KEYS = ("device", "num_threads", "cuda_graphs", "inference_batch_size")
+EXECUTION_KEYS = ("device", "num_threads", "cuda_graphs", "inference_batch_size",  # speed only
+                  "track", "track_uri")  # tracking never changes results
 
 
 @dataclass
@@ -58,9 +63,11 @@ class StudyOutcome:
 
 
 def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress: bool = True,
-              shard: tuple[int, int] | None = None) -> StudyOutcome:
+              shard: tuple[int, int] | None = None, tracker: Tracker | None = None) -> StudyOutcome:
     """Train every missing run of `study` under `out`, run its audit if asked; `force` redoes everything.
     `shard` (I, N) limits this to the I-th of N parts of the grid (grid.shard_specs); the audit belongs to part 1.
+    `tracker`: the study's parent run (xferlab.tracking.session.study_run); by default one is opened, and finished
+    on return, when the study asks for `track:`.
 
     Writes out/study.yaml (the resolved study) and the environment record first, so `xferlab report` can rebuild the
     report from the folder alone. Results and the report are written by xferlab.report.build_outputs.
@@ -82,28 +89,37 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     if main:
         _prepare_folder(out, study, shard)
     outcome = StudyOutcome(out, shard=shard)
-    with tqdm(total=len(specs) + (audit is not None), desc=_bar_label(shard), unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
-        _train_runs(specs, finished, out, force, progress, outcome, bar)
+    with contextlib.ExitStack() as stack:
+        parent = tracker if tracker is not None else stack.enter_context(tracking.study_run(study, out, main))
+        bar = stack.enter_context(tqdm(total=len(specs) + (audit is not None), desc=_bar_label(shard), unit="step",
+                                       disable=not progress, dynamic_ncols=True))
+        _train_runs(specs, finished, out, force, progress, outcome, bar, parent, BootstrapSettings.of_study(study))
         shutdown()  # under torchrun the ranks part here: rank 0's audit and report must not keep them waiting
         if audit is not None:
             bar.set_postfix_str("split audit")
             outcome.audited = run_study_audit(run_audit, study.data, audit, out, force, progress)
+            tracking.audit_done(parent, out / AUDIT, ran=outcome.audited)
             bar.update()
     return outcome
 
 
 def _train_runs(specs: list[RunSpec], finished: set[str], out: Path, force: bool, progress: bool,
-                outcome: StudyOutcome, bar: tqdm) -> None:
-    """Train the runs of `specs` not in `finished`, recording trained and skipped names in `outcome`."""
+                outcome: StudyOutcome, bar: tqdm, parent: Tracker, bootstrap: BootstrapSettings) -> None:
+    """Train the runs of `specs` not in `finished`, recording trained and skipped names in `outcome`; each is a
+    nested run of the `parent` tracker (a skipped one is logged from its folder unless it was before)."""
     from xferlab.engine.run import train
 
     for spec in specs:
         bar.set_postfix_str(spec.name)
+        run_dir = out / RUNS / spec.name
         if spec.name in finished:
             outcome.skipped.append(spec.name)
+            tracking.finished_cell(parent, spec.name, run_dir, bootstrap)
         else:
-            train(spec.config, out / RUNS / spec.name, overwrite=force, progress=progress)
+            with tracking.cell_run(parent, spec.name, spec.config) as tracker:
+                hooks = {"hooks": epoch_hooks(tracker)} if tracker else {}  # untracked: train's call of before
+                train(spec.config, run_dir, overwrite=force, progress=progress, **hooks)
+                tracking.finished_run(tracker, run_dir, bootstrap)
             outcome.trained.append(spec.name)
         bar.update()
 

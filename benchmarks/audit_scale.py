@@ -1,0 +1,239 @@
+"""The split audit at 2k-230k images (issue 20): whole-audit and per-step seconds, peak RSS and the fitted growth
+exponent; the recall of the indexed leakage search against the all-pairs one; false findings over clean random
+splits. Not run by the tests.
+
+    python benchmarks/audit_scale.py sizes --sizes 2333 9333 28000 58000 --work /tmp/audit_scale
+    python benchmarks/audit_scale.py sizes --sizes 58000 230000 --given-embeddings   # backbone pass left out
+    python benchmarks/audit_scale.py recall --images 28000
+    python benchmarks/audit_scale.py clean --splits 100
+    python benchmarks/audit_scale.py detect --copies 25   # planted altered copies: detection rate per alteration
+
+Each size runs in its own process (`one`), so its peak RSS is its own. Phantoms at 32 px, `--resplits 5
+--permutations 200`, one torch thread, CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEST_SHARE = 0.15  # phantoms: test images per class as a share of all images of the class
+
+
+def _phantoms(work: Path, n: int) -> Path:
+    from xferlab.data.phantoms import generate_phantoms
+
+    per_class = n // 2
+    n_test = int(per_class * TEST_SHARE)
+    path = work / f"ph{n}"
+    if not (path / "phantoms.json").exists():
+        generate_phantoms(path, size=32, n_per_class=per_class - n_test, n_test_per_class=n_test, seed=0)
+    return path
+
+
+def one(n: int, work: Path, given_embeddings: bool) -> dict:
+    """One audit of n phantom images; seconds per step, peak RSS."""
+    from xferlab.audit import run_audit
+    from xferlab.config import AuditConfig, DataConfig
+
+    path = _phantoms(work, n)
+    out = work / f"audit{n}{'-given' if given_embeddings else ''}"
+    embeddings = None
+    if given_embeddings:  # stands in for embeddings computed elsewhere (a GPU box): 1280 columns as Lite0 gives
+        count = sum(len(np.load(f, mmap_mode="r")) for f in path.glob("*.npy"))
+        embeddings = np.random.default_rng(0).normal(size=(count, 1280)).astype(np.float32)
+    start = time.perf_counter()
+    result = run_audit(DataConfig(path=path), AuditConfig(resplits=5, permutations=200, device="cpu", num_threads=1),
+                       out, progress=False, embeddings=embeddings)
+    wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return {"images": result["dataset"]["images"], "given_embeddings": given_embeddings, "wall_s": wall,
+            "steps_s": result["seconds"], "peak_rss_gib": rss,
+            "findings": result["leakage"]["near_duplicate_images"]}
+
+
+def sizes(args: argparse.Namespace) -> None:
+    rows = []
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "one", "--n", str(n), "--work", str(args.work)]
+        cmd += ["--given-embeddings"] if args.given_embeddings else []
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    if len(rows) >= 2:
+        n = np.log([r["images"] for r in rows])
+        for key in ("total", "embedding", "leakage", "resplit"):
+            slope = np.polyfit(n, np.log([max(r["steps_s"][key], 1e-3) for r in rows]), 1)[0]
+            print(f"growth exponent ({key}): {slope:.2f}")
+
+
+def recall(args: argparse.Namespace) -> None:
+    """Indexed vs all-pairs nearest neighbours, test against train+val, for each measure the leakage search uses."""
+    from xferlab.audit.leakage import perceptual_hashes
+    from xferlab.audit.nearcopy import spectral_descriptors
+    from xferlab.audit.neighbours import nearest
+    from xferlab.config import DataConfig
+    from xferlab.data.sources import load_dataset
+
+    data = load_dataset(DataConfig(path=_phantoms(args.work, args.images)))
+    q, r = data.splits == "test", data.splits != "test"
+    rng = np.random.default_rng(0)
+    measures = {"phash (hamming)": (perceptual_hashes(data.images), "hamming"),
+                "spectral (euclidean)": (spectral_descriptors(data.images), "euclidean"),
+                # random 1280-d stand-in: Lite0 embeddings of 28k images take ~5 min here
+                "embedding stand-in (cosine)": (data.images.reshape(len(q), -1).astype(np.float32)
+                                                @ rng.normal(size=(1024, 64)).astype(np.float32), "cosine")}
+    for name, (features, metric) in measures.items():
+        t = time.perf_counter()
+        d_idx, _ = nearest(features[r], metric, features[q])
+        t_idx = time.perf_counter() - t
+        t = time.perf_counter()
+        d_ex, _ = nearest(features[r], metric, features[q], exact=True)
+        t_ex = time.perf_counter() - t
+        hit = np.isclose(d_idx, d_ex, rtol=1e-5, atol=1e-6)
+        print(f"{name}: {q.sum()} queries against {r.sum()}: recall@1 {hit.mean():.4f} "
+              f"(indexed {t_idx:.1f} s, all pairs {t_ex:.1f} s)", flush=True)
+
+
+def clean(args: argparse.Namespace) -> None:
+    """Random re-assignments of the default phantoms' splits: any aligned/phash finding is a false one."""
+    from xferlab.audit.leakage import PHASH_BITS, aligned_copies, content_hashes, near_duplicates, perceptual_hashes
+    from xferlab.audit.nearcopy import spectral_descriptors
+    from xferlab.config import AuditConfig, DataConfig
+    from xferlab.data.dataset import ImageDataset
+    from xferlab.data.phantoms import generate_phantoms
+    from xferlab.data.sources import load_dataset
+
+    path = args.work / "default32"
+    if not (path / "phantoms.json").exists():
+        generate_phantoms(path, size=32, seed=0)
+    base = load_dataset(DataConfig(path=path))
+    hashes, desc, ph = content_hashes(base.images), spectral_descriptors(base.images), perceptual_hashes(base.images)
+    false = {"aligned": 0, "phash": 0}
+    for seed in range(args.splits):
+        splits = np.random.default_rng(seed).permutation(base.splits)
+        data = ImageDataset(base.images, base.labels, base.class_names, splits, source="clean")
+        cfg = AuditConfig(seed=seed)
+        false["aligned"] += bool(aligned_copies(data, desc, hashes, cfg)[1])
+        false["phash"] += bool(near_duplicates(data, ph, "hamming", PHASH_BITS, hashes, cfg)[1])
+        print(f"split {seed}: splits with a false finding so far {false}", flush=True)
+    print(json.dumps({"images": len(base.labels), "splits": args.splits, "splits_with_false_findings": false}))
+
+
+def _crop(im: np.ndarray, frac: float) -> np.ndarray:
+    """Crop `frac` of each side's length (at least 1 px) from the bottom and right, re-exported at the original size."""
+    from PIL import Image
+
+    h, w = im.shape
+    k = max(1, round(frac * h))
+    return np.asarray(Image.fromarray(im[:h - k, :w - k]).resize((w, h), Image.BILINEAR))
+
+
+def _rescale(im: np.ndarray, frac: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = im.shape
+    return np.asarray(Image.fromarray(im).resize((round(w * (1 + frac)),) * 2, Image.BILINEAR).crop((0, 0, w, h)))
+
+
+def _jpeg(im: np.ndarray, quality: int = 75) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf))
+
+
+def _bright(im: np.ndarray) -> np.ndarray:
+    return np.clip(im * 1.1 + 8, 0, 255).astype(np.uint8)
+
+
+def _noise(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(im + rng.normal(0, 3, im.shape), 0, 255).astype(np.uint8)
+
+
+ALTERATIONS = {
+    "crop 1 px (3 % at 32 px), one corner": lambda im, rng: _crop(im, 0.01),
+    "crop 2 px (6 %), one corner": lambda im, rng: _crop(im, 0.06),
+    "rescale +3 %": lambda im, rng: _rescale(im, 0.03),
+    "JPEG quality 75": lambda im, rng: _jpeg(im),
+    "JPEG quality 50": lambda im, rng: _jpeg(im, 50),
+    "brightness +8, contrast ×1.1": lambda im, rng: _bright(im),
+    "Gaussian noise sd 3": _noise,
+    "crop 1 px + brightness + JPEG 75 + noise": lambda im, rng: _noise(_jpeg(_bright(_crop(im, 0.01))), rng),
+}
+
+
+def detect(args: argparse.Namespace) -> None:
+    """Plant `--copies` altered train images per alteration into the default phantoms' test split; detection rate per
+    alteration and per measure (aligned, perceptual hash)."""
+    from xferlab.audit.leakage import PHASH_BITS, aligned_copies, content_hashes, near_duplicates, perceptual_hashes
+    from xferlab.audit.nearcopy import spectral_descriptors
+    from xferlab.config import AuditConfig, DataConfig
+    from xferlab.data.dataset import ImageDataset
+    from xferlab.data.phantoms import generate_phantoms
+    from xferlab.data.sources import load_dataset
+
+    path = args.work / "default32"
+    if not (path / "phantoms.json").exists():
+        generate_phantoms(path, size=32, seed=0)
+    base = load_dataset(DataConfig(path=path))
+    rng = np.random.default_rng(0)
+    images, labels = base.images.copy(), base.labels.copy()
+    test = rng.permutation(base.indices("test"))
+    sources = rng.choice(base.indices("train"), args.copies * len(ALTERATIONS), replace=False)
+    planted = {}
+    for k, (name, alter) in enumerate(ALTERATIONS.items()):
+        block = slice(k * args.copies, (k + 1) * args.copies)
+        for t, s in zip(test[block], sources[block], strict=True):
+            images[t], labels[t] = alter(base.images[s], rng), labels[s]
+        planted[name] = test[block]
+    data = ImageDataset(images, labels, base.class_names, base.splits, source="planted")
+    hashes, cfg = content_hashes(images), AuditConfig(seed=0)
+    start = time.perf_counter()
+    aligned = aligned_copies(data, spectral_descriptors(images), hashes, cfg)[1]
+    phash = near_duplicates(data, perceptual_hashes(images), "hamming", PHASH_BITS, hashes, cfg)[1]
+    print(f"{len(base.labels)} images, {args.copies} copies per alteration ({time.perf_counter() - start:.0f} s)")
+    for name, idx in planted.items():
+        a, p = np.mean([i in aligned for i in idx]), np.mean([i in phash for i in idx])
+        print(f"| {name} | {a:.0%} | {p:.0%} | {np.mean([i in aligned or i in phash for i in idx]):.0%} |")
+    others = (aligned | phash) - {int(i) for idx in planted.values() for i in idx}
+    print(f"images flagged that were not planted: {len(others)}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sizes")
+    s.add_argument("--sizes", type=int, nargs="+", default=[2333, 9333, 28000, 58000])
+    s.add_argument("--given-embeddings", action="store_true")
+    o = sub.add_parser("one")
+    o.add_argument("--n", type=int, required=True)
+    o.add_argument("--given-embeddings", action="store_true")
+    r = sub.add_parser("recall")
+    r.add_argument("--images", type=int, default=28000)
+    c = sub.add_parser("clean")
+    c.add_argument("--splits", type=int, default=100)
+    d = sub.add_parser("detect")
+    d.add_argument("--copies", type=int, default=25)
+    for q in (s, o, r, c, d):
+        q.add_argument("--work", type=Path, default=Path("/tmp/audit_scale"))
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.cmd == "one":
+        print(json.dumps(one(args.n, args.work, args.given_embeddings)))
+    else:
+        {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One streaming pass over the dataset's images for everything the audit needs per image: content hashes,
+perceptual hashes, spectral descriptors, pixel statistics and (unless given) backbone embeddings. Images are read a
+chunk at a time (streamed sets are decoded per chunk), so the audit honours data.memory_budget_mb as training does."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xferlab.audit.embed import Embedder
+from xferlab.audit.leakage import content_hashes, perceptual_hashes
+from xferlab.audit.nearcopy import spectral_descriptors
+from xferlab.audit.pixels import image_statistics
+from xferlab.config import AuditConfig
+from xferlab.data.dataset import ImageDataset
+from xferlab.errors import XferlabError
+
+log = logging.getLogger(__name__)
+
+# Images decoded at once: 1024 images at 256 px are 64 MiB of uint8 (and four times that as float32 statistics).
+CHUNK = 1024
+
+
+@dataclass
+class ImageScan:
+    """Per-image arrays, dataset order."""
+
+    embeddings: np.ndarray  # N × D float32
+    hashes: np.ndarray  # N content hashes (hex strings)
+    phashes: np.ndarray  # N × 256 bool perceptual hashes
+    descriptors: np.ndarray  # N × D float32 spectral descriptors (nearcopy)
+    pixel_stats: np.ndarray  # N × len(pixels.STATS)
+
+
+def load_embeddings(source: np.ndarray | str | Path, n: int) -> np.ndarray:
+    """Precomputed embeddings: an N × D array or a .npy file of one, one row per image in dataset order."""
+    where = str(source) if not isinstance(source, np.ndarray) else "embeddings"
+    if isinstance(source, np.ndarray):
+        array = source
+    else:
+        try:
+            array = np.load(source, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise XferlabError(f"{where}: cannot load the embeddings ({err}); save an N × D float array with "
+                               "np.save, one row per image in dataset order") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise XferlabError(f"{where}: embeddings must be a 2-D numeric array (N images × D features), got "
+                           f"{getattr(array, 'shape', type(array).__name__)}")
+    if len(array) != n:
+        raise XferlabError(f"{where}: {len(array)} embedding rows for {n} images; give one row per image in dataset "
+                           "order (the order `xferlab audit` loads the data in)")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise XferlabError(f"{where}: embeddings contain NaN or infinity; recompute them")
+    return array
+
+
+def scan_dataset(data: ImageDataset, cfg: AuditConfig, embeddings: np.ndarray | None = None,
+                 progress: bool = True) -> ImageScan:
+    """Every per-image array the audit uses, from one pass over the images a chunk at a time."""
+    embedder = None if embeddings is not None else Embedder(data, cfg)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("embeddings", "hashes", "phashes", "descriptors",
+                                                          "pixel_stats")}
+    starts = range(0, len(data.labels), CHUNK)
+    for start in tqdm(starts, desc="scanning images", unit="chunk", disable=not progress, leave=False):
+        images = data.images[start:start + CHUNK]
+        parts["hashes"].append(content_hashes(images))
+        parts["phashes"].append(perceptual_hashes(images))
+        parts["descriptors"].append(spectral_descriptors(images))
+        parts["pixel_stats"].append(image_statistics(images))
+        if embedder is not None:
+            parts["embeddings"].append(embedder(images))
+    if embedder is not None:
+        embeddings = np.concatenate(parts["embeddings"])
+        embedder.check(embeddings)
+    return ImageScan(embeddings=embeddings, **{k: np.concatenate(v) for k, v in parts.items() if k != "embeddings"})

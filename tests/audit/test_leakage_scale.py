@@ -1,0 +1,194 @@
+"""The leakage search at scale (issue 20) and the copies a re-export hides (issue 17): the indexed search finds what
+the all-pairs search finds, planted altered copies are found per alteration, clean random splits give no finding,
+and precomputed embeddings replace the backbone pass."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xferlab.audit.leakage import aligned_copies, content_hashes, leakage_audit, perceptual_hashes
+from xferlab.audit.nearcopy import aligned_similarities, spectral_descriptors
+from xferlab.audit.neighbours import nearest
+from xferlab.cli import main
+from xferlab.config import AuditConfig, DataConfig
+from xferlab.data.dataset import ImageDataset
+from xferlab.data.phantoms import generate_phantoms
+from xferlab.data.sources import load_dataset
+
+PLANTED = 20  # copies per alteration
+
+
+def crop(im: np.ndarray, frac: float) -> np.ndarray:
+    """Crop `frac` of the side (at least one pixel, all from the bottom-right: the largest displacement) and
+    re-export at the original size."""
+    h, w = im.shape
+    k = max(1, round(frac * h))
+    return np.asarray(Image.fromarray(im[:h - k, :w - k]).resize((w, h), Image.BILINEAR))
+
+
+def jpeg(im: np.ndarray, quality: int = 75) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf))
+
+
+def brightness(im: np.ndarray) -> np.ndarray:
+    return np.clip(im * 1.1 + 8, 0, 255).astype(np.uint8)
+
+
+def noise(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(im + rng.normal(0, 3, im.shape), 0, 255).astype(np.uint8)
+
+
+ALTERATIONS = {
+    "crop 3 %": lambda im, rng: crop(im, 0.03),
+    "rescale 2 %": lambda im, rng: np.asarray(Image.fromarray(im).resize((33, 33), Image.BILINEAR).crop((0, 0, 32,
+                                                                                                         32))),
+    "jpeg q75": lambda im, rng: jpeg(im),
+    "brightness/contrast": lambda im, rng: brightness(im),
+    "noise sd 3": noise,
+    "combined": lambda im, rng: noise(jpeg(brightness(crop(im, 0.03))), rng),
+}
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> ImageDataset:
+    path = generate_phantoms(tmp_path_factory.mktemp("scale") / "ph", size=32, n_per_class=250, n_test_per_class=80)
+    return load_dataset(DataConfig(path=path))
+
+
+@pytest.fixture(scope="module")
+def planted(phantoms) -> tuple[ImageDataset, dict[str, list[tuple[int, int]]]]:
+    """The phantoms with PLANTED test images per alteration replaced by altered copies of train images."""
+    rng = np.random.default_rng(0)
+    images = phantoms.images.copy()
+    train, test = phantoms.indices("train"), rng.permutation(phantoms.indices("test"))
+    sources = rng.choice(train, PLANTED * len(ALTERATIONS), replace=False)
+    labels = phantoms.labels.copy()
+    where: dict[str, list[tuple[int, int]]] = {}
+    for k, (name, alter) in enumerate(ALTERATIONS.items()):
+        block = slice(k * PLANTED, (k + 1) * PLANTED)
+        for t, s in zip(test[block], sources[block], strict=True):
+            images[t] = alter(phantoms.images[s], rng)
+            labels[t] = labels[s]
+        where[name] = list(zip(test[block].tolist(), sources[block].tolist(), strict=True))
+    data = ImageDataset(images, labels, phantoms.class_names, phantoms.splits, source="planted")
+    return data, where
+
+
+def _pairs(result: dict) -> set[tuple[int, int]]:
+    return {(p["query"]["index"], p["match"]["index"]) for p in result.get("pairs", [])}
+
+
+def test_indexed_search_finds_the_same_pairs_as_all_pairs(planted):
+    data, _ = planted
+    rng = np.random.default_rng(1)
+    # stand-in embeddings: each image's pixels projected at random (the search, not the backbone, is under test)
+    embeddings = data.images.reshape(len(data.labels), -1).astype(np.float32) @ rng.normal(size=(1024, 64))
+    cfg = AuditConfig(seed=0)
+    arrays = {"hashes": content_hashes(data.images), "phashes": perceptual_hashes(data.images),
+              "descriptors": spectral_descriptors(data.images)}
+    indexed = leakage_audit(data, embeddings, cfg, **arrays)
+    exact = leakage_audit(data, embeddings, cfg, exact=True, **arrays)
+    for kind in ("phash", "embedding", "aligned"):
+        assert indexed[kind]["status"] == exact[kind]["status"]
+        assert indexed[kind].get("threshold") == exact[kind].get("threshold")
+        assert _pairs(indexed[kind]) == _pairs(exact[kind]), kind
+    assert indexed["aligned"]["count"] >= 0.95 * PLANTED * len(ALTERATIONS)
+
+
+def test_planted_altered_copies_are_found_per_alteration(planted):
+    data, where = planted
+    result, flagged = aligned_copies(data, spectral_descriptors(data.images), content_hashes(data.images),
+                                     AuditConfig(seed=0))
+    found = _pairs(result)
+    assert result["status"] == "ok" and result["count"] == len(found)  # fewer than MAX_LISTED: all listed
+    for name, copies in where.items():
+        rate = np.mean([pair in found for pair in copies])
+        assert rate >= 0.95, f"{name}: {rate:.0%} of planted copies found"
+    planted_queries = {t for copies in where.values() for t, _ in copies}
+    assert flagged <= planted_queries  # nothing else is called a copy
+
+
+@pytest.mark.parametrize("seed", [1])  # more splits: benchmarks/audit_scale.py --clean-splits 100
+def test_clean_random_splits_give_no_aligned_finding(phantoms, seed):
+    rng = np.random.default_rng(seed)
+    splits = rng.permutation(phantoms.splits)
+    data = ImageDataset(phantoms.images, phantoms.labels, phantoms.class_names, splits, source="clean")
+    result, flagged = aligned_copies(data, spectral_descriptors(data.images), content_hashes(data.images),
+                                     AuditConfig(seed=seed))
+    assert result["status"] == "ok" and result["count"] == 0 and not flagged
+
+
+def test_alignment_scores_one_for_the_same_picture_and_less_for_another(phantoms):
+    a = phantoms.images[:4]
+    assert np.allclose(aligned_similarities(a, brightness_stack(a)), 1.0, atol=1e-3)
+    assert (aligned_similarities(a, phantoms.images[4:8]) < 0.99).all()
+
+
+def brightness_stack(images: np.ndarray) -> np.ndarray:
+    return np.stack([brightness(im) for im in images])
+
+
+def test_indexed_nearest_matches_brute_force_on_well_separated_points():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(1500, 40)).astype(np.float32)
+    query = ref[:200] + rng.normal(scale=0.01, size=(200, 40)).astype(np.float32)
+    dist, idx = nearest(ref, "cosine", query)
+    assert (idx == np.arange(200)).all() and (dist < 1e-3).all()
+    bits = rng.random((1500, 256)) < 0.5
+    noisy = bits[:200] ^ (rng.random((200, 256)) < 0.02)
+    dist, idx = nearest(bits, "hamming", noisy)
+    exact_dist, _ = nearest(bits, "hamming", noisy, exact=True)
+    assert (idx == np.arange(200)).all() and np.allclose(dist, exact_dist)
+
+
+def test_precomputed_embeddings_replace_the_backbone(tiny_npy, tmp_path, capsys):
+    path = str(tiny_npy)
+    rng = np.random.default_rng(0)
+    good = tmp_path / "emb.npy"
+    np.save(good, rng.normal(size=(len(load_dataset(DataConfig(path=path)).labels), 16)).astype(np.float32))
+    out = tmp_path / "audit"
+    rc = main(["audit", "--data", path, "--out", str(out), "--embeddings", str(good), "--resplits", "0",
+               "--permutations", "19", "--weights", "missing.pt", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err  # the weights file is never read: no backbone pass
+    capsys.readouterr()
+    bad = tmp_path / "short.npy"
+    np.save(bad, np.zeros((3, 16), dtype=np.float32))
+    rc = main(["audit", "--data", path, "--out", str(tmp_path / "a2"), "--embeddings", str(bad), "--resplits", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "short.npy" in err and "3 embedding rows for " in err
+    assert not (tmp_path / "a2").exists()
+
+
+def test_the_streaming_pass_over_files_equals_the_in_memory_one(tmp_path):
+    from tinydata import write_tiny_folder
+    from xferlab.audit.scan import scan_dataset
+
+    root = write_tiny_folder(tmp_path / "folder")
+    loaded = load_dataset(DataConfig(path=root, format="folder"))
+    streamed = load_dataset(DataConfig(path=root, format="folder", memory_budget_mb=0))
+    assert streamed.streamed and not loaded.streamed
+    given = np.random.default_rng(0).normal(size=(len(loaded.labels), 8)).astype(np.float32)
+    a, b = scan_dataset(loaded, AuditConfig(), given, False), scan_dataset(streamed, AuditConfig(), given, False)
+    for field in ("hashes", "phashes", "descriptors", "pixel_stats"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_registration_finds_the_shift_scikit_image_finds(phantoms):
+    from scipy import ndimage
+    from skimage.registration import phase_cross_correlation
+
+    from xferlab.audit.nearcopy import UPSAMPLE, _band, _register
+
+    a = _band(phantoms.images[:12].astype(np.float64))
+    b = _band(np.stack([ndimage.shift(im.astype(np.float64), (0.75, -1.25), mode="nearest")
+                        for im in phantoms.images[:12]]))
+    _, shifts = _register(np.fft.fft2(a), b)
+    expected = [phase_cross_correlation(x, y, upsample_factor=UPSAMPLE, normalization=None)[0] for x, y in zip(a, b,
+                                                                                                            strict=True)]
+    assert np.array_equal(shifts, np.array(expected))
