@@ -34,7 +34,7 @@ def rerun_hint(run_dir: Path) -> str:
     if run_dir.parent.name == "runs":
         return (f"delete {run_dir} and rerun `xferlab study` with the same --out (only missing runs are trained), "
                 "or retrain it with `xferlab train`")
-    return f"retrain it: rerun `xferlab train` with the settings of its config.yaml and a new --out"
+    return "retrain it: rerun `xferlab train` with the settings of its config.yaml and a new --out"
 
 
 def damaged(path: Path, problem: str) -> XferlabError:

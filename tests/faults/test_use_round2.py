@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from faultkit import tree
-from tinydata import write_tiny_npy
 
 import xferlab
+from tinydata import write_tiny_npy
 from xferlab import artifacts
 from xferlab.cli import main
 from xferlab.config import DataConfig, TrainConfig
@@ -35,11 +35,15 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     return root / "run", data / "test_pneumonia.npy"
 
 
+def _link_weights(src: str, dst: str) -> None:
+    (os.link if src.endswith("model.pt") else shutil.copy2)(src, dst)
+
+
 @pytest.fixture
 def run(tiny, tmp_path) -> Path:
     """A private copy of the run (model.pt hard-linked: a test that edits it unlinks it first)."""
     out = tmp_path / "run"
-    shutil.copytree(tiny[0], out, copy_function=lambda s, d: (os.link if s.endswith("model.pt") else shutil.copy2)(s, d))
+    shutil.copytree(tiny[0], out, copy_function=_link_weights)
     return out
 
 
