@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks   # lint and import order (pyproject.toml [tool.ruff]); fails on a violation
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome \
+		>/dev/null 2>&1 || echo "make test: chromium is not installed, so the browser test (marker browser) will \
+	not run; install it with: apt-get install chromium"
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -117,14 +117,15 @@ def clean(args: argparse.Namespace) -> None:
     base = load_dataset(DataConfig(path=path))
     hashes, desc, ph = content_hashes(base.images), spectral_descriptors(base.images), perceptual_hashes(base.images)
     false = {"aligned": 0, "phash": 0}
-    for seed in range(args.splits):
+    for seed in range(args.first, args.first + args.splits):
         splits = np.random.default_rng(seed).permutation(base.splits)
         data = ImageDataset(base.images, base.labels, base.class_names, splits, source="clean")
         cfg = AuditConfig(seed=seed)
         false["aligned"] += bool(aligned_copies(data, desc, hashes, cfg)[1])
         false["phash"] += bool(near_duplicates(data, ph, "hamming", PHASH_BITS, hashes, cfg)[1])
         print(f"split {seed}: splits with a false finding so far {false}", flush=True)
-    print(json.dumps({"images": len(base.labels), "splits": args.splits, "splits_with_false_findings": false}))
+    print(json.dumps({"images": len(base.labels), "splits": args.splits, "first_seed": args.first,
+                      "splits_with_false_findings": false}))
 
 
 def _crop(im: np.ndarray, frac: float) -> np.ndarray:
@@ -223,6 +224,7 @@ def main() -> None:
     r.add_argument("--images", type=int, default=28000)
     c = sub.add_parser("clean")
     c.add_argument("--splits", type=int, default=100)
+    c.add_argument("--first", type=int, default=0, help="first split seed (continue an interrupted run)")
     d = sub.add_parser("detect")
     d.add_argument("--copies", type=int, default=25)
     for q in (s, o, r, c, d):

@@ -71,3 +71,19 @@ def test_a_folder_from_a_newer_schema_is_refused(tmp_path):
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "schema_version": artifacts.SCHEMA_VERSION + 1}))
     with pytest.raises(XferlabError, match="newer than this xferlab reads"):
         artifacts.read_run(tmp_path / "run")
+
+
+def test_a_legacy_study_gains_the_honest_results_fields_when_rebuilt(tmp_path):
+    """results.json of an old folder lacks flags, calibration and operating points; rebuilding adds them (same
+    schema version: the fields are additive and every one is recomputed from predictions.npz)."""
+    from xferlab.report import build_outputs
+
+    old = artifacts.read_results(LEGACY / "study")["runs"][0]
+    assert "flags" not in old and "calibration" not in old
+    copy = tmp_path / "study"
+    shutil.copytree(LEGACY / "study", copy)
+    build_outputs(copy)
+    new = artifacts.read_results(copy)["runs"][0]
+    assert set(new["flags"]) == set(artifacts.EVAL_SPLITS) and isinstance(new["degenerate"], bool)
+    assert new["calibration"]["test"]["ece"] == pytest.approx(new["test"]["metrics"]["ece"]["value"])
+    assert new["calibration"]["test"]["brier"] == pytest.approx(new["test"]["metrics"]["brier"]["value"])

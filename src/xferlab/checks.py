@@ -5,7 +5,7 @@ This module knows what a valid file holds, not where it is: xferlab.artifacts ow
 checks from its readers (read_run, read_checkpoint, read_results), so every reader of a saved folder (the report
 today; predict, export and the Python API as they come) gets the same errors. Like artifacts it sits at the bottom
 of the layers (it imports only xferlab.errors); checks that need the config models or the backbone registry take
-their answers as arguments (check_checkpoint's feature_dim) or live above (study.results.check_run).
+their answers as arguments (check_checkpoint's feature_dim) or live above (engine.saved.check_run).
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ _PROB_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; a hand
 
 
 def rerun_hint(run_dir: Path) -> str:
-    """What to do about a damaged run folder of a study (or a lone run)."""
-    return (f"delete {run_dir} and rerun `xferlab study` with the same --out (only missing runs are trained), "
-            "or retrain it with `xferlab train`")
+    """What to do about a damaged run folder: a study's run (under runs/) is retrained by resuming the study; a lone
+    run of `xferlab train` is trained again from its own config.yaml."""
+    run_dir = Path(run_dir)
+    if run_dir.parent.name == "runs":
+        return (f"delete {run_dir} and rerun `xferlab study` with the same --out (only missing runs are trained), "
+                "or retrain it with `xferlab train`")
+    return "retrain it: rerun `xferlab train` with the settings of its config.yaml and a new --out"
 
 
 def damaged(path: Path, problem: str) -> XferlabError:

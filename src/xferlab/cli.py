@@ -26,7 +26,7 @@ log = logging.getLogger("xferlab")
 DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "allow_external_links",
                 "memory_budget_mb", "loader_workers")
 TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
-                 "num_threads", "test_bn")
+                 "num_threads", "cuda_graphs", "inference_batch_size", "test_bn")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
 AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads",
                  "shortcut_run")
@@ -40,10 +40,15 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and "default" not in text:
+        if _shows_default(action) and "default" not in text:
             # "default" already in the text: the option's help says it (or an option without help got it above)
             text += " (default: %(default)s)"
         return text
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """An option whose default is worth showing: given (not None, SUPPRESS or a store_true's False); 0 is shown."""
+    return bool(action.option_strings) and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
 
 
 def _option_type(annotation) -> tuple[type | None, list | None, bool]:
@@ -69,7 +74,7 @@ def add_model_options(group, model, names: tuple[str, ...]) -> None:
         text = (field.description or name.replace("_", " ")).replace("%", "%%")
         if repeatable:  # the option replaces the YAML's whole list
             text += "; repeat the option for several"
-        default = "" if field.default is None else f" (default: {_shown(field.default)})"
+        default = "" if field.default is None or field.is_required() else f" (default: {_shown(field.default)})"
         flag = "--" + OPTION_NAMES.get(name, name).replace("_", "-")
         dest = OPTION_NAMES.get(name, name)
         if kind is bool:
@@ -111,20 +116,57 @@ def _add_speed_args(g) -> None:
     add_model_options(g, TrainConfig, SPEED_OPTIONS)
 
 
+DESCRIPTION = """Transfer-learning studies on chest X-rays (or any image classes), offline.
+Which pretrained backbone, frozen or fine-tuned, and can the test split be trusted?"""
+EPILOG = """first steps:
+  xferlab demo                                   the offline demo study -> runs/demo/report.html
+  xferlab phantoms data/phantoms                 synthetic chest radiographs to try things on
+  xferlab train --data data/phantoms --backbone efficientnet_lite0 --out runs/lite0
+  xferlab study reference --data DIR             the reference study (configs/reference.yaml)
+  xferlab audit --data DIR                       can this test split be trusted?
+`xferlab COMMAND --help` lists a command's options."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xferlab")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """-v and -q, accepted before or after the command; SUPPRESS so a subcommand's absent flag keeps the top's."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show xferlab's debug messages (other libraries stay at warnings)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress output; results and errors only")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xferlab", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from xferlab.data.phantoms import DEFAULT_N_PER_CLASS, DEFAULT_N_TEST_PER_CLASS, DEFAULT_SIZE
+
+    common = _output_options()
+    parser = argparse.ArgumentParser(prog="xferlab", description=DESCRIPTION, epilog=EPILOG, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"xferlab {_version()}")
+    sub = _SubcommandsWithParents(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     p = sub.add_parser("phantoms", help="write synthetic chest-radiograph phantoms in the npy layout")
-    p.add_argument("out", type=Path)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--n-per-class", type=int, help="train-pool images per class (80%% train, 20%% val)")
-    p.add_argument("--n-test-per-class", type=int)
+    p.add_argument("out", type=Path, help="folder to write (<class>.npy, test_<class>.npy, phantoms.json)")
+    p.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
+                   help="image side in pixels")
+    p.add_argument("--n-per-class", type=_positive_int,
+                   help=f"train-pool images per class, 80%% train and 20%% val (default: {DEFAULT_N_PER_CLASS})")
+    p.add_argument("--n-test-per-class", type=_positive_int,
+                   help=f"test images per class (default: {DEFAULT_N_TEST_PER_CLASS})")
     p.add_argument("--shift", choices=["none", "acquisition", "shortcut"], default="none",
                    help="acquisition: render the test split as if from another site; shortcut: a burned-in marker "
                         "with 90%% of pneumonia and 10%% of normal train/val images, none in test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
     p = sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
     p.add_argument("--all", action="store_true", help="also every timm model with pretrained weights (timm:NAME) "
@@ -143,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="train every run this many epochs (a quick look)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="train every run this many epochs, >= 1 (a quick look); default: configs/demo.yaml's")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
 
     p = sub.add_parser("bench", help="training-step and inference throughput and FLOPs per image, as JSON")
@@ -166,15 +209,40 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         command.formatter_class = DefaultsFormatter
         for action in command._actions:  # an option without help text still shows its default
-            if not action.help and action.option_strings and action.default not in (None, False):
+            if not action.help and _shows_default(action):
                 action.help = "default: %(default)s"
     return parser
 
 
+class _SubcommandsWithParents:
+    """add_parser with the shared -v/-q options and the one-line help as the command's description."""
+
+    def __init__(self, sub, common: argparse.ArgumentParser):
+        self.sub, self.common = sub, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+    @property
+    def choices(self) -> dict[str, argparse.ArgumentParser]:
+        return self.sub.choices
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give one >= 1, e.g. 3") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1; give a whole number >= 1, e.g. 3")
+    return value
+
+
 def _add_study_parsers(sub) -> None:
     p = sub.add_parser("study", help="train a grid of backbones × regimes × seeds; results.csv/json and report.html")
-    p.add_argument("study", type=Path, help="study YAML (see configs/reference.yaml)")
-    p.add_argument("--out", type=Path, help="study folder (default runs/<YAML name>)")
+    p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")
+    p.add_argument("--out", type=Path, help="study folder (default: runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
@@ -198,7 +266,7 @@ def _add_audit_parser(sub) -> None:
     _add_data_args(p)
     from xferlab.config import AuditConfig, TrackOptions
 
-    add_model_options(p.add_argument_group("audit (defaults: xferlab.config.AuditConfig)"), AuditConfig, AUDIT_OPTIONS)
+    add_model_options(p.add_argument_group("audit"), AuditConfig, AUDIT_OPTIONS)
     _add_track_args(p, TrackOptions)
     p.add_argument("--embeddings", type=Path, help="precomputed embeddings (.npy, one row per image in dataset "
                    "order) instead of the backbone pass")
@@ -245,7 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
     with tracking.train_run(cfg, args.out, enabled=is_main_process()) as tracker:
-        result = train(cfg, args.out, overwrite=args.overwrite, hooks=epoch_hooks(tracker))
+        result = train(cfg, args.out, overwrite=args.overwrite, progress=not _quiet(args), hooks=epoch_hooks(tracker))
         if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
             from xferlab.report.figures import write_run_curves
 
@@ -288,9 +356,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     for name in list_backbones():
         spec = get_spec(name)
         body = spec.build(224)
-        rows.append((name, f"{count_parameters(body) / 1e6:.1f}M", spec.feature_dim,
+        rows.append((name, f"{count_parameters(body) / 1e6:.2f}M", spec.feature_dim,
                      "yes" if spec.weights.available() else "no", spec.weights.describe()))
-    _print_table(("backbone", "params", "features", "offline weights", "weights source"), rows)
+    _print_table(("backbone", "params (backbone, no head)", "features", "offline weights", "weights source"), rows)
     print("more: xferlab backbones --all (timm:NAME, xrv:WEIGHTS) or --filter GLOB")
     return 0
 
@@ -318,7 +386,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from xferlab.demo import run_demo
     from xferlab.study.summary import summary_table
 
-    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force)
+    results, report, seconds = run_demo(args.out, epochs=args.epochs, force=args.force, progress=not _quiet(args))
     print(f"\n{summary_table(results)}")
     print(f"demo finished in {seconds:.0f}s; report: {report}")
     return 0
@@ -333,12 +401,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.tracking import session as tracking
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    study = load_study(args.study, data=args.data, train={"device": args.device} if args.device else None)
+    study = load_study(_study_file(args.study), data=args.data, train={"device": args.device} if args.device else None)
     _override_tracking(study, args)
     out = args.out or Path("runs") / args.study.stem
     try:
         with tracking.study_run(study, out, enabled=is_main_process()) as parent:  # the parent run, with --track
-            outcome = run_study(study, out, force=args.force, shard=shard, tracker=parent)
+            outcome = run_study(study, out, force=args.force, shard=shard, tracker=parent,
+                                progress=not _quiet(args))
             # other shards may still be running: the report is built once, by `xferlab report`
             if is_main_process() and shard is None:
                 results, report = build_outputs(out)
@@ -358,6 +427,23 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(summary_table(results))
     print(f"report: {report}")
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+def _study_file(path: Path) -> Path:
+    """The study YAML: the path given, or a bundled config by name (`reference` -> configs/reference.yaml)."""
+    if path.exists() or path.suffix:
+        return path
+    from xferlab.demo import config_path
+
+    try:
+        return config_path(f"{path.name}.yaml")
+    except XferlabError:
+        raise XferlabError(f"{path}: no such study file or bundled study; give a YAML path, or one of the bundled "
+                           "names: reference, demo, pretraining") from None
 
 
 def _override_tracking(config, args: argparse.Namespace) -> None:
@@ -452,7 +538,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     data_cfg, audit_cfg, track = _audit_configs(args)
     with tracking.audit_run(track.track, track.track_uri, data_cfg, audit_cfg, args.out) as tracker:
         with staged_dir(args.out, overwrite=args.overwrite) as stage:
-            result = run_audit(data_cfg, audit_cfg, stage, embeddings=args.embeddings)
+            result = run_audit(data_cfg, audit_cfg, stage, embeddings=args.embeddings,
+                               progress=not _quiet(args))
         tracking.audited(tracker, args.out)
     verdict = result["verdict"]
     print(f"{verdict['level'].upper()}: {verdict['headline']}")
@@ -480,6 +567,31 @@ def _check_launch(command: str) -> None:
     if launched_by_torchrun() and env_world()[1] > 1:
         raise XferlabError(f"`xferlab {command}` runs as one process; start it without torchrun (only "
                            f"{' and '.join(DISTRIBUTED_COMMANDS)} are distributed)")
+
+
+def _setup_output(verbose: bool, quiet: bool) -> None:
+    """Other libraries' loggers stay at WARNING (Pillow and matplotlib log a flood at DEBUG); -v lowers xferlab's own
+    logger only. --quiet silences progress."""
+    from xferlab.engine.progress import set_quiet
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    set_quiet(quiet)
+
+
+def _with_fix(err: XferlabError, command: str) -> str:
+    """The error text, with the fix that works for this command where the library cannot know it."""
+    from xferlab.backbones.weights import WeightsUnavailable
+
+    if not isinstance(err, WeightsUnavailable):
+        return str(err)
+    from xferlab.backbones.registry import get_spec, list_backbones
+
+    offline = ", ".join(n for n in list_backbones() if get_spec(n).weights.available()) or "none"
+    if command == "study":
+        return (f"{err.reason}; or set train: {{weights: none}} in the study YAML (random weights), or list "
+                f"backbones whose weights are available offline: {offline}")
+    return f"{err}; backbones whose weights are available offline: {offline}"
 
 
 def _printable(text: str) -> str:
@@ -518,14 +630,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    _setup_output(getattr(args, "verbose", False), getattr(args, "quiet", False))
     status = 1  # an unexpected exception propagates with its traceback
     try:
         with _sigterm_as_interrupt():
             _check_launch(args.command)
             status = COMMANDS[args.command](args)
     except XferlabError as err:
-        print(f"error: {_printable(str(err))}", file=sys.stderr)
+        print(f"error: {_printable(_with_fix(err, args.command))}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt as stop:
         print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)

@@ -97,6 +97,16 @@ class TrainConfig(_Strict):
     )
     test_bn_min_images: int = Field(32, ge=2, description="--test-bn adapt is refused for a split with fewer images")
 
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay training steps from CUDA graphs (a fixed backbone's head: one graph per epoch; "
+        "fine-tuning: one per full batch, the short last batch eager); auto: on for one CUDA process without "
+        "--compile; a no-op on CPU. Changes results only by float rounding"
+    )
+    inference_batch_size: int | None = Field(
+        None, gt=0, description="batch size of the fixed-backbone feature pass (no gradients, so larger than the "
+        "training batch costs only memory); default: 256 on CUDA, the training batch on CPU. Float rounding aside, "
+        "changes no result"
+    )
     track: list[TrackerName] = TRACK_FIELD
     track_uri: str | None = TRACK_URI_FIELD
 
@@ -222,6 +232,8 @@ class StudyConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100, description="resamples of every bootstrap confidence interval")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0
+    target_sensitivity: float = Field(0.95, gt=0, lt=1, description="operating point: the threshold chosen on val "
+                                      "that reaches this sensitivity, reported on test")
     audit: AuditConfig | None = None
     explain: bool = Field(False, description="Grad-CAM explanations of every run into DIR/explain (xferlab explain)")
     track: list[TrackerName] = TRACK_FIELD

@@ -1,5 +1,5 @@
 """Report fixtures: one real study (2 backbones × 2 regimes, one epoch, tiny phantoms) with a stand-in split audit,
-trained once per module; tests build the report from its saved folders."""
+trained once per session; tests build the report from its saved folders."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def fake_audit(monkeypatch):
     install_fake_audit(monkeypatch)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one tiny study for every report test: training it is the slow part
 def study_dir(tmp_path_factory) -> Path:
     from xferlab.data.phantoms import generate_phantoms
     from xferlab.study import load_study, run_study

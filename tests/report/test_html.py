@@ -52,8 +52,8 @@ def test_the_report_has_every_section_and_is_self_contained(study_dir, fake_audi
     assert "url(" not in page.css and "@import" not in page.css
     for tag, attr, url in page.urls:  # links stay inside the page, images are inline PNGs
         assert url.startswith("#") if attr == "href" else url.startswith("data:image/png;base64,"), (tag, url[:60])
-    # comparison 1 + curves 4 + timing 1 + confusion 4 + ROC 1 + the audit's own 1
-    assert len(page.images) == 12
+    # comparison 1 + curves 4 + timing 1 + confusion 4 + ROC 1 + reliability 1 + the audit's own 1
+    assert len(page.images) == 13
     for src in page.images:
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     html = report.read_text()
@@ -112,3 +112,19 @@ def test_a_damaged_run_folder_is_a_clear_error(study_dir, tmp_path, missing, cap
     (copy / "runs" / "resnet18-frozen-seed0" / missing).unlink()
     assert main(["report", str(copy)]) == 2
     assert f"resnet18-frozen-seed0/{missing}: missing" in capsys.readouterr().err
+
+
+def test_the_report_shows_calibration_and_operating_points(study_dir):
+    from xferlab.report.calibration import render_calibration_section
+    from xferlab.report.html import _figure, _table
+    from xferlab.study import collect_results
+
+    results = collect_results(study_dir)
+    section = render_calibration_section(results, _table, _figure)
+    assert section.startswith('<section id="calibration">')
+    record = results.records[0]
+    cal = record.calibration["test"]
+    assert f"<td>{cal['ece']:.3f}</td>" in section and "Guo et al. 2017" in section
+    youden = record.operating_points[0]
+    assert youden["rule"] == "youden" and f"<td>{youden['threshold']:.3f}</td>" in section
+    assert "sensitivity 0.95" in section and 'alt="reliability diagrams"' in section

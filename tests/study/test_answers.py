@@ -29,7 +29,7 @@ def _answers(results):
 def test_a_clearly_better_bigger_backbone_is_called_better_beyond_the_intervals(make_study):
     results = make_study({("small", "frozen"): (0.95, 0.60, 1.0), ("big", "frozen"): (0.95, 0.95, 2.0)})
     answer = _answers(results)["backbone_size"]
-    assert "big (5.0M parameters) vs small (1.0M)" in answer.headline
+    assert "big (5.0M parameters in total) vs small (1.0M)" in answer.headline
     assert "the bigger backbone is better beyond the CI when frozen" in answer.headline
     assert "big 95.0% vs small 60.0% test accuracy; difference +35.0 points" in answer.details[0]
 
@@ -44,7 +44,7 @@ def test_a_small_difference_is_not_called_beyond_the_intervals(make_study):
 def test_finetuning_gain_and_time_cost_come_from_the_runs(make_study):
     results = make_study({("small", "frozen"): (0.9, 0.70, 10.0), ("small", "finetune"): (0.95, 0.90, 45.0)})
     answer = _answers(results)["finetune_gain"]
-    assert answer.headline == ("small: finetune +20.0 points test accuracy (beyond the uncertainty) at 4.5× the "
+    assert answer.headline == ("small: fine-tuning +20.0 points test accuracy (beyond the uncertainty) at 4.5× the "
                                "training time.")
     assert "training time 45 s vs 10 s (4.5×)" in answer.details[0]
     assert "backbone_size" not in _answers(results)  # one backbone: no size question
@@ -61,3 +61,16 @@ def test_agreeing_val_and_test_raise_no_alarm(make_study):
     results = make_study({("small", "frozen"): (0.85, 0.85, 1.0)})
     answer = _answers(results)["val_test_gap"]
     assert "do not overlap in 0 of 1" in answer.headline and "nothing here suggests" in answer.details[0]
+
+
+def test_regimes_are_named_in_english_and_adabn_is_not_called_fine_tuning(make_study):
+    results = make_study({("small", "frozen"): (0.95, 0.60, 1.0), ("big", "frozen"): (0.95, 0.60, 2.0),
+                          ("small", "finetune"): (0.95, 0.60, 1.0), ("big", "finetune"): (0.95, 0.95, 2.0),
+                          ("small", "adabn"): (0.95, 0.62, 1.0)})
+    answers = _answers(results)
+    assert "the bigger backbone is better beyond the CI when fine-tuned, not when frozen." in \
+        answers["backbone_size"].headline
+    gain = answers["finetune_gain"]
+    assert "AdaBN (re-estimated BatchNorm statistics)" in gain.question
+    assert "small: AdaBN (BatchNorm statistics re-estimated on train, weights frozen) +1.7 points" in gain.headline
+    assert "finetune" not in gain.headline

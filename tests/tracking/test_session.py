@@ -46,6 +46,15 @@ def _tb_series(acc, key: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(key)]
 
 
+def _tb_hparams(logdir: Path, *keys: str) -> list[str]:
+    """String hparams of a run's HParams session (where TensorBoard shows a run's tags)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = _accumulator(logdir).PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    return [start.session_start_info.hparams[k].string_value for k in keys]
+
+
 def _runs(client, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     return list(client.search_runs([exp.experiment_id])) if exp is not None else []
@@ -160,6 +169,10 @@ def test_a_study_is_a_parent_run_with_nested_runs_logged_once_across_resumes(tmp
         for key in ("test_accuracy", "test_accuracy_low", "test_accuracy_high", "val_auroc_low"):
             assert child.data.metrics[key] == pytest.approx(float(results[name][key]))  # the report's own CIs
         assert _tb_series(_accumulator(out / "tb" / name), "val_acc") == _series(rows, "val_acc")  # not doubled
+        flags = {"flags.val": results[name]["val_flags"] or "none", "flags.test": results[name]["test_flags"] or "none",
+                 "degenerate": results[name]["degenerate"].lower()}  # results.csv's degenerate-run flags
+        assert {k: child.data.tags[k] for k in flags} == flags
+        assert _tb_hparams(out / "tb" / name, *(f"tag.{k}" for k in flags)) == list(flags.values())
     assert {"report.html", "results.csv", "results.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     audit = artifacts.read_audit(out / "audit").result  # as the tracker reads it (no schema_version)
     assert parent.data.tags["audit.verdict"] == audit["verdict"]["level"]

@@ -17,9 +17,12 @@ from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
-from xferlab.style import SPLIT_COLOURS  # noqa: E402
+from xferlab.style import FONT_RC, SPLIT_COLOURS, SPLIT_MARKERS  # noqa: E402
 
-MARKERS = "os^Dvx+*"
+matplotlib.rcParams.update(FONT_RC)  # the report's font sizes (xferlab.style), legible at the report's size
+
+MARKERS = "os^Dv<>p"  # fillable markers: test points are drawn hollow
+CLASS_COLOURS = ("tab:blue", "tab:red", "tab:purple", "tab:olive", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")
 METHOD_LABELS = {"classifier": "classifier AUC", "mmd": "MMD", "ks": "KS (Bonferroni)"}
 P_CLIP = 10  # -log10 p above this (KS reaches 300 on a site change) would flatten every other bar
 
@@ -36,7 +39,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _show(ax, image: np.ndarray, title: str) -> None:
     ax.imshow(_gray(image), cmap="gray", vmin=0, vmax=255)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
 
 
@@ -45,7 +48,7 @@ SCATTER_POINTS = 5000
 
 def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha: float, path: Path) -> str:
     """Left: the embeddings' first two principal components by split side and class. Right: every test's p-value."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": (1.25, 1)})
     ref, target = domain_masks(data)
     # A scatter of more points than SCATTER_POINTS is a blot, and the PCA of all of them costs gigabytes at 200k.
     shown = np.zeros(len(data.labels), dtype=bool)
@@ -53,12 +56,14 @@ def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha:
     xy = np.zeros((len(shown), 2))
     xy[shown] = PCA(n_components=2, random_state=0).fit_transform(embeddings[shown].astype(np.float64))
     for k, name in enumerate(data.class_names):
-        for side, mask, colour in (("train+val", ref, SPLIT_COLOURS["train"]), ("test", target, SPLIT_COLOURS["test"])):
+        # A class has its own colour and marker; the side is the fill: train+val filled, test hollow.
+        colour, marker = CLASS_COLOURS[k % len(CLASS_COLOURS)], MARKERS[k % len(MARKERS)]
+        for side, mask, filled in (("train+val", ref, True), ("test", target, False)):
             m = mask & (data.labels == k) & shown
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.5, color=colour, marker=MARKERS[k % len(MARKERS)],
-                       label=f"{side} · {name}")
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="backbone embeddings")
-    ax.legend(fontsize=7, markerscale=2)
+            ax.scatter(xy[m, 0], xy[m, 1], s=14, alpha=0.45 if filled else 0.8, marker=marker, linewidths=0.8,
+                       facecolors=colour if filled else "none", edgecolors=colour, label=f"{side} · {name}")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="backbone embeddings (filled: train+val, hollow: test)")
+    ax.legend(fontsize=9, markerscale=1.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     scopes = {"all": shift["pooled"], **shift["per_class"]}
     width = 0.8 / len(METHODS)
     top = -np.log10(alpha)
@@ -70,7 +75,7 @@ def shift_figure(data: ImageDataset, embeddings: np.ndarray, shift: dict, alpha:
     bx.set_xticks(np.arange(len(scopes)) + width * (len(METHODS) - 1) / 2, list(scopes))
     bx.set(ylabel=f"-log10 p (clipped at {P_CLIP})", ylim=(0, 1.15 * top),
            title="shift tests, train+val vs test (unadjusted; skipped scopes empty)")
-    bx.legend(fontsize=7)
+    bx.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)  # off the bars
     fig.tight_layout()
     return _save(fig, path)
 
@@ -80,7 +85,7 @@ def pixel_figure(data: ImageDataset, values: np.ndarray, path: Path) -> str:
     names = list(STATS)
     cols = 4
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.6 * rows), squeeze=False)  # <= 10 in: unshrunk
     splits = [s for s in SPLITS if (data.splits == s).any()]
     for j, (ax, stat) in enumerate(zip(axes.flat, names)):
         for k in range(data.num_classes):
@@ -91,13 +96,13 @@ def pixel_figure(data: ImageDataset, values: np.ndarray, path: Path) -> str:
                     box = ax.boxplot(v, positions=[pos], widths=0.8, patch_artist=True, showfliers=False)
                     box["boxes"][0].set_facecolor(SPLIT_COLOURS[s])
         centres = [k * (len(splits) + 1) + (len(splits) - 1) / 2 for k in range(data.num_classes)]
-        ax.set_xticks(centres, data.class_names, fontsize=7)
-        ax.set_title(STATS[stat], fontsize=8)
+        ax.set_xticks(centres, data.class_names, fontsize=9)
+        ax.set_title(STATS[stat], fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=SPLIT_COLOURS[s]) for s in splits]
-    fig.legend(handles, splits, loc="lower right", fontsize=8)
+    fig.legend(handles, splits, loc="lower right", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -115,14 +120,14 @@ def test_like_figure(data: ImageDataset, scores: np.ndarray, count: int, path: P
                 rows.append((label, idx[np.argsort(-scores[idx])][:count]))
     if not rows:
         return None
-    fig = plt.figure(figsize=(1.3 * count, 1.75 * len(rows)), layout="constrained")
+    fig = plt.figure(figsize=(min(10.0, 1.3 * count), 2.0 * len(rows)), layout="constrained")
     for (label, idx), sub in zip(rows, np.atleast_1d(fig.subfigures(len(rows), 1))):
-        sub.suptitle(label, fontsize=8, weight="bold", x=0.01, ha="left")
+        sub.suptitle(label, fontsize=9, weight="bold", x=0.01, ha="left")
         for ax, i in zip(np.atleast_1d(sub.subplots(1, count)), list(idx) + [None] * count):
             if i is None:
                 ax.axis("off")
             else:
-                _show(ax, data.images[i], f"{data.splits[i]} #{i}, score {scores[i]:.2f}")
+                _show(ax, data.images[i], f"{data.splits[i]} #{i}\nscore {scores[i]:.2f}")  # two lines: no overlap
     return _save(fig, path)
 
 
@@ -161,16 +166,16 @@ def leakage_figure(data: ImageDataset, leakage: dict, limit: int, path: Path) ->
 def _curves(ax, history: list[dict], title: str) -> None:
     epochs = [h["epoch"] for h in history]
     for s in ("train", "val", "test"):
-        ax.plot(epochs, [h[s] for h in history], color=SPLIT_COLOURS[s], label=s, marker="o", markersize=2)
+        ax.plot(epochs, [h[s] for h in history], color=SPLIT_COLOURS[s], label=s, marker=SPLIT_MARKERS[s], markersize=3)
     ax.set(xlabel="epoch", ylabel="accuracy", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
 
 
 def resplit_figure(resplit: dict, path: Path) -> str:
     """(a) accuracy per epoch on the original split; (b) the mean over re-splits; (c) best-epoch accuracy per split,
     original (diamonds) against the re-split distribution (boxes and points)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    # 10 in at io.save_figure's 110 dpi fits the report's 1116 px column unshrunk, so 9 pt text stays 9 pt
+    fig, axes = plt.subplots(1, 3, figsize=(10, 4.0))
     _curves(axes[0], resplit["original"]["history"], "(a) original split")
     _curves(axes[1], resplit["resplit_history_mean"], f"(b) after re-splitting (mean of {resplit['resplits']})")
     lo = min(min(h[s] for h in resplit["original"]["history"] + resplit["resplit_history_mean"]) for s in SPLITS)
@@ -189,8 +194,11 @@ def resplit_figure(resplit: dict, path: Path) -> str:
                    label="original split" if i == 0 else None)
     ax.set_xticks(range(len(keys)), ["train", "val", "test", "val − test"])
     ax.axhline(0, color="grey", linewidth=0.5)
-    ax.set(ylabel="accuracy at the best epoch", title="(c) original vs re-splits")
-    ax.legend(fontsize=7)
+    ax.set(ylabel="best-epoch accuracy; val − test: difference", title="(c) best epoch: original vs re-splits")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    # One legend above the panels, off every curve and point: splits (a, b) and the original split's marker (c).
+    handles, labels = axes[0].get_legend_handles_labels()
+    extra_h, extra_l = ax.get_legend_handles_labels()
+    fig.legend(handles + extra_h, labels + extra_l, loc="upper center", ncol=4, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, path)

@@ -39,6 +39,8 @@ def parse_regime(text: str) -> Regime:
         return Regime("adabn", 0, adapt_bn=True)
     if text == "finetune":
         return Regime("finetune", None)
+    if text.rstrip(":") == "partial":
+        raise XferlabError(f"regime '{text}' needs K, the number of last stages to train: partial:K, e.g. partial:2")
     if text.startswith("partial:"):
         k = text.split(":", 1)[1]
         if not k.isdigit() or int(k) < 1:

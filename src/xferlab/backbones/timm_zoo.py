@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from xferlab.backbones.registry import BackboneSpec, Family
-from xferlab.backbones.weights import OFFLINE_ENV, StateDict, is_offline, load_state_dict_file, require_extra
+from xferlab.backbones.weights import (
+    OFFLINE_ENV,
+    StateDict,
+    WeightsUnavailable,
+    is_offline,
+    load_state_dict_file,
+    require_extra,
+)
 from xferlab.errors import XferlabError, did_you_mean
 
 #: The files timm publishes on the Hugging Face hub, preferred first.
@@ -81,10 +88,8 @@ class TimmWeights:
             folder = self.hf_cache / f"models--{self.hf_hub_id.replace('/', '--')}"
             return (f"put {self.files[0]} from https://huggingface.co/{self.hf_hub_id} into the Hugging Face cache "
                     f"({folder}/snapshots/<revision>/, e.g. `huggingface-cli download {self.hf_hub_id} "
-                    f"{self.files[0]}` on a machine with network, then copy {self.hf_cache}), or give that file "
-                    "with --weights PATH, or use --weights none")
-        return (f"place {os.path.basename(self.url)} (from {self.url}) in {Path(torch.hub.get_dir()) / 'checkpoints'}, "
-                "or give it with --weights PATH, or use --weights none")
+                    f"{self.files[0]}` on a machine with network, then copy {self.hf_cache})")
+        return f"place {os.path.basename(self.url)} (from {self.url}) in {Path(torch.hub.get_dir()) / 'checkpoints'}"
 
     def load(self) -> StateDict:
         path = self.cached_file()
@@ -98,8 +103,8 @@ class TimmWeights:
                                "--weights PATH (a state dict)")
         if is_offline() or _hf_offline():
             switch = OFFLINE_ENV if is_offline() else "HF_HUB_OFFLINE"
-            raise XferlabError(f"timm weights for '{self.model}' are not cached and {switch} forbids downloading; "
-                               f"{self._where()}")
+            raise WeightsUnavailable(f"timm weights for '{self.model}' are not cached and {switch} forbids "
+                                     f"downloading; {self._where()}")
         try:
             if self.hf_hub_id:
                 from huggingface_hub import hf_hub_download
@@ -107,8 +112,8 @@ class TimmWeights:
                 return Path(hf_hub_download(self.hf_hub_id, self.files[0], cache_dir=self.hf_cache))
             torch.hub.load_state_dict_from_url(self.url, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise XferlabError(f"cannot download timm weights for '{self.model}' ({type(err).__name__}); "
-                               f"{self._where()}") from None
+            raise WeightsUnavailable(f"cannot download timm weights for '{self.model}' ({type(err).__name__}); "
+                                     f"{self._where()}") from None
         return self.cached_file()
 
     def describe(self) -> str:

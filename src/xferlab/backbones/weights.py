@@ -53,6 +53,17 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
     return {k.removeprefix("module."): v for k, v in sd.items()}  # DDP-saved files carry a 'module.' prefix
 
 
+class WeightsUnavailable(XferlabError):
+    """Pretrained weights that are neither cached nor downloadable. `reason` says which file to place where; the
+    message adds the options of `xferlab train`, and the CLI replaces them with the fixes of the command at hand."""
+
+    TRAIN_FIX = "or use --weights PATH (a state-dict file) or --weights none"
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}, {self.TRAIN_FIX}")
+        self.reason = reason
+
+
 def require_extra(module: str, extra: str):
     """Import an optional package, or say which xferlab extra installs it."""
     try:
@@ -124,19 +135,15 @@ class TorchvisionWeights:
     def load(self) -> StateDict:
         if not self.available():
             if is_offline():
-                raise XferlabError(
+                raise WeightsUnavailable(
                     f"ImageNet weights {self.enum} are not cached and {OFFLINE_ENV} forbids downloading; place "
-                    f"{self.cache_file.name} (from {self.api.url}) at {self.cache_file}, or use --weights PATH "
-                    "(a state-dict file) or --weights none"
-                )
+                    f"{self.cache_file.name} (from {self.api.url}) at {self.cache_file}")
             try:  # downloads into the TORCH_HOME cache when the network allows it
                 self.api.get_state_dict(progress=True, check_hash=True, weights_only=True)
             except Exception as err:
-                raise XferlabError(
+                raise WeightsUnavailable(
                     f"cannot download ImageNet weights {self.enum} ({type(err).__name__}); place "
-                    f"{self.cache_file.name} (from {self.api.url}) at {self.cache_file}, or use --weights PATH "
-                    "(a state-dict file) or --weights none"
-                ) from None
+                    f"{self.cache_file.name} (from {self.api.url}) at {self.cache_file}") from None
         sd = load_state_dict_file(self.cache_file)
         return self.remap(sd) if self.remap else sd
 

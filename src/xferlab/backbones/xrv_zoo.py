@@ -19,6 +19,7 @@ from xferlab.backbones.registry import BackboneSpec, Family, load_body_weights
 from xferlab.backbones.weights import (
     OFFLINE_ENV,
     StateDict,
+    WeightsUnavailable,
     is_offline,
     load_pickled_module_state,
     require_extra,
@@ -59,16 +60,15 @@ class XrvWeights:
         return {k: v for k, v in sd.items() if k not in _OUTPUT_BUFFERS}
 
     def _download(self) -> None:
-        where = (f"place {self.cache_file.name} (from {self.url}) at {self.cache_file}, or use --weights PATH "
-                 "(a state-dict file) or --weights none")
-        if is_offline():
-            raise XferlabError(f"torchxrayvision weights {self.weights} are not cached and {OFFLINE_ENV} forbids "
-                               f"downloading; {where}")
+        where = f"place {self.cache_file.name} (from {self.url}) at {self.cache_file}"  # WeightsUnavailable adds
+        if is_offline():  # the --weights fixes (the CLI swaps them for the command's own)
+            raise WeightsUnavailable(f"torchxrayvision weights {self.weights} are not cached and {OFFLINE_ENV} "
+                                     f"forbids downloading; {where}")
         try:
             _xrv().models.get_weights(self.weights)
         except Exception as err:
-            raise XferlabError(f"cannot download torchxrayvision weights {self.weights} ({type(err).__name__}); "
-                               f"{where}") from None
+            raise WeightsUnavailable(f"cannot download torchxrayvision weights {self.weights} "
+                                     f"({type(err).__name__}); {where}") from None
 
     def describe(self) -> str:
         return f"torchxrayvision {self.weights} ({self.cache_file})"

@@ -204,6 +204,9 @@ def _npy_files(root: Path) -> tuple[list[Path], list[Path]]:
     test = [f for f in files if f.stem.startswith(NPY_TEST_PREFIX)]
     if not train:
         found = describe_files([f.name for f in files]) or "no .npy files"
+        if (root / "train").is_dir():  # the folder layout (train/<class>/ images) given as the default npy format
+            raise XferlabError(f"{root}: holds a train/ folder, the folder layout, not <class>.npy files; add "
+                               "--format folder (or data: {format: folder} in the config)")
         raise XferlabError(
             f"{root}: no <class>.npy files (found {found}); save one array per class, e.g. normal.npy, pneumonia.npy"
         )

@@ -10,9 +10,10 @@ Hook interface. A hook is any object with some of these methods (FitHook lists t
 `state.epochs` is the number of epochs asked for, `state.history` the records so far; a hook may set
 `state.stop = True` to end training after the current epoch (early stopping, a numeric check that found NaNs).
 Hooks run in the order given. Built in: BestEpoch (the epoch chosen on val accuracy, ties keep the earlier one,
-with a snapshot of whatever it is told to keep) and ProgressBar (tqdm). Progress lines, experiment trackers
-(MLflow, TensorBoard) and numeric checks plug in the same way, without editing the loop. Test data is evaluated
-every epoch for the curves but no built-in hook lets it choose anything.
+with a snapshot of whatever it is told to keep); progress (a bar on a terminal, a line per epoch otherwise) is the
+hook xferlab.engine.progress.EpochProgress. Experiment trackers (MLflow, TensorBoard) and numeric checks plug in the
+same way, without editing the loop. Test data is evaluated every epoch for the curves but no built-in hook lets it
+choose anything.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from xferlab.engine.distributed import SINGLE, Dist
 from xferlab.engine.loop import evaluate, train_one_epoch
@@ -90,6 +90,9 @@ class FitTask:
     device: torch.device
     dist: Dist = SINGLE
     after_train: Callable[[], None] | None = None  # e.g. every rank takes rank 0's BatchNorm statistics
+    # an epoch's index batches -> (mean loss, accuracy) in place of train_one_epoch and the optimiser above: a trainer
+    # that keeps the epoch on the device (xferlab.engine.graphs.epoch_trainer)
+    train_epoch: Callable[[list[torch.Tensor]], tuple[float, float]] | None = None
 
 
 def _evaluate(task: FitTask) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
@@ -119,8 +122,11 @@ def fit(task: FitTask, epochs: int, hooks: Sequence[object] = ()) -> list[EpochR
         batches = task.batches(epoch)
         task.model.train()
         with train_timer:
-            train_loss, train_acc = train_one_epoch(task.train_forward, task.inputs["train"], task.labels["train"],
-                                                    task.optimizer, task.scheduler, batches, task.device, task.dist)
+            if task.train_epoch is not None:
+                train_loss, train_acc = task.train_epoch(list(batches))
+            else:
+                train_loss, train_acc = train_one_epoch(task.train_forward, task.inputs["train"], task.labels["train"],
+                                                        task.optimizer, task.scheduler, batches, task.device, task.dist)
         if task.after_train is not None:
             task.after_train()
         task.model.eval()
@@ -153,22 +159,3 @@ class BestEpoch:
         if self.record is None or record.val_acc > self.record.val_acc:
             self.record = record
             self.kept = self.snapshot() if self.snapshot is not None else None
-
-
-class ProgressBar:
-    """A tqdm bar over the epochs with the latest val accuracy and the best epoch so far (off unless a tty)."""
-
-    def __init__(self, description: str, best: BestEpoch, enabled: bool = True):
-        self.description, self.best, self.enabled = description, best, enabled
-        self.bar = None
-
-    def on_fit_start(self, state: FitState) -> None:
-        self.bar = tqdm(total=state.epochs, desc=self.description, unit="epoch", leave=False, dynamic_ncols=True,
-                        disable=None if self.enabled else True)  # None: off unless a tty
-
-    def on_epoch_end(self, record: EpochRecord, state: FitState) -> None:
-        self.bar.update()
-        self.bar.set_postfix(val_acc=f"{record.val_acc:.3f}", best=self.best.epoch)
-
-    def on_fit_end(self, state: FitState) -> None:
-        self.bar.close()

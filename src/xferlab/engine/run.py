@@ -37,11 +37,12 @@ from xferlab.config import TrainConfig, to_yaml
 from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
-from xferlab.engine import distributed
+from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
-from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, ProgressBar, fit
+from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
 from xferlab.engine.guards import FiniteLosses
 from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
+from xferlab.engine.progress import EpochProgress
 from xferlab.engine.test_bn import check_adaptable, check_split_counts, evaluate_test_bn
 from xferlab.errors import XferlabError
 from xferlab.evaluation.metrics import classification_metrics
@@ -94,7 +95,10 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         # test-time BatchNorm re-estimates statistics on the val/test images themselves, so they outlive `splits`
         adapt_images = {s: splits[s][0] for s in artifacts.EVAL_SPLITS if s in splits and cfg.test_bn == "adapt"}
         del splits  # for fixed backbones the images are no longer needed: their features are in `prepared`
-        records, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, hooks)
+        trainer = graphs.epoch_trainer(cfg, prepared.trained, prepared.inputs["train"], labels["train"],
+                                       prepared.train_forward, prepared.cached,
+                                       dist.steps_per_epoch(len(labels["train"]), cfg.batch_size), device, dist.enabled)
+        records, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, hooks, trainer)
         history = [r.row() for r in records]
         model.load_state_dict(best.kept, strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
@@ -105,7 +109,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},
                 lambda m: accel.forward(m, preprocess), preprocess, cfg.batch_size, device, cfg.seed,
                 cfg.test_bn_min_images, dist)
-        metrics["accel"] = accel.describe()
+        metrics["accel"] = {**accel.describe(), **(trainer.describe() if trainer else {"cuda_graphs": False})}
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
             _write_run(stage, cfg, data, model, history, metrics, best.record.probs)
@@ -175,6 +179,7 @@ class _Prepared:
     trained: torch.nn.Module  # the module whose weights training changes (the head alone for fixed backbones)
     seconds: float = 0.0
     images_per_s: float | None = None
+    cached: bool = False  # inputs are a fixed backbone's features and `trained` is the head
 
 
 def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict,
@@ -193,17 +198,19 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
                 adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
                                 torch.Generator().manual_seed(cfg.seed), dist)
         body = accel.compiled(model.body)
+        batch = graphs.feature_batch_size(cfg.inference_batch_size, cfg.batch_size, accel.device)
         with extract_timer:
-            feats = {s: extract_features(body, x, preprocess, cfg.batch_size, dist) for s, (x, _) in splits.items()}
+            feats = {s: extract_features(body, x, preprocess, batch, dist) for s, (x, _) in splits.items()}
     n_images = sum(len(x) for x, _ in splits.values())
     return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), model.head,
-                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds)
+                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds, cached=True)
 
 
 def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool,
-         hooks: Sequence[object] = ()) -> tuple[list[EpochRecord], BestEpoch]:
+         hooks: Sequence[object] = (), trainer=None) -> tuple[list[EpochRecord], BestEpoch]:
     """The engine's fit loop (xferlab.engine.fit) with the run's optimiser, schedule and batches; the best epoch is
-    chosen on val accuracy and keeps a copy of the weights training changed."""
+    chosen on val accuracy and keeps a copy of the weights training changed. `trainer`
+    (xferlab.engine.graphs.epoch_trainer), when given, trains each epoch in place of train_one_epoch."""
     inputs = prepared.inputs
     optimizer = make_adam([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     n_train = len(inputs["train"])
@@ -215,12 +222,13 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
                                                  device=inputs["train"].device),
         eval_batch_size=cfg.batch_size, device=device, dist=dist,
         # every rank evaluates (and keeps) the same BatchNorm statistics
-        after_train=lambda: dist.broadcast_buffers(prepared.trained))
+        after_train=lambda: dist.broadcast_buffers(prepared.trained),
+        train_epoch=trainer.train_epoch if trainer is not None else None)
     best = BestEpoch(lambda: _changing_state(model))
-    bar = ProgressBar(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
+    report = EpochProgress(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
     # FiniteLosses first, as the old loop checked before choosing the best epoch: a diverged epoch stops the run
     # (its staged folder removed) before any other hook sees it.
-    return fit(task, cfg.epochs, [FiniteLosses(cfg.lr), best, bar, *hooks]), best
+    return fit(task, cfg.epochs, [FiniteLosses(cfg.lr), best, report, *hooks]), best
 
 
 def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:

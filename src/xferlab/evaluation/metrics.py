@@ -158,6 +158,20 @@ def _ece(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return gaps / probs.shape[-2]
 
 
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ECE of one prediction set (N, K): Guo et al. 2017's, ECE_BINS equal-width bins of the top-label confidence.
+    The one ECE of xferlab: the table's entry and xferlab.evaluation.calibration use it."""
+    return float(_ece(np.asarray(labels), np.asarray(probs)))
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Brier score of one prediction set (N, K), scikit-learn's brier_score_loss: binary data scores the positive
+    class alone (0.25 for a constant 50/50 guess), K > 2 classes sum every class's squared error. The one Brier of
+    xferlab: the table's entry and xferlab.evaluation.calibration use it."""
+    probs = np.asarray(probs)
+    return float(brier_score_loss(labels, probs, labels=np.arange(probs.shape[1])))
+
+
 def _brier_batched(b: Batch) -> np.ndarray:
     """Mean squared distance of the probabilities to the one-hot label; halved for binary data, as scikit-learn's
     brier_score_loss (the positive class's squared error)."""
@@ -183,10 +197,9 @@ METRIC_TABLE: tuple[Metric, ...] = (
     Metric("precision", "precision", _argmax(lambda y, p, k: _positive_or_macro(precision_score, y, p, k)),
            _precision_batched),
     Metric("f1", "F1", _argmax(lambda y, p, k: _positive_or_macro(f1_score, y, p, k)), _f1_batched),
-    Metric("ece", "ECE", lambda y, p: float(_ece(np.asarray(y), p)), lambda b: _ece(b.labels, b.probs),
+    Metric("ece", "ECE", expected_calibration_error, lambda b: _ece(b.labels, b.probs),
            uses_probabilities=True, higher_is_better=False),
-    Metric("brier", "Brier", lambda y, p: brier_score_loss(y, p, labels=np.arange(p.shape[1])), _brier_batched,
-           uses_probabilities=True, higher_is_better=False),
+    Metric("brier", "Brier", brier_score, _brier_batched, uses_probabilities=True, higher_is_better=False),
 )
 METRICS_BY_NAME = {m.name: m for m in METRIC_TABLE}
 METRICS = tuple(m.name for m in METRIC_TABLE)  # names, in report order

@@ -3,6 +3,8 @@
   figures.py  matplotlib figures from records (curves, comparison, timing, confusion, ROC); a run's curves.png
   html.py     report.html: one function per section, SECTIONS lists them in order
   audit.py    the audit's section, from the audit folder's record (xferlab.artifacts.read_audit)
+  calibration.py  the calibration section: ECE/Brier before and after temperature scaling, operating points,
+                  reliability diagrams
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from xferlab import artifacts, files  # noqa: E402
-from xferlab.style import SPLIT_COLOURS  # noqa: E402,F401  (re-exported)
+from xferlab.style import FONT_RC, MIN_FONT_PT, SPLIT_COLOURS, SPLIT_MARKERS  # noqa: E402,F401  (re-exported)
 
 PNG_DPI = 100  # sharp on screen while keeping a 4-run report around 1.5 MB
+GRID_WIDTH_IN = 5.4  # one cell of the report's two-column grid (540 px)
+matplotlib.rcParams.update(FONT_RC)  # legible at the report's size (xferlab.style.MIN_FONT_PT)
 
 
 def to_png(fig) -> bytes:
@@ -47,27 +49,38 @@ def write_run_curves(run_dir: Path, history: Sequence[dict], config: dict, missi
 
 
 def curves_figure(history: Sequence[dict], title: str = ""):
-    """Accuracy and loss per epoch for train, val and test; the best (val-chosen) epoch is marked."""
+    """Accuracy (top) and loss (bottom) per epoch for train, val and test; the best (val-chosen) epoch is marked. One
+    grid cell wide, the legend below the panels, clear of the data."""
     epochs = [row["epoch"] for row in history]
     best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(2, 1, figsize=(GRID_WIDTH_IN, 5.6), sharex=True, layout="constrained")
     for ax, metric, label in ((axes[0], "acc", "accuracy"), (axes[1], "loss", "cross-entropy loss")):
         for split, colour in SPLIT_COLOURS.items():
             values = [row.get(f"{split}_{metric}") for row in history]
             if all(v is not None for v in values):
-                ax.plot(epochs, values, color=colour, label=split, marker="o", markersize=2.5)
+                ax.plot(epochs, values, color=colour, label=split, marker=SPLIT_MARKERS[split], markersize=4)
         ax.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best epoch ({best})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
+    epoch_axis(axes[1], epochs)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, frameon=False)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
+def epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Whole-number epoch ticks; with few epochs exactly those (MaxNLocator alone labels 1 epoch 0.945 ... 1.050)."""
+    if len(epochs) <= 12:
+        ax.set_xticks(list(epochs))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
 REGIME_STYLES = ("-", "--", ":", "-.")
+REGIME_MARKERS = ("o", "s", "^", "D")
 
 
 def comparison_figure(runs: Sequence[tuple[str, str, Sequence[dict]]]):
@@ -79,24 +92,24 @@ def comparison_figure(runs: Sequence[tuple[str, str, Sequence[dict]]]):
     backbones = list(dict.fromkeys(b for b, _, _ in runs))
     regimes = list(dict.fromkeys(r for _, r, _ in runs))
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     labelled = set()
     for backbone, regime, history in runs:
         epochs = [row["epoch"] for row in history]
-        style = {"color": colours[backbone], "linestyle": REGIME_STYLES[regimes.index(regime) % len(REGIME_STYLES)],
-                 "marker": "o", "markersize": 2.5, "linewidth": 1.4}
+        r = regimes.index(regime)
+        style = {"color": colours[backbone], "linestyle": REGIME_STYLES[r % len(REGIME_STYLES)],
+                 "marker": REGIME_MARKERS[r % len(REGIME_MARKERS)], "markersize": 4, "linewidth": 1.4}
         key = (backbone, regime)
         name = f"{backbone} · {regime}" if key not in labelled else None
         labelled.add(key)
         axes[0].plot(epochs, [row["val_acc"] for row in history], label=name, **style)
         axes[1].plot(epochs, [row["val_loss"] for row in history], **style)
-    for ax, ylabel in zip(axes, ("val accuracy", "val cross-entropy loss")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+    all_epochs = sorted({row["epoch"] for _, _, history in runs for row in history})
+    for ax, ylabel in zip(axes, ("val accuracy", "val cross-entropy loss"), strict=True):
+        epoch_axis(ax, all_epochs)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    fig.legend(loc="upper center", ncol=min(4, len(labelled)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.legend(loc="outside upper center", ncol=min(4, len(labelled)), frameon=False)
     return fig
 
 
@@ -112,14 +125,14 @@ def timing_figure(runs: Sequence[tuple[str, dict]]):
                               ("eval_seconds", "val + test evaluation", "tab:orange")):
         widths = [t.get(key) or 0.0 for _, t in runs]
         axes[0].barh(y, widths, left=left, color=colour, label=name, height=0.6)
-        left = [a + b for a, b in zip(left, widths)]
+        left = [a + b for a, b in zip(left, widths, strict=True)]
     axes[0].set_xlabel("seconds")
     axes[1].barh(y, [t.get("inference_images_per_s") or 0.0 for _, t in runs], color="tab:green", height=0.6)
     axes[1].set_xlabel("inference images/s")
-    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].set_yticks(y, labels)
     for ax in axes:
         ax.grid(axis="x", alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the legend above the bars
     return fig
 
@@ -127,32 +140,37 @@ def timing_figure(runs: Sequence[tuple[str, dict]]):
 def confusion_figure(matrices: dict[str, Sequence[Sequence[int]]], class_names: Sequence[str], title: str = ""):
     """One confusion matrix per split (rows: true class, columns: predicted), counts in the cells."""
     k = len(class_names)
-    size = 2.2 + 0.35 * k
-    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices) + 0.6, size), squeeze=False)
-    for ax, (split, cm) in zip(axes[0], matrices.items()):
+    size = min(GRID_WIDTH_IN / 2, 1.9 + 0.3 * k) if k <= 4 else 1.9 + 0.35 * k  # up to 4 classes: one grid cell
+    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices), size + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax, (split, cm) in zip(axes[0], matrices.items(), strict=True):
         ConfusionMatrixDisplay(np.asarray(cm), display_labels=list(class_names)).plot(
             ax=ax, cmap="Blues", colorbar=False, values_format="d")
-        ax.set_title(split, fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.label.set_size(8)
-        ax.yaxis.label.set_size(8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        ax.set_title(split)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.suptitle(title)
     return fig
 
 
 def roc_figure(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float], float]]]]):
     """ROC panels side by side; each panel is (title, [(label, fpr, tpr, auc), ...]) with the chance diagonal."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels):
-        for label, fpr, tpr, auc in curves:
-            ax.plot(fpr, tpr, linewidth=1.4, label=f"{label} (AUC {auc:.3f})")
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    n_curves = max(len(curves) for _, curves in panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, (4.6 + 0.22 * n_curves) * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, curves) in zip(axes.flat, panels, strict=False):  # spare axes (hidden) have no panel
+        for i, (label, fpr, tpr, auc) in enumerate(curves):
+            ax.plot(fpr, tpr, linewidth=1.4, label=f"{label} (AUC {auc:.3f})",
+                    linestyle=REGIME_STYLES[i // 10 % len(REGIME_STYLES)])  # more than 10 colours: styles too
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("false positive rate (1 − specificity)")
         ax.set_ylabel("true positive rate (sensitivity)")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below the axes, off the curves
     return fig

@@ -17,20 +17,22 @@ from xferlab import artifacts
 from xferlab.artifacts import EVAL_SPLITS as SPLITS
 from xferlab.artifacts import REPORT_HTML  # noqa: F401  (re-exported)
 from xferlab.evaluation.metrics import METRIC_TABLE, METRICS, roc_curves
+from xferlab.report.calibration import render_calibration_section
 from xferlab.report.explain import render_explain_section
 from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment
 from xferlab.study.results import StudyResults, timing
-from xferlab.study.summary import ranked
+from xferlab.study.summary import audit_sentence, rank_label, ranked, ranking_note
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "confusion", "roc", "audit",
-            "explain", "environment")
+SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "confusion", "roc", "calibration",
+            "audit", "explain", "environment")
 TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", "comparison": "Validation curves",
           "curves": "Per-run curves", "timing": "Timing", "confusion": "Confusion matrices", "roc": "ROC curves",
-          "audit": "Split audit", "explain": "Where the models look", "environment": "Environment"}
+          "calibration": "Calibration", "audit": "Split audit", "explain": "Where the models look",
+          "environment": "Environment"}
 METRIC_LABELS = {m.name: m.label for m in METRIC_TABLE}
 
 STYLE = """<style>
@@ -44,6 +46,9 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-spac
 th { background: #f4f6f8; } th.left, td.left, table.kv td { text-align: left; }
 .scroll { overflow-x: auto; max-width: 100%; } .ci { color: #666; font-size: 0.86em; }
 tr.best td { background: #eef8f0; font-weight: 600; }
+tr.degenerate td { background: #fdf0ee; }
+.flag { color: #b3261e; font-weight: 600; }
+.verdict-banner { border-left: 6px solid #b3261e; background: #fdf0ee; padding: 0.6em 1em; font-weight: 600; }
 img { max-width: 100%; height: auto; }
 figure { margin: 0.6em 0 1.4em; } figcaption { color: #555; font-size: 0.88em; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 0.8em 1.4em; }
@@ -122,30 +127,49 @@ def _summary(results: StudyResults) -> str:
     split, conf = results.primary_split, f"{100 * results.settings.confidence:.0f}%"
     configs = ranked(results)
     header = ["#", "backbone", "regime", "params (trainable)", "val accuracy", f"{split} accuracy",
-              f"{split} AUROC", f"{split} balanced acc.", "training s", "s / epoch"]
+              f"{split} AUROC", f"{split} balanced acc.", "training s", "s / epoch", "flags"]
     rows = []
     for c in configs:
         t = c["timing"]
-        rows.append([c["rank"], c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
+        flags = Html('<span class="flag">degenerate</span>') if c["flag_text"] else ""
+        rows.append([rank_label(c), c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
                      _config_cell(c, "val", "accuracy"),
                      *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
-                     f"{t['train_seconds']['mean']:.1f}", f"{t['seconds_per_epoch']['mean']:.2f}"])
+                     _seconds(t["train_seconds"]["mean"]), _seconds(t["seconds_per_epoch"]["mean"]), flags])
     seeds = sorted({s for c in configs for s in c["seeds"]})
     ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
     spread = f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
         f"mean ± sd across seeds {', '.join(map(str, seeds))} ({ci} for a single run)"
-    intro = (f"Configurations ranked by {split} accuracy; {spread}. Each run's best epoch was chosen on val "
-             "accuracy; test never chooses anything.")
-    body = _table(header, rows, ["best" if c["rank"] == 1 else "" for c in configs], text_columns=3)
+    intro = (f"{ranking_note(results)} {spread}. Each run's best epoch was chosen on val accuracy; test never "
+             "chooses anything.")
+    classes = ["degenerate" if c["flag_text"] else "best" if c["rank"] == 1 else "" for c in configs]
+    body = _table(header, rows, classes, text_columns=3)
+    flagged = [f"<li><strong>{escape(c['backbone'])} · {escape(c['regime'])}</strong>: {escape(c['flag_text'])}</li>"
+               for c in configs if c["flag_text"]]
+    if flagged:
+        body += ('<p class="flag">Degenerate runs (do not read their accuracy as a result):</p>'
+                 f'<ul>{"".join(flagged)}</ul>')
+
+    sentence = audit_sentence(results)
+    if sentence:
+        body = f'<p class="verdict-banner">{escape(sentence)} <a href="#audit">See the split audit.</a></p>' + body
     if results.missing:
         body += f'<p class="muted">Not run yet (no run folder): {escape(", ".join(results.missing))}.</p>'
     return _section("summary", body, intro)
 
 
+def _seconds(value: float | None) -> str:
+    """Seconds with enough digits to be non-zero (a frozen run's head epoch takes milliseconds)."""
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
+
+
 def _params(total: int | None, trainable: int | None) -> Html:
+    """Parameters of the whole model (backbone + head) and, below, those the regime trains."""
     if total is None:
         return Html("n/a")
-    return Html(f'{total / 1e6:.2f}M<br><span class="ci">({(trainable or 0) / 1e6:.3f}M)</span>')
+    return Html(f'{total / 1e6:.2f}M total<br><span class="ci">{(trainable or 0) / 1e6:.3f}M trained</span>')
 
 
 def _answers(results: StudyResults) -> str:
@@ -211,8 +235,8 @@ def _timing(results: StudyResults) -> str:
     rows = []
     for r, (_, t) in zip(results.records, runs):
         m = r.metrics
-        rows.append([r.name, r.metrics.get("device", ""), f"{t['feature_seconds']:.1f}", f"{t['fit_seconds']:.1f}",
-                     f"{t['train_seconds']:.1f}", f"{t['seconds_per_epoch']:.2f}", _num(t["eval_seconds"], 1),
+        rows.append([r.name, r.metrics.get("device", ""), _seconds(t["feature_seconds"]), _seconds(t["fit_seconds"]),
+                     _seconds(t["train_seconds"]), _seconds(t["seconds_per_epoch"]), _seconds(t["eval_seconds"]),
                      _num(t["total_seconds"], 1), _num(t["inference_images_per_s"], 0),
                      _params(m.get("params"), m.get("trainable_params"))])
     header = ["run", "device", "features s", "loop s", "training s", "s / epoch", "evaluation s", "run total s",
@@ -256,6 +280,10 @@ def _roc(results: StudyResults) -> str:
         return _section("roc", "<p>No split has both classes, so there is no ROC curve.</p>")
     intro = "Binary: one curve per run; multi-class: one-vs-rest curve per class."
     return _section("roc", _figure(figures.roc_figure(panels), "ROC curves"), intro)
+
+
+def _calibration(results: StudyResults) -> str:
+    return render_calibration_section(results, _table, _figure)
 
 
 def _audit(results: StudyResults) -> str:
@@ -315,7 +343,8 @@ def render_report(results: StudyResults) -> str:
     data = results.records[0].config.get("data", {})
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [_summary(results), _answers(results), _metrics(results), _comparison(results), _curves(results),
-                _timing(results), _confusion(results), _roc(results), _audit(results), _explain(results),
+                _timing(results), _confusion(results), _roc(results), _calibration(results), _audit(results),
+                _explain(results),
                 _environment(results)]
     present = [s for s in SECTIONS if f'id="{s}"' in "".join(sections)]
     nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in present)

@@ -32,6 +32,28 @@ def answer_questions(results: StudyResults) -> list[Answer]:
     return [a for a in answers if a is not None]
 
 
+def when(regime: str) -> str:
+    """A regime as the end of 'better when ...': 'frozen', 'fine-tuned', 'frozen with AdaBN statistics', ..."""
+    if regime == "finetune":
+        return "fine-tuned"
+    if regime == "adabn":
+        return "frozen with AdaBN statistics"
+    if regime.startswith("partial:"):
+        k = regime.split(":", 1)[1]
+        return f"fine-tuned in its last {k} stage{'s' if k != '1' else ''}"
+    return regime
+
+
+def training_name(regime: str) -> str:
+    """What a regime does beyond the frozen backbone, named as what it is (AdaBN re-estimates BatchNorm statistics;
+    it does not fine-tune)."""
+    if regime == "adabn":
+        return "AdaBN (BatchNorm statistics re-estimated on train, weights frozen)"
+    if regime.startswith("partial:"):
+        return f"partial fine-tuning ({regime})"
+    return "fine-tuning" if regime == "finetune" else regime
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -113,23 +135,27 @@ def _bigger_backbone(results: StudyResults) -> Answer | None:
         return None
     better = [r for r, v, d in verdicts if v == "beyond" and d > 0]
     worse = [r for r, v, d in verdicts if v == "beyond" and d < 0]
-    head = (f"{big} ({params[big] / 1e6:.1f}M parameters) vs {small} ({params[small] / 1e6:.1f}M): ")
+    head = (f"{big} ({params[big] / 1e6:.1f}M parameters in total) vs {small} ({params[small] / 1e6:.1f}M): ")
+    phrase = lambda regimes: " or ".join(when(r) for r in regimes)  # noqa: E731
     if better and not worse:
-        head += f"the bigger backbone is better beyond the CI when {' and '.join(better)}"
+        head += f"the bigger backbone is better beyond the CI when {phrase(better)}"
         rest = [r for r, _, _ in verdicts if r not in better]
-        head += f", not when {' and '.join(rest)}." if rest else "."
+        head += f", not when {phrase(rest)}." if rest else "."
     elif worse and not better:
-        head += f"the bigger backbone is worse beyond the CI when {' and '.join(worse)}."
+        head += f"the bigger backbone is worse beyond the CI when {phrase(worse)}."
     elif not better and not worse:
         head += "no difference beyond the confidence intervals in any regime."
     else:
-        head += f"better beyond the CI when {' and '.join(better)}, worse when {' and '.join(worse)}."
+        head += f"the bigger backbone is better beyond the CI when {phrase(better)}, worse when {phrase(worse)}."
     return Answer("backbone_size", question, head, details)
 
 
 def _finetune_gain(results: StudyResults) -> Answer | None:
-    question = "What does fine-tuning gain over the frozen backbone, and what does it cost in time?"
     regimes = dict.fromkeys(r.config["regime"] for r in results.records)
+    question = "What does fine-tuning gain over the frozen backbone, and what does it cost in time?"
+    if "adabn" in regimes:  # AdaBN is not fine-tuning: the question names it for what it is
+        question = ("What do fine-tuning and AdaBN (re-estimated BatchNorm statistics) gain over the frozen backbone, "
+                    "and what do they cost in time?")
     if "frozen" not in regimes or len(regimes) < 2:
         return None
     split = results.primary_split
@@ -147,11 +173,12 @@ def _finetune_gain(results: StudyResults) -> Answer | None:
                 if beyond == 0 else "beyond the uncertainty for some seeds"
             ratio = f"{t_other / t_frozen:.1f}×" if t_frozen > 0 else "n/a"
             gains.append((backbone, other, gain, sure, ratio))
-            details.append(f"{backbone}: {other} vs frozen {split} {METRIC} {text} — {sure}; training time "
+            details.append(f"{backbone}: {training_name(other)} vs frozen, {split} {METRIC} {text} — {sure}; "
+                           "training time "
                            f"{t_other:.0f} s vs {t_frozen:.0f} s ({ratio}).")
     if not gains:
         return None
-    head = "; ".join(f"{b}: {o} {_points(g)} {split} {METRIC} ({s}) at {r} the training time"
+    head = "; ".join(f"{b}: {training_name(o)} {_points(g)} {split} {METRIC} ({s}) at {r} the training time"
                      for b, o, g, s, r in gains) + "."
     return Answer("finetune_gain", question, head, details)
 

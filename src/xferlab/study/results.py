@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from xferlab import artifacts, checks
+from xferlab import artifacts
 from xferlab.artifacts import EVAL_SPLITS, RESULTS_CSV, RESULTS_JSON, SCHEMA_VERSION  # noqa: F401  (re-exported)
-from xferlab.backbones.registry import get_spec
-from xferlab.config import StudyConfig, TrainConfig, build
+from xferlab.config import StudyConfig, build
+from xferlab.engine.saved import check_run
 from xferlab.errors import XferlabError
+from xferlab.evaluation.calibration import calibrate
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
+from xferlab.evaluation.flags import degenerate_flags
 from xferlab.evaluation.metrics import METRICS
+from xferlab.evaluation.operating import DEFAULT_TARGET_SENSITIVITY, operating_points
 from xferlab.study.grid import expand_grid
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,9 @@ class RunRecord:
     history: list[dict]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]]
     evaluation: dict[str, dict] = field(default_factory=dict)
+    calibration: dict[str, dict] = field(default_factory=dict)  # split -> calibration.Calibration.as_dict()
+    operating_points: list[dict] | None = None  # operating.OperatingPoint.as_dict() each; None: not binary
+    flags: dict[str, list[str]] = field(default_factory=dict)  # split -> degenerate-run flags (study.flags)
 
     @property
     def class_names(self) -> list[str]:
@@ -65,34 +71,20 @@ class StudyResults:
         return "test" if self.records and all("test" in r.predictions for r in self.records) else "val"
 
 
-def check_run(run: artifacts.RunFolder) -> None:
-    """What a run folder must agree with beyond its files' own checks (artifacts.read_run): config.yaml is still a
-    valid TrainConfig, and model.pt, when kept, is this run's (backbone, class count, the backbone's feature width).
-    The report needs no weights, but a mismatched model.pt is reported."""
-    try:
-        cfg = build(TrainConfig, run.config, where=str(run.path / artifacts.CONFIG_YAML))
-    except XferlabError as err:
-        raise XferlabError(f"{err} ({checks.rerun_hint(run.path)})") from None
-    ckpt = artifacts.read_checkpoint(run.path)
-    if ckpt is not None:
-        checks.check_checkpoint(run.path / artifacts.MODEL_PT, ckpt, cfg.backbone, len(run.class_names),
-                                _feature_dim(cfg.backbone))
-
-
-def _feature_dim(backbone: str) -> int | None:
-    try:
-        return get_spec(backbone).feature_dim
-    except XferlabError:  # its family's package is missing here: the class count check stands alone
-        return None
-
-
-def load_run(run_dir: Path, settings: BootstrapSettings) -> RunRecord:
-    """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions. A damaged or
+def load_run(run_dir: Path, settings: BootstrapSettings,
+             target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
+    """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions: metrics with CIs,
+    calibration (temperature fitted on val), operating points chosen on val, degenerate flags. A damaged or
     mismatched file is an error naming it and what to rerun."""
     run = artifacts.read_run(run_dir)
     check_run(run)
-    record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, run.predictions)
-    record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in run.predictions.items()}
+    predictions = run.predictions
+    record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions)
+    record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
+    record.calibration = {s: c.as_dict() for s, c in calibrate(predictions).items()}
+    points = operating_points(predictions, target_sensitivity, **settings.as_kwargs())
+    record.operating_points = None if points is None else [p.as_dict() for p in points]
+    record.flags = {s: degenerate_flags(y, p, record.evaluation[s]) for s, (y, p) in predictions.items()}
     return record
 
 
@@ -114,7 +106,8 @@ def collect_results(out: str | Path) -> StudyResults:
     if not finished:
         runs = out / artifacts.RUNS
         raise XferlabError(f"{out}: no finished runs under {runs}; run `xferlab study STUDY.yaml --out {out}`")
-    records = [load_run(folder.run_dir(n), settings) for n in finished]
+    target = study.target_sensitivity if study else DEFAULT_TARGET_SENSITIVITY
+    records = [load_run(folder.run_dir(n), settings, target) for n in finished]
     return StudyResults(out, study, settings, records, [n for n in names if n not in finished], folder.environment)
 
 
@@ -149,6 +142,10 @@ def result_row(record: RunRecord) -> dict:
         "device": m.get("device"),
         "class_names": record.class_names,
         **{split: record.evaluation.get(split) for split in SPLITS},
+        "flags": {split: record.flags.get(split) for split in SPLITS if split in record.flags},
+        "degenerate": any(record.flags.values()),
+        "calibration": record.calibration,
+        "operating_points": record.operating_points,
         "timing": timing(record),
         "test_bn": m.get("test_bn"),  # transductive test-time BatchNorm metrics (xferlab.engine.test_bn), or None
         "config": record.config,
@@ -157,7 +154,8 @@ def result_row(record: RunRecord) -> dict:
 
 def csv_row(row: dict) -> dict:
     """A results.json row flattened to scalars: <split>_<metric>, <split>_<metric>_low/_high, timing columns."""
-    flat = {k: v for k, v in row.items() if k not in (*SPLITS, "timing", "config", "class_names", "test_bn")}
+    nested = (*SPLITS, "timing", "config", "class_names", "flags", "calibration", "operating_points", "test_bn")
+    flat = {k: v for k, v in row.items() if k not in nested}
     for split in SPLITS:
         ev = row.get(split)
         flat[f"{split}_n"] = ev["n"] if ev else None
@@ -166,10 +164,31 @@ def csv_row(row: dict) -> dict:
             flat[f"{split}_{name}"] = metric.get("value")
             flat[f"{split}_{name}_low"] = metric.get("low")
             flat[f"{split}_{name}_high"] = metric.get("high")
+        flat[f"{split}_flags"] = " ".join(row["flags"].get(split) or [])
+        cal = row["calibration"].get(split) or {}
+        for key in ("ece_scaled", "brier_scaled"):  # <split>_ece and <split>_brier (with CIs) come from METRICS
+            flat[f"{split}_{key}"] = cal.get(key)
+    flat["temperature"] = (row["calibration"].get("val") or {}).get("temperature")
+    flat.update(_operating_columns(row["operating_points"]))
     flat.update(row["timing"])
     for split in SPLITS:  # always present (empty without --test-bn adapt): one header for every row
         adapted = (row.get("test_bn") or {}).get(split) or {}
         flat.update({f"test_bn_{split}_{name}": adapted.get(name) for name in TEST_BN_COLUMNS})
+    return flat
+
+
+def _operating_columns(points: list[dict] | None) -> dict:
+    """op_youden_threshold, op_youden_test_sensitivity(_low/_high), ... (target-sensitivity rule named 'target')."""
+    flat = {}
+    for point in points or []:
+        rule = "youden" if point["rule"] == "youden" else "target"
+        flat[f"op_{rule}_rule"] = point["rule"]
+        flat[f"op_{rule}_threshold"] = point["threshold"]
+        for split in SPLITS:
+            rates = point.get(split) or {}
+            for key in ("sensitivity", "specificity"):
+                for suffix in ("", "_low", "_high"):
+                    flat[f"op_{rule}_{split}_{key}{suffix}"] = rates.get(key + suffix)
     return flat
 
 

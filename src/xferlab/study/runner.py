@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 # Settings that choose where and how fast a run computes, not what it computes: a finished run stays valid when they
 # change (e.g. a study resumed on a GPU machine).
-EXECUTION_KEYS = ("device", "num_threads", "track", "track_uri")  # tracking never changes results
+EXECUTION_KEYS = ("device", "num_threads", "cuda_graphs", "inference_batch_size",  # speed only
+                  "track", "track_uri")  # tracking never changes results
 
 
 @dataclass

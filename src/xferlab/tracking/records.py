@@ -1,7 +1,7 @@
 """What a tracker is given, drawn from configs and saved records: flattened params, tags (dataset digest, xferlab
-version, git commit), a finished run folder (history, final metrics with bootstrap CIs, confusion matrices, files)
-and an audit folder (verdict and statistics). Everything here reads, through xferlab.artifacts' records; nothing
-writes outside a temporary folder."""
+version, git commit), a finished run folder (history, final metrics with bootstrap CIs, confusion matrices,
+degenerate-run flags, files) and an audit folder (verdict and statistics). Everything here reads, through
+xferlab.artifacts' records; nothing writes outside a temporary folder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from xferlab import artifacts
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
+from xferlab.evaluation.flags import degenerate_flags
 from xferlab.tracking.base import Tracker, numeric
 
 # Above this many bytes the data digest hashes the file listing (relative path, size, mtime) instead of the contents:
@@ -34,6 +36,7 @@ RUN_SCALARS = {"best_epoch": "best_epoch", "train_seconds": "train_seconds_total
                "inference_images_per_s": "inference_images_per_s", "params": "params",
                "trainable_params": "trainable_params"}
 AUDIT_PREFIX = "audit"
+FLAGS_PREFIX, DEGENERATE_TAG = "flags", "degenerate"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -135,19 +138,37 @@ def start_run(tracker: Tracker, config: Mapping[str, Any]) -> None:
     tracker.set_tags(run_tags(config))
 
 
-def final_metrics(run: artifacts.RunFolder, settings: BootstrapSettings) -> tuple[dict[str, float], dict[str, list]]:
+@dataclass(frozen=True)
+class FinalRecord:
+    """What a finished run folder gives its trackers beyond the per-epoch history."""
+
+    metrics: dict[str, float]  # metrics.json's scalars, every val/test metric with its CI bounds
+    matrices: dict[str, list]  # split -> confusion matrix
+    flags: dict[str, list[str]]  # split -> degenerate-run flags (evaluation.flags), as results.csv has them
+
+
+def final_metrics(run: artifacts.RunFolder, settings: BootstrapSettings) -> FinalRecord:
     """Final values of a finished run: metrics.json's scalars, and every val/test metric with its bootstrap CI bounds
     (`<split>_<metric>`, `_low`, `_high`; the same numbers results.csv gets with the same settings), plus the
-    confusion matrices by split."""
+    confusion matrices and the degenerate-run flags by split (from the same evaluation, so they match results.csv)."""
     final = numeric({name: run.metrics.get(key) for key, name in RUN_SCALARS.items()})
-    matrices = {}
+    matrices, flags = {}, {}
     for split, (labels, probs) in run.predictions.items():
         ev = evaluate_split(labels, probs, settings)
         for name, m in ev["metrics"].items():
             final.update(numeric({f"{split}_{name}": m["value"], f"{split}_{name}_low": m["low"],
                                   f"{split}_{name}_high": m["high"]}))
         matrices[split] = ev["confusion_matrix"]
-    return final, matrices
+        flags[split] = degenerate_flags(labels, probs, ev)
+    return FinalRecord(final, matrices, flags)
+
+
+def flag_tags(flags: Mapping[str, list[str]]) -> dict[str, str]:
+    """The degenerate-run flags as tags: `flags.<split>` (results.csv's codes, space-separated, or 'none') and
+    `degenerate` ('true' when any split is flagged, as results.csv's column)."""
+    tags = {f"{FLAGS_PREFIX}.{split}": " ".join(codes) or "none" for split, codes in flags.items()}
+    tags[DEGENERATE_TAG] = str(any(flags.values())).lower()
+    return tags
 
 
 def _confusion_png(matrices: dict[str, list], class_names: list[str], path: Path) -> Path:
@@ -176,8 +197,10 @@ def log_run_folder(tracker: Tracker, run_dir: Path, settings: BootstrapSettings,
     if history:
         for row in run.history:
             tracker.log_metrics(row, step=int(row["epoch"]))
-    final, matrices = final_metrics(run, settings)
-    tracker.log_metrics(final)
+    final = final_metrics(run, settings)
+    matrices = final.matrices
+    tracker.log_metrics(final.metrics)
+    tracker.set_tags(flag_tags(final.flags))  # MLflow tags; TensorBoard shows them as `tag.` hparams
     files = [run.path / name for name in RUN_FILES if (run.path / name).is_file()]
     tracker.log_artifacts(files)
     if matrices:

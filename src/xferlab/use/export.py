@@ -86,7 +86,9 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     onnx = _onnx_modules()
     run = load_run(run_dir, "cpu")
     out = Path(out) if out is not None else run.path / artifacts.MODEL_ONNX
-    if out.is_dir() or not out.parent.is_dir():
+    if out.is_dir():
+        raise XferlabError(f"--out {out} is a folder; give a file name such as {out / artifacts.MODEL_ONNX}")
+    if not out.parent.is_dir():
         raise XferlabError(f"--out {out}: give a file in an existing folder, e.g. {run.path / artifacts.MODEL_ONNX}")
     spec = run.preprocessing.input
     if spec.size is not None and (spec.size, spec.size) != run.preprocessing.image_size:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from xferlab import artifacts
-from xferlab.config import TrainConfig, build
+from xferlab.config import TrainConfig
+from xferlab.engine.saved import check_run_with
 from xferlab.errors import XferlabError
 from xferlab.inputs import InputSpec
 
@@ -86,5 +87,7 @@ def read_trained_run(path: str | os.PathLike) -> TrainedRun:
             raise XferlabError(f"{root}: no {name}; give a finished run folder written by xferlab train "
                                "(a study keeps them under runs/<backbone>-<regime>-seed<S>/)")
     record = artifacts.read_run(root)
-    config = build(TrainConfig, record.config, str(root / artifacts.CONFIG_YAML))
-    return TrainedRun(record, config, _checkpoint(artifacts.read_checkpoint(root), root / artifacts.MODEL_PT))
+    raw = artifacts.read_checkpoint(root)
+    # config.yaml still a TrainConfig, model.pt this run's backbone and class count: the checks `report` makes
+    config = check_run_with(record, raw)
+    return TrainedRun(record, config, _checkpoint(raw, root / artifacts.MODEL_PT))
