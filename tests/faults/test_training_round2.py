@@ -32,6 +32,17 @@ def _train(out: Path, npy: Path, *options) -> list:
     return ["train", "--data", npy, "--out", out, *TRAIN, *options]
 
 
+def _each_epoch(monkeypatch, step) -> None:
+    """Route every training epoch through `step(run_epoch) -> (loss, acc)`, whichever trainer runs it: the fit loop's
+    train_one_epoch, or the head trainer that replaces it for cached features (engine.headfit)."""
+    from xferlab.engine import fit
+    from xferlab.engine.headfit import HeadTrainer
+
+    loop, head = fit.train_one_epoch, HeadTrainer.train_epoch
+    monkeypatch.setattr(fit, "train_one_epoch", lambda *a, **k: step(lambda: loop(*a, **k)))
+    monkeypatch.setattr(HeadTrainer, "train_epoch", lambda self, batches: step(lambda: head(self, batches)))
+
+
 def test_a_loss_that_becomes_nan_stops_the_run_naming_the_epoch_and_the_learning_rate(tmp_path, npy, fails):
     # Adam's first step moves every head weight by ~lr: at 1e38 the logits overflow and the loss is NaN
     fails(_train(tmp_path / "run", npy, "--lr", "1e38"), tmp_path, "epoch 1", "learning rate (lr = 1e+38)",
@@ -39,30 +50,24 @@ def test_a_loss_that_becomes_nan_stops_the_run_naming_the_epoch_and_the_learning
 
 
 def test_a_loss_that_becomes_infinite_later_stops_at_that_epoch(tmp_path, npy, fails, monkeypatch):
-    from xferlab.engine import fit  # the one fit loop calls train_one_epoch
+    calls = []
 
-    real, calls = fit.train_one_epoch, []
-
-    def diverging(*args, **kwargs):
-        loss, acc = real(*args, **kwargs)
+    def diverging(run_epoch):
+        loss, acc = run_epoch()
         calls.append(1)
         return (float("inf") if len(calls) == 2 else loss), acc
 
-    monkeypatch.setattr(fit, "train_one_epoch", diverging)
+    _each_epoch(monkeypatch, diverging)
     fails(_train(tmp_path / "run", npy, "--epochs", "3"), tmp_path, "epoch 2", "train loss inf")
     assert len(calls) == 2  # stopped at once, epoch 3 never ran
 
 
 def test_sigterm_during_a_run_exits_143_and_leaves_nothing(tmp_path, npy, monkeypatch, capsys):
-    from xferlab.engine import fit  # the one fit loop calls train_one_epoch
-
-    real = fit.train_one_epoch
-
-    def terminated(*args, **kwargs):
+    def terminated(run_epoch):
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's `scancel` / `kill` would, mid-epoch
-        return real(*args, **kwargs)
+        return run_epoch()
 
-    monkeypatch.setattr(fit, "train_one_epoch", terminated)
+    _each_epoch(monkeypatch, terminated)
     before = tree(tmp_path)
     assert main([str(a) for a in _train(tmp_path / "run", npy)]) == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated"
@@ -75,22 +80,20 @@ def _runs(out: Path) -> list[Path]:
 
 
 def test_sigterm_stops_a_study_like_ctrl_c_keeping_finished_runs(tmp_path, npy, monkeypatch, capsys):
-    from xferlab.engine import fit  # the one fit loop calls train_one_epoch
-
     doc = {"name": "term", "data": {"path": str(npy)}, "backbones": ["resnet18"], "regimes": ["frozen"],
            "seeds": [0, 1, 2], "bootstrap_resamples": 100,
            "train": {"weights": "none", "epochs": 1, "batch_size": 8, "device": "cpu", "num_threads": 1}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
-    real, started = fit.train_one_epoch, []
+    started = []
 
-    def terminated_in_second_run(*args, **kwargs):
+    def terminated_in_second_run(run_epoch):
         started.append(1)
         if len(started) == 2:  # the first run is finished and renamed into place; the second is mid-epoch
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
+        return run_epoch()
 
-    monkeypatch.setattr(fit, "train_one_epoch", terminated_in_second_run)
+    _each_epoch(monkeypatch, terminated_in_second_run)
     code = main(["study", str(tmp_path / "study.yaml"), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 143, err
