@@ -93,3 +93,20 @@ def test_bad_input_is_one_error_line(case: str, tiny_run: Path, tmp_path: Path, 
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_writes_only_under_its_out(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """#17: an --out with `..` lands where it resolves to, nothing else is touched, and an existing --out is refused."""
+    (tmp_path / "a").mkdir()
+    before = {p for p in tmp_path.rglob("*")}
+    run_before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    with num_threads(1):
+        assert main(["explain", str(tiny_run), "--out", str(tmp_path / "a" / ".." / "ex"), "--layer", "layer2",
+                     "--max-errors", "1", "--per-class", "1", "--max-images", "8"]) == 0
+    added = {p for p in tmp_path.rglob("*")} - before
+    assert added and all(p.is_relative_to(tmp_path / "ex") for p in added), added
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")} == run_before  # the run folder is only read
+    capsys.readouterr()
+    assert main(["explain", str(tiny_run), "--out", str(tmp_path / "ex")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "ex" in err and len(err.strip().splitlines()) == 1
