@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from xferlab import files as io  # noqa: E402
+from xferlab import files  # noqa: E402
 from xferlab.audit.common import domain_masks  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
@@ -28,7 +28,7 @@ P_CLIP = 10  # -log10 p above this (KS reaches 300 on a site change) would flatt
 
 
 def _save(fig, path: Path) -> str:
-    io.save_figure(path, fig)
+    files.save_figure(path, fig)
     plt.close(fig)
     return path.name
 
@@ -174,7 +174,7 @@ def _curves(ax, history: list[dict], title: str) -> None:
 def resplit_figure(resplit: dict, path: Path) -> str:
     """(a) accuracy per epoch on the original split; (b) the mean over re-splits; (c) best-epoch accuracy per split,
     original (diamonds) against the re-split distribution (boxes and points)."""
-    # 10 in at io.save_figure's 110 dpi fits the report's 1116 px column unshrunk, so 9 pt text stays 9 pt
+    # 10 in at files.save_figure's 110 dpi fits the report's 1116 px column unshrunk, so 9 pt text stays 9 pt
     fig, axes = plt.subplots(1, 3, figsize=(10, 4.0))
     _curves(axes[0], resplit["original"]["history"], "(a) original split")
     _curves(axes[1], resplit["resplit_history_mean"], f"(b) after re-splitting (mean of {resplit['resplits']})")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from xferlab import files as io
+from xferlab import files
 from xferlab.data.config import MAX_IMAGE_SIZE
 from xferlab.errors import XferlabError, did_you_mean
 
@@ -756,15 +756,15 @@ def generate_phantoms(
         label = CLASS_NAMES.index(name)
         share = SHORTCUT_MARKER_SHARE[name] if shift == "shortcut" and split == "train" else 0.0
         rendered = _render_class(seed, split, label, count, size, site, share)
-        io.write_file(out / f"{file_stem}.npy", lambda handle, arr=rendered.images: np.save(handle, arr))
+        files.write_file(out / f"{file_stem}.npy", lambda handle, arr=rendered.images: np.save(handle, arr))
         roi = rendered.lungs.astype(np.uint8)
-        io.write_file(out / ROI_DIR / f"{file_stem}.npy", lambda handle, arr=roi: np.save(handle, arr))
+        files.write_file(out / ROI_DIR / f"{file_stem}.npy", lambda handle, arr=roi: np.save(handle, arr))
         markers[file_stem] = rendered.markers
     marker_files = {}
     if any((boxes >= 0).any() for boxes in markers.values()):
         (out / MARKER_DIR).mkdir(exist_ok=True)
         for file_stem, boxes in markers.items():
-            io.write_file(out / MARKER_DIR / f"{file_stem}.npy", lambda handle, arr=boxes: np.save(handle, arr))
+            files.write_file(out / MARKER_DIR / f"{file_stem}.npy", lambda handle, arr=boxes: np.save(handle, arr))
             marker_files[file_stem] = f"{MARKER_DIR}/{file_stem}.npy"
     meta = {
         "generator": __name__,
@@ -785,5 +785,5 @@ def generate_phantoms(
         "shortcut_marker_share": dict(SHORTCUT_MARKER_SHARE) if shift == "shortcut" else None,
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    io.write_text(out / "phantoms.json", text)
+    files.write_text(out / "phantoms.json", text)
     return out
