@@ -129,3 +129,4 @@ def test_brier_score_is_scikit_learns_and_the_bootstrap_agrees_with_the_point_va
         batched = batched_metrics(y, probs[None])[:, 0]
         for name, value in zip(METRICS, batched):
             assert value == pytest.approx(m[name]), (k, name)
+

@@ -46,7 +46,7 @@ def test_finetuning_gain_and_time_cost_come_from_the_runs(make_study):
     answer = _answers(results)["finetune_gain"]
     assert answer.headline == ("resnet18: fine-tuning +20.0 points test accuracy (beyond the uncertainty) at 4.5× the "
                                "training time.")
-    assert "training time 45 s vs 10 s (4.5×)" in answer.details[0]
+    assert "training time 45.0 s vs 10.0 s (4.5×)" in answer.details[0]
     assert "backbone_size" not in _answers(results)  # one backbone: no size question
 
 

@@ -13,6 +13,13 @@ import torch
 from xferlab.data.batches import batch_indices
 
 
+def format_seconds(value: float | None) -> str:
+    """Seconds with enough digits to be non-zero (a frozen run's head trains in milliseconds): 12.3, 0.0062."""
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

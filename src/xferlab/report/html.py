@@ -17,6 +17,7 @@ from xferlab import artifacts
 from xferlab.artifacts import EVAL_SPLITS as SPLITS
 from xferlab.artifacts import REPORT_HTML  # noqa: F401  (re-exported)
 from xferlab.evaluation.metrics import METRIC_TABLE, METRICS, roc_curves
+from xferlab.evaluation.timing import format_seconds
 from xferlab.report.calibration import render_calibration_section
 from xferlab.report.explain import render_explain_section
 from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
@@ -135,7 +136,8 @@ def _summary(results: StudyResults) -> str:
         rows.append([rank_label(c), c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
                      _config_cell(c, "val", "accuracy"),
                      *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
-                     _seconds(t["train_seconds"]["mean"]), _seconds(t["seconds_per_epoch"]["mean"]), flags])
+                     format_seconds(t["train_seconds"]["mean"]), format_seconds(t["seconds_per_epoch"]["mean"]),
+                     flags])
     seeds = sorted({s for c in configs for s in c["seeds"]})
     ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
     spread = f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
@@ -156,13 +158,6 @@ def _summary(results: StudyResults) -> str:
     if results.missing:
         body += f'<p class="muted">Not run yet (no run folder): {escape(", ".join(results.missing))}.</p>'
     return _section("summary", body, intro)
-
-
-def _seconds(value: float | None) -> str:
-    """Seconds with enough digits to be non-zero (a frozen run's head epoch takes milliseconds)."""
-    if value is None:
-        return "n/a"
-    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
 
 
 def _params(total: int | None, trainable: int | None) -> Html:
@@ -235,8 +230,9 @@ def _timing(results: StudyResults) -> str:
     rows = []
     for r, (_, t) in zip(results.records, runs):
         m = r.metrics
-        rows.append([r.name, r.metrics.get("device", ""), _seconds(t["feature_seconds"]), _seconds(t["fit_seconds"]),
-                     _seconds(t["train_seconds"]), _seconds(t["seconds_per_epoch"]), _seconds(t["eval_seconds"]),
+        rows.append([r.name, r.metrics.get("device", ""), format_seconds(t["feature_seconds"]),
+                     format_seconds(t["fit_seconds"]), format_seconds(t["train_seconds"]),
+                     format_seconds(t["seconds_per_epoch"]), format_seconds(t["eval_seconds"]),
                      _num(t["total_seconds"], 1), _num(t["inference_images_per_s"], 0),
                      _params(m.get("params"), m.get("trainable_params"))])
     header = ["run", "device", "features s", "loop s", "training s", "s / epoch", "evaluation s", "run total s",

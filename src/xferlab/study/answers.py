@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from xferlab import artifacts
 from xferlab.evaluation.bootstrap import paired_difference
+from xferlab.evaluation.timing import format_seconds
 from xferlab.study.results import RunRecord, StudyResults, timing
 
 METRIC = "accuracy"  # the reference study's metric; the report's tables give all the others
@@ -175,7 +176,7 @@ def _finetune_gain(results: StudyResults) -> Answer | None:
             gains.append((backbone, other, gain, sure, ratio))
             details.append(f"{backbone}: {training_name(other)} vs frozen, {split} {METRIC} {text} — {sure}; "
                            "training time "
-                           f"{t_other:.0f} s vs {t_frozen:.0f} s ({ratio}).")
+                           f"{format_seconds(t_other)} s vs {format_seconds(t_frozen)} s ({ratio}).")
     if not gains:
         return None
     head = "; ".join(f"{b}: {training_name(o)} {_points(g)} {split} {METRIC} ({s}) at {r} the training time"
