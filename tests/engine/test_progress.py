@@ -4,7 +4,7 @@ epochs and the best epoch so far; a bar on a terminal; nothing when quiet."""
 import io
 
 from xferlab.engine.fit import BestEpoch, EpochRecord, FitState
-from xferlab.engine.progress import EpochProgress, format_seconds, set_quiet
+from xferlab.engine.progress import EpochProgress, format_duration, set_quiet
 
 
 class FakeClock:
@@ -69,4 +69,4 @@ def test_a_terminal_gets_a_bar_not_lines():
 
 
 def test_format_seconds():
-    assert [format_seconds(s) for s in (4.6, 185, 3725)] == ["5s", "3m05s", "1h02m"]
+    assert [format_duration(s) for s in (4.6, 185, 3725)] == ["5s", "3m05s", "1h02m"]

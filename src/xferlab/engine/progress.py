@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm.auto import tqdm
 
+from xferlab.evaluation.timing import format_seconds
+
 if TYPE_CHECKING:
     from xferlab.engine.fit import BestEpoch, EpochRecord, FitState
 
@@ -30,7 +32,7 @@ def is_quiet() -> bool:
     return _QUIET
 
 
-def format_seconds(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """'42s', '3m05s', '1h02m' (seconds that fit a progress line)."""
     s = int(round(seconds))
     if s < 60:
@@ -81,7 +83,7 @@ class EpochProgress:
         left'."""
         return (f"{self.label} epoch {record.epoch}/{self.epochs}: loss {_fmt(record.train_loss)} "
                 f"acc {_fmt(record.train_acc)} val acc {_fmt(record.val_acc)}{self._best()} "
-                f"{self.seconds[-1]:.1f}s, about {format_seconds(self.time_left(record.epoch))} left")
+                f"{format_seconds(self.seconds[-1])}s, about {format_duration(self.time_left(record.epoch))} left")
 
     def on_epoch_end(self, record: EpochRecord, state: FitState) -> None:
         now = self.clock()
