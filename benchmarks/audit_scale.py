@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xferlab.data import reexport
+
 TEST_SHARE = 0.15  # phantoms: test images per class as a share of all images of the class
 
 
@@ -128,49 +130,16 @@ def clean(args: argparse.Namespace) -> None:
                       "splits_with_false_findings": false}))
 
 
-def _crop(im: np.ndarray, frac: float) -> np.ndarray:
-    """Crop `frac` of each side's length (at least 1 px) from the bottom and right, re-exported at the original size."""
-    from PIL import Image
-
-    h, w = im.shape
-    k = max(1, round(frac * h))
-    return np.asarray(Image.fromarray(im[:h - k, :w - k]).resize((w, h), Image.BILINEAR))
-
-
-def _rescale(im: np.ndarray, frac: float) -> np.ndarray:
-    from PIL import Image
-
-    h, w = im.shape
-    return np.asarray(Image.fromarray(im).resize((round(w * (1 + frac)),) * 2, Image.BILINEAR).crop((0, 0, w, h)))
-
-
-def _jpeg(im: np.ndarray, quality: int = 75) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(im).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(buf))
-
-
-def _bright(im: np.ndarray) -> np.ndarray:
-    return np.clip(im * 1.1 + 8, 0, 255).astype(np.uint8)
-
-
-def _noise(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.clip(im + rng.normal(0, 3, im.shape), 0, 255).astype(np.uint8)
-
-
 ALTERATIONS = {
-    "crop 1 px (3 % at 32 px), one corner": lambda im, rng: _crop(im, 0.01),
-    "crop 2 px (6 %), one corner": lambda im, rng: _crop(im, 0.06),
-    "rescale +3 %": lambda im, rng: _rescale(im, 0.03),
-    "JPEG quality 75": lambda im, rng: _jpeg(im),
-    "JPEG quality 50": lambda im, rng: _jpeg(im, 50),
-    "brightness +8, contrast ×1.1": lambda im, rng: _bright(im),
-    "Gaussian noise sd 3": _noise,
-    "crop 1 px + brightness + JPEG 75 + noise": lambda im, rng: _noise(_jpeg(_bright(_crop(im, 0.01))), rng),
+    "crop 1 px (3 % at 32 px), one corner": lambda im, rng: reexport.crop(im, 0.01),
+    "crop 2 px (6 %), one corner": lambda im, rng: reexport.crop(im, 0.06),
+    "rescale +3 %": lambda im, rng: reexport.rescale(im, 0.03),
+    "JPEG quality 75": lambda im, rng: reexport.jpeg(im),
+    "JPEG quality 50": lambda im, rng: reexport.jpeg(im, 50),
+    "brightness +8, contrast ×1.1": lambda im, rng: reexport.brightness_contrast(im),
+    "Gaussian noise sd 3": reexport.noise,
+    "crop 1 px + brightness + JPEG 75 + noise":
+        lambda im, rng: reexport.noise(reexport.jpeg(reexport.brightness_contrast(reexport.crop(im, 0.01))), rng),
 }
 
 

@@ -4,17 +4,15 @@ and precomputed embeddings replace the backbone pass."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from xferlab.audit.leakage import aligned_copies, content_hashes, leakage_audit, perceptual_hashes
 from xferlab.audit.nearcopy import aligned_similarities, spectral_descriptors
 from xferlab.audit.neighbours import nearest
 from xferlab.cli import main
 from xferlab.config import AuditConfig, DataConfig
+from xferlab.data import reexport
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.data.sources import load_dataset
@@ -22,36 +20,14 @@ from xferlab.data.sources import load_dataset
 PLANTED = 20  # copies per alteration
 
 
-def crop(im: np.ndarray, frac: float) -> np.ndarray:
-    """Crop `frac` of the side (at least one pixel, all from the bottom-right: the largest displacement) and
-    re-export at the original size."""
-    h, w = im.shape
-    k = max(1, round(frac * h))
-    return np.asarray(Image.fromarray(im[:h - k, :w - k]).resize((w, h), Image.BILINEAR))
-
-
-def jpeg(im: np.ndarray, quality: int = 75) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(im).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(buf))
-
-
-def brightness(im: np.ndarray) -> np.ndarray:
-    return np.clip(im * 1.1 + 8, 0, 255).astype(np.uint8)
-
-
-def noise(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.clip(im + rng.normal(0, 3, im.shape), 0, 255).astype(np.uint8)
-
-
 ALTERATIONS = {
-    "crop 3 %": lambda im, rng: crop(im, 0.03),
-    "rescale 2 %": lambda im, rng: np.asarray(Image.fromarray(im).resize((33, 33), Image.BILINEAR).crop((0, 0, 32,
-                                                                                                         32))),
-    "jpeg q75": lambda im, rng: jpeg(im),
-    "brightness/contrast": lambda im, rng: brightness(im),
-    "noise sd 3": noise,
-    "combined": lambda im, rng: noise(jpeg(brightness(crop(im, 0.03))), rng),
+    "crop 3 %": lambda im, rng: reexport.crop(im, 0.03),
+    "rescale 2 %": lambda im, rng: reexport.rescale(im, 1 / 32),  # 32 -> 33 px
+    "jpeg q75": lambda im, rng: reexport.jpeg(im),
+    "brightness/contrast": lambda im, rng: reexport.brightness_contrast(im),
+    "noise sd 3": reexport.noise,
+    "combined": lambda im, rng: reexport.noise(reexport.jpeg(reexport.brightness_contrast(reexport.crop(im, 0.03))),
+                                               rng),
 }
 
 
@@ -131,7 +107,7 @@ def test_alignment_scores_one_for_the_same_picture_and_less_for_another(phantoms
 
 
 def brightness_stack(images: np.ndarray) -> np.ndarray:
-    return np.stack([brightness(im) for im in images])
+    return np.stack([reexport.brightness_contrast(im) for im in images])
 
 
 def test_indexed_nearest_matches_brute_force_on_well_separated_points():
