@@ -1,5 +1,6 @@
 """Split audit: can this test split be trusted? Shift tests on backbone embeddings, pixel statistics, leakage and
-the re-split experiment, summed up in a verdict (`run_audit`) and an HTML section (`report.render_audit_section`).
+the re-split experiment, summed up in a verdict (`run_audit`); xferlab.report.audit draws its HTML section from
+audit.json.
 
   common.py    the comparison (train+val vs test), size floors, permutation p-values
   scan.py      one streaming pass: hashes, descriptors, pixel statistics, embeddings per chunk of images
@@ -12,7 +13,6 @@ the re-split experiment, summed up in a verdict (`run_audit`) and an HTML sectio
   resplit.py   R stratified group-aware re-splits, trained like the original
   verdict.py   the findings in words
   figures.py   PNG figures
-  report.py    the self-contained HTML section
   run.py       run_audit: all of the above, written to a folder
 """
 

@@ -40,7 +40,7 @@ class Embedder:
         self.cfg = cfg
         device = resolve_device(cfg.device)
         self.model = fixed_backbone(data, cfg, device)
-        self.preprocess = Preprocess(self.model.spec.mean, self.model.spec.std, device)
+        self.preprocess = Preprocess.for_input(self.model.spec.input, device)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         features = extract_features(self.model.body, as_tensor(images), self.preprocess, _FEATURE_BATCH)
@@ -52,17 +52,12 @@ class Embedder:
 
 
 def embed_dataset(data: ImageDataset, cfg: AuditConfig, progress: bool = True) -> np.ndarray:
-    """Pooled backbone features of every image (N × D float32, dataset order)."""
-    device = resolve_device(cfg.device)
-    model = fixed_backbone(data, cfg, device)
-    preprocess = Preprocess.for_input(model.spec.input, device)
-    images = as_tensor(data.images)
-    chunks = range(0, len(images), _CHUNK)
+    """Pooled backbone features of every in-memory image (N × D float32, dataset order): the Embedder of the
+    streaming pass (scan.py), chunk by chunk."""
+    embed = Embedder(data, cfg)
+    chunks = range(0, len(data.labels), _CHUNK)
     bar = tqdm(chunks, desc=f"embedding ({cfg.backbone})", unit="chunk", disable=not progress, leave=False)
-    feats = [extract_features(model.body, images[i:i + _CHUNK], preprocess, _FEATURE_BATCH).float().cpu()
-             for i in bar]
-    out = torch.cat(feats).numpy()
-    if not np.isfinite(out).all():
-        raise XferlabError(f"backbone '{cfg.backbone}' produced non-finite features; check the weights file")
+    out = np.concatenate([embed(np.asarray(data.images[i:i + _CHUNK])) for i in bar])
+    embed.check(out)
     log.debug("embedded %d images into %d dimensions", *out.shape)
     return out

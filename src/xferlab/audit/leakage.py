@@ -105,11 +105,6 @@ def _within_split_neighbours(data: ImageDataset, features: np.ndarray, metric: s
     return np.concatenate(images), np.concatenate(matches), np.concatenate(dists)
 
 
-def _within_split_distances(data: ImageDataset, features: np.ndarray, metric: str, unique: np.ndarray) -> np.ndarray:
-    """Every (unique) image's distance to its nearest other image of the same split: the calibration sample."""
-    return _within_split_neighbours(data, features, metric, unique)[2]
-
-
 def _cross_split_candidates(data: ImageDataset, features: np.ndarray, metric: str, exact: bool):
     """(query, nearest reference image, distance) for every image of a query split against its reference splits:
     exact (all pairs, in chunks) or indexed."""
@@ -130,7 +125,7 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
     """
     unique = np.zeros(len(hashes), dtype=bool)
     unique[np.unique(hashes, return_index=True)[1]] = True
-    within = _within_split_distances(data, features, metric, unique) * scale
+    within = _within_split_neighbours(data, features, metric, unique)[2] * scale  # the calibration sample
     if len(within) < 2:
         return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
     reference = float(np.quantile(within, cfg.near_duplicate_quantile))

@@ -136,6 +136,10 @@ def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditCon
         return skipped("resplits is 0")
     if not (data.splits == "test").any():
         return skipped("the dataset has no test split to compare")
+    if not isinstance(data.images, np.ndarray) and not parse_regime(cfg.regime).cache_features:
+        return skipped(f"regime {cfg.regime} trains on the images, which stream from disk beyond "
+                       "data.memory_budget_mb; use the frozen regime (it trains on the cached embeddings) or a "
+                       "larger budget")
     device = resolve_device(cfg.device)
     inputs, make = _factory(data, embeddings, cfg, device)
     seeds = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(cfg.resplits + 1)]

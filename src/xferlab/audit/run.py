@@ -30,9 +30,6 @@ from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)
 
-ARRAYS = artifacts.AUDIT_ARRAYS_NPZ  # kept for older imports
-
-
 @contextmanager
 def _timed(seconds: dict, name: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -76,17 +73,16 @@ def _figures(data: ImageDataset, embeddings: np.ndarray, result: dict, arrays: d
     return {k: v for k, v in made.items() if v}
 
 
-def _shortcut(data: ImageDataset, data_cfg: DataConfig, cfg: AuditConfig, result: dict, seconds: dict) -> None:
+def _shortcut(data: ImageDataset, data_cfg: DataConfig, cfg: AuditConfig, result: dict,
+              seconds: dict) -> dict[str, tuple[str, str]]:
+    """The shortcut check into result["shortcut"]; its verdict finding (make_verdict's `extra`)."""
     from xferlab.explain.audit_check import audit_shortcut, shortcut_finding
 
     with _timed(seconds, "shortcut"), torch_threads(cfg.num_threads):
         result["shortcut"] = audit_shortcut(data, data_cfg.format, Path(data_cfg.path), cfg.shortcut_run, cfg.alpha,
                                             cfg.seed)
     finding = shortcut_finding(result["shortcut"])
-    result["verdict"]["findings"].append(finding)
-    result["verdict"]["text"] += " " + finding["text"]
-    if finding["level"] == "caution" and result["verdict"]["level"] == "ok":
-        result["verdict"]["level"] = "caution"
+    return {"shortcut": (finding["level"], finding["text"])}
 
 
 def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True,
@@ -118,9 +114,9 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
             result["resplit"] = resplit_experiment(data, embeddings, audit_cfg, progress)
     result = {"dataset": _dataset_info(data), **result,
               "config": {"data": data_cfg.model_dump(mode="json"), "audit": audit_cfg.model_dump(mode="json")}}
-    result["verdict"] = make_verdict(result)
-    if audit_cfg.shortcut_run:  # the shortcut check needs a trained model: the run named in the config
-        _shortcut(data, data_cfg, audit_cfg, result, seconds)
+    # the shortcut check needs a trained model: the run named in the config
+    extra = _shortcut(data, data_cfg, audit_cfg, result, seconds) if audit_cfg.shortcut_run else None
+    result["verdict"] = make_verdict(result, extra)
     with _timed(seconds, "figures"):
         result["figures"] = _figures(data, embeddings, result, arrays, audit_cfg, out)
     arrays = {"labels": data.labels, "splits": data.splits.astype(str), "stat_names": np.array(list(STATS)),

@@ -149,13 +149,14 @@ def _headline(level: str, flags: dict[str, str]) -> str:
     return "The test split mostly holds up, with the cautions below."
 
 
-def make_verdict(result: dict) -> dict:
-    """Level ('ok', 'caution', 'problem'), a headline and the findings, from a finished audit's results."""
+def make_verdict(result: dict, extra: dict[str, tuple[str, str]] | None = None) -> dict:
+    """Level ('ok', 'caution', 'problem'), a headline and the findings, from a finished audit's results; `extra`:
+    findings of checks outside this package (topic -> (level, text)), e.g. the shortcut check of xferlab.explain."""
     findings = {"shift": shift_finding(result["shift"]),
                 "class_balance": balance_finding(result["class_balance"], result["dataset"]["class_names"]),
                 "pixels": pixel_finding(result["pixels"]),
                 "leakage": leakage_finding(result["leakage"]),
-                "resplit": resplit_finding(result["resplit"])}
+                "resplit": resplit_finding(result["resplit"]), **(extra or {})}
     findings = {k: v for k, v in findings.items() if v is not None}
     if findings["shift"][0] != "problem" and "pixels" in findings:
         findings["pixels"] = ("ok", findings["pixels"][1])  # pixel differences alone are context, not a verdict

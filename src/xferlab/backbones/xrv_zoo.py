@@ -56,8 +56,7 @@ class XrvWeights:
     def load(self) -> StateDict:
         if not self.available():
             self._download()
-        sd = load_pickled_module_state(self.cache_file)
-        return {k: v for k, v in sd.items() if k not in _OUTPUT_BUFFERS}
+        return load_pickled_module_state(self.cache_file)  # build_pretrained drops the output buffers
 
     def _download(self) -> None:
         where = f"place {self.cache_file.name} (from {self.url}) at {self.cache_file}"  # WeightsUnavailable adds

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from xferlab.data.hospital import declared_bits, dicom_header, is_dicom, read_dicom, wide_to_uint8
+from xferlab.data.hospital import MAX_IMAGE_PIXELS, declared_bits, dicom_header, is_dicom, read_dicom, wide_to_uint8
 from xferlab.errors import XferlabError
 
 # Bilinear with Pillow's support scaling is antialiased when shrinking (the same filter as torchvision's
@@ -31,9 +31,6 @@ _GRAY_MODES = ("1", "L", "LA", "La")
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _SINGLE_CHANNEL_MODES = (*_GRAY_MODES, *_WIDE_INT_MODES, "F")  # _decode makes these H×W whatever the pixels
 
-# Decompression-bomb guard, checked on the header before any pixel is decoded: 8192×8192 is twice the side of the
-# largest digital chest radiographs (about 4300×3500 px, 43×35 cm at 100 µm) and decodes to 192 MiB as RGB.
-MAX_IMAGE_PIXELS = 8192 * 8192
 # EXIF Orientation values (TIFF 6.0 tag 274) that swap width and height: transposed and 90°/270° rotations.
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112

@@ -25,11 +25,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from xferlab.artifacts import EVAL_SPLITS
 from xferlab.engine.distributed import SINGLE, Dist
 from xferlab.engine.loop import evaluate, train_one_epoch
 from xferlab.evaluation.timing import Timer
-
-EVALUATED = ("val", "test")
 
 
 @dataclass
@@ -97,7 +96,7 @@ class FitTask:
 
 def _evaluate(task: FitTask) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
     values, probs = {}, {}
-    for s in EVALUATED:
+    for s in EVAL_SPLITS:
         if s in task.inputs:
             values[f"{s}_loss"], values[f"{s}_acc"], probs[s] = evaluate(
                 task.forward, task.inputs[s], task.labels[s], task.eval_batch_size, task.device, task.dist)

@@ -28,10 +28,6 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = bool(quiet)
 
 
-def is_quiet() -> bool:
-    return _QUIET
-
-
 def format_duration(seconds: float) -> str:
     """'42s', '3m05s', '1h02m' (seconds that fit a progress line)."""
     s = int(round(seconds))

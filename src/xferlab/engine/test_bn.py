@@ -14,6 +14,7 @@ import copy
 import numpy as np
 import torch
 
+from xferlab.backbones.regimes import has_batchnorm
 from xferlab.backbones.registry import TransferModel
 from xferlab.engine.distributed import SINGLE, Dist
 from xferlab.engine.loop import adapt_batchnorm, evaluate
@@ -41,12 +42,8 @@ def check_split_counts(counts: dict[str, int], min_images: int) -> None:
             check_count(split, n, min_images)
 
 
-def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def check_adaptable(model: TransferModel) -> None:
-    if not has_batchnorm(model.body):
+    if not has_batchnorm(model.body):  # backbones.regimes, as for adabn
         raise XferlabError(f"--test-bn adapt: backbone '{model.spec.name}' has no BatchNorm layers to adapt; "
                            "use --test-bn off")
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from xferlab.data.batches import as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.errors import XferlabError
 from xferlab.explain.cam import choose_layer, grad_cam
-from xferlab.explain.regions import dataset_regions
+from xferlab.explain.regions import dataset_regions, mass_share
 from xferlab.explain.shortcut import shortcut_check
 from xferlab.use.model import LoadedRun, load_run
 
@@ -50,22 +49,14 @@ def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_di
     preprocess = run.preprocessing.batch_preprocess(run.device)  # the run's own input record
     layer = choose_layer(model, run.preprocessing.image_size)
     cams, _ = grad_cam(model, as_tensor(images), preprocess, layer=layer)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.cat([model(preprocess(as_tensor(batch[i:i + 64]))).float().softmax(1)
-                              for i in range(0, len(batch), 64)]).cpu().numpy()
-
-    result = shortcut_check(images, cams, predict, roi=roi, alpha=alpha, seed=seed)
+    result = shortcut_check(images, cams, run.predict, roi=roi, alpha=alpha, seed=seed)
     record = {**result.as_dict(), "run": str(run_dir), "split": split, "cam_layer": layer,
               "zone": "border band less the region of interest" if roi is not None else "border band"}
     if "marker" in regions:  # the data records its burned-in markers: how much of the maps sits on them
         marker = regions["marker"]
         known = marker.known[idx]
         if known.any():
-            total = cams[known].sum(axis=(1, 2))
-            on = (cams[known] * marker.masks[idx][known]).sum(axis=(1, 2))
-            record["marker_share"] = round(float(np.mean(on / np.maximum(total, 1e-12))), 4)
+            record["marker_share"] = round(float(np.nanmean(mass_share(cams[known], marker.masks[idx][known]))), 4)
     return record
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xferlab.data.dataset import ImageDataset
+from xferlab.data.images import read_image_header
 from xferlab.errors import XferlabError
 
 # Markers and burned-in text sit in the outer eighth of each side of a film (the issue's definition of the band;
@@ -165,10 +166,7 @@ def _csv_mask(cell: str, image_path: Path, manifest: Path, size: tuple[int, int]
     """One image's region from its `roi` cell: a box or a mask file."""
     box = _parse_box(cell)
     if box is not None:
-        from PIL import Image
-
-        with Image.open(image_path) as im:  # the header only: the box is in the original image's pixels
-            width, height = im.size
+        (height, width), _ = read_image_header(image_path)  # the box is in the original image's pixels (as shown)
         return boxes_to_masks(np.array([box]), size, (size[0] / height, size[1] / width), where=f"{manifest} roi")[0][0]
     mask_path = Path(cell) if Path(cell).is_absolute() else manifest.parent / cell
     if not mask_path.is_file():

@@ -10,6 +10,8 @@ from html import escape
 import matplotlib.pyplot as plt
 
 import xferlab.report.figures as figures
+from xferlab.evaluation.metrics import ECE_BINS
+from xferlab.evaluation.operating import DEFAULT_TARGET_SENSITIVITY
 from xferlab.study.results import SPLITS, StudyResults
 from xferlab.style import SPLIT_MARKERS
 
@@ -74,8 +76,9 @@ def render_calibration_section(results: StudyResults, table, figure_html) -> str
     body += figure_html(reliability_figure(panels), "reliability diagrams",
                         "Reliability: accuracy against mean top-label confidence per bin; points on the dotted "
                         "diagonal are calibrated, below it over-confident.")
-    target = results.study.target_sensitivity if results.study else 0.95
-    intro = ("ECE: expected calibration error over 15 equal-width bins of the top-label confidence (Guo et al. 2017); "
+    target = results.study.target_sensitivity if results.study else DEFAULT_TARGET_SENSITIVITY
+    intro = (f"ECE: expected calibration error over {ECE_BINS} equal-width bins of the top-label confidence "
+             "(Guo et al. 2017); "
              "Brier: scikit-learn's, the squared error of the probabilities (0 is perfect; binary data: the positive "
              "class's, 0.25 for a constant 50/50 guess). "
              "Temperature scaling divides the logits by one T fitted on val (it never changes a prediction). "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from xferlab import artifacts
 from xferlab.errors import XferlabError
 from xferlab.evaluation.flags import describe
+from xferlab.evaluation.timing import format_seconds
 from xferlab.study.results import StudyResults, configurations
 
 RANK_METRIC = "accuracy"
@@ -123,7 +124,7 @@ def summary_table(results: StudyResults) -> str:
         flagged = any(c["flags"].values())
         rows.append((rank_label(c), c["backbone"], c["regime"], format_value(c, "val", "accuracy").split(" [")[0],
                      format_value(c, "test", "accuracy"), format_value(c, "test", "auroc").split(" [")[0],
-                     _seconds(t["train_seconds"]["mean"]), _seconds(t["seconds_per_epoch"]["mean"]),
+                     format_seconds(t["train_seconds"]["mean"]), format_seconds(t["seconds_per_epoch"]["mean"]),
                      "! degenerate" if flagged else ""))
         if flagged:
             notes.append(f"  ! {c['backbone']} {c['regime']}: {c['flag_text']}")
@@ -135,10 +136,3 @@ def summary_table(results: StudyResults) -> str:
     if results.missing:
         lines.append(f"not run yet: {', '.join(results.missing)}")
     return "\n".join(lines)
-
-
-def _seconds(value: float | None) -> str:
-    """Seconds with enough digits to be non-zero: 12, 1.4, 0.031."""
-    if value is None:
-        return "n/a"
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
