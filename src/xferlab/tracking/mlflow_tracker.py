@@ -75,8 +75,9 @@ class MLflowTracker(Tracker):
         return cls(client, exp, client.create_run(exp, run_name=name, tags=tags).info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        # MLflow params cannot change value; a reopened study run keeps the values it was first given.
-        existing = self.client.get_run(self.run_id).data.params
+        # MLflow params cannot change value; a reopened study run keeps the values it was first given (a new run has
+        # none: no server round trip for it).
+        existing = self.client.get_run(self.run_id).data.params if self.reopened else {}
         new = [Param(_key(k), str(v)) for k, v in params.items() if _key(k) not in existing]
         for chunk in _chunks(new, PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
