@@ -113,11 +113,13 @@ def _model(backbone: str, weights: str, regime: str, image_size: int, accel: Acc
 
 def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "auto", *, weights: str = "none",
           regime: str = "finetune", amp: str = "auto", channels_last: str = "auto", compile: bool = False,
-          steps: int = 4, warmup: int = 2, threads: int | None = None, matmul_size: int | None = None) -> dict:
+          steps: int = 4, warmup: int = 2, threads: int | None = None, matmul_size: int | None = None,
+          matmul_flops: float | None = None) -> dict:
     """Throughput and FLOPs of `backbone` on image_size² grayscale uint8 images; a JSON-ready dict.
 
     The training step is the uncached one in `regime` (a frozen backbone still runs forward every step); inference is
-    the whole model in eval mode. `*_matmul_fraction` = achieved FLOP/s / measured matmul FLOP/s (same dtype).
+    the whole model in eval mode. `*_matmul_fraction` = achieved FLOP/s / measured matmul FLOP/s (same dtype);
+    `matmul_flops` passes that yardstick in when the caller measured it once for many benches (gpu_study.py).
     """
     from xferlab.engine.run import resolve_device
 
@@ -138,7 +140,8 @@ def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "a
         train_rate = _train_rate(forward, model, images, labels, batch_size, steps, warmup, dev)
         model.eval()
         infer_rate = inference_throughput(forward, images, batch_size, dev, warmup_batches=max(warmup, 1))
-        peak = matmul_flops_per_s(dev, accel.amp_dtype or torch.float32, size=matmul_size)
+        peak = matmul_flops if matmul_flops is not None else matmul_flops_per_s(
+            dev, accel.amp_dtype or torch.float32, size=matmul_size)
         used_threads = torch.get_num_threads()
     return _report(backbone, regime, weights, image_size, batch_size, accel, used_threads, steps, warmup,
                    flops, train_rate, infer_rate, peak)
