@@ -29,7 +29,7 @@ TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", 
                  "num_threads", "cuda_graphs", "inference_batch_size", "test_bn")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
 AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads",
-                 "shortcut_run")
+                 "runtime", "shortcut_run")
 TRACK_OPTIONS = ("track", "track_uri")  # TrainConfig, StudyConfig and TrackOptions (an audit) share these fields
 OPTION_NAMES = {"path": "data"}  # field -> option where they differ (--data sets data.path)
 

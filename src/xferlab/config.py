@@ -196,6 +196,9 @@ class AuditConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice")
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="what runs the backbone for the embeddings: auto = ONNX Runtime on the CPU when "
+                            "installed and its features match PyTorch's, else PyTorch")
     shortcut_run: str | None = Field(None, description="a run folder trained on this data: run the shortcut check "
                                      "(Grad-CAM + occlusion, xferlab.explain.shortcut) on its model")
 

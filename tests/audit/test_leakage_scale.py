@@ -9,7 +9,7 @@ import pytest
 
 from xferlab.audit.leakage import aligned_copies, content_hashes, leakage_audit, perceptual_hashes
 from xferlab.audit.nearcopy import aligned_similarities, spectral_descriptors
-from xferlab.audit.neighbours import nearest
+from xferlab.audit.neighbours import NeighbourSearch, nearest
 from xferlab.cli import main
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data import reexport
@@ -121,6 +121,56 @@ def test_indexed_nearest_matches_brute_force_on_well_separated_points():
     dist, idx = nearest(bits, "hamming", noisy)
     exact_dist, _ = nearest(bits, "hamming", noisy, exact=True)
     assert (idx == np.arange(200)).all() and np.allclose(dist, exact_dist)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "hamming"])
+def test_indexed_nearest_other_point_has_high_recall_without_planted_twins(metric):
+    """No twins to find: every point's nearest other point in 150-d clustered data (above PROJECTED_DIMS, so the
+    projection and the re-ranking are both exercised), the hard case for an approximate search."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(30, 150))
+    x = (centres[rng.integers(0, 30, 3000)] + 0.7 * rng.normal(size=(3000, 150))).astype(np.float32)
+    if metric == "hamming":
+        x = x[:, :128] > 0
+    dist, idx = nearest(x, metric)
+    exact_dist, exact_idx = nearest(x, metric, exact=True)
+    assert not (idx == np.arange(len(x))).any()  # never the point itself
+    assert np.mean(np.isclose(dist, exact_dist, rtol=1e-5, atol=1e-6)) >= 0.99
+    assert (dist >= exact_dist - 1e-6).all()  # an approximate neighbour is never closer than the true one
+
+
+def test_search_over_several_groups_takes_the_nearest_of_all():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    groups = {"a": np.arange(0, 300), "b": np.arange(300, 500), "q": np.arange(500, 600)}
+    search = NeighbourSearch(x, "euclidean", groups)
+    dist, idx = search.nearest(groups["q"], ["a", "b"])
+    full = np.linalg.norm(x[500:, None] - x[None, :500], axis=2)
+    assert np.array_equal(idx, full.argmin(axis=1)) and np.allclose(dist, full.min(axis=1), rtol=1e-5)
+
+
+def test_perceptual_hashes_are_imagehash_phash_bit_for_bit(phantoms):
+    import imagehash
+    from PIL import Image
+
+    from xferlab.audit.leakage import PHASH_SIZE
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, size=(6, 3, 40, 48), dtype=np.uint8)
+    gray = colour.mean(axis=1).round().astype(np.uint8)
+    for images, plain in ((phantoms.images[:40], phantoms.images[:40]), (colour, gray)):
+        expected = np.stack([imagehash.phash(Image.fromarray(im), hash_size=PHASH_SIZE).hash.ravel() for im in plain])
+        assert np.array_equal(perceptual_hashes(images), expected)
+
+
+def test_aligned_check_aligns_only_pairs_that_pass_the_descriptor_prefilter(planted):
+    data, where = planted
+    result, _ = aligned_copies(data, spectral_descriptors(data.images), content_hashes(data.images),
+                               AuditConfig(seed=0))
+    copies = sum(len(c) for c in where.values())
+    clean_aligned = result["aligned_pairs"] - copies  # at most: the planted pairs all pass the prefilter
+    assert result["count"] <= result["aligned_pairs"] and clean_aligned < 0.3 * (result["queries"] - copies)
+    assert result["calibration"]["prefilter_distance"] > 0
 
 
 def test_precomputed_embeddings_replace_the_backbone(tiny_npy, tmp_path, capsys):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-import imagehash
 import numpy as np
 from PIL import Image
+from scipy.fft import dct
 
 from xferlab.audit.nearcopy import pair_similarities, spectral_descriptors
-from xferlab.audit.neighbours import nearest
+from xferlab.audit.neighbours import NeighbourSearch
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
 
@@ -28,6 +28,7 @@ MAX_LISTED = 200
 # put distinct images at >= 20 bits and noisy, brightened copies at 4-12.
 PHASH_SIZE = 16
 PHASH_BITS = PHASH_SIZE**2
+PHASH_HIGHFREQ = 4  # imagehash's highfreq_factor: the image is resized to PHASH_SIZE × 4 before the DCT
 # The pairs compared across splits: test against everything a model learns or is chosen on, val against train.
 CROSS = (("test", ("train", "val")), ("val", ("train",)))
 
@@ -79,41 +80,73 @@ def exact_duplicates(data: ImageDataset, hashes: np.ndarray) -> dict:
 
 
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
-    """N × PHASH_BITS boolean DCT perceptual hashes (imagehash.phash) of the gray images."""
+    """N × PHASH_BITS boolean DCT perceptual hashes of the gray images, bit for bit imagehash.phash(hash_size=
+    PHASH_SIZE): imagehash's Lanczos resize with Pillow per image, then its DCT (type II, unnormalised) and median
+    rule over the whole stack at once. imagehash takes one PIL image per call, and its per-call overhead made
+    perceptual hashing the largest part of the audit's image pass; tests compare the bits with imagehash.phash."""
     gray = images.mean(axis=1).round().astype(np.uint8) if images.ndim == 4 else images
-    return np.stack([imagehash.phash(Image.fromarray(im), hash_size=PHASH_SIZE).hash.ravel() for im in gray])
+    side = PHASH_SIZE * PHASH_HIGHFREQ
+    resized = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.LANCZOS))
+                        for im in gray]).astype(np.float64)
+    # the low rows of the column transform are all the row transform needs: the same numbers as the full DCT
+    low = dct(dct(resized, axis=1)[:, :PHASH_SIZE], axis=2)[:, :, :PHASH_SIZE].reshape(len(gray), -1)
+    return low > np.median(low, axis=1, keepdims=True)
 
 
 # Within-split pairs aligned to calibrate the aligned-copy threshold: a fixed number keeps the step linear in n.
 ALIGN_CALIBRATION = 2000
+# Images per split whose nearest other image calibrates a threshold: the low quantile of a seeded sample of this
+# size (100 images below a 1 % quantile) is as good a calibration as every image's, at a fixed cost per split.
+CALIBRATION_IMAGES = 10_000
+# Aligned check: only cross-split pairs whose spectral descriptors are closer than this quantile of the within-split
+# nearest-neighbour descriptor distances are aligned. Measured on the default phantoms at 32 px with planted copies
+# (benchmarks/audit_scale.py detect): every 1-pixel crop, 3 % rescale, JPEG 75, brightness, noise and combined copy
+# lies below the 5 % quantile, while 13 % of clean test images lie below the 10 % one; so alignment, the step's main
+# cost, runs on about a tenth of the queries.
+PREFILTER_QUANTILE = 0.10
 
 
-def _within_split_neighbours(data: ImageDataset, features: np.ndarray, metric: str,
-                             unique: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (unique) image's nearest other image of the same split (indexed search, the same in both search modes,
-    so that thresholds do not depend on the mode): image, neighbour (dataset indices) and distance."""
+def _split_rows(data: ImageDataset, hashes: np.ndarray) -> dict[str, np.ndarray]:
+    """Each split's rows, one per distinct content (exact copies are reported by exact_duplicates)."""
+    unique = np.zeros(len(hashes), dtype=bool)
+    unique[np.unique(hashes, return_index=True)[1]] = True
+    return {s: np.flatnonzero((data.splits == s) & unique) for s in SPLITS}
+
+
+def _searches(features: np.ndarray, metric: str, groups: dict[str, np.ndarray], exact: bool,
+              seed: int) -> tuple[NeighbourSearch, NeighbourSearch]:
+    """The search that calibrates (always indexed, so that both modes apply the same thresholds) and the one that
+    finds cross-split candidates (the all-pairs reference with `exact`)."""
+    indexed = NeighbourSearch(features, metric, groups, seed=seed)
+    return indexed, (NeighbourSearch(features, metric, groups, exact=True) if exact else indexed)
+
+
+def _within_split_neighbours(search: NeighbourSearch, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded sample of each split's images (at most CALIBRATION_IMAGES) and their nearest other image of the same
+    split: image, neighbour (dataset indices) and distance."""
+    rng = np.random.default_rng(seed)
     images, matches, dists = [], [], []
     for s in SPLITS:
-        idx = np.flatnonzero((data.splits == s) & unique)
-        if len(idx) >= 2:
-            dist, nn = nearest(features[idx], metric)
-            images.append(idx)
-            matches.append(idx[nn])
+        rows = search.groups[s]
+        if len(rows) >= 2:
+            sample = np.sort(rng.choice(rows, CALIBRATION_IMAGES, replace=False)) if len(rows) > CALIBRATION_IMAGES \
+                else rows
+            dist, nn = search.nearest(sample, [s], exclude_self=True)
+            images.append(sample)
+            matches.append(nn)
             dists.append(dist)
     if not images:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
     return np.concatenate(images), np.concatenate(matches), np.concatenate(dists)
 
 
-def _cross_split_candidates(data: ImageDataset, features: np.ndarray, metric: str, exact: bool):
-    """(query, nearest reference image, distance) for every image of a query split against its reference splits:
-    exact (all pairs, in chunks) or indexed."""
+def _cross_split_candidates(data: ImageDataset, search: NeighbourSearch):
+    """(query, nearest reference image, distance) for every image of a query split against its reference splits."""
     for query_split, ref_splits in CROSS:
         q = np.flatnonzero(data.splits == query_split)
-        r = np.flatnonzero(np.isin(data.splits, ref_splits))
-        if len(q) and len(r):
-            dist, nn = nearest(features[r], metric, features[q], exact=exact)
-            yield q, r[nn], dist
+        if len(q) and any(len(search.groups[s]) for s in ref_splits):
+            dist, match = search.nearest(q, ref_splits)
+            yield q, match, dist
 
 
 def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale: float, hashes: np.ndarray,
@@ -123,9 +156,8 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
 
     `scale` converts sklearn's distance into the reported unit (PHASH_BITS for Hamming: bits).
     """
-    unique = np.zeros(len(hashes), dtype=bool)
-    unique[np.unique(hashes, return_index=True)[1]] = True
-    within = _within_split_neighbours(data, features, metric, unique)[2] * scale  # the calibration sample
+    calibrate, cross = _searches(features, metric, _split_rows(data, hashes), exact, cfg.seed)
+    within = _within_split_neighbours(calibrate, cfg.seed)[2] * scale  # the calibration sample
     if len(within) < 2:
         return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
     reference = float(np.quantile(within, cfg.near_duplicate_quantile))
@@ -141,7 +173,7 @@ def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale
                           f"threshold ({threshold:.3g}) of another; this measure cannot separate copies from "
                           "look-alikes here"}, set()
     pairs, queries = [], 0
-    for q, match, dist in _cross_split_candidates(data, features, metric, exact):
+    for q, match, dist in _cross_split_candidates(data, cross):
         queries += len(q)
         for i, j, d in zip(q, match, dist * scale, strict=True):
             if d <= threshold and hashes[i] != hashes[j]:
@@ -188,11 +220,12 @@ def group_overlap(data: ImageDataset) -> dict:
 def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarray, cfg: AuditConfig,
                    exact: bool = False) -> tuple[dict, set[int]]:
     """Cross-split pairs that are the same picture after a re-export (nearcopy): each query image's nearest reference
-    image by spectral descriptor, aligned; flagged when the residual 1 - correlation is below the threshold, calibrated
-    like the other measures on the residuals of within-split nearest pairs (ALIGN_CALIBRATION of them, seeded)."""
-    unique = np.zeros(len(hashes), dtype=bool)
-    unique[np.unique(hashes, return_index=True)[1]] = True
-    images, matches, _ = _within_split_neighbours(data, descriptors, "euclidean", unique)
+    image by spectral descriptor, aligned when their descriptors are closer than the PREFILTER_QUANTILE of within-split
+    nearest-neighbour descriptor distances; flagged when the residual 1 - correlation is below the threshold,
+    calibrated like the other measures on the residuals of within-split nearest pairs (ALIGN_CALIBRATION of them,
+    seeded)."""
+    calibrate, cross = _searches(descriptors, "euclidean", _split_rows(data, hashes), exact, cfg.seed)
+    images, matches, descriptor_dists = _within_split_neighbours(calibrate, cfg.seed)
     if len(images) < 2:
         return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
     rng = np.random.default_rng(cfg.seed)
@@ -200,16 +233,23 @@ def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarr
     within = 1.0 - pair_similarities(data.images, np.column_stack([images[pick], matches[pick]]))
     reference = float(np.quantile(within, cfg.near_duplicate_quantile))
     threshold = cfg.near_duplicate_factor * reference
+    prefilter = float(np.quantile(descriptor_dists, PREFILTER_QUANTILE))
     calibration = {"quantile": cfg.near_duplicate_quantile, "factor": cfg.near_duplicate_factor,
                    "within_split_quantile": reference, "within_split_median": float(np.median(within)),
-                   "within_split_images": len(within), "within_split_rate": float(np.mean(within <= threshold))}
-    pairs, queries = [], 0
-    for q, match, _ in _cross_split_candidates(data, descriptors, "euclidean", exact):
+                   "within_split_images": len(within), "within_split_rate": float(np.mean(within <= threshold)),
+                   "prefilter_quantile": PREFILTER_QUANTILE, "prefilter_distance": prefilter}
+    pairs, queries, aligned = [], 0, 0
+    for q, match, dist in _cross_split_candidates(data, cross):
         queries += len(q)
+        close = dist <= prefilter
+        q, match = q[close], match[close]
+        aligned += len(q)
         residual = 1.0 - pair_similarities(data.images, np.column_stack([q, match]))
         pairs += [(float(d), int(i), int(j)) for i, j, d in zip(q, match, residual, strict=True)
                   if d <= threshold and hashes[i] != hashes[j]]
-    return _listed(data, pairs, threshold, "aligned", calibration, queries)
+    result, flagged = _listed(data, pairs, threshold, "aligned", calibration, queries)
+    result["aligned_pairs"] = aligned
+    return result, flagged
 
 
 def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, *, hashes: np.ndarray | None = None,

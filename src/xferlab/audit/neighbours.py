@@ -1,91 +1,183 @@
-"""Nearest neighbours for the leakage search without an all-pairs matrix: candidates from a KD-tree over a low-
-dimensional orthonormal projection, then exact distances on those candidates only.
+"""Nearest neighbours for the leakage search without an all-pairs matrix: candidates from a faiss HNSW graph
+(hierarchical navigable small world: O(n log n) to build, about O(log n) per query), then exact distances on
+those candidates only.
 
-An orthonormal projection never lengthens a difference vector, so the projected distance is a lower bound of the
-true one: the true nearest neighbour is missed only when more than CANDIDATES other points project closer. Every
-metric is mapped to a Euclidean one first (Hamming on bits b: |(2b-1)-(2c-1)|² = 4·Hamming; cosine on unit vectors:
-|a-c|² = 2(1-cos)). `exact=True` is the all-pairs reference (scikit-learn's brute search, computed in chunks).
+A `NeighbourSearch` holds one feature matrix in one metric and a graph per named group of rows (the audit's splits),
+built once and searched by every query of that group: each image's nearest other image of its own split (the
+calibration sample) and each val/test image's nearest image of the splits it is compared with. Perceptual-hash bits
+are searched in Hamming space as packed bytes (faiss's binary HNSW: exact Hamming distances, no float form). Float
+features (cosine embeddings as unit vectors, Euclidean descriptors) are projected on their PROJECTED_DIMS leading
+principal directions for the graph, and the CANDIDATES it returns are re-ranked by the exact distance in the full
+space. HNSW is approximate: `benchmarks/audit_scale.py recall` measures how often it returns the exact nearest
+neighbour, and `exact=True` (scikit-learn's brute search) is the all-pairs reference the tests compare it with.
+
+Graphs are built on one thread: faiss inserts points in parallel in an order that changes from run to run, and the
+audit's findings must not; searches use every thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import faiss
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 METRICS = ("hamming", "cosine", "euclidean")
-# Projected dimensions and candidates: raised from 16 / 16 after a measurement on 6,000 phantoms at 32 px, where the
-# within-split nearest neighbour by spectral descriptor was the exact one for 36 % of images at 16 / 16 and 71 % at
-# 24 / 32 (planted copies, far closer than any neighbour, were found either way). `benchmarks/audit_scale.py recall`
-# measures recall against the all-pairs search.
-PROJECTED_DIMS = 24
-# Projected neighbours re-ranked exactly per query.
-CANDIDATES = 32
+# Graph links per point (faiss's M), candidate-list sizes while building and searching (efConstruction, efSearch)
+# and the candidates re-ranked exactly: measured on 6,348 phantoms at 32 px (spectral descriptors, the hardest of the
+# three measures), recall@1 of the within-split nearest neighbour was 0.96 with 16 / 40 / 64 / 32 and 0.999 with
+# 32 / 80 / 128 / 64 (benchmarks/audit_scale.py recall measures it at scale).
+LINKS, BUILD_CANDIDATES, SEARCH_CANDIDATES = 32, 80, 128
+CANDIDATES = 64
+# Float features are searched on this many leading principal directions, then re-ranked in full.
+PROJECTED_DIMS = 64
 # Rows the projection is fitted on: the leading directions of a few thousand rows are those of the whole set.
 PCA_SAMPLE = 20_000
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# Query rows re-ranked at once: 2048 × 64 candidates × 1280 float32 features is 671 MB.
+_RERANK_CHUNK = 1024
 
 
-def _euclidean_form(features: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "hamming":
-        return np.where(features, 1.0, -1.0).astype(np.float32)
-    x = np.asarray(features, dtype=np.float32)
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
-# Query rows whose candidates are gathered at once: 2048 × 16 candidates × 1280 float32 features is 168 MB.
-_EXACT_CHUNK = 2048
+class NeighbourSearch:
+    """Nearest neighbours among the rows of `features` (N × D; bool bits for Hamming) in `metric`, between named
+    groups of rows (`groups`: name -> row indices). Distances are in scikit-learn's units (Hamming: the fraction of
+    bits that differ; cosine: 1 - cos; Euclidean: the L2 norm)."""
 
+    def __init__(self, features: np.ndarray, metric: str, groups: Mapping[str, np.ndarray], exact: bool = False,
+                 seed: int = 0):
+        _check_metric(metric)
+        self.metric, self.exact, self.seed = metric, exact, seed
+        self.groups = {k: np.asarray(v, dtype=np.int64) for k, v in groups.items()}
+        self.features = features
+        self._graphs: dict[str, object] = {}
+        if exact:
+            return
+        if metric == "hamming":
+            self.codes = np.packbits(np.asarray(features, dtype=bool), axis=1)  # zero-padded: Hamming unchanged
+            self.bits = features.shape[1]
+        else:
+            self.x = np.asarray(features, dtype=np.float32)
+            # cosine: unit rows without a unit copy of the matrix (N × 1280 float32 is 1.2 GB at 230,000 images)
+            self.norms = np.sqrt(np.einsum("ij,ij->i", self.x, self.x)) if metric == "cosine" else None
+            self.projected = self._project()
 
-def _exact_rows(ref: np.ndarray, query: np.ndarray, metric: str, cand: np.ndarray) -> np.ndarray:
-    """Exact distances between each query row and its candidate rows of `ref` (Q × K), in the metric's unit
-    (Hamming: a fraction of the bits, as scikit-learn reports it), a block of queries at a time."""
-    return np.concatenate([_exact_block(ref, query[i:i + _EXACT_CHUNK], metric, cand[i:i + _EXACT_CHUNK])
-                           for i in range(0, len(cand), _EXACT_CHUNK)] or [np.empty((0, cand.shape[1]))])
+    def nearest(self, query_rows: np.ndarray, groups: Sequence[str], exclude_self: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """For each query row, the distance to and row index of its nearest row among `groups` (the query row itself
+        left out with `exclude_self`)."""
+        query_rows = np.asarray(query_rows, dtype=np.int64)
+        best_d = np.full(len(query_rows), np.inf)
+        best_i = np.zeros(len(query_rows), dtype=np.int64)
+        for name in groups:
+            rows = self.groups[name]
+            if len(rows) == 0:
+                continue
+            d, i = (self._exact(query_rows, rows, exclude_self) if self.exact
+                    else self._indexed(query_rows, name, exclude_self))
+            better = d < best_d  # ties keep the earlier group
+            best_d[better], best_i[better] = d[better], i[better]
+        return best_d, best_i
 
+    # -- all pairs (the reference) --------------------------------------------------------------------------------
 
-def _exact_block(ref: np.ndarray, query: np.ndarray, metric: str, cand: np.ndarray) -> np.ndarray:
-    if metric == "hamming":
-        differ = np.packbits(ref[cand], axis=2) ^ np.packbits(query, axis=1)[:, None, :]
-        return _POPCOUNT[differ].sum(axis=2, dtype=np.int64) / ref.shape[1]
-    r, q = _euclidean_form(ref[cand.ravel()], metric), _euclidean_form(query, metric)
-    r = r.reshape(*cand.shape, -1)
-    if metric == "cosine":
-        return np.clip(1.0 - np.einsum("qkd,qd->qk", r, q), 0.0, 2.0)
-    return np.linalg.norm(r - q[:, None, :], axis=2)
+    def _exact(self, query_rows: np.ndarray, rows: np.ndarray, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+        k = min(len(rows), 2 if exclude_self else 1)
+        nn = NearestNeighbors(n_neighbors=k, metric=self.metric, algorithm="brute").fit(self.features[rows])
+        dist, idx = nn.kneighbors(self.features[query_rows], n_neighbors=k)
+        found = rows[idx]
+        if exclude_self:
+            dist = np.where(found == query_rows[:, None], np.inf, dist)
+        pick = dist.argmin(axis=1)
+        n = np.arange(len(query_rows))
+        return dist[n, pick], found[n, pick]
 
+    # -- indexed ---------------------------------------------------------------------------------------------------
 
-def _projection(x: np.ndarray, seed: int) -> np.ndarray:
-    """x projected on its leading PROJECTED_DIMS principal directions (orthonormal), fitted on a sample."""
-    if x.shape[1] <= PROJECTED_DIMS:
-        return x
-    rng = np.random.default_rng(seed)
-    sample = x[rng.choice(len(x), PCA_SAMPLE, replace=False)] if len(x) > PCA_SAMPLE else x
-    pca = PCA(PROJECTED_DIMS, svd_solver="randomized", random_state=seed).fit(sample)
-    return pca.transform(x).astype(np.float32)
+    def _project(self) -> np.ndarray:
+        """The float rows (unit rows for cosine) on their PROJECTED_DIMS leading principal directions, a chunk at a
+        time; the rows themselves when they have no more dimensions than that, or too few rows to fit directions."""
+        def unit(rows: slice | np.ndarray) -> np.ndarray:
+            x = self.x[rows]
+            return x / np.maximum(self.norms[rows], 1e-12)[:, None] if self.norms is not None else x
+
+        n, d = self.x.shape
+        if d <= PROJECTED_DIMS or n <= 2 * PROJECTED_DIMS:
+            return np.ascontiguousarray(unit(slice(None)), dtype=np.float32)
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(n, PCA_SAMPLE, replace=False)) if n > PCA_SAMPLE else np.arange(n)
+        pca = PCA(PROJECTED_DIMS, svd_solver="randomized", random_state=self.seed).fit(unit(sample))
+        out = np.empty((n, PROJECTED_DIMS), dtype=np.float32)
+        for start in range(0, n, 8192):
+            out[start:start + 8192] = pca.transform(unit(slice(start, start + 8192)))
+        return out
+
+    def _graph(self, name: str):
+        if name not in self._graphs:
+            rows = self.groups[name]
+            if self.metric == "hamming":
+                graph = faiss.IndexBinaryHNSW(8 * self.codes.shape[1], LINKS)
+                points = self.codes[rows]
+            else:
+                graph = faiss.IndexHNSWFlat(self.projected.shape[1], LINKS)
+                points = self.projected[rows]
+            graph.hnsw.efConstruction = BUILD_CANDIDATES
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # a deterministic graph (see the module docstring)
+            try:
+                graph.add(points)
+            finally:
+                faiss.omp_set_num_threads(threads)
+            graph.hnsw.efSearch = SEARCH_CANDIDATES
+            self._graphs[name] = graph
+        return self._graphs[name]
+
+    def _indexed(self, query_rows: np.ndarray, name: str, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.groups[name]
+        k = min(len(rows), CANDIDATES + exclude_self)
+        graph = self._graph(name)
+        if self.metric == "hamming":
+            dist, local = graph.search(self.codes[query_rows], k)
+            dist = dist.astype(np.float64) / self.bits
+        else:
+            _, local = graph.search(self.projected[query_rows], k)
+            dist = self._rerank(query_rows, np.where(local >= 0, rows[np.maximum(local, 0)], -1))
+        found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+        dist = np.where(found < 0, np.inf, dist)
+        if exclude_self:
+            dist = np.where(found == query_rows[:, None], np.inf, dist)
+        pick = dist.argmin(axis=1)  # first minimum: ties go to the candidate the graph ranked first
+        n = np.arange(len(query_rows))
+        return dist[n, pick], found[n, pick]
+
+    def _rerank(self, query_rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """Exact distances (Q × K) between each query row and its candidate rows (-1: none), in the metric's unit."""
+        out = np.empty(cand.shape)
+        for start in range(0, len(query_rows), _RERANK_CHUNK):
+            q, c = query_rows[start:start + _RERANK_CHUNK], np.maximum(cand[start:start + _RERANK_CHUNK], 0)
+            xq, xc = self.x[q], self.x[c]
+            if self.metric == "cosine":
+                dots = np.einsum("qkd,qd->qk", xc, xq)
+                scale = np.maximum(self.norms[c], 1e-12) * np.maximum(self.norms[q], 1e-12)[:, None]
+                out[start:start + len(q)] = np.clip(1.0 - dots / scale, 0.0, 2.0)
+            else:
+                out[start:start + len(q)] = np.linalg.norm(xc - xq[:, None, :], axis=2)
+        return out
 
 
 def nearest(ref: np.ndarray, metric: str, query: np.ndarray | None = None, exact: bool = False,
             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Distance to and index (into `ref`) of the nearest point of `ref` for each query row; without `query`, each
-    point's nearest *other* point of `ref`. Distances in scikit-learn's units for the metric."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if exact or len(ref) <= CANDIDATES + 1:
-        nn = NearestNeighbors(n_neighbors=1, metric=metric, algorithm="brute").fit(ref)
-        dist, idx = nn.kneighbors(query, n_neighbors=1)
-        return dist[:, 0], idx[:, 0]
-    x_ref = _euclidean_form(ref, metric)
-    x_query = None if query is None else _euclidean_form(query, metric)
-    stacked = x_ref if x_query is None else np.concatenate([x_ref, x_query])
-    projected = _projection(stacked, seed)
-    p_ref, p_query = projected[:len(ref)], (None if query is None else projected[len(ref):])
-    k = min(CANDIDATES, len(ref) - (query is None))
-    tree = NearestNeighbors(n_neighbors=k, algorithm="kd_tree").fit(p_ref)
-    cand = tree.kneighbors(p_query, n_neighbors=k, return_distance=False)
-    dist = _exact_rows(ref, ref if query is None else query, metric, cand)
-    best = np.argmin(dist, axis=1)  # first minimum: ties go to the projected-nearer candidate
-    rows = np.arange(len(cand))
-    return dist[rows, best], cand[rows, best]
+    """Distance to and index (into `ref`) of the nearest row of `ref` for each query row; without `query`, each
+    row's nearest *other* row of `ref`. A one-off NeighbourSearch (the audit keeps one per measure)."""
+    _check_metric(metric)
+    if query is None:
+        search = NeighbourSearch(ref, metric, {"ref": np.arange(len(ref))}, exact, seed)
+        return search.nearest(np.arange(len(ref)), ["ref"], exclude_self=True)
+    both = np.concatenate([ref, query])
+    search = NeighbourSearch(both, metric, {"ref": np.arange(len(ref))}, exact, seed)
+    return search.nearest(np.arange(len(ref), len(both)), ["ref"])

@@ -112,7 +112,7 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         result, arrays = _statistics(data, scan, audit_cfg, seconds)
         with _timed(seconds, "resplit"):
             result["resplit"] = resplit_experiment(data, embeddings, audit_cfg, progress)
-    result = {"dataset": _dataset_info(data), **result,
+    result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime, **result,
               "config": {"data": data_cfg.model_dump(mode="json"), "audit": audit_cfg.model_dump(mode="json")}}
     # the shortcut check needs a trained model: the run named in the config
     extra = _shortcut(data, data_cfg, audit_cfg, result, seconds) if audit_cfg.shortcut_run else None

@@ -34,6 +34,7 @@ class ImageScan:
     phashes: np.ndarray  # N × 256 bool perceptual hashes
     descriptors: np.ndarray  # N × D float32 spectral descriptors (nearcopy)
     pixel_stats: np.ndarray  # N × len(pixels.STATS)
+    runtime: str  # what computed the embeddings: onnxruntime, torch or given
 
 
 def load_embeddings(source: np.ndarray | str | Path, n: int) -> np.ndarray:
@@ -77,4 +78,5 @@ def scan_dataset(data: ImageDataset, cfg: AuditConfig, embeddings: np.ndarray | 
     if embedder is not None:
         embeddings = np.concatenate(parts["embeddings"])
         embedder.check(embeddings)
-    return ImageScan(embeddings=embeddings, **{k: np.concatenate(v) for k, v in parts.items() if k != "embeddings"})
+    return ImageScan(embeddings=embeddings, runtime=embedder.runtime if embedder is not None else "given",
+                     **{k: np.concatenate(v) for k, v in parts.items() if k != "embeddings"})

@@ -1,0 +1,61 @@
+"""A fixed backbone's features through ONNX Runtime on the CPU, for passes over a whole dataset (the audit's embedding).
+
+Measured on this project's 2-core development machine (EfficientNet-Lite0 at 32 px, one thread, 1,024 phantoms in
+one run): eager PyTorch 4.5 s, ONNX Runtime 0.92 s. The body is exported in memory with torch's TorchScript-based
+exporter (about 3 s for Lite0, where the dynamo exporter took 22 s) and its output is checked against PyTorch's on
+the first batch; any failure (onnxruntime missing, an operator the exporter cannot write, a mismatch) leaves the
+caller on PyTorch with the reason, so the runtime changes speed, never results beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# Agreement asked of ONNX Runtime's features with PyTorch's on the check batch: relative to the largest feature.
+TOLERANCE = 1e-3
+
+
+class OnnxFeatures:
+    """`features(x)`: the body's output for a float batch x (N×C×H×W, already preprocessed) as float32 numpy."""
+
+    def __init__(self, body: torch.nn.Module, example: torch.Tensor, threads: int):
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's deprecation notes, not the user's business
+            torch.onnx.export(body, (example,), buffer, input_names=["x"], output_names=["features"],
+                              dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            expected = body(example).float().numpy()
+        got = self(example)
+        scale = max(float(np.abs(expected).max()), 1e-6)
+        error = float(np.abs(got - expected).max()) / scale
+        if got.shape != expected.shape or not error <= TOLERANCE:
+            raise RuntimeError(f"ONNX Runtime's features differ from PyTorch's by {error:.2g} of their scale")
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return self.session.run(None, {"x": x.detach().float().contiguous().numpy()})[0]
+
+
+def onnx_features(body: torch.nn.Module, example: torch.Tensor, threads: int, required: bool) -> OnnxFeatures | None:
+    """OnnxFeatures for `body`, or None (with the reason logged) when it cannot be used and is not `required`; when
+    it is, a RuntimeError with the reason."""
+    try:
+        return OnnxFeatures(body, example, threads)
+    except Exception as err:  # noqa: BLE001 - any exporter or runtime failure means: stay on PyTorch
+        if required:
+            raise RuntimeError(f"ONNX Runtime cannot run this backbone: {err}") from err
+        log.info("embedding with PyTorch: ONNX Runtime is not usable for this backbone (%s)", err)
+        return None
