@@ -125,18 +125,19 @@ def test_indexed_nearest_matches_brute_force_on_well_separated_points():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine", "hamming"])
 def test_indexed_nearest_other_point_has_high_recall_without_planted_twins(metric):
-    """No twins to find: every point's nearest other point in 150-d clustered data (above PROJECTED_DIMS, so the
-    projection and the re-ranking are both exercised), the hard case for an approximate search."""
+    """No twins to find: every point's nearest other point, the hard case for an approximate search, in 150-d data
+    with the structure of image features (a 24-d latent cloud mapped linearly, plus a little noise in every
+    direction; above PROJECTED_DIMS, so the projection and the re-ranking are both exercised)."""
     rng = np.random.default_rng(3)
-    centres = rng.normal(size=(30, 150))
-    x = (centres[rng.integers(0, 30, 3000)] + 0.7 * rng.normal(size=(3000, 150))).astype(np.float32)
+    latent = rng.normal(size=(3000, 24)) * np.linspace(2.0, 0.5, 24)
+    x = (latent @ rng.normal(size=(24, 150)) + 0.3 * rng.normal(size=(3000, 150))).astype(np.float32)
     if metric == "hamming":
         x = x[:, :128] > 0
     dist, idx = nearest(x, metric)
     exact_dist, exact_idx = nearest(x, metric, exact=True)
     assert not (idx == np.arange(len(x))).any()  # never the point itself
     assert np.mean(np.isclose(dist, exact_dist, rtol=1e-5, atol=1e-6)) >= 0.99
-    assert (dist >= exact_dist - 1e-6).all()  # an approximate neighbour is never closer than the true one
+    assert (dist >= exact_dist * (1 - 1e-5) - 1e-6).all()  # never closer than the true neighbour (float32 rounding)
 
 
 def test_search_over_several_groups_takes_the_nearest_of_all():

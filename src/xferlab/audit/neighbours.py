@@ -7,17 +7,18 @@ built once and searched by every query of that group: each image's nearest other
 calibration sample) and each val/test image's nearest image of the splits it is compared with. Perceptual-hash bits
 are searched in Hamming space as packed bytes (faiss's binary HNSW: exact Hamming distances, no float form). Float
 features (cosine embeddings as unit vectors, Euclidean descriptors) are projected on their PROJECTED_DIMS leading
-principal directions for the graph, and the CANDIDATES it returns are re-ranked by the exact distance in the full
-space. HNSW is approximate: `benchmarks/audit_scale.py recall` measures how often it returns the exact nearest
+principal directions for the graph, and the candidates it returns (SEARCH) are re-ranked by the exact distance in the
+full space. HNSW is approximate: `benchmarks/audit_scale.py recall` measures how often it returns the exact nearest
 neighbour, and `exact=True` (scikit-learn's brute search) is the all-pairs reference the tests compare it with.
 
-Graphs are built on one thread: faiss inserts points in parallel in an order that changes from run to run, and the
-audit's findings must not; searches use every thread.
+Each graph is built on one thread (the groups' graphs side by side): faiss inserts one graph's points in parallel in
+an order that changes from run to run, and the audit's findings must not; searches use every thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -25,18 +26,22 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 METRICS = ("hamming", "cosine", "euclidean")
-# Graph links per point (faiss's M), candidate-list sizes while building and searching (efConstruction, efSearch)
-# and the candidates re-ranked exactly: measured on 6,348 phantoms at 32 px (spectral descriptors, the hardest of the
-# three measures), recall@1 of the within-split nearest neighbour was 0.96 with 16 / 40 / 64 / 32 and 0.999 with
-# 32 / 80 / 128 / 64 (benchmarks/audit_scale.py recall measures it at scale).
-LINKS, BUILD_CANDIDATES, SEARCH_CANDIDATES = 32, 80, 128
-CANDIDATES = 64
+# Graph links per point (faiss's M) and candidate-list size while building (efConstruction); per metric, the list
+# size while searching (efSearch) and the candidates re-ranked exactly. Measured as recall@1 against the all-pairs
+# search (benchmarks/audit_scale.py recall, 9,332 phantoms at 32 px, val/test queries and 2,000 within-split queries
+# per split): with 64 / 32 everywhere, perceptual hashes 0.9995, Lite0 embeddings 1.0000 and spectral descriptors
+# 0.9935 (the hardest: their intrinsic dimension is high, 64 principal directions hold 79 % of their variance),
+# which get 128 / 64 (0.999 on 6,348 images).
+LINKS, BUILD_CANDIDATES = 32, 80
+SEARCH = {"hamming": (64, 16), "cosine": (64, 32), "euclidean": (128, 64)}  # metric -> (efSearch, candidates)
 # Float features are searched on this many leading principal directions, then re-ranked in full.
 PROJECTED_DIMS = 64
-# Rows the projection is fitted on: the leading directions of a few thousand rows are those of the whole set.
-PCA_SAMPLE = 20_000
-# Query rows re-ranked at once: 2048 × 64 candidates × 1280 float32 features is 671 MB.
-_RERANK_CHUNK = 1024
+# Rows the projection is fitted on, and power iterations: the leading directions of a few thousand rows are those of
+# the whole set, and the projection only proposes candidates (the exact re-ranking decides).
+PCA_SAMPLE, PCA_ITERATIONS = 4096, 3
+# Query rows re-ranked at once: 128 × 32 candidates × 1280 float32 features is 21 MB (a 1,024-row block with 64
+# candidates measured 2.5× slower: the gather, not the arithmetic, is the cost).
+_RERANK_CHUNK = 128
 
 
 def _check_metric(metric: str) -> None:
@@ -111,35 +116,45 @@ class NeighbourSearch:
             return np.ascontiguousarray(unit(slice(None)), dtype=np.float32)
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(n, PCA_SAMPLE, replace=False)) if n > PCA_SAMPLE else np.arange(n)
-        pca = PCA(PROJECTED_DIMS, svd_solver="randomized", random_state=self.seed).fit(unit(sample))
+        pca = PCA(PROJECTED_DIMS, svd_solver="randomized", iterated_power=PCA_ITERATIONS,
+                  random_state=self.seed).fit(unit(sample))
         out = np.empty((n, PROJECTED_DIMS), dtype=np.float32)
         for start in range(0, n, 8192):
             out[start:start + 8192] = pca.transform(unit(slice(start, start + 8192)))
         return out
 
+    def build(self, names: Sequence[str]) -> None:
+        """The graphs of the groups `names`, built side by side (each on one thread, so each is the same in every
+        run; faiss releases the GIL while it builds)."""
+        todo = [n for n in names if n not in self._graphs and len(self.groups[n])]
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(todo)))) as pool:
+                for name, graph in zip(todo, pool.map(self._new_graph, todo), strict=True):
+                    self._graphs[name] = graph
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+    def _new_graph(self, name: str):
+        rows = self.groups[name]
+        if self.metric == "hamming":
+            graph, points = faiss.IndexBinaryHNSW(8 * self.codes.shape[1], LINKS), self.codes[rows]
+        else:
+            graph, points = faiss.IndexHNSWFlat(self.projected.shape[1], LINKS), self.projected[rows]
+        graph.hnsw.efConstruction = BUILD_CANDIDATES
+        graph.add(points)
+        graph.hnsw.efSearch = SEARCH[self.metric][0]
+        return graph
+
     def _graph(self, name: str):
         if name not in self._graphs:
-            rows = self.groups[name]
-            if self.metric == "hamming":
-                graph = faiss.IndexBinaryHNSW(8 * self.codes.shape[1], LINKS)
-                points = self.codes[rows]
-            else:
-                graph = faiss.IndexHNSWFlat(self.projected.shape[1], LINKS)
-                points = self.projected[rows]
-            graph.hnsw.efConstruction = BUILD_CANDIDATES
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)  # a deterministic graph (see the module docstring)
-            try:
-                graph.add(points)
-            finally:
-                faiss.omp_set_num_threads(threads)
-            graph.hnsw.efSearch = SEARCH_CANDIDATES
-            self._graphs[name] = graph
+            self.build(list(self.groups))
         return self._graphs[name]
 
     def _indexed(self, query_rows: np.ndarray, name: str, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
         rows = self.groups[name]
-        k = min(len(rows), CANDIDATES + exclude_self)
+        k = min(len(rows), SEARCH[self.metric][1] + exclude_self)
         graph = self._graph(name)
         if self.metric == "hamming":
             dist, local = graph.search(self.codes[query_rows], k)
