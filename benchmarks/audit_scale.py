@@ -40,7 +40,7 @@ def _phantoms(work: Path, n: int) -> Path:
     return path
 
 
-def one(n: int, work: Path, given_embeddings: bool) -> dict:
+def one(n: int, work: Path, given_embeddings: bool, threads: int = 1) -> dict:
     """One audit of n phantom images; seconds per step, peak RSS."""
     from xferlab.audit import run_audit
     from xferlab.config import AuditConfig, DataConfig
@@ -52,7 +52,7 @@ def one(n: int, work: Path, given_embeddings: bool) -> dict:
         count = sum(len(np.load(f, mmap_mode="r")) for f in path.glob("*.npy"))
         embeddings = np.random.default_rng(0).normal(size=(count, 1280)).astype(np.float32)
     start = time.perf_counter()
-    result = run_audit(DataConfig(path=path), AuditConfig(resplits=5, permutations=200, device="cpu", num_threads=1),
+    result = run_audit(DataConfig(path=path), AuditConfig(resplits=5, permutations=200, device="cpu", num_threads=threads),
                        out, progress=False, embeddings=embeddings)
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
@@ -66,6 +66,7 @@ def sizes(args: argparse.Namespace) -> None:
     for n in args.sizes:
         cmd = [sys.executable, __file__, "one", "--n", str(n), "--work", str(args.work)]
         cmd += ["--given-embeddings"] if args.given_embeddings else []
+        cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -206,10 +207,12 @@ def main() -> None:
     d.add_argument("--copies", type=int, default=25)
     for q in (s, o, r, c, d):
         q.add_argument("--work", type=Path, default=Path("/tmp/audit_scale"))
+    for q in (s, o):
+        q.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads of the audit")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.cmd == "one":
-        print(json.dumps(one(args.n, args.work, args.given_embeddings)))
+        print(json.dumps(one(args.n, args.work, args.given_embeddings, args.threads)))
     else:
         {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect}[args.cmd](args)
 

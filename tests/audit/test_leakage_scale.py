@@ -219,3 +219,22 @@ def test_registration_finds_the_shift_scikit_image_finds(phantoms):
     expected = [phase_cross_correlation(x, y, upsample_factor=UPSAMPLE, normalization=None)[0] for x, y in zip(a, b,
                                                                                                             strict=True)]
     assert np.array_equal(shifts, np.array(expected))
+
+
+def test_resampling_is_ndimage_linear_with_edges_repeated():
+    from scipy import ndimage
+
+    from xferlab.audit.nearcopy import _sample, _zoom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 20, 24))
+    for scale in (0.97, 1.03):
+        centre = (np.array(x.shape[1:]) - 1) / 2.0
+        expected = ndimage.affine_transform(x, np.diag([1.0, 1 / scale, 1 / scale]),
+                                            offset=[0.0, *(centre - centre / scale)], order=1, mode="nearest")
+        assert np.allclose(_zoom(x, scale), expected, atol=1e-9)
+    dy, dx = np.array([0.75, -1.25, 2.0]), np.array([-0.5, 1.0, 0.25])
+    n, y, xx = np.meshgrid(np.arange(3), np.arange(20), np.arange(24), indexing="ij")
+    expected = ndimage.map_coordinates(x, np.stack([n, y - dy[:, None, None], xx - dx[:, None, None]]), order=1,
+                                       mode="nearest")
+    assert np.allclose(_sample(x, np.arange(20) - dy[:, None], np.arange(24) - dx[:, None]), expected, atol=1e-9)

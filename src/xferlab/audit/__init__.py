@@ -4,11 +4,11 @@ audit.json.
 
   common.py    the comparison (train+val vs test), size floors, permutation p-values
   scan.py      one streaming pass: hashes, descriptors, pixel statistics, embeddings per chunk of images
-  embed.py     backbone embeddings, computed once
+  embed.py     backbone embeddings, computed once (ONNX Runtime on the CPU)
   shift.py     classifier, MMD and KS two-sample tests, pooled and per class; class balance (chi-square)
   pixels.py    intensity, sharpness and noise statistics per split and class, with tests
   leakage.py   exact and near-duplicates across splits, patient-group overlap
-  neighbours.py  nearest neighbours from a KD-tree on a projection, re-ranked exactly
+  neighbours.py  nearest neighbours from faiss HNSW graphs per split, re-ranked exactly
   nearcopy.py  re-exported copies: spectral-descriptor candidates confirmed by alignment
   resplit.py   R stratified group-aware re-splits, trained like the original
   verdict.py   the findings in words

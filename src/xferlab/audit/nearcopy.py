@@ -12,6 +12,8 @@ band-passed pixels, which ignores brightness and contrast and, band-passed, most
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 # Band-pass (difference of Gaussians, pixels at 32-64 px): below 0.8 px is noise and JPEG blocking, above 3 px the
@@ -53,12 +55,24 @@ def spectral_descriptors(images: np.ndarray) -> np.ndarray:
     return (low / np.maximum(np.linalg.norm(low, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def _sample(x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Each image x[k] (N × H × W, float64) read at source rows ys[k] (N × H) and columns xs[k] (N × W), bilinear,
+    edges repeated: scipy.ndimage's order=1, mode="nearest" resampling, done by torch's grid_sample (which takes the
+    whole stack in one call; ndimage's per-pixel resampler was half the alignment's time)."""
+    n, h, w = x.shape
+    gy = torch.from_numpy(2.0 * ys / (h - 1) - 1.0)[:, :, None].expand(n, h, w)
+    gx = torch.from_numpy(2.0 * xs / (w - 1) - 1.0)[:, None, :].expand(n, h, w)
+    out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(x))[:, None], torch.stack([gx, gy], dim=-1),
+                        mode="bilinear", padding_mode="border", align_corners=True)
+    return out[:, 0].numpy()
+
+
 def _zoom(x: np.ndarray, scale: float) -> np.ndarray:
     """Each image of the stack x (N × H × W) magnified by `scale` about its centre, same shape."""
-    centre = (np.array(x.shape[1:]) - 1) / 2.0
-    matrix = np.diag([1.0, 1.0 / scale, 1.0 / scale])
-    offset = np.array([0.0, *(centre - centre / scale)])
-    return ndimage.affine_transform(x, matrix, offset=offset, order=1, mode="nearest")
+    n, h, w = x.shape
+    ys = np.broadcast_to((h - 1) / 2.0 + (np.arange(h) - (h - 1) / 2.0) / scale, (n, h))
+    xs = np.broadcast_to((w - 1) / 2.0 + (np.arange(w) - (w - 1) / 2.0) / scale, (n, w))
+    return _sample(x, ys, xs)
 
 
 def _register(a_hat: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,9 +99,8 @@ def _register(a_hat: np.ndarray, b: np.ndarray) -> np.ndarray:
     iy, ix = np.divmod(fine, len(steps))
     dy, dx = sy[np.arange(n), iy], sx[np.arange(n), ix]
     # shifted in the pixel domain (linear, edges repeated): a Fourier shift would ring across the whole image
-    grid_n, grid_y, grid_x = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
-    coords = np.stack([grid_n, grid_y - dy[:, None, None], grid_x - dx[:, None, None]])
-    return ndimage.map_coordinates(b, coords, order=1, mode="nearest"), np.column_stack([dy, dx])
+    moved = _sample(b, np.arange(h) - dy[:, None], np.arange(w) - dx[:, None])
+    return moved, np.column_stack([dy, dx])
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
