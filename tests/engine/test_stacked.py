@@ -13,7 +13,7 @@ from torch import nn
 from xferlab.data.batches import batch_indices
 from xferlab.engine.fit import FitTask, fit
 from xferlab.engine.loop import make_adam
-from xferlab.engine.stacked import StackedHeads, step_blocks
+from xferlab.engine.stacked import StackedHeads, linear_ce_gradients, step_blocks
 
 CPU = torch.device("cpu")
 
@@ -69,6 +69,19 @@ def test_heads_trained_together_give_each_heads_own_fit_records():
                                                                                alone.test_acc)
             for key in ("train_loss", "val_loss", "test_loss"):
                 assert getattr(stacked, key) == pytest.approx(getattr(alone, key), abs=1e-5)
+
+
+def test_closed_form_gradients_are_autograds_of_the_summed_per_head_mean_losses():
+    torch.manual_seed(0)
+    heads, classes, dim, b = 4, 3, 16, 9
+    weight = torch.randn(heads, classes, dim, requires_grad=True)
+    bias = torch.randn(heads, classes, 1, requires_grad=True)
+    x, y = torch.randn(heads, b, dim), torch.randint(0, classes, (heads, b))
+    logits = torch.baddbmm(bias, weight, x.transpose(1, 2))
+    sum(torch.nn.functional.cross_entropy(logits[h].T, y[h]) for h in range(heads)).backward()
+    grad_w, grad_b = linear_ce_gradients(x, logits.detach(), y)
+    torch.testing.assert_close(grad_w, weight.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_b, bias.grad, atol=1e-6, rtol=1e-5)
 
 
 def test_step_blocks_are_each_steps_rows_contiguous():
