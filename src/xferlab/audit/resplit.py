@@ -99,7 +99,8 @@ def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make
 def fit_heads_together(features: torch.Tensor, labels: np.ndarray, assignments: list[np.ndarray],
                        make: ModelFactory, cfg: AuditConfig, seeds: list[int], progress: bool = False) -> list[dict]:
     """What fit_split gives for each (assignment, seed), for linear heads on cached features, with the heads that
-    have the same number of training images trained together as one batched model (xferlab.engine.stacked).
+    have the same number of training images trained together as one batched model (xferlab.engine.stacked);
+    `make` gives the frozen regime's nn.Linear heads (_factory).
 
     Without groups every re-split keeps the original sizes exactly, so all S = R + 1 heads train in one stack;
     group-aware re-splits only come close to the sizes (xferlab.data.splits), and each train size is its own stack.

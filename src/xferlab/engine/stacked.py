@@ -53,8 +53,8 @@ def linear_ce_gradients(x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) 
 
     Head s's loss involves only its own slice, so slice s gets exactly its own head's gradient: with
     g = (softmax(logits) - onehot(y)) / b, weight gets g @ x and bias the sum of g over the batch. Written out rather
-    than left to autograd: the backward pass was the largest part of a step (measured 1.3 ms of ~3.5 ms for 6
-    heads on a loaded CPU; these four operations take 0.3 ms); it agrees with autograd within float rounding
+    than left to autograd: the backward pass was the largest part of a step (measured 1.3 ms of ~3.7 ms for 6
+    heads on a loaded CPU; these few operations take 0.3 ms); it agrees with autograd within float rounding
     (tests/engine/test_stacked.py).
     """
     b = y.shape[1]
@@ -70,8 +70,9 @@ class StackedHeads:
     anything else is left out); `generators[s]` shuffles head s's training rows every epoch.
 
     Every head must have the same number of training rows (the same steps per epoch and the same schedule); a
-    ValueError says otherwise. `epoch()` trains one epoch and evaluates val and test: one EpochRecord per head.
-    `write_back()` copies the trained weights into `heads`.
+    ValueError says otherwise. `epoch()` trains one epoch and evaluates val and test: one EpochRecord per head (call
+    it at most `epochs` times: the cosine schedule spans that many). `write_back()` copies the trained weights into
+    `heads`.
     """
 
     def __init__(self, heads: Sequence[nn.Linear], features: torch.Tensor, labels: np.ndarray,
@@ -110,8 +111,8 @@ class StackedHeads:
         return self.train_rows.gather(1, order)
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """The step's features [S, b, D], gathered into one reused buffer: a fresh 1 MB tensor per step measured
-        ~40 % slower to gather into (a page-faulting allocation on every step)."""
+        """The step's features [S, b, D], gathered into one reused buffer: gathering into a fresh 1 MB tensor every
+        step measured 1.7× the time or more on one CPU thread (likely the allocator handing back fresh pages)."""
         heads, b = rows.shape
         x = self.buffer[:heads * b]
         torch.index_select(self.features, 0, rows.view(-1), out=x)
