@@ -4,7 +4,9 @@ accuracy and val-test gap in the re-split distribution.
 
 If the original split is as good as a random one, its statistics are exchangeable with the R re-splits', so the
 rank p-value (1 + #{re-splits at least as extreme}) / (R + 1) is exact. The frozen regime trains a linear head on
-the audit's cached embeddings, so a re-split costs a fraction of a second; other regimes train the backbone anew.
+the audit's cached embeddings, and the R + 1 heads train together as one batched model (xferlab.engine.stacked: the
+same results as fit_split one split at a time, a fraction of the Python per step); other regimes train the backbone
+anew, one split at a time through fit_split.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from xferlab.data.batches import Preprocess, as_tensor, batch_indices
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.splits import draw_splits, split_counts
 from xferlab.engine.accel import num_threads as torch_threads
-from xferlab.engine.fit import BestEpoch, FitTask, fit
+from xferlab.engine.fit import BestEpoch, EpochRecord, FitState, FitTask, fit
 from xferlab.engine.loop import make_adam
 from xferlab.engine.run import resolve_device
+from xferlab.engine.stacked import StackedHeads
 from xferlab.errors import XferlabError
 
 # Cached features are evaluated in one batch per split: the batch size does not change accuracy, and 32-row batches
@@ -90,12 +93,49 @@ def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make
                    batches=lambda epoch: batch_indices(len(x["train"]), cfg.batch_size, generator,
                                                        device=inputs.device),
                    eval_batch_size=FEATURE_EVAL_BATCH if inputs.is_floating_point() else cfg.batch_size, device=device)
-    best = BestEpoch()
-    history = [{"epoch": r.epoch, "train": r.train_acc, "val": r.val_acc, "test": r.test_acc}
-               for r in fit(task, cfg.epochs, [best])]
+    return _summary(fit(task, cfg.epochs), splits)
+
+
+def fit_heads_together(features: torch.Tensor, labels: np.ndarray, assignments: list[np.ndarray],
+                       make: ModelFactory, cfg: AuditConfig, seeds: list[int], progress: bool = False) -> list[dict]:
+    """What fit_split gives for each (assignment, seed), for linear heads on cached features, with the heads that
+    have the same number of training images trained together as one batched model (xferlab.engine.stacked);
+    `make` gives the frozen regime's nn.Linear heads (_factory).
+
+    Without groups every re-split keeps the original sizes exactly, so all S = R + 1 heads train in one stack;
+    group-aware re-splits only come close to the sizes (xferlab.data.splits), and each train size is its own stack.
+    """
+    stacks: dict[int, list[int]] = {}
+    for i, splits in enumerate(assignments):
+        stacks.setdefault(int(np.count_nonzero(splits == "train")), []).append(i)
+    results: dict[int, dict] = {}
+    for members in stacks.values():
+        stack = StackedHeads([make(seeds[i])[0] for i in members], features, labels,
+                             [assignments[i] for i in members],
+                             [torch.Generator().manual_seed(seeds[i]) for i in members],  # as fit_split draws
+                             lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size)
+        histories: list[list[EpochRecord]] = [[] for _ in members]
+        for _ in tqdm(range(cfg.epochs), desc=f"{len(members)} splits ({cfg.regime}, together)", unit="epoch",
+                      disable=not progress, leave=False):
+            for history, record in zip(histories, stack.epoch()):
+                history.append(record)
+        stack.write_back()  # the heads `make` gave end trained, as fit_split's model does
+        for i, history in zip(members, histories):
+            results[i] = _summary(history, assignments[i])
+    return [results[i] for i in range(len(assignments))]
+
+
+def _summary(history: list[EpochRecord], splits: np.ndarray) -> dict:
+    """A split's result: accuracies at the best epoch (BestEpoch's rule: best val accuracy, ties keep the earlier
+    epoch), the val-test gap, the split sizes and the per-epoch accuracies."""
+    best, state = BestEpoch(), FitState(len(history))
+    for record in history:
+        best.on_epoch_end(record, state)
     b = best.record
     return {"best_epoch": b.epoch, "train": b.train_acc, "val": b.val_acc, "test": b.test_acc,
-            "gap": b.val_acc - b.test_acc, "sizes": split_counts(splits), "history": history}
+            "gap": b.val_acc - b.test_acc, "sizes": split_counts(splits),
+            "history": [{"epoch": r.epoch, "train": r.train_acc, "val": r.val_acc, "test": r.test_acc}
+                        for r in history]}
 
 
 def placement(original: float, values: np.ndarray) -> dict:
@@ -116,18 +156,23 @@ def _mean_history(runs: list[dict]) -> list[dict]:
                                 for s in ("train", "val", "test")}} for e in range(epochs)]
 
 
-def _resplit_runs(data: ImageDataset, inputs: torch.Tensor, make: ModelFactory, cfg: AuditConfig, seeds: list[int],
-                  device: torch.device, progress: bool) -> list[dict] | str:
-    """One trained run per seed on a fresh re-split with the original sizes; the reason in words if splitting fails."""
+def _draw_resplits(data: ImageDataset, seeds: list[int]) -> list[np.ndarray] | str:
+    """One fresh re-split with the original sizes per seed; the reason in words if splitting fails."""
     sizes = split_counts(data.splits)
-    runs = []
-    for seed in tqdm(seeds, desc=f"re-splits ({cfg.regime})", unit="split", disable=not progress, leave=False):
-        try:
-            splits = draw_splits(data.labels, data.groups, sizes, seed, class_names=data.class_names)
-        except XferlabError as err:
-            return f"re-splitting failed: {err}"
-        runs.append({"seed": seed, **fit_split(inputs, data.labels, splits, make, cfg, seed, device)})
-    return runs
+    try:
+        return [draw_splits(data.labels, data.groups, sizes, seed, class_names=data.class_names) for seed in seeds]
+    except XferlabError as err:
+        return f"re-splitting failed: {err}"
+
+
+def _train(data: ImageDataset, inputs: torch.Tensor, make: ModelFactory, cfg: AuditConfig,
+           assignments: list[np.ndarray], seeds: list[int], device: torch.device, progress: bool) -> list[dict]:
+    """One result per (assignment, seed): linear heads on cached features together, other regimes one by one."""
+    if parse_regime(cfg.regime).cache_features:
+        return fit_heads_together(inputs, data.labels, assignments, make, cfg, seeds, progress)
+    pairs = tqdm(list(zip(assignments, seeds)), desc=f"re-splits ({cfg.regime})", unit="split",
+                 disable=not progress, leave=False)
+    return [fit_split(inputs, data.labels, splits, make, cfg, seed, device) for splits, seed in pairs]
 
 
 def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, progress: bool = True) -> dict:
@@ -147,10 +192,12 @@ def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditCon
     # neighbour, 20 frozen re-splits took 16 s on one torch thread and 249 s on two.
     threads = 1 if parse_regime(cfg.regime).cache_features and device.type == "cpu" else None
     with torch_threads(threads):
-        original = fit_split(inputs, data.labels, data.splits, make, cfg, seeds[0], device)
-        runs = _resplit_runs(data, inputs, make, cfg, seeds[1:], device, progress)
-    if isinstance(runs, str):
-        return skipped(runs, original=original)
+        resplits = _draw_resplits(data, seeds[1:])
+        if isinstance(resplits, str):
+            original = _train(data, inputs, make, cfg, [data.splits], seeds[:1], device, progress)[0]
+            return skipped(resplits, original=original)
+        original, *results = _train(data, inputs, make, cfg, [data.splits, *resplits], seeds, device, progress)
+    runs = [{"seed": seed, **result} for seed, result in zip(seeds[1:], results)]
     test = placement(original["test"], np.array([r["test"] for r in runs]))
     gap = placement(original["gap"], np.array([r["gap"] for r in runs]))
     smallest = 1.0 / (cfg.resplits + 1)
