@@ -52,8 +52,8 @@ def one(n: int, work: Path, given_embeddings: bool, threads: int = 1) -> dict:
         count = sum(len(np.load(f, mmap_mode="r")) for f in path.glob("*.npy"))
         embeddings = np.random.default_rng(0).normal(size=(count, 1280)).astype(np.float32)
     start = time.perf_counter()
-    result = run_audit(DataConfig(path=path), AuditConfig(resplits=5, permutations=200, device="cpu", num_threads=threads),
-                       out, progress=False, embeddings=embeddings)
+    cfg = AuditConfig(resplits=5, permutations=200, device="cpu", num_threads=threads)
+    result = run_audit(DataConfig(path=path), cfg, out, progress=False, embeddings=embeddings)
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"images": result["dataset"]["images"], "given_embeddings": given_embeddings, "wall_s": wall,
