@@ -37,8 +37,7 @@ def phantoms(tmp_path_factory) -> ImageDataset:
     return load_dataset(DataConfig(path=path))
 
 
-@pytest.fixture(scope="module")
-def planted(phantoms) -> tuple[ImageDataset, dict[str, list[tuple[int, int]]]]:
+def _plant(phantoms: ImageDataset) -> tuple[ImageDataset, dict[str, list[tuple[int, int]]]]:
     """The phantoms with PLANTED test images per alteration replaced by altered copies of train images."""
     rng = np.random.default_rng(0)
     images = phantoms.images.copy()
@@ -56,12 +55,20 @@ def planted(phantoms) -> tuple[ImageDataset, dict[str, list[tuple[int, int]]]]:
     return data, where
 
 
+@pytest.fixture(scope="module")
+def planted(phantoms) -> tuple[ImageDataset, dict[str, list[tuple[int, int]]]]:
+    return _plant(phantoms)
+
+
 def _pairs(result: dict) -> set[tuple[int, int]]:
     return {(p["query"]["index"], p["match"]["index"]) for p in result.get("pairs", [])}
 
 
-def test_indexed_search_finds_the_same_pairs_as_all_pairs(planted):
-    data, _ = planted
+def test_indexed_search_finds_the_same_pairs_as_all_pairs(tmp_path):
+    """On 2,400 images (the issue's "a few thousand"): the same copies and near-duplicate pairs, the same thresholds."""
+    path = generate_phantoms(tmp_path / "ph", size=32, n_per_class=1000, n_test_per_class=200)
+    data, _ = _plant(load_dataset(DataConfig(path=path)))
+    assert len(data.labels) == 2400
     rng = np.random.default_rng(1)
     # stand-in embeddings: each image's pixels projected at random (the search, not the backbone, is under test)
     embeddings = data.images.reshape(len(data.labels), -1).astype(np.float32) @ rng.normal(size=(1024, 64))
