@@ -36,6 +36,8 @@ class OnnxFeatures:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # no spin-waiting between calls: the audit runs other work beside the embedding (audit/scan.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         with torch.inference_mode():
             expected = body(example).float().numpy()
