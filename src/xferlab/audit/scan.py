@@ -67,21 +67,27 @@ def scan_dataset(data: ImageDataset, cfg: AuditConfig, embeddings: np.ndarray | 
     runs on a second thread while this one hashes and measures the same chunk (the backbone runtime and most of the
     NumPy and Pillow work release the GIL), so the two halves of the pass overlap instead of adding up."""
     embedder = None if embeddings is not None else Embedder(data, cfg)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("embeddings", "hashes", "phashes", "descriptors",
-                                                          "pixel_stats")}
-    starts = range(0, len(data.labels), CHUNK)
+    n = len(data.labels)
+    arrays: dict[str, np.ndarray] = {}  # allocated at the first chunk, filled in place: no second copy at the end
+
+    def put(name: str, start: int, values: np.ndarray) -> None:
+        if name not in arrays:
+            arrays[name] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+        arrays[name][start:start + len(values)] = values
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for start in tqdm(starts, desc="scanning images", unit="chunk", disable=not progress, leave=False):
+        for start in tqdm(range(0, n, CHUNK), desc="scanning images", unit="chunk", disable=not progress,
+                          leave=False):
             images = data.images[start:start + CHUNK]
             embedded = pool.submit(embedder, images) if embedder is not None else None
-            parts["hashes"].append(content_hashes(images))
-            parts["phashes"].append(perceptual_hashes(images))
-            parts["descriptors"].append(spectral_descriptors(images))
-            parts["pixel_stats"].append(image_statistics(images))
+            put("hashes", start, content_hashes(images))
+            put("phashes", start, perceptual_hashes(images))
+            put("descriptors", start, spectral_descriptors(images))
+            put("pixel_stats", start, image_statistics(images))
             if embedded is not None:
-                parts["embeddings"].append(embedded.result())
+                put("embeddings", start, embedded.result())
     if embedder is not None:
-        embeddings = np.concatenate(parts["embeddings"])
-        embedder.check(embeddings)
-    return ImageScan(embeddings=embeddings, runtime=embedder.runtime if embedder is not None else "given",
-                     **{k: np.concatenate(v) for k, v in parts.items() if k != "embeddings"})
+        embedder.check(arrays["embeddings"])
+    else:
+        arrays["embeddings"] = embeddings
+    return ImageScan(runtime=embedder.runtime if embedder is not None else "given", **arrays)
