@@ -95,9 +95,12 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
 
 # Within-split pairs aligned to calibrate the aligned-copy threshold: a fixed number keeps the step linear in n.
 ALIGN_CALIBRATION = 2000
-# Images per split whose nearest other image calibrates a threshold: the low quantile of a seeded sample of this
-# size (50 images below a 1 % quantile) calibrates as every image's would, at a fixed cost per split.
-CALIBRATION_IMAGES = 5_000
+# Images whose nearest other image of their split calibrates a threshold: a seeded sample of this size, drawn from
+# the splits in proportion to their sizes as the full set would weigh them (150 images below a 1 % quantile),
+# calibrates as every image would, at a fixed cost. Not an equal share per split: a small split's nearest
+# neighbours lie further apart, and an equal share raised the 1 % quantile enough, at 58,000 phantoms, for three
+# pairs of distinct look-alikes to pass as near-duplicates by embedding.
+CALIBRATION_IMAGES = 15_000
 # Aligned check: only cross-split pairs whose spectral descriptors are closer than this quantile of the within-split
 # nearest-neighbour descriptor distances are aligned. Measured on the default phantoms at 32 px with planted copies
 # (benchmarks/audit_scale.py detect): every 1-pixel crop, 3 % rescale, JPEG 75, brightness, noise and combined copy
@@ -122,15 +125,16 @@ def _searches(features: np.ndarray, metric: str, groups: dict[str, np.ndarray], 
 
 
 def _within_split_neighbours(search: NeighbourSearch, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded sample of each split's images (at most CALIBRATION_IMAGES) and their nearest other image of the same
-    split: image, neighbour (dataset indices) and distance."""
+    """A seeded sample of the images (at most CALIBRATION_IMAGES, each split in proportion to its size) and their
+    nearest other image of the same split: image, neighbour (dataset indices) and distance."""
     rng = np.random.default_rng(seed)
+    total = sum(len(r) for r in search.groups.values())
     images, matches, dists = [], [], []
     for s in SPLITS:
         rows = search.groups[s]
         if len(rows) >= 2:
-            sample = np.sort(rng.choice(rows, CALIBRATION_IMAGES, replace=False)) if len(rows) > CALIBRATION_IMAGES \
-                else rows
+            take = max(2, round(len(rows) * CALIBRATION_IMAGES / total))
+            sample = np.sort(rng.choice(rows, take, replace=False)) if len(rows) > take else rows
             dist, nn = search.nearest(sample, [s], exclude_self=True)
             images.append(sample)
             matches.append(nn)
