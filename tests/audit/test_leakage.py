@@ -148,3 +148,17 @@ def test_a_measure_that_cannot_separate_copies_from_look_alikes_says_so(small_ph
     assert result["phash"]["status"] == "skipped" and result["phash"]["count"] == 0
     assert "cannot separate copies from look-alikes" in result["phash"]["reason"]
     assert result["phash"]["calibration"]["within_split_rate"] > AuditConfig().near_duplicate_quantile
+
+
+def test_closeness_by_embedding_alone_is_a_caution_not_a_leak():
+    from xferlab.audit.verdict import leakage_finding
+
+    ok = {"status": "ok", "threshold": 0.01, "unit": "u", "count": 0}
+    leakage = {"exact": {"cross_split_groups": 0, "label_conflicts": 0, "within_split_groups": 0},
+               "near_duplicate_images": 0, "embedding_only_images": 2, "groups": {"status": "skipped"},
+               "phash": ok, "embedding": {**ok, "count": 2}, "aligned": ok}
+    level, text = leakage_finding(leakage)
+    assert level == "caution" and "2 more val/test image(s)" in text and "not counted as leaks" in text
+    level, text = leakage_finding({**leakage, "near_duplicate_images": 1})
+    assert level == "problem" and "1 val/test image(s) have a near-duplicate" in text
+    assert leakage_finding({**leakage, "embedding_only_images": 0})[0] == "ok"

@@ -100,8 +100,14 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
         parts.append(f"{leakage['exact']['label_conflicts']} duplicate group(s) carry conflicting labels")
     within = leakage["exact"]["within_split_groups"]
     within_text = f" {within} group(s) of exact copies sit within single splits." if within else ""
+    alike = leakage.get("embedding_only_images", 0)
+    alike_text = (f" {alike} more val/test image(s) lie as close to an earlier split's image by embedding alone, "
+                  "with pixels and perceptual hashes that do not match: look-alikes or heavier edits, to look at in "
+                  "leakage.png, not counted as leaks." if alike else "")
     if parts:
-        return "problem", "Leakage: " + "; ".join(parts) + "." + within_text
+        return "problem", "Leakage: " + "; ".join(parts) + "." + within_text + alike_text
+    if alike:
+        return "caution", "Leakage: no copies found." + alike_text + within_text
     checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage.get(k))]
     unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if k in leakage and not is_ok(leakage[k])]
     group_text = "no group overlap" if is_ok(groups) else "groups not checked (no patient ids)"
