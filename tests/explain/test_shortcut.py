@@ -144,7 +144,15 @@ def test_audit_runs_the_check_on_a_given_run(tiny_run: Path, shortcut_phantoms: 
     from xferlab.report.audit import render_audit_section
 
     html = render_audit_section(out)  # the report's audit section shows the check's record
-    assert "Shortcut check" in html and "0.141" in html and check["cam_layer"] in html
+    assert "Shortcut check" in html and "4/200" in html and check["cam_layer"] in html
+    assert check["reference"] == "region of interest" and check["n_windows"] == 4 and "random_change" not in check
+    assert "Wilcoxon" in html and "random windows" not in html
+    # an audit.json of the first design (salient zone window against random ones) still renders, marked as such
+    first = {k: v for k, v in check.items() if k not in ("zone_change", "roi_change", "zone_wins", "n_windows")}
+    first.update(salient_change=0.2, random_change=0.1, n_random=8)
+    (out / "audit.json").write_text(json.dumps({**audit, "shortcut": first}))
+    html = render_audit_section(out)
+    assert "first design" in html and "8 random windows" in html and "0.141" in html
 
 
 def test_audit_refuses_a_run_of_other_data(tiny_run: Path, tmp_path: Path, capsys) -> None:

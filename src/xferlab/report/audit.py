@@ -170,7 +170,9 @@ def _shortcut(result: dict) -> str:
                  ["images where the zone's change is larger", sc["zone_wins"]],
                  ["p-value (Wilcoxon signed-rank, one-sided)", sc["p_value"]]]
         note = ("The zone's most salient windows against those where a diagnosis is (the reference region), per "
-                "image. FALSE_ALARM_NOTE")
+                "image. On 32 px phantoms at alpha 0.05 (benchmarks/shortcut_check.py, README): false alarms 4/200 "
+                "draws (0.020, SE 0.010), within the bound 0.081; alarms on shortcut phantoms 43/100 (0.43, SE 0.05), "
+                "so a quiet check does not clear a run.")
     else:  # an audit.json of the first design (salient zone window against random zone windows)
         rows += [["prediction change, salient window", sc["salient_change"]],
                  [f"prediction change, {sc['n_random']} random windows", sc["random_change"]],
