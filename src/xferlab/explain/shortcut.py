@@ -66,7 +66,7 @@ def zones(shape: tuple[int, int, int], roi: np.ndarray | None = None) -> np.ndar
     n, h, w = shape
     zone = np.broadcast_to(border_mask(h, w), (n, h, w)).copy()
     if roi is not None:
-        zone &= ~roi
+        zone &= ~roi.astype(bool)
     return zone
 
 
