@@ -64,8 +64,10 @@ def main(argv=None) -> None:
         print(f"trained on {shift}: val acc {m['val']['accuracy']:.3f} ({kind} val), "
               f"test acc {m['test']['accuracy']:.3f}; on the {len(val)} marked shortcut-val images: CAM mass on "
               f"the marker {marker:.3f}, in the border band {border:.3f} (layer {ex['cam_layer']}); shortcut check: "
-              f"p = {check['p_value']:.3g}, alarm {check['alarm']}, zone share {check['zone_share']:.3f} on area "
-              f"{check['zone_area']:.3f}, CAM mass on markers {check.get('marker_share')}")
+              f"p = {check['p_value']:.3g}, alarm {check['alarm']}, largest change zone {check['zone_change']:.3f} "
+              f"vs region of interest {check['roi_change']:.3f} (zone larger on {check['zone_wins']:.2f} of "
+              f"{check['n_images']} images), zone share {check['zone_share']:.3f} on area {check['zone_area']:.3f}, "
+              f"CAM mass on markers {check.get('marker_share')}")
 
 
 if __name__ == "__main__":

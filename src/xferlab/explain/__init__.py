@@ -7,6 +7,7 @@ draws its "Where the models look" section from the explain folders (xferlab.repo
   figures.py   overlays and contact sheets
   run.py       `xferlab explain RUN [INPUT...] --out DIR`: maps, figures and explain.json (artifacts.write_explain)
   commands.py  the `xferlab explain` subcommand's arguments and command
-  shortcut.py  occlusion of the most salient region vs a random one of the same area, with a p-value
+  shortcut.py  occlusion of the most salient windows of the border band vs those of the region of interest, paired
+               over images (a one-sided Wilcoxon signed-rank p-value)
   audit_check.py  the audit's shortcut check on a run (audit.shortcut_run)
 """

@@ -15,7 +15,7 @@ from xferlab.explain.regions import dataset_regions, mass_share
 from xferlab.explain.shortcut import shortcut_check
 from xferlab.use.model import LoadedRun, load_run
 
-MAX_CHECK_IMAGES = 256  # the rank test's normal approximation is good from ~20 images; more only costs time
+MAX_CHECK_IMAGES = 256  # the signed-rank test (exact for small samples) needs tens of images; more only costs time
 MIN_CHECK_IMAGES = 20
 
 
@@ -49,9 +49,10 @@ def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_di
     preprocess = run.preprocessing.batch_preprocess(run.device)  # the run's own input record
     layer = choose_layer(model, run.preprocessing.image_size)
     cams, _ = grad_cam(model, as_tensor(images), preprocess, layer=layer)
-    result = shortcut_check(images, cams, run.predict, roi=roi, alpha=alpha, seed=seed)
+    result = shortcut_check(images, cams, run.predict, roi=roi, alpha=alpha)
     record = {**result.as_dict(), "run": str(run_dir), "split": split, "cam_layer": layer,
-              "zone": "border band less the region of interest" if roi is not None else "border band"}
+              "zone": "border band less the region of interest" if roi is not None else "border band",
+              "reference": "region of interest" if roi is not None else "centre (inside the border band)"}
     if "marker" in regions:  # the data records its burned-in markers: how much of the maps sits on them
         marker = regions["marker"]
         known = marker.known[idx]
@@ -62,15 +63,14 @@ def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_di
 
 def shortcut_finding(record: dict) -> dict:
     """An audit verdict finding for the check."""
-    where = record["zone"]
+    where, ref = record["zone"], record["reference"]
+    changes = (f"mean largest change {record['zone_change']:.3f} vs {record['roi_change']:.3f}, the zone's larger on "
+               f"{record['zone_wins']:.0%} of the images; p = {record['p_value']:.3g}, alpha {record['alpha']}")
+    maps = f"the maps put {record['zone_share']:.0%} of their mass there, on {record['zone_area']:.0%} of the image"
     if record["alarm"]:
-        text = (f"Likely shortcut: the run's Grad-CAM evidence concentrates in the {where} ({record['zone_share']:.0%} "
-                f"of the maps' mass on {record['zone_area']:.0%} of the image), and occluding its most salient window "
-                f"there changes predictions more than random windows of the same area (mean change "
-                f"{record['salient_change']:.3f} vs {record['random_change']:.3f}, p = {record['p_value']:.3g}).")
+        text = (f"Likely shortcut: occluding the run's most salient windows in the {where} changes its predictions "
+                f"more than occluding those of the {ref} ({changes}); {maps}.")
         return {"topic": "shortcut", "level": "caution", "text": text}
-    text = (f"No shortcut found: occluding the most salient window in the {where} changes predictions no more than "
-            f"random windows there beyond chance (p = {record['p_value']:.3g}, alpha {record['alpha']}), or the maps "
-            f"do not concentrate there ({record['zone_share']:.0%} of their mass on {record['zone_area']:.0%} of the "
-            "image).")
+    text = (f"No shortcut found: occluding the most salient windows in the {where} changes predictions no more than "
+            f"occluding those of the {ref} beyond chance ({changes}); {maps}.")
     return {"topic": "shortcut", "level": "ok", "text": text}
