@@ -97,9 +97,8 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
 ALIGN_CALIBRATION = 2000
 # Images whose nearest other image of their split calibrates a threshold: a seeded sample of this size, drawn from
 # the splits in proportion to their sizes as the full set would weigh them (150 images below a 1 % quantile),
-# calibrates as every image would, at a fixed cost. Not an equal share per split: a small split's nearest
-# neighbours lie further apart, and an equal share raised the 1 % quantile enough, at 58,000 phantoms, for three
-# pairs of distinct look-alikes to pass as near-duplicates by embedding.
+# calibrates as every image would, at a fixed cost. Not an equal share per split: that would over-weigh the small
+# splits, whose nearest neighbours lie further apart, and raise the threshold.
 CALIBRATION_IMAGES = 15_000
 # Aligned check: only cross-split pairs whose spectral descriptors are closer than this quantile of the within-split
 # nearest-neighbour descriptor distances are aligned. Measured on the default phantoms at 32 px with planted copies
@@ -274,8 +273,8 @@ def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, 
     result["embedding"]["unit"] = "(1 - cosine similarity)"
     result["aligned"]["unit"] = "(1 - correlation after alignment)"
     # A pixel measure (hash or alignment) confirms a copy. Closeness by embedding alone is a lead, not a finding:
-    # at 58,000 phantoms it flagged two pairs of distinct look-alikes (perceptual hashes 68-94 bits apart, aligned
-    # correlation 0.93-0.96), as a quantile threshold will once there are tens of thousands of queries.
+    # at 58,000 phantoms it flagged two pairs of distinct look-alikes (perceptual hashes 68 and 72 bits apart, aligned
+    # correlation 0.96 and 0.94), as a quantile threshold will once there are tens of thousands of queries.
     flagged = phash_flagged | aligned_flagged
     result["near_duplicate_images"] = len(flagged)
     result["embedding_only_images"] = len(embedding_flagged - flagged)
