@@ -10,7 +10,7 @@ splits. Not run by the tests.
     python benchmarks/audit_scale.py crop-effect          # how far a 1-pixel crop moves the hash and the embedding
 
 Each size runs in its own process (`one`), so its peak RSS is its own. Phantoms at 32 px, `--resplits 5
---permutations 200`, one torch thread, CPU.
+--permutations 200`, CPU, `--threads` torch / ONNX Runtime threads (default 1).
 """
 
 from __future__ import annotations

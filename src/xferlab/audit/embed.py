@@ -58,8 +58,9 @@ class Embedder:
             return onnx_features(self.model.body, example, torch.get_num_threads(),
                                  required=self.cfg.runtime == "onnxruntime")
         except RuntimeError as err:
-            raise XferlabError(f"audit.runtime onnxruntime: backbone '{self.cfg.backbone}': {err}; use --runtime "
-                               "torch, or install ONNX Runtime with pip install 'xferlab[onnx]'") from None
+            hint = ("install it with pip install 'xferlab[onnx]', or use --runtime torch"
+                    if isinstance(err.__cause__, ImportError) else "use --runtime torch")
+            raise XferlabError(f"audit.runtime onnxruntime: backbone '{self.cfg.backbone}': {err}; {hint}") from None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.onnx is not None:

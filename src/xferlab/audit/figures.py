@@ -136,7 +136,8 @@ def _leak_pairs(data: ImageDataset, leakage: dict, limit: int) -> list[tuple[int
     for group in leakage["exact"]["cross_split"]:
         members = sorted(group["images"], key=lambda i: SPLITS.index(i["split"]))
         pairs.append((members[-1]["index"], members[0]["index"], "exact copy"))
-    for kind, unit in (("phash", "bits"), ("embedding", "1-cos"), ("aligned", "1-r")):
+    # confirmed copies first; look-alikes by embedding (a lead, not a leak) last, so they never crowd copies out
+    for kind, unit in (("phash", "bits"), ("aligned", "1-r"), ("embedding", "1-cos")):
         for p in leakage.get(kind, {}).get("pairs", []):
             pairs.append((p["query"]["index"], p["match"]["index"], f"{kind} {p['distance']:.3g} {unit}"))
     for g in leakage["groups"].get("overlapping", []):

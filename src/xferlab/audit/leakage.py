@@ -1,10 +1,12 @@
-"""Leakage between splits: exact duplicates (content hash), near-duplicates (perceptual hash and embedding nearest
-neighbours) and patient groups that appear in more than one split.
+"""Leakage between splits: exact duplicates (content hash), near-duplicates (perceptual hash; aligned pixels for
+re-exported copies, nearcopy.py), look-alikes by embedding (a lead, not a leak) and patient groups that appear in
+more than one split.
 
 Chest X-rays all look alike, so "near" cannot be a fixed distance: each near-duplicate threshold is calibrated on the
-data, as a fraction of a low quantile of the distances between every image and its nearest *other* image in the
-same split (exact copies removed). A cross-split pair closer than that is far closer than distinct images normally
-get. The within-split rate below the same threshold is reported beside each finding so natural look-alikes show.
+data, as a fraction of a low quantile of the distances between images and their nearest *other* image in the same
+split (a seeded sample of CALIBRATION_IMAGES; exact copies removed). A cross-split pair closer than that is far
+closer than distinct images normally get. The within-split rate below the same threshold is reported beside each
+finding so natural look-alikes show.
 """
 
 from __future__ import annotations
@@ -104,15 +106,18 @@ CALIBRATION_IMAGES = 15_000
 # nearest-neighbour descriptor distances are aligned. Measured on the default phantoms at 32 px with planted copies
 # (benchmarks/audit_scale.py detect): every 1-pixel crop, 3 % rescale, JPEG 75, brightness, noise and combined copy
 # lies below the 5 % quantile, while 13 % of clean test images lie below the 10 % one; so alignment, the step's main
-# cost, runs on about a tenth of the queries.
+# cost, runs on about an eighth of the queries.
 PREFILTER_QUANTILE = 0.10
 
 
 def _split_rows(data: ImageDataset, hashes: np.ndarray) -> dict[str, np.ndarray]:
-    """Each split's rows, one per distinct content (exact copies are reported by exact_duplicates)."""
-    unique = np.zeros(len(hashes), dtype=bool)
-    unique[np.unique(hashes, return_index=True)[1]] = True
-    return {s: np.flatnonzero((data.splits == s) & unique) for s in SPLITS}
+    """Each split's rows, one per distinct content within the split (exact copies are reported by
+    exact_duplicates; a copy in another split does not remove an image from its own split's search)."""
+    out = {}
+    for s in SPLITS:
+        rows = np.flatnonzero(data.splits == s)
+        out[s] = np.sort(rows[np.unique(hashes[rows], return_index=True)[1]])
+    return out
 
 
 def _searches(features: np.ndarray, metric: str, groups: dict[str, np.ndarray], exact: bool,
@@ -135,9 +140,10 @@ def _within_split_neighbours(search: NeighbourSearch, seed: int) -> tuple[np.nda
             take = max(2, round(len(rows) * CALIBRATION_IMAGES / total))
             sample = np.sort(rng.choice(rows, take, replace=False)) if len(rows) > take else rows
             dist, nn = search.nearest(sample, [s], exclude_self=True)
-            images.append(sample)
-            matches.append(nn)
-            dists.append(dist)
+            found = np.isfinite(dist)
+            images.append(sample[found])
+            matches.append(nn[found])
+            dists.append(dist[found])
     if not images:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
     return np.concatenate(images), np.concatenate(matches), np.concatenate(dists)

@@ -27,11 +27,11 @@ from sklearn.neighbors import NearestNeighbors
 
 METRICS = ("hamming", "cosine", "euclidean")
 # Graph links per point (faiss's M) and candidate-list size while building (efConstruction); per metric, the list
-# size while searching (efSearch) and the candidates re-ranked exactly. Measured as recall@1 against the all-pairs
-# search (benchmarks/audit_scale.py recall, 9,332 phantoms at 32 px, val/test queries and 2,000 within-split queries
-# per split): with 64 / 32 everywhere, perceptual hashes 0.9995, Lite0 embeddings 1.0000 and spectral descriptors
-# 0.9935 (the hardest: their intrinsic dimension is high, 64 principal directions hold 79 % of their variance),
-# which get 128 / 64 (0.999 on 6,348 images).
+# size while searching (efSearch) and the candidates kept (re-ranked exactly for float features; for Hamming the
+# graph's distances are exact already). Chosen from recall@1 against the all-pairs search on 9,332 phantoms at 32 px
+# (descriptors, whose intrinsic dimension is high, needed the larger list); measured at 28,000 images with
+# `python benchmarks/audit_scale.py recall --images 28000` (README: 0.9986 / 0.9948 / 0.9999 for hashes, descriptors,
+# embeddings).
 LINKS, BUILD_CANDIDATES = 32, 80
 SEARCH = {"hamming": (64, 16), "cosine": (64, 32), "euclidean": (128, 64)}  # metric -> (efSearch, candidates)
 # Float features are searched on this many leading principal directions, then re-ranked in full.
@@ -42,6 +42,7 @@ PCA_SAMPLE, PCA_ITERATIONS = 4096, 3
 # Query rows re-ranked at once: 128 × 32 candidates × 1280 float32 features is 21 MB (a 1,024-row block with 64
 # candidates measured 2.5× slower: the gather, not the arithmetic, is the cost).
 _RERANK_CHUNK = 128
+_PROJECT_CHUNK = 8192  # rows projected at once: bounds the float64 temporaries of PCA.transform (84 MB at 1280 columns)
 
 
 def _check_metric(metric: str) -> None:
@@ -78,7 +79,7 @@ class NeighbourSearch:
         left out with `exclude_self`)."""
         query_rows = np.asarray(query_rows, dtype=np.int64)
         best_d = np.full(len(query_rows), np.inf)
-        best_i = np.zeros(len(query_rows), dtype=np.int64)
+        best_i = np.full(len(query_rows), -1, dtype=np.int64)  # -1 (and an infinite distance): none found
         for name in groups:
             rows = self.groups[name]
             if len(rows) == 0:
@@ -119,24 +120,21 @@ class NeighbourSearch:
         pca = PCA(PROJECTED_DIMS, svd_solver="randomized", iterated_power=PCA_ITERATIONS,
                   random_state=self.seed).fit(unit(sample))
         out = np.empty((n, PROJECTED_DIMS), dtype=np.float32)
-        for start in range(0, n, 8192):
-            out[start:start + 8192] = pca.transform(unit(slice(start, start + 8192)))
+        for start in range(0, n, _PROJECT_CHUNK):
+            out[start:start + _PROJECT_CHUNK] = pca.transform(unit(slice(start, start + _PROJECT_CHUNK)))
         return out
 
     def build(self, names: Sequence[str]) -> None:
-        """The graphs of the groups `names`, built side by side (each on one thread, so each is the same in every
+        """The graphs of the groups `names`, built side by side, each on one thread (so each is the same in every
         run; faiss releases the GIL while it builds)."""
         todo = [n for n in names if n not in self._graphs and len(self.groups[n])]
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(todo)))) as pool:
-                for name, graph in zip(todo, pool.map(self._new_graph, todo), strict=True):
-                    self._graphs[name] = graph
-        finally:
-            faiss.omp_set_num_threads(threads)
+        workers = max(1, min(faiss.omp_get_max_threads(), len(todo)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for name, graph in zip(todo, pool.map(self._new_graph, todo), strict=True):
+                self._graphs[name] = graph
 
     def _new_graph(self, name: str):
+        faiss.omp_set_num_threads(1)  # OpenMP's thread count is per thread: this worker's inserts run serially
         rows = self.groups[name]
         if self.metric == "hamming":
             graph, points = faiss.IndexBinaryHNSW(8 * self.codes.shape[1], LINKS), self.codes[rows]
@@ -158,11 +156,12 @@ class NeighbourSearch:
         graph = self._graph(name)
         if self.metric == "hamming":
             dist, local = graph.search(self.codes[query_rows], k)
+            found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
             dist = dist.astype(np.float64) / self.bits
         else:
             _, local = graph.search(self.projected[query_rows], k)
-            dist = self._rerank(query_rows, np.where(local >= 0, rows[np.maximum(local, 0)], -1))
-        found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+            found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+            dist = self._rerank(query_rows, found)
         dist = np.where(found < 0, np.inf, dist)
         if exclude_self:
             dist = np.where(found == query_rows[:, None], np.inf, dist)

@@ -5,8 +5,9 @@ accuracy and val-test gap in the re-split distribution.
 If the original split is as good as a random one, its statistics are exchangeable with the R re-splits', so the
 rank p-value (1 + #{re-splits at least as extreme}) / (R + 1) is exact. The frozen regime trains a linear head on
 the audit's cached embeddings, and the R + 1 heads train together as one batched model (xferlab.engine.stacked: the
-same results as fit_split one split at a time, a fraction of the Python per step); other regimes train the backbone
-anew, one split at a time through fit_split.
+same results as fit_split one split at a time, a fraction of the Python per step) — all of them when the splits have
+equal train sizes (no patient groups), else one batch per train size; other regimes train the backbone anew, one
+split at a time through fit_split.
 """
 
 from __future__ import annotations

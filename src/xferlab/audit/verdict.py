@@ -10,6 +10,8 @@ from xferlab.audit.shift import METHODS
 LEVELS = ("ok", "caution", "problem")
 METHOD_NAMES = {"classifier": "classifier", "mmd": "MMD", "ks": "KS"}  # the shift tests as the verdict names them
 NEAR = {"phash": "perceptual hash", "embedding": "embedding distance", "aligned": "aligned pixels"}
+# The measures that confirm a copy; the embedding only points at look-alikes (leakage.leakage_audit).
+PIXEL_MEASURES = ("phash", "aligned")
 
 
 def _p(p: float | None) -> str:
@@ -90,7 +92,7 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
         parts.append(f"{exact} image(s) appear pixel-identical in two splits")
     if near:
         thresholds = ", ".join(f"{NEAR[k]} ≤ {leakage[k]['threshold']:.3g} {leakage[k]['unit']}"
-                               for k in NEAR if is_ok(leakage.get(k)))
+                               for k in PIXEL_MEASURES if is_ok(leakage.get(k)))
         parts.append(f"{near} val/test image(s) have a near-duplicate in an earlier split ({thresholds}, calibrated "
                      "on within-split nearest neighbours)")
     if groups.get("count"):
@@ -106,13 +108,12 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
                   "leakage.png, not counted as leaks." if alike else "")
     if parts:
         return "problem", "Leakage: " + "; ".join(parts) + "." + within_text + alike_text
-    if alike:
-        return "caution", "Leakage: no copies found." + alike_text + within_text
     checked = ["exact copies"] + [NEAR[k] for k in NEAR if is_ok(leakage.get(k))]
     unchecked = [f"{NEAR[k]} ({leakage[k]['reason']})" for k in NEAR if k in leakage and not is_ok(leakage[k])]
     group_text = "no group overlap" if is_ok(groups) else "groups not checked (no patient ids)"
-    text = f"Leakage: none found ({', '.join(checked)}; {group_text})"
-    return "ok", text + (f"; not usable: {'; '.join(unchecked)}." if unchecked else ".") + within_text
+    text = f"Leakage: no copies found ({', '.join(checked)}; {group_text})"
+    text += (f"; not usable: {'; '.join(unchecked)}." if unchecked else ".") + within_text + alike_text
+    return ("caution" if alike else "ok"), text
 
 
 def resplit_finding(resplit: dict) -> tuple[str, str]:

@@ -42,9 +42,11 @@ class OnnxFeatures:
         with torch.inference_mode():
             expected = body(example).float().numpy()
         got = self(example)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"ONNX Runtime's features have shape {got.shape}, PyTorch's {expected.shape}")
         scale = max(float(np.abs(expected).max()), 1e-6)
         error = float(np.abs(got - expected).max()) / scale
-        if got.shape != expected.shape or not error <= TOLERANCE:
+        if not error <= TOLERANCE:
             raise RuntimeError(f"ONNX Runtime's features differ from PyTorch's by {error:.2g} of their scale")
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
@@ -58,6 +60,7 @@ def onnx_features(body: torch.nn.Module, example: torch.Tensor, threads: int, re
         return OnnxFeatures(body, example, threads)
     except Exception as err:  # noqa: BLE001 - any exporter or runtime failure means: stay on PyTorch
         if required:
-            raise RuntimeError(f"ONNX Runtime cannot run this backbone: {err}") from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]  # exporter messages run many lines
+            raise RuntimeError(f"ONNX Runtime cannot run this backbone: {first}") from err
         log.info("embedding with PyTorch: ONNX Runtime is not usable for this backbone (%s)", err)
         return None

@@ -162,8 +162,9 @@ class StackedHeads:
                             for m in self.members.values()]).tolist()  # [split][loss, correct][head]
         values = {}
         for s, (loss, hits) in zip(self.members, sums):
-            values[f"{s}_loss"] = [v / c for v, c in zip(loss, self.counts[s])]
-            values[f"{s}_acc"] = [v / c for v, c in zip(hits, self.counts[s])]
+            # an empty split gives NaN, as fit's evaluation of an empty split does
+            values[f"{s}_loss"] = [v / c if c else float("nan") for v, c in zip(loss, self.counts[s])]
+            values[f"{s}_acc"] = [v / c if c else float("nan") for v, c in zip(hits, self.counts[s])]
         return values
 
     def epoch(self) -> list[EpochRecord]:

@@ -36,9 +36,8 @@ from xferlab.explain.regions import BORDER_FRACTION, border_mask
 
 WINDOW_FRACTION = 0.25  # window side / image side: 1/16 of the area, larger than a burned-in marker (0.16 of a side)
 # Salient windows per region and image. At 32 px the map is 4×4 and its most salient zone window often misses the
-# marker; the largest change of a few windows finds it more often (in an exploratory run on shortcut phantoms, four
-# windows caught markedly more shortcut draws than one, with no more false alarms on unshifted ones). Eight
-# occlusions per image, as many as the first design's 1 + 8.
+# marker; the largest change of a few windows finds it more often. Eight occlusions per image (4 per region), about
+# the first design's nine (1 + 8).
 N_WINDOWS = 4
 
 

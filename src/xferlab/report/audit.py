@@ -117,11 +117,13 @@ def _leakage(result: dict, audit_dir: Path) -> str:
         if kind not in lk:  # audits written before the aligned check
             continue
         r = lk[kind]
+        # the embedding points at look-alikes; only the pixel measures confirm copies (leakage_audit)
+        what = "look-alikes (a lead, not a leak)" if kind == "embedding" else "near-duplicates"
         if r.get("status") == "ok":
-            rows.append([f"near-duplicates: {label}", r["count"], f"≤ {_fmt(r['threshold'])} {r['unit']}",
+            rows.append([f"{what}: {label}", r["count"], f"≤ {_fmt(r['threshold'])} {r['unit']}",
                          r["calibration"]["within_split_rate"]])
         else:
-            rows.append([f"near-duplicates: {label}", None, r.get("reason"), None])
+            rows.append([f"{what}: {label}", None, r.get("reason"), None])
     g = lk["groups"]
     rows.append(["groups in more than one split", g.get("count"), g.get("reason", f"of {g.get('groups')} groups"),
                  None])
