@@ -245,3 +245,38 @@ def test_resampling_is_ndimage_linear_with_edges_repeated():
     expected = ndimage.map_coordinates(x, np.stack([n, y - dy[:, None, None], xx - dx[:, None, None]]), order=1,
                                        mode="nearest")
     assert np.allclose(_sample(x, np.arange(20) - dy[:, None], np.arange(24) - dx[:, None]), expected, atol=1e-9)
+
+
+def test_graphs_are_the_same_in_every_build_whatever_openmp_allows():
+    import faiss
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    groups = {"a": np.arange(1500), "b": np.arange(1500, 3000)}
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(4)  # more threads than the build may use: each graph must still be built serially
+    try:
+        links = []
+        for _ in range(2):
+            search = NeighbourSearch(x, "euclidean", groups)
+            search.build(["a", "b"])
+            links.append([faiss.vector_to_array(search._graphs[g].hnsw.neighbors) for g in ("a", "b")])
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert all(np.array_equal(p, q) for p, q in zip(*links, strict=True))
+
+
+def test_a_copy_in_another_split_does_not_hide_the_original(phantoms):
+    """Train image A has an exact copy earlier in the dataset, in test; a re-exported copy of A in test is still
+    found against A (exact copies are removed within a split, never across)."""
+    back = np.arange(len(phantoms.labels))[::-1]  # test images first, so the copy comes before its original
+    images, splits = phantoms.images[back].copy(), phantoms.splits[back]
+    test, train = np.flatnonzero(splits == "test"), np.flatnonzero(splits == "train")
+    a, exact_copy, altered = train[0], test[0], test[1]
+    assert exact_copy < a
+    images[exact_copy] = images[a]
+    images[altered] = reexport.brightness_contrast(images[a])
+    data = ImageDataset(images, phantoms.labels[back], phantoms.class_names, splits, source="copies")
+    result = leakage_audit(data, np.random.default_rng(0).normal(size=(len(images), 8)), AuditConfig(seed=0))
+    assert result["exact"]["cross_split_groups"] == 1
+    assert (altered, a) in _pairs(result["phash"]) | _pairs(result["aligned"])
