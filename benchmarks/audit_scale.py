@@ -8,6 +8,7 @@ splits. Not run by the tests.
     python benchmarks/audit_scale.py clean --splits 100
     python benchmarks/audit_scale.py detect --copies 25   # planted altered copies: detection rate per alteration
     python benchmarks/audit_scale.py crop-effect          # how far a 1-pixel crop moves the hash and the embedding
+    python benchmarks/audit_scale.py runtimes             # the embedding by PyTorch vs ONNX Runtime
 
 Each size runs in its own process (`one`), so its peak RSS is its own. Phantoms at 32 px, `--resplits 5
 --permutations 200`, CPU, `--threads` torch / ONNX Runtime threads (default 1).
@@ -225,6 +226,32 @@ def crop_effect(args: argparse.Namespace) -> None:
           f"kind: the image's own for {np.mean(np.isclose(moved, own, atol=1e-6)):.0%})")
 
 
+def runtimes(args: argparse.Namespace) -> None:
+    """The audit's embedding of `--images` default phantoms at 32 px by PyTorch and by ONNX Runtime, alternately
+    (`--rounds`), one thread each, in one process: the ratio, not the seconds, is what a shared machine can tell."""
+    from xferlab.audit.embed import Embedder
+    from xferlab.config import AuditConfig, DataConfig
+    from xferlab.data.phantoms import generate_phantoms
+    from xferlab.data.sources import load_dataset
+    from xferlab.engine.accel import num_threads
+
+    path = args.work / "default32"
+    if not (path / "phantoms.json").exists():
+        generate_phantoms(path, size=32, seed=0)
+    base = load_dataset(DataConfig(path=path))
+    images = base.images[:args.images]
+    with num_threads(1):
+        embedders = {r: Embedder(base, AuditConfig(device="cpu", runtime=r)) for r in ("torch", "onnxruntime")}
+        for r in range(args.rounds):
+            times = {}
+            for name, embed in embedders.items():
+                start = time.perf_counter()
+                embed(images)
+                times[name] = time.perf_counter() - start
+            print(f"round {r + 1}: PyTorch {times['torch']:.2f} s, ONNX Runtime {times['onnxruntime']:.2f} s "
+                  f"({times['torch'] / times['onnxruntime']:.1f}×) for {len(images)} images", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -245,7 +272,10 @@ def main() -> None:
     d.add_argument("--copies", type=int, default=25)
     e = sub.add_parser("crop-effect")
     e.add_argument("--images", type=int, default=500)
-    for q in (s, o, r, c, d, e):
+    t = sub.add_parser("runtimes")
+    t.add_argument("--images", type=int, default=1024)
+    t.add_argument("--rounds", type=int, default=3)
+    for q in (s, o, r, c, d, e, t):
         q.add_argument("--work", type=Path, default=Path("/tmp/audit_scale"))
     for q in (s, o):
         q.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads of the audit")
@@ -254,7 +284,8 @@ def main() -> None:
     if args.cmd == "one":
         print(json.dumps(one(args.n, args.work, args.given_embeddings, args.threads)))
     else:
-        {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect, "crop-effect": crop_effect}[args.cmd](args)
+        {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect, "crop-effect": crop_effect,
+         "runtimes": runtimes}[args.cmd](args)
 
 
 if __name__ == "__main__":

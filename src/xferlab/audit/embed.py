@@ -1,5 +1,5 @@
 """Embeddings for the audit: every image through the fixed backbone once (eval mode, BatchNorm frozen), on the
-engine's feature path or, on the CPU, through ONNX Runtime (engine/onnxfeatures.py: about 5× faster there); the
+engine's feature path or, on the CPU, through ONNX Runtime (engine/onnxfeatures.py: about 4× faster there); the
 shift tests, the nearest-neighbour leakage search and every frozen re-split reuse them."""
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """A fixed backbone's features through ONNX Runtime on the CPU, for passes over a whole dataset (the audit's embedding).
 
-Measured on this project's 2-core development machine (EfficientNet-Lite0 at 32 px, one thread, 1,024 phantoms in
-one run): eager PyTorch 4.5 s, ONNX Runtime 0.92 s. The body is exported in memory with torch's TorchScript-based
-exporter (about 3 s for Lite0, where the dynamo exporter took 22 s) and its output is checked against PyTorch's on
-the first batch; any failure (onnxruntime missing, an operator the exporter cannot write, a mismatch) leaves the
-caller on PyTorch with the reason, so the runtime changes speed, never results beyond float rounding.
+Measured with `python benchmarks/audit_scale.py runtimes` (EfficientNet-Lite0 at 32 px, 1,024 phantoms, one thread,
+both in one process): ONNX Runtime about 4× faster than eager PyTorch (README). The body is exported in memory with
+torch's TorchScript-based exporter (for Lite0 it took seconds where the dynamo exporter took about 20 in one trial)
+and its output is checked against PyTorch's on the first batch; any failure (onnxruntime missing, an operator the
+exporter cannot write, a mismatch) leaves the caller on PyTorch with the reason, so the runtime changes speed, never
+results beyond float rounding.
 """
 
 from __future__ import annotations
