@@ -18,11 +18,11 @@ from make_golden import REGIMES, golden_config, golden_data, regime_dir, untimed
 
 # Relative tolerance per regime. A fixed backbone's run reproduces to float32 round-off on any CPU. A run that trains
 # the backbone goes through convolution backward passes whose kernels differ by CPU: on an AMD EPYC machine the
-# golden files (written elsewhere) came back with fine-tuning losses 2.2e-3 and partial:1 losses 4.5e-5 off, every
-# accuracy equal (the same commit, before any change). Far below what a changed learning rate, schedule, batch order
-# or loss would move them. Fine-tuning the whole backbone on 16 images amplifies that round-off after its first epoch
-# (on the same machine, epoch 2's training loss came back 6 % off and one of 16 training images was classified the
-# other way), so for it only the first epoch is compared, and not the best epoch's predictions.
+# golden files (written elsewhere) came back with first-epoch fine-tuning losses 2.2e-3 and partial:1 losses 4.5e-5
+# off, every accuracy equal (the same commit, before any change): far below what a changed learning rate, schedule,
+# batch order or loss would move them. Fine-tuning the whole backbone on 16 images amplifies that round-off after its
+# first epoch (here, epoch 2's training loss came back 6 % off and one of 16 training images was classified the other
+# way), so for it only the first epoch is compared, and not the best epoch's predictions.
 BACKBONE_TRAINING_RTOL = 5e-3
 RTOL = {"frozen": 1e-5, "adabn": 1e-5}
 FIRST_EPOCH_ONLY = {"finetune"}
