@@ -17,6 +17,7 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image
 from scipy.fft import dct
+from tqdm.auto import tqdm
 
 from xferlab.audit.nearcopy import pair_similarities, spectral_descriptors
 from xferlab.audit.neighbours import NeighbourSearch
@@ -159,13 +160,15 @@ def _cross_split_candidates(data: ImageDataset, search: NeighbourSearch):
 
 
 def near_duplicates(data: ImageDataset, features: np.ndarray, metric: str, scale: float, hashes: np.ndarray,
-                    cfg: AuditConfig, exact: bool = False) -> tuple[dict, set[int]]:
+                    cfg: AuditConfig, exact: bool = False,
+                    groups: dict[str, np.ndarray] | None = None) -> tuple[dict, set[int]]:
     """Cross-split pairs closer than the calibrated threshold (exact copies are reported separately, not here), the
     closest MAX_LISTED of them listed, and the dataset indices of every flagged query image.
 
     `scale` converts sklearn's distance into the reported unit (PHASH_BITS for Hamming: bits).
     """
-    calibrate, cross = _searches(features, metric, _split_rows(data, hashes), exact, cfg.seed)
+    groups = _split_rows(data, hashes) if groups is None else groups
+    calibrate, cross = _searches(features, metric, groups, exact, cfg.seed)
     within = _within_split_neighbours(calibrate, cfg.seed)[2] * scale  # the calibration sample
     if len(within) < 2:
         return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
@@ -227,13 +230,14 @@ def group_overlap(data: ImageDataset) -> dict:
 
 
 def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarray, cfg: AuditConfig,
-                   exact: bool = False) -> tuple[dict, set[int]]:
+                   exact: bool = False, groups: dict[str, np.ndarray] | None = None) -> tuple[dict, set[int]]:
     """Cross-split pairs that are the same picture after a re-export (nearcopy): each query image's nearest reference
     image by spectral descriptor, aligned when their descriptors are closer than the PREFILTER_QUANTILE of within-split
     nearest-neighbour descriptor distances; flagged when the residual 1 - correlation is below the threshold,
     calibrated like the other measures on the residuals of within-split nearest pairs (ALIGN_CALIBRATION of them,
     seeded)."""
-    calibrate, cross = _searches(descriptors, "euclidean", _split_rows(data, hashes), exact, cfg.seed)
+    groups = _split_rows(data, hashes) if groups is None else groups
+    calibrate, cross = _searches(descriptors, "euclidean", groups, exact, cfg.seed)
     images, matches, descriptor_dists = _within_split_neighbours(calibrate, cfg.seed)
     if len(images) < 2:
         return {"status": "skipped", "reason": "too few images per split to calibrate a threshold"}, set()
@@ -263,16 +267,25 @@ def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarr
 
 def leakage_audit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, *, hashes: np.ndarray | None = None,
                   phashes: np.ndarray | None = None, descriptors: np.ndarray | None = None,
-                  exact: bool = False) -> dict:
+                  exact: bool = False, progress: bool = False) -> dict:
     """All leakage checks. Embedding distances are cosine distances (1 - cos) between backbone features. Per-image
     hashes and descriptors come from the audit's streaming pass (scan.py) or are computed here; `exact` searches all
-    pairs instead of the index (the reference the indexed search is tested against)."""
+    pairs instead of the index (the reference the indexed search is tested against). `progress`: a bar over the
+    three searches (minutes each at a few hundred thousand images)."""
     hashes = content_hashes(data.images) if hashes is None else hashes
     phashes = perceptual_hashes(data.images) if phashes is None else phashes
     descriptors = spectral_descriptors(data.images) if descriptors is None else descriptors
-    phash, phash_flagged = near_duplicates(data, phashes, "hamming", PHASH_BITS, hashes, cfg, exact)
-    embedding, embedding_flagged = near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg, exact)
-    aligned, aligned_flagged = aligned_copies(data, descriptors, hashes, cfg, exact)
+    groups = _split_rows(data, hashes)  # `groups`: each split's distinct images, shared by the three searches
+    with tqdm(total=3, desc="leakage search", unit="measure", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str("perceptual hash")
+        phash, phash_flagged = near_duplicates(data, phashes, "hamming", PHASH_BITS, hashes, cfg, exact, groups)
+        bar.update()
+        bar.set_postfix_str("embedding")
+        embedding, embedding_flagged = near_duplicates(data, embeddings, "cosine", 1.0, hashes, cfg, exact, groups)
+        bar.update()
+        bar.set_postfix_str("aligned pixels")
+        aligned, aligned_flagged = aligned_copies(data, descriptors, hashes, cfg, exact, groups)
+        bar.update()
     result = {"exact": exact_duplicates(data, hashes), "phash": phash, "embedding": embedding, "aligned": aligned,
               "groups": group_overlap(data)}
     result["phash"]["unit"] = f"of {PHASH_BITS} bits"

@@ -43,7 +43,8 @@ def _dataset_info(data: ImageDataset) -> dict:
             "channels": data.channels, "groups": data.groups is not None}
 
 
-def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict) -> tuple[dict, dict]:
+def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict,
+                progress: bool) -> tuple[dict, dict]:
     """Shift, class balance, pixels and leakage; returns the results and the per-image arrays behind them.
 
     BLAS runs single-threaded here: the matrices are small (at most a few thousand rows), and measured on a shared
@@ -57,7 +58,7 @@ def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: 
             pixels, values = pixel_audit(data, cfg, scan.pixel_stats)
         with _timed(seconds, "leakage"):
             leakage = leakage_audit(data, scan.embeddings, cfg, hashes=scan.hashes, phashes=scan.phashes,
-                                    descriptors=scan.descriptors)
+                                    descriptors=scan.descriptors, progress=progress)
     results = {"shift": shift, "class_balance": balance, "pixels": pixels, "leakage": leakage}
     return results, {"domain_scores": scores, "pixel_stats": values}
 
@@ -109,7 +110,7 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         with _timed(seconds, "embedding"):  # the streaming pass: embeddings, hashes, descriptors, pixel statistics
             scan = scan_dataset(data, audit_cfg, given, progress)
         embeddings = scan.embeddings
-        result, arrays = _statistics(data, scan, audit_cfg, seconds)
+        result, arrays = _statistics(data, scan, audit_cfg, seconds, progress)
         with _timed(seconds, "resplit"):
             result["resplit"] = resplit_experiment(data, embeddings, audit_cfg, progress)
     result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime, **result,

@@ -40,9 +40,14 @@ class Region:
         return Region(self.name, self.masks[idx], self.known[idx])
 
 
+def border_widths(height: int, width: int, fraction: float = BORDER_FRACTION) -> tuple[int, int]:
+    """The border band's width in pixels on the vertical and horizontal sides (at least one pixel)."""
+    return max(1, round(height * fraction)), max(1, round(width * fraction))
+
+
 def border_mask(height: int, width: int, fraction: float = BORDER_FRACTION) -> np.ndarray:
     """True in the outer `fraction` of each side (at least one pixel)."""
-    by, bx = max(1, round(height * fraction)), max(1, round(width * fraction))
+    by, bx = border_widths(height, width, fraction)
     mask = np.ones((height, width), dtype=bool)
     mask[by:height - by, bx:width - bx] = False
     return mask

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 from scipy.stats import wilcoxon
 
-from xferlab.explain.regions import BORDER_FRACTION, border_mask
+from xferlab.explain.regions import border_mask, border_widths
 
 WINDOW_FRACTION = 0.25  # window side / image side: 1/16 of the area, larger than a burned-in marker (0.16 of a side)
 # Salient windows per region and image. At 32 px the map is 4×4 and its most salient zone window often misses the
@@ -78,7 +78,7 @@ def references(shape: tuple[int, int, int], roi: np.ndarray | None = None, side:
     n, h, w = shape
     centre = ~border_mask(h, w)
     if side:
-        by, bx = max(1, round(h * BORDER_FRACTION)), max(1, round(w * BORDER_FRACTION))
+        by, bx = border_widths(h, w)
         inside = np.zeros((h, w), dtype=bool)
         inside[by + side // 2:h - by - side + side // 2 + 1, bx + side // 2:w - bx - side + side // 2 + 1] = True
         centre = inside if inside.any() else centre
