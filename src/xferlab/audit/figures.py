@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 from xferlab import files  # noqa: E402
 from xferlab.audit.common import domain_masks  # noqa: E402
+from xferlab.audit.leakage import split_positions  # noqa: E402
 from xferlab.audit.pixels import STATS  # noqa: E402
 from xferlab.audit.shift import METHODS  # noqa: E402
 from xferlab.data.dataset import SPLITS, ImageDataset  # noqa: E402
@@ -137,9 +138,10 @@ def _leak_pairs(data: ImageDataset, leakage: dict, limit: int) -> list[tuple[int
         members = sorted(group["images"], key=lambda i: SPLITS.index(i["split"]))
         pairs.append((members[-1]["index"], members[0]["index"], "exact copy"))
     # confirmed copies first; look-alikes by embedding (a lead, not a leak) last, so they never crowd copies out
-    for kind, unit in (("phash", "bits"), ("aligned", "1-r"), ("embedding", "1-cos")):
+    labels = (("phash", "phash {:.0f} bits"), ("aligned", "aligned {:.2g}"), ("embedding", "look-alike {:.2g}"))
+    for kind, label in labels:
         for p in leakage.get(kind, {}).get("pairs", []):
-            pairs.append((p["query"]["index"], p["match"]["index"], f"{kind} {p['distance']:.3g} {unit}"))
+            pairs.append((p["query"]["index"], p["match"]["index"], label.format(p["distance"])))
     for g in leakage["groups"].get("overlapping", []):
         ex = g["examples"]
         pairs.append((ex[-1]["index"], ex[0]["index"], f"group {g['group']}"))
@@ -156,10 +158,11 @@ def leakage_figure(data: ImageDataset, leakage: dict, limit: int, path: Path) ->
     fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.6 * cols, 1.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    position = split_positions(data.splits)  # "test #12": the numbering audit.json and the report's list use
     for n, (a, b, what) in enumerate(pairs):
         r, c = divmod(n, cols)
-        _show(axes[r, 2 * c], data.images[a], f"{data.splits[a]} #{a}\n{what}")
-        _show(axes[r, 2 * c + 1], data.images[b], f"{data.splits[b]} #{b}")
+        _show(axes[r, 2 * c], data.images[a], f"{data.splits[a]} #{position[a]}\n{what}")
+        _show(axes[r, 2 * c + 1], data.images[b], f"{data.splits[b]} #{position[b]}")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -103,7 +103,8 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
     within = leakage["exact"]["within_split_groups"]
     within_text = f" {within} group(s) of exact copies sit within single splits." if within else ""
     alike = leakage.get("embedding_only_images", 0)
-    alike_text = (f" {alike} more val/test image(s) lie as close to an earlier split's image by embedding alone, "
+    more = " more" if parts else ""
+    alike_text = (f" {alike}{more} val/test image(s) lie as close to an earlier split's image by embedding alone, "
                   "with pixels and perceptual hashes that do not match: look-alikes or heavier edits, to look at in "
                   "leakage.png, not counted as leaks." if alike else "")
     if parts:

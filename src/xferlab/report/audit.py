@@ -132,7 +132,8 @@ def _leakage(result: dict, audit_dir: Path) -> str:
     for kind in ("phash", "embedding", "aligned"):
         for p in lk.get(kind, {}).get("pairs", [])[:10]:
             q, m = p["query"], p["match"]
-            listed.append(f"<li>{kind}: {q['split']} #{q['split_index']} ({escape(q.get('file', q['class']))}) ~ "
+            what = "look-alike (embedding)" if kind == "embedding" else kind
+            listed.append(f"<li>{what}: {q['split']} #{q['split_index']} ({escape(q.get('file', q['class']))}) ~ "
                           f"{m['split']} #{m['split_index']} ({escape(m.get('file', m['class']))}), "
                           f"distance {_fmt(p['distance'])}</li>")
     for grp in lk["exact"]["cross_split"][:10]:
