@@ -4,6 +4,7 @@ splits. Not run by the tests.
 
     python benchmarks/audit_scale.py sizes --sizes 2333 9333 28000 58000 --work /tmp/audit_scale
     python benchmarks/audit_scale.py sizes --sizes 58000 230000 --given-embeddings   # backbone pass left out
+    python benchmarks/audit_scale.py sizes --sizes 58000 --in-sequence   # re-splits after the statistics
     python benchmarks/audit_scale.py recall --images 28000
     python benchmarks/audit_scale.py clean --splits 100
     python benchmarks/audit_scale.py detect --copies 25   # planted altered copies: detection rate per alteration
@@ -42,10 +43,15 @@ def _phantoms(work: Path, n: int) -> Path:
     return path
 
 
-def one(n: int, work: Path, given_embeddings: bool, threads: int = 1) -> dict:
-    """One audit of n phantom images; seconds per step, peak RSS."""
+def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequence: bool = False) -> dict:
+    """One audit of n phantom images; seconds per step, peak RSS. `in_sequence`: the re-splits after the
+    statistics rather than beside them, so that each step's seconds are its own."""
+    import xferlab.audit.run as audit_run
     from xferlab.audit import run_audit
     from xferlab.config import AuditConfig, DataConfig
+
+    if in_sequence:
+        audit_run._overlaps = lambda cfg: False
 
     path = _phantoms(work, n)
     out = work / f"audit{n}{'-given' if given_embeddings else ''}"
@@ -58,7 +64,8 @@ def one(n: int, work: Path, given_embeddings: bool, threads: int = 1) -> dict:
     result = run_audit(DataConfig(path=path), cfg, out, progress=False, embeddings=embeddings)
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return {"images": result["dataset"]["images"], "given_embeddings": given_embeddings, "wall_s": wall,
+    return {"images": result["dataset"]["images"], "given_embeddings": given_embeddings, "in_sequence": in_sequence,
+            "wall_s": wall,
             "steps_s": result["seconds"], "peak_rss_gib": rss,
             "findings": result["leakage"]["near_duplicate_images"]}
 
@@ -68,7 +75,7 @@ def sizes(args: argparse.Namespace) -> None:
     for n in args.sizes:
         cmd = [sys.executable, __file__, "one", "--n", str(n), "--work", str(args.work)]
         cmd += ["--given-embeddings"] if args.given_embeddings else []
-        cmd += ["--threads", str(args.threads)]
+        cmd += ["--threads", str(args.threads)] + (["--in-sequence"] if args.in_sequence else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -100,6 +107,8 @@ def recall(args: argparse.Namespace) -> None:
                 "spectral descriptor (Euclidean)": (scan.descriptors, "euclidean"),
                 "Lite0 embedding (cosine)": (scan.embeddings, "cosine")}
     for name, (features, metric) in measures.items():
+        if metric not in args.metrics:
+            continue
         searches = {}
         for mode, exact in (("indexed", False), ("all pairs", True)):
             t = time.perf_counter()
@@ -265,6 +274,8 @@ def main() -> None:
     r.add_argument("--images", type=int, default=28000)
     r.add_argument("--within", type=int, default=2000, help="within-split queries per split")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--metrics", nargs="+", default=["hamming", "euclidean", "cosine"],
+                   help="measures by metric (the all-pairs Hamming search is the slow one: 212 s at 58,000 images)")
     c = sub.add_parser("clean")
     c.add_argument("--splits", type=int, default=100)
     c.add_argument("--first", type=int, default=0, help="first split seed (continue an interrupted run)")
@@ -279,10 +290,11 @@ def main() -> None:
         q.add_argument("--work", type=Path, default=Path("/tmp/audit_scale"))
     for q in (s, o):
         q.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads of the audit")
+        q.add_argument("--in-sequence", action="store_true", help="re-splits after the statistics, not beside them")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.cmd == "one":
-        print(json.dumps(one(args.n, args.work, args.given_embeddings, args.threads)))
+        print(json.dumps(one(args.n, args.work, args.given_embeddings, args.threads, args.in_sequence)))
     else:
         {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect, "crop-effect": crop_effect,
          "runtimes": runtimes}[args.cmd](args)

@@ -1,12 +1,14 @@
-"""The audit top to bottom: data -> embeddings (once) -> shift tests, class balance, pixel statistics, leakage ->
-re-split experiment -> verdict -> figures, audit_arrays.npz and audit.json (written last: its presence means the
-audit is complete)."""
+"""The audit top to bottom: data -> embeddings (once) -> shift tests, class balance, pixel statistics, leakage, and
+beside them (frozen regime) the re-split experiment -> verdict -> figures, audit_arrays.npz and audit.json (written
+last: its presence means the audit is complete)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from xferlab.audit.resplit import resplit_experiment
 from xferlab.audit.scan import ImageScan, load_embeddings, scan_dataset
 from xferlab.audit.shift import class_balance, shift_tests
 from xferlab.audit.verdict import make_verdict
+from xferlab.backbones.regimes import parse_regime
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.sources import load_dataset
@@ -35,6 +38,33 @@ def _timed(seconds: dict, name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     seconds[name] = time.perf_counter() - start
+
+
+def _overlaps(cfg: AuditConfig) -> bool:
+    """Whether the re-split experiment trains beside the statistics: when it fits linear heads on the cached
+    embeddings (one torch thread on a CPU, or an accelerator). A regime that trains the backbone uses every thread
+    itself and runs after them. At 58,000 phantoms (README) the two sides took about as long as each other."""
+    return parse_regime(cfg.regime).cache_features
+
+
+def _in_background(fn, *args) -> Future:
+    """fn(*args) on a daemon thread. Not a ThreadPoolExecutor: Python joins an executor's threads at exit, so a
+    Ctrl-C during the statistics would wait minutes for the re-splits to finish before the process could end."""
+    future: Future = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller, which re-raises it from result()
+            future.set_exception(err)
+
+    threading.Thread(target=work, name=f"xferlab-{fn.__name__.strip('_')}", daemon=True).start()
+    return future
+
+
+def _resplit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, seconds: dict, progress: bool) -> dict:
+    with _timed(seconds, "resplit"):
+        return resplit_experiment(data, embeddings, cfg, progress)
 
 
 def _dataset_info(data: ImageDataset) -> dict:
@@ -110,9 +140,12 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
         with _timed(seconds, "embedding"):  # the streaming pass: embeddings, hashes, descriptors, pixel statistics
             scan = scan_dataset(data, audit_cfg, given, progress)
         embeddings = scan.embeddings
+        # the frozen re-splits run on one torch thread (resplit.py) and need only the embeddings: they train beside
+        # the statistics instead of after them, and the leakage search has the other core
+        resplit = _in_background(_resplit, data, embeddings, audit_cfg, seconds, progress) if _overlaps(
+            audit_cfg) else None
         result, arrays = _statistics(data, scan, audit_cfg, seconds, progress)
-        with _timed(seconds, "resplit"):
-            result["resplit"] = resplit_experiment(data, embeddings, audit_cfg, progress)
+        result["resplit"] = resplit.result() if resplit else _resplit(data, embeddings, audit_cfg, seconds, progress)
     result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime, **result,
               "config": {"data": data_cfg.model_dump(mode="json"), "audit": audit_cfg.model_dump(mode="json")}}
     # the shortcut check needs a trained model: the run named in the config
