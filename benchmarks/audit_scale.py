@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xferlab.audit.neighbours import METRICS
 from xferlab.data import reexport
 
 TEST_SHARE = 0.15  # phantoms: test images per class as a share of all images of the class
@@ -50,7 +51,7 @@ def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequenc
     from xferlab.audit import run_audit
     from xferlab.config import AuditConfig, DataConfig
 
-    if in_sequence:
+    if in_sequence:  # the runner's private switch: this benchmark is its only other user
         audit_run._overlaps = lambda cfg: False
 
     path = _phantoms(work, n)
@@ -274,7 +275,7 @@ def main() -> None:
     r.add_argument("--images", type=int, default=28000)
     r.add_argument("--within", type=int, default=2000, help="within-split queries per split")
     r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--metrics", nargs="+", default=["hamming", "euclidean", "cosine"],
+    r.add_argument("--metrics", nargs="+", default=["hamming", "euclidean", "cosine"], choices=METRICS,
                    help="measures by metric (the all-pairs Hamming search is the slow one: 212 s at 58,000 images)")
     c = sub.add_parser("clean")
     c.add_argument("--splits", type=int, default=100)

@@ -1,14 +1,19 @@
-"""The audit runner: the frozen re-splits train beside the statistics (a background thread) and give what they give
-after them; a failure there reaches the caller and leaves no audit.json."""
+"""The audit runner: the frozen re-splits train beside the statistics (a thread of their own) and give what they give
+after them; a failure on either side reaches the caller, leaves no audit.json and no thread running."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import xferlab.audit.run as audit_run
 from xferlab.audit import run_audit
+from xferlab.audit.resplit import Stopped, resplit_experiment
 from xferlab.config import AuditConfig, DataConfig
+from xferlab.data.sources import load_dataset
 
 
 def _audit(path, out, **kw):
@@ -18,11 +23,24 @@ def _audit(path, out, **kw):
     return run_audit(DataConfig(path=path), cfg, out, progress=False, embeddings=embeddings)
 
 
+def _resplits_on_threads(monkeypatch) -> list[str]:
+    """The names of the threads resplit_experiment ran on, from here on."""
+    names, real = [], audit_run.resplit_experiment
+
+    def recorded(*args, **kw):
+        names.append(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(audit_run, "resplit_experiment", recorded)
+    return names
+
+
 def test_re_splits_beside_the_statistics_equal_re_splits_after_them(tiny_npy, tmp_path, monkeypatch):
+    threads = _resplits_on_threads(monkeypatch)
     beside = _audit(tiny_npy, tmp_path / "beside")
-    assert audit_run._overlaps(AuditConfig())
     monkeypatch.setattr(audit_run, "_overlaps", lambda cfg: False)
     after = _audit(tiny_npy, tmp_path / "after")
+    assert threads[0].startswith("xferlab-resplit") and threads[1] == threading.main_thread().name
     assert beside["resplit"]["status"] == "ok"
     assert beside["resplit"] == after["resplit"]
     assert beside["leakage"] == after["leakage"]
@@ -41,3 +59,34 @@ def test_a_failure_in_the_background_re_splits_reaches_the_caller(tiny_npy, tmp_
     with pytest.raises(RuntimeError, match="re-split broke"):
         _audit(tiny_npy, tmp_path / "audit")
     assert not (tmp_path / "audit" / "audit.json").exists()
+
+
+def test_a_failure_in_the_statistics_stops_the_re_splits_beside_them(tiny_npy, tmp_path, monkeypatch):
+    stopped = threading.Event()
+
+    def slow_resplits(data, embeddings, cfg, progress, stop):  # an experiment that only ends when stopped
+        deadline = time.monotonic() + 60
+        while not stop.wait(0.01):
+            assert time.monotonic() < deadline, "the re-splits were never stopped"
+        stopped.set()
+        raise Stopped("stopped")
+
+    def broken(*args, **kw):
+        raise RuntimeError("leakage broke")
+
+    monkeypatch.setattr(audit_run, "resplit_experiment", slow_resplits)
+    monkeypatch.setattr(audit_run, "leakage_audit", broken)
+    with pytest.raises(RuntimeError, match="leakage broke"):
+        _audit(tiny_npy, tmp_path / "audit")
+    assert stopped.is_set()
+    assert not any(t.name.startswith("xferlab-resplit") for t in threading.enumerate())
+    assert not (tmp_path / "audit" / "audit.json").exists()
+
+
+def test_stop_ends_the_stacked_re_splits_at_the_next_epoch(tiny_npy):
+    data = load_dataset(DataConfig(path=tiny_npy))
+    stop = threading.Event()
+    stop.set()
+    embeddings = np.zeros((len(data.labels), 4), dtype=np.float32)
+    with pytest.raises(Stopped):
+        resplit_experiment(data, embeddings, AuditConfig(resplits=2, epochs=2, device="cpu"), False, stop)

@@ -13,6 +13,7 @@ split at a time through fit_split.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -97,14 +98,25 @@ def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make
     return _summary(fit(task, cfg.epochs), splits)
 
 
+class Stopped(Exception):
+    """The caller set the experiment's `stop` event (the audit around it failed or was interrupted)."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped("the re-split experiment was stopped by its caller")
+
+
 def fit_heads_together(features: torch.Tensor, labels: np.ndarray, assignments: list[np.ndarray],
-                       make: ModelFactory, cfg: AuditConfig, seeds: list[int], progress: bool = False) -> list[dict]:
+                       make: ModelFactory, cfg: AuditConfig, seeds: list[int], progress: bool = False,
+                       stop: threading.Event | None = None) -> list[dict]:
     """What fit_split gives for each (assignment, seed), for linear heads on cached features, with the heads that
     have the same number of training images trained together as one batched model (xferlab.engine.stacked);
     `make` gives the frozen regime's nn.Linear heads (_factory).
 
     Without groups every re-split keeps the original sizes exactly, so all S = R + 1 heads train in one stack;
     group-aware re-splits only come close to the sizes (xferlab.data.splits), and each train size is its own stack.
+    `stop` (set by another thread) ends the training at the next epoch with Stopped.
     """
     stacks: dict[int, list[int]] = {}
     for i, splits in enumerate(assignments):
@@ -118,6 +130,7 @@ def fit_heads_together(features: torch.Tensor, labels: np.ndarray, assignments: 
         histories: list[list[EpochRecord]] = [[] for _ in members]
         for _ in tqdm(range(cfg.epochs), desc=f"{len(members)} splits ({cfg.regime}, together)", unit="epoch",
                       disable=not progress, leave=False):
+            _check(stop)
             for history, record in zip(histories, stack.epoch()):
                 history.append(record)
         stack.write_back()  # the heads `make` gave end trained, as fit_split's model does
@@ -167,17 +180,23 @@ def _draw_resplits(data: ImageDataset, seeds: list[int]) -> list[np.ndarray] | s
 
 
 def _train(data: ImageDataset, inputs: torch.Tensor, make: ModelFactory, cfg: AuditConfig,
-           assignments: list[np.ndarray], seeds: list[int], device: torch.device, progress: bool) -> list[dict]:
+           assignments: list[np.ndarray], seeds: list[int], device: torch.device, progress: bool,
+           stop: threading.Event | None) -> list[dict]:
     """One result per (assignment, seed): linear heads on cached features together, other regimes one by one."""
     if parse_regime(cfg.regime).cache_features:
-        return fit_heads_together(inputs, data.labels, assignments, make, cfg, seeds, progress)
-    pairs = tqdm(list(zip(assignments, seeds)), desc=f"re-splits ({cfg.regime})", unit="split",
-                 disable=not progress, leave=False)
-    return [fit_split(inputs, data.labels, splits, make, cfg, seed, device) for splits, seed in pairs]
+        return fit_heads_together(inputs, data.labels, assignments, make, cfg, seeds, progress, stop)
+    results = []
+    for splits, seed in tqdm(list(zip(assignments, seeds)), desc=f"re-splits ({cfg.regime})", unit="split",
+                             disable=not progress, leave=False):
+        _check(stop)
+        results.append(fit_split(inputs, data.labels, splits, make, cfg, seed, device))
+    return results
 
 
-def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, progress: bool = True) -> dict:
-    """The original split against R re-splits of the pooled data with the same sizes."""
+def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, progress: bool = True,
+                       stop: threading.Event | None = None) -> dict:
+    """The original split against R re-splits of the pooled data with the same sizes. `stop`: an event another
+    thread may set to end the experiment early (Stopped is raised at the next epoch or split)."""
     if cfg.resplits == 0:
         return skipped("resplits is 0")
     if not (data.splits == "test").any():
@@ -195,9 +214,10 @@ def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditCon
     with torch_threads(threads):
         resplits = _draw_resplits(data, seeds[1:])
         if isinstance(resplits, str):
-            original = _train(data, inputs, make, cfg, [data.splits], seeds[:1], device, progress)[0]
+            original = _train(data, inputs, make, cfg, [data.splits], seeds[:1], device, progress, stop)[0]
             return skipped(resplits, original=original)
-        original, *results = _train(data, inputs, make, cfg, [data.splits, *resplits], seeds, device, progress)
+        original, *results = _train(data, inputs, make, cfg, [data.splits, *resplits], seeds, device, progress,
+                                    stop)
     runs = [{"seed": seed, **result} for seed, result in zip(seeds[1:], results)]
     test = placement(original["test"], np.array([r["test"] for r in runs]))
     gap = placement(original["gap"], np.array([r["gap"] for r in runs]))
