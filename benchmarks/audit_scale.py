@@ -66,8 +66,7 @@ def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequenc
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"images": result["dataset"]["images"], "given_embeddings": given_embeddings, "in_sequence": in_sequence,
-            "wall_s": wall,
-            "steps_s": result["seconds"], "peak_rss_gib": rss,
+            "wall_s": wall, "steps_s": result["seconds"], "peak_rss_gib": rss,
             "findings": result["leakage"]["near_duplicate_images"]}
 
 

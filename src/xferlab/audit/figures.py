@@ -122,13 +122,15 @@ def test_like_figure(data: ImageDataset, scores: np.ndarray, count: int, path: P
     if not rows:
         return None
     fig = plt.figure(figsize=(min(10.0, 1.3 * count), 2.0 * len(rows)), layout="constrained")
+    position = split_positions(data.splits)  # "test #12": numbered within the split, as the leakage list is
     for (label, idx), sub in zip(rows, np.atleast_1d(fig.subfigures(len(rows), 1))):
         sub.suptitle(label, fontsize=9, weight="bold", x=0.01, ha="left")
         for ax, i in zip(np.atleast_1d(sub.subplots(1, count)), list(idx) + [None] * count):
             if i is None:
                 ax.axis("off")
             else:
-                _show(ax, data.images[i], f"{data.splits[i]} #{i}\nscore {scores[i]:.2f}")  # two lines: no overlap
+                # two lines: labels side by side do not overlap
+                _show(ax, data.images[i], f"{data.splits[i]} #{position[i]}\nscore {scores[i]:.2f}")
     return _save(fig, path)
 
 

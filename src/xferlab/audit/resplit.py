@@ -185,18 +185,16 @@ def _train(data: ImageDataset, inputs: torch.Tensor, make: ModelFactory, cfg: Au
     """One result per (assignment, seed): linear heads on cached features together, other regimes one by one."""
     if parse_regime(cfg.regime).cache_features:
         return fit_heads_together(inputs, data.labels, assignments, make, cfg, seeds, progress, stop)
-    results = []
-    for splits, seed in tqdm(list(zip(assignments, seeds)), desc=f"re-splits ({cfg.regime})", unit="split",
-                             disable=not progress, leave=False):
-        _check(stop)
-        results.append(fit_split(inputs, data.labels, splits, make, cfg, seed, device))
-    return results
+    pairs = tqdm(list(zip(assignments, seeds)), desc=f"re-splits ({cfg.regime})", unit="split",
+                 disable=not progress, leave=False)
+    return [fit_split(inputs, data.labels, splits, make, cfg, seed, device) for splits, seed in pairs]
 
 
 def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, progress: bool = True,
                        stop: threading.Event | None = None) -> dict:
     """The original split against R re-splits of the pooled data with the same sizes. `stop`: an event another
-    thread may set to end the experiment early (Stopped is raised at the next epoch or split)."""
+    thread may set to end the frozen regime's training early (Stopped is raised at its next epoch; only the frozen
+    regime runs beside other work, audit/run.py)."""
     if cfg.resplits == 0:
         return skipped("resplits is 0")
     if not (data.splits == "test").any():
