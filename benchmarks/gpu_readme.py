@@ -1,9 +1,11 @@
-"""Rewrite README's GPU section from the JSON benchmarks/gpu_study.py wrote, so its figures are never retyped.
+"""Rewrite the docs site's GPU page (docs/performance/gpu.md) from the JSON benchmarks/gpu_study.py wrote, so its
+figures are never retyped.
 
-    python benchmarks/gpu_readme.py                      # benchmarks/results/gpu_study.json -> README.md
-    python benchmarks/gpu_readme.py --json J --readme R  # other files; --print shows the section instead
+    python benchmarks/gpu_readme.py                    # benchmarks/results/gpu_study.json -> docs/performance/gpu.md
+    python benchmarks/gpu_readme.py --json J --page P  # other files; --print shows the section instead
 
-Only the text between the `<!-- gpu-study:begin -->` and `<!-- gpu-study:end -->` lines is replaced.
+Only the text between the `<!-- gpu-study:begin -->` and `<!-- gpu-study:end -->` lines is replaced; the page's prose
+around them is kept. `mkdocs build --strict` (in `make test`) then renders it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PAGE = HERE.parent / "docs" / "performance" / "gpu.md"  # the site's GPU page, rendered by mkdocs
 BEGIN, END = "<!-- gpu-study:begin", "<!-- gpu-study:end -->"
 REGIMES = (("frozen", "frozen"), ("finetune", "fine-tune"))
 NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34"}
@@ -136,20 +139,21 @@ def render(doc: dict) -> str:
 MARKER = f"{BEGIN}: written by benchmarks/gpu_readme.py from benchmarks/results/gpu_study.json; do not edit -->"
 
 
-def replace_section(readme: str, body: str) -> str:
-    """`readme` with everything from the begin marker line to the end marker replaced by the marker and `body`."""
-    start = readme.find(BEGIN)
-    end = readme.find(END)
+def replace_section(page: str, body: str) -> str:
+    """`page` with everything from the begin marker line to the end marker replaced by the marker and `body`."""
+    start = page.find(BEGIN)
+    end = page.find(END)
     if start < 0 or end < start:
-        raise SystemExit(f"README has no '{BEGIN} ... -->' / '{END}' pair of lines to replace between")
-    return readme[:start] + MARKER + "\n" + body.rstrip("\n") + "\n" + readme[end:]
+        raise SystemExit(f"the page has no '{BEGIN} ... -->' / '{END}' pair of lines to replace between")
+    return page[:start] + MARKER + "\n" + body.rstrip("\n") + "\n" + page[end:]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, default=HERE / "results" / "gpu_study.json")
-    p.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
-    p.add_argument("--print", action="store_true", help="print the section instead of writing the README")
+    p.add_argument("--page", type=Path, default=PAGE,
+                   help="the docs page whose gpu-study section is rewritten")
+    p.add_argument("--print", action="store_true", help="print the section instead of writing the page")
     args = p.parse_args(argv)
     try:
         doc = json.loads(args.json.read_text())
@@ -161,11 +165,11 @@ def main(argv=None) -> int:
     if args.print:
         print(body)
         return 0
-    text = replace_section(args.readme.read_text(), body)
-    tmp = args.readme.with_suffix(".tmp")
+    text = replace_section(args.page.read_text(), body)
+    tmp = args.page.with_suffix(".tmp")
     tmp.write_text(text)
-    os.replace(tmp, args.readme)
-    print(f"rewrote the GPU section of {args.readme}", file=sys.stderr)
+    os.replace(tmp, args.page)
+    print(f"rewrote the GPU section of {args.page}", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_study.py                 # one CUDA GPU: about 6 minutes on an H200, start-up included
     python benchmarks/gpu_study.py --smoke         # the same code paths on the CPU at toy sizes (tests run it)
-    python benchmarks/gpu_readme.py                # then: README's GPU section rewritten from the JSON
+    python benchmarks/gpu_readme.py                # then: docs/performance/gpu.md's section rewritten from the JSON
 
 What it measures, in this order (the most important first, so a run cut short keeps them; the JSON is rewritten
 after every section, and a section that fails records its error instead of stopping the rest):
@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_OUT = HERE / "results" / "gpu_study.json"
-# The seven backbones xferlab registers itself (README, Backbones); other registered ones come from optional extras.
+# The seven backbones xferlab registers itself (docs/backbones.md); other registered ones come from optional extras.
 BUILT_IN = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "efficientnet_lite0",
             "efficientnet_lite2")
 
@@ -65,7 +65,8 @@ class Sizes:
 FULL = Sizes(image=256, n_per_class=1000, n_test_per_class=200, epochs=30, batch=32, bench_image=256,
              bench_batch=256, bench_steps=12, zoo_image=224, zoo_batches=(32, 256), zoo_steps=(24, 6), device="cuda",
              threads=None)
-# One CPU thread: on a shared CPU, OpenMP's spin-waiting makes tiny ops many times slower with two (README, Measured).
+# One CPU thread: on a shared CPU, OpenMP's spin-waiting makes tiny ops many times slower with two
+# (docs/performance/index.md).
 SMOKE = Sizes(image=32, n_per_class=8, n_test_per_class=4, epochs=1, batch=4, bench_image=32, bench_batch=4,
               bench_steps=1, zoo_image=32, zoo_batches=(2,), zoo_steps=(1,), device="cpu", threads=1)
 

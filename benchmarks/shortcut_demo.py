@@ -1,4 +1,4 @@
-"""The shortcut demonstration (README, Explanations): one backbone trained on shortcut phantoms and on unshifted ones.
+"""The shortcut demonstration (docs/explanations.md): one backbone trained on shortcut phantoms and on unshifted ones.
 
     PYTHONPATH=src python benchmarks/shortcut_demo.py [--out runs/shortcut_demo] [--backbone efficientnet_lite0]
 

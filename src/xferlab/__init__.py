@@ -1,6 +1,6 @@
 """xferlab: which pretrained backbone, frozen or fine-tuned, and can the test split be trusted?
 
-The public Python API is what __all__ names; everything else is internal. Heavy modules (torch, the backbones) are
+The public Python API is what `__all__` names; everything else is internal. Heavy modules (torch, the backbones) are
 imported on first use, so `import xferlab` stays quick.
 """
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_study.py in its --smoke mode (the GPU script's code paths on the CPU at toy sizes, so the script
-cannot rot between GPU sessions) and benchmarks/gpu_readme.py, which turns its JSON into README's GPU section."""
+cannot rot between GPU sessions) and benchmarks/gpu_readme.py, which turns its JSON into the docs site's GPU page
+(docs/performance/gpu.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
+GPU_PAGE = ROOT / "docs" / "performance" / "gpu.md"
 
 
 def _load(name: str):
@@ -47,20 +50,29 @@ def test_smoke_mode_measures_every_section(smoke):
 
 
 @pytest.mark.slow
-def test_readme_section_is_rewritten_from_the_json(smoke, tmp_path):
-    readme_script = _load("gpu_readme")
+def test_docs_page_section_is_rewritten_from_the_json(smoke, tmp_path):
+    page_script = _load("gpu_readme")
     (tmp_path / "study.json").write_text(json.dumps(smoke))
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n\n### GPU\n<!-- gpu-study:begin: old -->\nold numbers\n<!-- gpu-study:end -->\n\n## Next\n")
-    assert readme_script.main(["--json", str(tmp_path / "study.json"), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert "old numbers" not in text and text.startswith("# x\n\n### GPU\n") and text.endswith("\n\n## Next\n")
+    page = tmp_path / "gpu.md"
+    page.write_text("# GPU\n\nprose\n<!-- gpu-study:begin: old -->\nold numbers\n<!-- gpu-study:end -->\n\n## Next\n")
+    assert page_script.main(["--json", str(tmp_path / "study.json"), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert "old numbers" not in text and text.startswith("# GPU\n\nprose\n") and text.endswith("\n\n## Next\n")
     total = f"{smoke['reference_study_training_seconds']:,.1f} s of training in total"
     assert total in text and "| efficientnet_lite2 | 2 |" in text
-    assert readme_script.main(["--json", str(tmp_path / "study.json"), "--readme", str(readme)]) == 0
-    assert readme.read_text() == text  # a second rewrite changes nothing
+    assert page_script.main(["--json", str(tmp_path / "study.json"), "--page", str(page)]) == 0
+    assert page.read_text() == text  # a second rewrite changes nothing
 
 
-def test_readme_script_without_json_is_an_error_line(tmp_path, capsys):
-    assert _load("gpu_readme").main(["--json", str(tmp_path / "missing.json"), "--readme", str(tmp_path / "R")]) == 2
+def test_the_script_writes_the_docs_page_by_default():
+    """Its default target is the site's GPU page, which holds the pair of markers it replaces between."""
+    page_script = _load("gpu_readme")
+    assert page_script.PAGE == GPU_PAGE
+    text = GPU_PAGE.read_text()
+    assert text.index(page_script.BEGIN) < text.index(page_script.END)
+    assert page_script.replace_section(text, "new body\n").count("new body") == 1
+
+
+def test_script_without_json_is_an_error_line(tmp_path, capsys):
+    assert _load("gpu_readme").main(["--json", str(tmp_path / "missing.json"), "--page", str(tmp_path / "P")]) == 2
     assert "run benchmarks/gpu_study.py first" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The Python API: xferlab.load_run, LoadedRun.predict, xferlab.list_backbones, and README's snippet."""
+"""The Python API: xferlab.load_run, LoadedRun.predict, xferlab.list_backbones, and the snippets of the docs' Python
+page and of README."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hospitalfiles import write_dicom
 from xferlab import artifacts
 from xferlab.errors import XferlabError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_xferlab_lists_every_backbone():
@@ -82,17 +83,18 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_run):
         xferlab.load_run(bad)
 
 
-def test_readme_snippet_runs(tiny_run, tmp_path, monkeypatch):
-    """README's "Using a trained model" Python snippet, run as written (with the files it names written here)."""
-    text = README.read_text()
-    section = text[text.index("## Using a trained model"):]
-    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+@pytest.mark.parametrize("page", ["docs/python.md", "README.md"])
+def test_documented_snippet_runs(page, tiny_run, tmp_path, monkeypatch):
+    """The Python snippet of docs/python.md ("Using a trained model") and README's, run as written (with the files
+    they name written here)."""
+    text = (ROOT / page).read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "lite0-frozen").symlink_to(tiny_run)
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "chest.png")
     write_dicom(tmp_path / "chest.dcm", np.arange(1600, dtype=np.uint16).reshape(40, 40), 12)
-    exec(compile(snippet, "README.md", "exec"), {})
+    exec(compile(snippet, page, "exec"), {})
 
 
 def test_the_exported_intensity_mapping_is_the_training_one(tiny_run):
