@@ -23,7 +23,8 @@ demo: $(STAMP)
 	$(BIN)/xferlab demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks   # lint and import order (pyproject.toml [tool.ruff]); fails on a violation
+# lint and import order (pyproject.toml [tool.ruff]); fails on a violation
+	$(BIN)/ruff check src tests benchmarks docs/hooks
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome \
 		>/dev/null 2>&1 || echo "make test: chromium is not installed, so the browser test (marker browser) will \
 	not run; install it with: apt-get install chromium"
