@@ -11,7 +11,10 @@ from a newer xferlab is refused with an error that says to upgrade.
 
     run folder     config.yaml (resolved TrainConfig), history.csv (one row per epoch), metrics.json,
                    predictions.npz ({split}_labels, {split}_probs for val and test at the best epoch), model.pt,
-                   curves.png (drawn by xferlab.report from the history), model.onnx (only from xferlab export)
+                   curves.png (drawn by xferlab.report from the history), model.onnx (only from xferlab export),
+                   report.html (only from `xferlab report RUN`)
+    diverged run   a study's run whose losses diverged: config.yaml, history.csv (the epochs trained) and
+                   diverged.json (what stopped it), no results; a resumed study skips it unless asked to retry
     study folder   study.yaml, environment.json (or environment-shard-I-of-N.json), runs/<name>/ (run folders),
                    audit/ (an audit folder), results.csv, results.json, report.html
     audit folder   audit.json (written last: its presence means the audit is complete), audit_arrays.npz, *.png
@@ -48,6 +51,7 @@ PREDICTIONS_NPZ = "predictions.npz"
 MODEL_PT = "model.pt"
 CURVES_PNG = "curves.png"
 MODEL_ONNX = "model.onnx"  # only on request: xferlab export's default output (xferlab.use.export writes it)
+DIVERGED_JSON = "diverged.json"  # in place of metrics.json and the rest: a study's run that diverged
 # model.pt of the largest registered backbone (DenseNet/ResNet-50: ~100 MB; a ViT-B ~350 MB) with room to spare; a
 # bigger file is not a run of ours and is refused before unpickling.
 # What read_run needs of a finished run folder, in the order a reader checks them (model.pt only to load the model).
@@ -147,6 +151,12 @@ def is_finished_run(folder: Path) -> bool:
     return (Path(folder) / METRICS_JSON).is_file()
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A run folder (config.yaml, finished or diverged), not a study folder (study.yaml, runs/)."""
+    folder = Path(folder)
+    return (folder / CONFIG_YAML).is_file() and not (folder / STUDY_YAML).exists() and not (folder / RUNS).is_dir()
+
+
 def read_run(folder: Path) -> RunFolder:
     """Read a run folder (metrics.json, config.yaml, history.csv, predictions.npz), each file checked by
     xferlab.checks (predictions against metrics.json's classes); model.pt is not needed (read_checkpoint)."""
@@ -161,6 +171,49 @@ def read_run(folder: Path) -> RunFolder:
     history = checks.read_history(folder / HISTORY_CSV)
     predictions = checks.read_predictions(folder / PREDICTIONS_NPZ, EVAL_SPLITS, len(metrics["class_names"]))
     return RunFolder(folder, config, history, metrics, predictions, version)
+
+
+@dataclass
+class DivergedRun:
+    """A study's run that diverged, as saved: its resolved config (YAML values), the epochs it trained (history.csv
+    rows, the last one the epoch that diverged) and diverged.json (xferlab.engine.guards.Divergence.as_dict)."""
+
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    divergence: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def write_diverged_run(folder: Path, config_yaml: str, history: list[dict[str, Any]],
+                       divergence: dict[str, Any]) -> None:
+    """Write a diverged run's files into `folder` (a staging folder: xferlab.files.staged_dir); no results."""
+    folder = Path(folder)
+    files.write_text(folder / CONFIG_YAML, config_yaml)
+    files.write_text(folder / HISTORY_CSV, history_csv(history))
+    files.write_json(folder / DIVERGED_JSON, {**divergence, "schema_version": SCHEMA_VERSION})
+
+
+def is_diverged_run(folder: Path) -> bool:
+    return (Path(folder) / DIVERGED_JSON).is_file() and not is_finished_run(folder)
+
+
+def read_diverged_run(folder: Path) -> DivergedRun:
+    """A diverged run folder: config.yaml, history.csv and diverged.json."""
+    folder = Path(folder)
+    path = folder / DIVERGED_JSON
+    try:
+        divergence = _read_json(path)
+    except (OSError, ValueError) as err:
+        raise checks.damaged(path, f"unreadable ({err})") from None
+    if not isinstance(divergence, dict) or not isinstance(divergence.get("reason"), str):
+        raise checks.damaged(path, "has no 'reason'; it is not what a diverged run records")
+    _check_schema(divergence, path)
+    divergence.pop("schema_version", None)
+    return DivergedRun(folder, read_run_config(folder), checks.read_history(folder / HISTORY_CSV), divergence)
 
 
 def read_checkpoint(folder: Path) -> dict[str, Any] | None:
@@ -248,10 +301,12 @@ def read_study(out: Path) -> StudyFolder:
 
 
 def write_results(out: Path, csv_rows: list[dict[str, Any]], doc: dict[str, Any]) -> tuple[Path, Path]:
-    """results.csv (flat rows) and results.json (`doc`, stamped with the schema version)."""
+    """results.csv (flat rows; the columns of every row, in the order first seen, a cell a row lacks left empty)
+    and results.json (`doc`, stamped with the schema version)."""
     out = Path(out)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(csv_rows[0]), lineterminator="\n")
+    columns = list(dict.fromkeys(key for row in csv_rows for key in row))
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows)
     csv_path, json_path = out / RESULTS_CSV, out / RESULTS_JSON

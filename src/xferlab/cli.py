@@ -25,8 +25,8 @@ log = logging.getLogger("xferlab")
 # on the command line are laid over a YAML file; --help shows the model's default.
 DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "allow_external_links",
                 "memory_budget_mb", "loader_workers")
-TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "scheduler", "seed", "device",
-                 "num_threads", "cuda_graphs", "inference_batch_size", "test_bn")
+TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "weight_decay", "scheduler", "seed",
+                 "device", "num_threads", "cuda_graphs", "inference_batch_size", "test_bn")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
 AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads",
                  "runtime", "shortcut_run")
@@ -75,13 +75,31 @@ def add_model_options(group, model, names: tuple[str, ...]) -> None:
         if repeatable:  # the option replaces the YAML's whole list
             text += "; repeat the option for several"
         default = "" if field.default is None or field.is_required() else f" (default: {_shown(field.default)})"
-        flag = "--" + OPTION_NAMES.get(name, name).replace("_", "-")
+        flag = _option_flag(name)
         dest = OPTION_NAMES.get(name, name)
         if kind is bool:
             group.add_argument(flag, dest=dest, action="store_true", default=None, help=text + default)
         else:
-            group.add_argument(flag, dest=dest, type=kind, choices=choices, help=text + default,
+            parse = _number_type(kind, field) if kind in (int, float) else kind
+            group.add_argument(flag, dest=dest, type=parse, choices=choices, help=text + default,
                                action="append" if repeatable else "store")
+
+
+def _number_type(kind: type, field) -> Any:
+    """argparse's type for a numeric field: text that is not a number is refused naming the field's accepted range
+    (the range itself is checked by the config model, for the command line and YAML files alike)."""
+    from xferlab.config import accepted_range
+
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; accepted: "
+                                             f"{accepted_range(kind, list(field.metadata))}") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
 
 
 def _shown(default: Any) -> str:
@@ -246,6 +264,8 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
+    p.add_argument("--retry-diverged", action="store_true",
+                   help="train again the runs recorded as diverged (kept as they are otherwise; docs/runs-that-go-wrong.md)")
     p.add_argument("--shard", metavar="I/N",
                    help="train only the I-th of N disjoint parts of the grid (1-based, cell k in part k %% N + 1), "
                         "e.g. one job of a job array; no report: run `xferlab report DIR` once every part has finished")
@@ -253,8 +273,10 @@ def _add_study_parsers(sub) -> None:
 
     _add_track_args(p, StudyConfig)
 
-    p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder")
-    p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR)")
+    p = sub.add_parser("report", help="rebuild report.html, results.csv and results.json of a study folder, or "
+                                      "write report.html of a single run folder")
+    p.add_argument("dir", type=Path, help="study folder (xferlab study --out DIR) or run folder (xferlab train --out "
+                                          "RUN)")
 
 
 def _add_audit_parser(sub) -> None:
@@ -275,6 +297,21 @@ def _add_audit_parser(sub) -> None:
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
     """The options among `keys` given on the command line (argparse leaves the others None), by name."""
     return {key: value for key in keys if (value := getattr(args, key)) is not None}
+
+
+def _option_flag(name: str) -> str:
+    return "--" + OPTION_NAMES.get(name, name).replace("_", "-")
+
+
+def _given_paths(args: argparse.Namespace, keys: tuple[str, ...], section: tuple[str, ...] = ()) -> dict:
+    """{config path: option} of the options among `keys` given on the command line ({('data', 'path'): '--data'}),
+    so that a bad value is named by the option that set it (config.build's `options`)."""
+    return {(*section, key): _option_flag(key) for key in keys if getattr(args, OPTION_NAMES.get(key, key)) is not None}
+
+
+def _train_options(args: argparse.Namespace) -> dict[tuple[str, ...], str]:
+    return {**_given_paths(args, DATA_OPTIONS, ("data",)),
+            **_given_paths(args, TRAIN_OPTIONS + SPEED_OPTIONS + TRACK_OPTIONS)}
 
 
 def _data_values(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
@@ -307,13 +344,19 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from xferlab.config import TrainConfig, build
     from xferlab.engine.distributed import is_main_process
+    from xferlab.engine.guards import Diverged
     from xferlab.engine.run import train
     from xferlab.tracking import epoch_hooks
     from xferlab.tracking import session as tracking
 
-    cfg = build(TrainConfig, _train_values(args), where=str(args.config or "options"))
+    values = _train_values(args)
+    cfg = build(TrainConfig, values, where=str(args.config or "options"), options=_train_options(args))
     with tracking.train_run(cfg, args.out, enabled=is_main_process()) as tracker:
-        result = train(cfg, args.out, overwrite=args.overwrite, progress=not _quiet(args), hooks=epoch_hooks(tracker))
+        try:
+            result = train(cfg, args.out, overwrite=args.overwrite, progress=not _quiet(args),
+                           hooks=epoch_hooks(tracker))
+        except Diverged as err:  # the hint names where the learning rate was set
+            raise err.with_origin(_lr_origin(args, values)) from None
         if is_main_process():  # under torchrun every rank trains; rank 0 draws the curves and reports
             from xferlab.report.figures import write_run_curves
 
@@ -322,6 +365,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_main_process():
         _print_run_summary(result)
     return 0
+
+
+def _lr_origin(args: argparse.Namespace, values: dict) -> str:
+    """Where `xferlab train` took its learning rate from: --lr, the config file's line, or the default."""
+    if args.lr is not None:
+        return "--lr"
+    line = getattr(values, "key_lines", {}).get(("lr",))
+    return f"{args.config} line {line}" if line else "the default"
 
 
 def _print_run_summary(result) -> None:
@@ -335,6 +386,8 @@ def _print_run_summary(result) -> None:
         print(f"  test-time BatchNorm (transductive): val acc {fmt(tb['val']['accuracy'])}, "
               f"test acc {fmt((tb.get('test') or {}).get('accuracy'))}")
     print(f"run folder: {result.out}")
+    if m.get("degenerate"):  # the last line: a result that is not one says so where the eye lands
+        print(f"! degenerate run (do not read its accuracy as a result): {m['flag_text']}")
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
@@ -401,13 +454,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     from xferlab.tracking import session as tracking
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    study = load_study(_study_file(args.study), data=args.data, train={"device": args.device} if args.device else None)
+    study_file = _study_file(args.study)
+    study = load_study(study_file, data=args.data, train={"device": args.device} if args.device else None)
     _override_tracking(study, args)
     out = args.out or Path("runs") / args.study.stem
     try:
         with tracking.study_run(study, out, enabled=is_main_process()) as parent:  # the parent run, with --track
             outcome = run_study(study, out, force=args.force, shard=shard, tracker=parent,
-                                progress=not _quiet(args))
+                                progress=not _quiet(args), retry_diverged=args.retry_diverged)
             # other shards may still be running: the report is built once, by `xferlab report`
             if is_main_process() and shard is None:
                 results, report = build_outputs(out)
@@ -419,14 +473,35 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _stop_status(stop)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
-    counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished"
+    counts = f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished" + \
+        (f", {len(outcome.diverged)} diverged (no results)" if outcome.diverged else "")
     if shard is not None:
         print(f"\nshard {shard[0]}/{shard[1]}: {counts}; when every shard has finished: xferlab report {out}")
-        return 0
-    print(f"\n{counts}")
-    print(summary_table(results))
-    print(f"report: {report}")
+    else:
+        print(f"\n{counts}")
+        print(summary_table(results))
+        print(f"report: {report}")
+    if outcome.diverged:  # after everything is written: the study's exit status says that some runs went wrong
+        raise XferlabError(_diverged_message(study_file, out, outcome))
     return 0
+
+
+def _diverged_message(study_file: Path, out: Path, outcome) -> str:
+    """One line: how many runs diverged, the first one's reason and learning rate with the study YAML line that set
+    it, and how to retry them."""
+    from xferlab import artifacts
+    from xferlab.config import read_yaml
+    from xferlab.engine.guards import lr_hint
+    from xferlab.study.grid import option_origin
+
+    first = artifacts.read_diverged_run(out / artifacts.RUNS / outcome.diverged[0])
+    total = len(outcome.trained) + len(outcome.skipped)
+    more = f" and {len(outcome.diverged) - 1} more" if len(outcome.diverged) > 1 else ""
+    origin = option_origin(read_yaml(study_file), study_file, first.config, "lr")
+    where = "its results" if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
+    return (f"{len(outcome.diverged)} of {total} runs diverged, recorded as such in {where}: {first.name} "
+            f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; lower it there and "
+            f"resume with --retry-diverged (the other runs are kept)")
 
 
 def _quiet(args: argparse.Namespace) -> bool:
@@ -526,8 +601,10 @@ def _audit_configs(args: argparse.Namespace):
             if key not in model.model_fields:
                 hint = did_you_mean(str(key), model.model_fields)
                 raise XferlabError(f"{where}: unknown key '{section}.{key}'{hint}; remove it or check its spelling")
-    return (build(DataConfig, data, where=where), build(AuditConfig, audit, where=where),
-            build(TrackOptions, track, where=where))
+    options = {**_given_paths(args, DATA_OPTIONS), **_given_paths(args, AUDIT_OPTIONS + TRACK_OPTIONS)}
+    return (build(DataConfig, data, where=where, options=options), build(AuditConfig, audit, where=where,
+                                                                          options=options),
+            build(TrackOptions, track, where=where, options=options))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

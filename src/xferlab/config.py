@@ -12,13 +12,15 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
-from xferlab.data.config import DataConfig  # noqa: F401  (DataConfig: re-exported)
+from xferlab.data.config import MAX_SEED, DataConfig, Seed  # noqa: F401  (DataConfig, MAX_SEED: re-exported)
 from xferlab.data.config import StrictModel as _Strict
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.files import YamlValues, read_yaml  # noqa: F401  (read_yaml: part of this module's API)
 
 # Upper bound that catches a typo (an extra zero) before it allocates: 1024 threads is beyond any CPU this runs on.
 MAX_THREADS = 1024
+# The reference study's Adam learning rate (the course report: "Adam 1e-3"); hints about a diverged run name it.
+DEFAULT_LR = 1e-3
 
 
 def _known_regime(v: str) -> str:
@@ -76,10 +78,10 @@ class TrainConfig(_Strict):
     regime: RegimeName = Field("frozen", description="frozen, adabn, finetune or partial:K")
     epochs: int = Field(30, gt=0, description="training epochs")
     batch_size: int = Field(32, gt=0, description="global batch of one optimiser step")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr: float = Field(DEFAULT_LR, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     scheduler: Literal["cosine", "none"] = Field("cosine", description="learning-rate schedule, stepped per batch")
-    seed: int = Field(0, description="seed of the head's initialisation and of the training batches")
+    seed: Seed = Field(0, description="seed of the head's initialisation and of the training batches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice")
@@ -128,16 +130,96 @@ def _key_choices(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
+# pydantic's error types for a number out of its bounds, or not a number of the field's kind
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+_NOT_A_NUMBER_ERRORS = ("int_parsing", "int_from_float", "int_type", "float_parsing", "float_type", "finite_number")
+
+
+def _numeric(annotation: Any) -> type | None:
+    """int or float for a numeric annotation (an `X | None` too), else None (bool is not a number here)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if candidate in (int, float):
+            return candidate
+    return None
+
+
+def _field_at(model: type[BaseModel] | None, loc: tuple) -> tuple[Any, list, Any] | None:
+    """(annotation, constraints, default) of the field `loc` points to, walking nested configs; a list item
+    (an index in `loc`) is the list's item type, with the constraints of its Annotated metadata and no default."""
+    annotation, metadata, default = None, [], None
+    for name in loc:
+        if isinstance(name, int):
+            args = get_args(annotation)
+            if not args:
+                return None
+            item = args[0]
+            annotation, metadata, default = get_args(item)[0] if get_args(item) else item, \
+                list(getattr(item, "__metadata__", ())), None
+            continue
+        field = model.model_fields.get(name) if model is not None else None
+        if field is None:
+            return None
+        annotation, metadata = field.annotation, list(field.metadata)
+        default = None if field.is_required() else field.default
+        model = _nested_model(annotation)
+    return annotation, metadata, default
+
+
+def _bound(value: float, kind: type) -> str:
+    return str(int(value)) if kind is int else f"{value:g}"
+
+
+def accepted_range(kind: type, constraints: list) -> str:
+    """'a whole number from 1 to 4096', 'a number > 0 and < 1', 'a number >= 0': what a numeric field accepts."""
+    low = high = None
+    for c in constraints:
+        if getattr(c, "gt", None) is not None:
+            low = (c.gt + 1, ">=") if kind is int else (c.gt, ">")
+        elif getattr(c, "ge", None) is not None:
+            low = (c.ge, ">=")
+        if getattr(c, "lt", None) is not None:
+            high = (c.lt - 1, "<=") if kind is int else (c.lt, "<")
+        elif getattr(c, "le", None) is not None:
+            high = (c.le, "<=")
+    noun = "a whole number" if kind is int else "a number"
+    if kind is int and low and high:
+        return f"{noun} from {_bound(low[0], kind)} to {_bound(high[0], kind)}"
+    parts = [f"{b[1]} {_bound(b[0], kind)}" for b in (low, high) if b is not None]
+    return f"{noun} {' and '.join(parts)}".rstrip()
+
+
+def _numeric_problem(e: dict, model: type[BaseModel] | None) -> str | None:
+    """'is out of range; accepted: a number > 0 (default 0.001)' for a numeric field's bound or type error."""
+    if e["type"] not in _RANGE_ERRORS + _NOT_A_NUMBER_ERRORS:
+        return None
+    found = _field_at(model, tuple(e["loc"]))
+    kind = _numeric(found[0]) if found else None
+    if kind is None:
+        return None
+    _, constraints, default = found
+    shown = "" if default is None or isinstance(default, list) else f" (default {_bound(default, kind)})"
+    what = "is out of range" if e["type"] in _RANGE_ERRORS else \
+        f"is not {'a whole number' if kind is int else 'a finite number'}"
+    return f"{what}; accepted: {accepted_range(kind, constraints)}{shown}"
+
+
 def format_validation_error(
-    err: ValidationError, where: str, key_lines: dict | None = None, model: type[BaseModel] | None = None
+    err: ValidationError, where: str, key_lines: dict | None = None, model: type[BaseModel] | None = None,
+    options: dict[tuple[str, ...], str] | None = None,
 ) -> str:
     """One line naming the first offending field (and its YAML line), what was received and what is allowed.
 
-    With the validated `model`, an unknown key also gets the closest valid key ("did you mean ...").
+    With the validated `model`, an unknown key also gets the closest valid key ("did you mean ...") and a number
+    out of range the accepted range and the default. `options` maps a field's path to the command-line option that
+    set it ({('lr',): '--lr'}): such a field is named by its option, not by a YAML line.
     """
     e = err.errors()[0]
     path = tuple(str(p) for p in e["loc"])
     loc = ".".join(path) or "(top level)"
+    numeric = _numeric_problem(e, model)
+    option = (options or {}).get(path)
+    if option is not None:
+        return f"{option} {e.get('input')!r} {numeric or 'is invalid: ' + _message(e)}"
     line = next(((key_lines or {}).get(path[:n]) for n in range(len(path), 0, -1)
                  if (key_lines or {}).get(path[:n])), None)
     where = f"{where} line {line}" if line else where
@@ -146,19 +228,23 @@ def format_validation_error(
         return f"{where}: unknown key '{loc}'{hint}; remove it or check its spelling"
     if e["type"] == "missing":
         return f"{where}: '{loc}' is required"
+    return f"{where}: '{loc}' = {e.get('input')!r} {numeric or 'is invalid: ' + _message(e)}"
+
+
+def _message(e: dict) -> str:
     msg = e["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    return f"{where}: '{loc}' = {e.get('input')!r} is invalid: {msg}"
+    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
 
 
-def build(model: type[BaseModel], values: dict[str, Any], where: str = "config"):
+def build(model: type[BaseModel], values: dict[str, Any], where: str = "config",
+          options: dict[tuple[str, ...], str] | None = None):
     """Validate `values` into `model`, turning pydantic's report into an XferlabError (with the YAML line when
-    `values` came from read_yaml)."""
+    `values` came from read_yaml; with the option's name for the paths in `options`, set on the command line)."""
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None), model)) from None
+        raise XferlabError(format_validation_error(err, where, getattr(values, "key_lines", None), model,
+                                                   options)) from None
 
 
 def to_yaml(cfg: BaseModel) -> str:
@@ -179,7 +265,7 @@ class AuditConfig(_Strict):
     resplits: int = Field(20, ge=0, description="R stratified, group-aware re-splits of the pooled data (0 skips)")
     alpha: float = Field(0.05, gt=0, lt=1, description="significance level")
     permutations: int = Field(1000, ge=1, description="permutations for the MMD and classifier tests")
-    seed: int = Field(0, description="seed of the audit's permutations, re-splits and training")
+    seed: Seed = Field(0, description="seed of the audit's permutations, re-splits and training")
     components: int = Field(32, ge=2, description="PCA components the classifier and MMD tests work on")
     ks_components: int = Field(8, ge=1, description="leading PCA components tested one by one with KS (Bonferroni)")
     folds: int = Field(5, ge=2, le=20, description="cross-validation folds of the domain classifier")
@@ -192,7 +278,7 @@ class AuditConfig(_Strict):
     thumbnails: int = Field(8, ge=1, le=32, description="images per row in the thumbnail figures")
     epochs: int = Field(30, gt=0, description="re-split training epochs (the reference study's 30)")
     batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(DEFAULT_LR, gt=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice")
@@ -228,13 +314,13 @@ class StudyConfig(_Strict):
     data: DataConfig
     backbones: list[BackboneName] = Field(min_length=1)
     regimes: list[RegimeName] = Field(["frozen", "finetune"], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     train: dict[str, Any] = Field({}, description="any TrainConfig option (epochs, batch_size, lr, weights, ...)")
     per_backbone: dict[str, dict[str, Any]] = Field({}, description="backbone name -> TrainConfig options")
     per_regime: dict[str, dict[str, Any]] = Field({}, description="regime name -> TrainConfig options")
     bootstrap_resamples: int = Field(2000, ge=100, description="resamples of every bootstrap confidence interval")
     confidence: float = Field(0.95, gt=0.5, lt=1)
-    bootstrap_seed: int = 0
+    bootstrap_seed: Seed = 0
     target_sensitivity: float = Field(0.95, gt=0, lt=1, description="operating point: the threshold chosen on val "
                                       "that reaches this sensitivity, reported on test")
     audit: AuditConfig | None = None

@@ -5,8 +5,9 @@ sources can take it without importing xferlab.config (which sits above the backb
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xferlab.data.registry import SOURCES
@@ -19,6 +20,11 @@ class StrictModel(BaseModel):
     # allow_inf_nan=False: `lr: .nan` or `--lr inf` is an error naming the key, not a run that trains on NaN.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+
+# Seeds reach numpy's generators (which refuse negative seeds) and scikit-learn's random_state (at most 2**32 - 1):
+# every seed of a config is a whole number in that range, so a bad one is a config error, not a traceback mid-run.
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED)]
 
 # Upper bound that catches a typo (an extra zero) before it allocates: 4096 px is beyond every registered backbone's
 # useful input and near full chest-radiograph resolution.
@@ -51,7 +57,7 @@ class DataConfig(StrictModel):
     loader_workers: int = Field(
         2, ge=0, description="DataLoader worker processes that decode streamed images (0: in the main process)"
     )
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("format")
     @classmethod

@@ -7,6 +7,10 @@ The folder is staged (a hidden `.NAME.partial`, removed if anything fails, bad i
 complete, so a run folder that exists is complete. Test data is evaluated every epoch for the
 curves but never chooses anything: the best epoch is chosen on val accuracy alone.
 
+A run that goes wrong says so: a diverged loss (NaN, inf, or finite far above chance: xferlab.engine.guards) stops
+it with Diverged before anything is saved; a finished run's metrics.json carries its degenerate-run flags
+(xferlab.evaluation.flags.run_flags), computed as a study's results compute them.
+
 Speed (README, Performance): images stay uint8 until a batch is on the device; fixed backbones (frozen, adabn) run
 once over every split and their cached features serve every epoch's training and evaluation; on CUDA the uint8
 dataset stays on the GPU when it fits, with bf16 autocast, channels_last and cuDNN autotuning (xferlab.engine.accel).
@@ -40,16 +44,17 @@ from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
 from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
-from xferlab.engine.guards import FiniteLosses
+from xferlab.engine.guards import DivergingLosses, FiniteLosses
 from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
 from xferlab.engine.progress import EpochProgress
 from xferlab.engine.test_bn import check_adaptable, check_split_counts, evaluate_test_bn
 from xferlab.errors import XferlabError
+from xferlab.evaluation.evaluate import BootstrapSettings
+from xferlab.evaluation.flags import run_flags
 from xferlab.evaluation.metrics import classification_metrics
 from xferlab.evaluation.timing import Timer
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -68,9 +73,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
-          hooks: Sequence[object] = ()) -> RunResult:
+          hooks: Sequence[object] = (), bootstrap: BootstrapSettings = BootstrapSettings()) -> RunResult:
     """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
-    writes). `hooks`: fit-loop hooks (xferlab.engine.fit) called after every epoch, after the built-in ones."""
+    writes). `hooks`: fit-loop hooks (xferlab.engine.fit) called after every epoch, after the built-in ones.
+    `bootstrap`: the settings of the degenerate-run flags' AUROC interval (a study passes its own, so that the flags
+    in metrics.json equal the study's). Raises xferlab.engine.guards.Diverged, nothing written, when the losses
+    diverge."""
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
@@ -98,12 +106,15 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         trainer = graphs.epoch_trainer(cfg, prepared.trained, prepared.inputs["train"], labels["train"],
                                        prepared.train_forward, prepared.cached,
                                        dist.steps_per_epoch(len(labels["train"]), cfg.batch_size), device, dist.enabled)
-        records, best = _fit(cfg, model, prepared, labels, device, dist, progress and dist.is_main, hooks, trainer)
+        records, best = _fit(cfg, model, prepared, labels, data.num_classes, device, dist, progress and dist.is_main,
+                             hooks, trainer)
         history = [r.row() for r in records]
         model.load_state_dict(best.kept, strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
+        metrics.update(run_flags({s: (_labels(data, s), p) for s, p in best.record.probs.items()}, bootstrap,
+                                 data.class_names))
         if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
             metrics["test_bn"], _ = evaluate_test_bn(
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},
@@ -206,8 +217,9 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
                      adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds, cached=True)
 
 
-def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, dist: distributed.Dist, progress: bool,
-         hooks: Sequence[object] = (), trainer=None) -> tuple[list[EpochRecord], BestEpoch]:
+def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, num_classes: int, device,
+         dist: distributed.Dist, progress: bool, hooks: Sequence[object] = (),
+         trainer=None) -> tuple[list[EpochRecord], BestEpoch]:
     """The engine's fit loop (xferlab.engine.fit) with the run's optimiser, schedule and batches; the best epoch is
     chosen on val accuracy and keeps a copy of the weights training changed. `trainer`
     (xferlab.engine.graphs.epoch_trainer), when given, trains each epoch in place of train_one_epoch."""
@@ -226,9 +238,10 @@ def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, device, d
         train_epoch=trainer.train_epoch if trainer is not None else None)
     best = BestEpoch(lambda: _changing_state(model))
     report = EpochProgress(f"{cfg.backbone} {cfg.regime}", best, enabled=progress)
-    # FiniteLosses first, as the old loop checked before choosing the best epoch: a diverged epoch stops the run
-    # (its staged folder removed) before any other hook sees it.
-    return fit(task, cfg.epochs, [FiniteLosses(cfg.lr), best, report, *hooks]), best
+    # The guards first, as the old loop checked before choosing the best epoch: a diverged epoch stops the run (its
+    # staged folder removed) before any other hook sees it.
+    guards = [FiniteLosses(cfg.lr), DivergingLosses(cfg.lr, num_classes)]
+    return fit(task, cfg.epochs, [*guards, best, report, *hooks]), best
 
 
 def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:

@@ -2,12 +2,15 @@
 
 A run is flagged on a split when it predicts (nearly) one class for everything, when sensitivity or specificity at
 its threshold (argmax) is close to zero, or when its AUROC cannot be told from chance. The flags are short codes
-(machine-readable in results.csv/json); `describe` turns them into words for the terminal and the report.
+(machine-readable in results.csv/json, and in every run's metrics.json: run_flags); `describe` turns them into words
+for the terminal and the report.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
 
 ONE_CLASS_SHARE = 0.95  # at least this share of a split predicted as one class: the model ignores its input
 MIN_RATE = 0.05  # sensitivity or specificity below this: one class is (almost) never recognised
@@ -54,3 +57,28 @@ def describe(flags: list[str], split: str, evaluation: dict, class_names: list[s
             a = metrics["auroc"]
             parts.append(f"AUROC CI [{a['low']:.2f}, {a['high']:.2f}] holds 0.5 (chance)")
     return f"{split}: " + "; ".join(parts) if parts else ""
+
+
+# metrics.json's keys for a run's flags (engine.run writes them, readers take them from there)
+RUN_FLAG_KEYS = ("flags", "degenerate", "flag_text", "flags_bootstrap")
+
+
+def run_flags(predictions: dict[str, tuple[np.ndarray, np.ndarray]], settings: BootstrapSettings = BootstrapSettings(),
+              class_names: list[str] | None = None) -> dict:
+    """A run's degenerate flags, as metrics.json records them: `flags` (split -> codes), `degenerate` (any split
+    flagged), `flag_text` (describe's words for every flagged split) and `flags_bootstrap` (the bootstrap settings of
+    the AUROC interval). The same evaluation a study's results make with the same settings, so a run's flags equal
+    its row's in results.csv."""
+    evaluations = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
+    flags = {s: degenerate_flags(y, p, evaluations[s]) for s, (y, p) in predictions.items()}
+    text = "; ".join(t for s in flags if (t := describe(flags[s], s, evaluations[s], class_names)))
+    return {"flags": flags, "degenerate": any(flags.values()), "flag_text": text,
+            "flags_bootstrap": settings.as_kwargs()}
+
+
+def saved_run_flags(metrics: dict, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The flags metrics.json holds (run_flags' keys); for a run saved before runs recorded them, computed now from
+    its predictions with the default bootstrap settings."""
+    if all(key in metrics for key in RUN_FLAG_KEYS):
+        return {key: metrics[key] for key in RUN_FLAG_KEYS}
+    return run_flags(predictions, class_names=metrics.get("class_names"))

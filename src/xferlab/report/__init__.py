@@ -14,13 +14,17 @@ from pathlib import Path
 
 def build_outputs(out: str | Path):
     """From the saved run folders in `out`: every run's curves.png (where missing), results.csv, results.json and
-    report.html. Returns (StudyResults, report path)."""
+    report.html. `out` may also be a single run folder (`xferlab report RUN`): its curves.png (where missing) and
+    RUN/report.html. Returns (StudyResults, report path)."""
+    from xferlab import artifacts
     from xferlab.report.figures import write_run_curves  # matplotlib is only needed here
     from xferlab.report.html import write_report
-    from xferlab.study.results import collect_results, write_results
+    from xferlab.study.results import collect_results, collect_run, write_results
 
-    results = collect_results(out)
+    single = artifacts.is_run_folder(out)
+    results = collect_run(out) if single else collect_results(out)
     for record in results.records:
         write_run_curves(record.path, record.history, record.config, missing_only=True)
-    write_results(results)
+    if not single:
+        write_results(results)
     return results, write_report(results)

@@ -2,7 +2,9 @@
 links out), built only from saved results, so it opens from a file anywhere and `xferlab report DIR` can rebuild it.
 
 Sections (HTML ids): summary, answers, metrics, comparison, curves, timing, confusion, roc, audit (when
-DIR/audit/audit.json exists), explain (when DIR/explain/<run>/explain.json exist), environment.
+DIR/audit/audit.json exists), explain (when DIR/explain/<run>/explain.json exist), environment. A single run's report
+(`xferlab report RUN`, results of kind 'run') has RUN_SECTIONS; runs that diverged are listed in the summary, and a
+study all of whose runs diverged has only the summary, audit and environment.
 """
 
 from __future__ import annotations
@@ -24,12 +26,23 @@ from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment
 from xferlab.study.results import StudyResults, timing
-from xferlab.study.summary import audit_sentence, rank_label, ranked, ranking_note
+from xferlab.study.summary import (
+    audit_sentence,
+    diverged_by_configuration,
+    diverged_label,
+    diverged_lines,
+    rank_label,
+    ranked,
+    ranking_note,
+)
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("summary", "answers", "metrics", "comparison", "curves", "timing", "confusion", "roc", "calibration",
             "audit", "explain", "environment")
+# A single run: no comparison between runs, no audit or explanations (those belong to a study folder).
+RUN_SECTIONS = ("summary", "metrics", "curves", "timing", "confusion", "roc", "calibration", "environment")
+NO_RESULTS_SECTIONS = ("summary", "audit", "environment")  # every run diverged: nothing to plot or compare
 TITLES = {"summary": "Summary", "answers": "Answers", "metrics": "All metrics", "comparison": "Validation curves",
           "curves": "Per-run curves", "timing": "Timing", "confusion": "Confusion matrices", "roc": "ROC curves",
           "calibration": "Calibration", "audit": "Split audit", "explain": "Where the models look",
@@ -129,28 +142,40 @@ def _summary(results: StudyResults) -> str:
     configs = ranked(results)
     header = ["#", "backbone", "regime", "params (trainable)", "val accuracy", f"{split} accuracy",
               f"{split} AUROC", f"{split} balanced acc.", "training s", "s / epoch", "flags"]
-    rows = []
+    rows, classes = [], []
+    diverged = diverged_by_configuration(results)
     for c in configs:
         t = c["timing"]
-        flags = Html('<span class="flag">degenerate</span>') if c["flag_text"] else ""
+        marks = [m for m in ("degenerate" if c["flag_text"] else "", diverged_label(c, diverged)) if m]
+        flags = Html(f'<span class="flag">{escape("; ".join(marks))}</span>') if marks else ""
         rows.append([rank_label(c), c["backbone"], c["regime"], _params(c["params"], c["trainable_params"]),
                      _config_cell(c, "val", "accuracy"),
                      *(_config_cell(c, split, m) for m in ("accuracy", "auroc", "balanced_accuracy")),
                      format_seconds(t["train_seconds"]["mean"]), format_seconds(t["seconds_per_epoch"]["mean"]),
                      flags])
+        classes.append("degenerate" if marks else "best" if c["rank"] == 1 else "")
+    ranked_keys = {(c["backbone"], c["regime"]) for c in configs}
+    for (backbone, regime), runs in diverged.items():
+        if (backbone, regime) not in ranked_keys:  # every run of it diverged: a row without numbers
+            rows.append(["-", backbone, regime, "n/a", *["diverged"] * 4, "", "",
+                         Html(f'<span class="flag">{len(runs)} diverged</span>')])
+            classes.append("degenerate")
     seeds = sorted({s for c in configs for s in c["seeds"]})
     ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
-    spread = f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
+    spread = ci if not seeds else f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
         f"mean ± sd across seeds {', '.join(map(str, seeds))} ({ci} for a single run)"
-    intro = (f"{ranking_note(results)} {spread}. Each run's best epoch was chosen on val accuracy; test never "
-             "chooses anything.")
-    classes = ["degenerate" if c["flag_text"] else "best" if c["rank"] == 1 else "" for c in configs]
+    ranking = "" if results.kind == "run" else f"{ranking_note(results)} "
+    intro = (f"{ranking}{spread}. Each run's best epoch was chosen on val accuracy; test never chooses anything.")
     body = _table(header, rows, classes, text_columns=3)
     flagged = [f"<li><strong>{escape(c['backbone'])} · {escape(c['regime'])}</strong>: {escape(c['flag_text'])}</li>"
                for c in configs if c["flag_text"]]
     if flagged:
         body += ('<p class="flag">Degenerate runs (do not read their accuracy as a result):</p>'
                  f'<ul>{"".join(flagged)}</ul>')
+    if results.diverged:
+        items = "".join(f"<li>{escape(line)}</li>" for line in diverged_lines(results))
+        body += ('<p class="flag">Runs whose losses diverged (training stopped; no results, not ranked; lower the '
+                 f'learning rate and rerun the study with --retry-diverged):</p><ul>{items}</ul>')
 
     sentence = audit_sentence(results)
     if sentence:
@@ -305,7 +330,8 @@ def _environment(results: StudyResults) -> str:
     note = "captured when the study last ran"
     if env is None:
         env = capture_environment()
-        note = "no environment.json in the study folder: captured when this report was built"
+        note = "captured when this report was built (a run folder keeps no environment record)" \
+            if results.kind == "run" else "no environment.json in the study folder: captured when this report was built"
     rows = [["python", env["python"]], ["platform", env["platform"]], ["CPU", f"{env['cpu']} ({env['cpu_count']} "
             f"logical cores, torch threads {env['torch_threads']})"],
             ["GPU", ", ".join(env["gpus"]) or "none visible"], ["CUDA (torch build)", env["cuda_version"] or "none"],
@@ -333,18 +359,30 @@ def _environment(results: StudyResults) -> str:
     return _section("environment", body, note)
 
 
+RENDERERS = {"summary": _summary, "answers": _answers, "metrics": _metrics, "comparison": _comparison,
+             "curves": _curves, "timing": _timing, "confusion": _confusion, "roc": _roc, "calibration": _calibration,
+             "audit": _audit, "explain": _explain, "environment": _environment}
+
+
+def report_sections(results: StudyResults) -> tuple[str, ...]:
+    """The sections this report has: a study's, a single run's, or (every run diverged) those without results."""
+    if not results.records:
+        return NO_RESULTS_SECTIONS
+    return RUN_SECTIONS if results.kind == "run" else SECTIONS
+
+
 def render_report(results: StudyResults) -> str:
     """The whole report as one HTML string."""
     title = results.study.name if results.study else results.out.name
-    data = results.records[0].config.get("data", {})
+    configs = [r.config for r in results.records] + [r.config for r in results.diverged]
+    data = configs[0].get("data", {}) if configs else {}
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [_summary(results), _answers(results), _metrics(results), _comparison(results), _curves(results),
-                _timing(results), _confusion(results), _roc(results), _calibration(results), _audit(results),
-                _explain(results),
-                _environment(results)]
+    sections = [RENDERERS[sid](results) for sid in report_sections(results)]
     present = [s for s in SECTIONS if f'id="{s}"' in "".join(sections)]
     nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in present)
-    header = (f"<h1>{escape(title)}</h1><p class=\"muted\">{len(results.records)} runs · data "
+    what = "run" if results.kind == "run" else f"{len(results.records)} runs" + \
+        (f" ({len(results.diverged)} more diverged)" if results.diverged else "")
+    header = (f"<h1>{escape(title)}</h1><p class=\"muted\">{what} · data "
               f"{escape(str(data.get('path', '')))} ({escape(str(data.get('format', '')))}) · built {built} by xferlab"
               "</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

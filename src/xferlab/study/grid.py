@@ -77,6 +77,18 @@ def expand_grid(study: StudyConfig, where: str = "study") -> list[RunSpec]:
     return specs
 
 
+def option_origin(values: dict, path: str | os.PathLike, config: dict, key: str) -> str:
+    """Where the study YAML read into `values` (read_yaml: with key lines) set training option `key` of the run whose
+    resolved config is `config`, in expand_grid's order of precedence: 'study.yaml line 12: per_regime.finetune.lr',
+    'study.yaml line 9: train.lr', or 'the default'."""
+    lines = getattr(values, "key_lines", {})
+    for keys in (("per_regime", config.get("regime"), key), ("per_backbone", config.get("backbone"), key),
+                 ("train", key)):
+        if keys in lines:
+            return f"{path} line {lines[keys]}: {'.'.join(map(str, keys))}"
+    return "the default"
+
+
 def _check_override_names(overrides: dict, names: list[str], section: str, grid_key: str, where: str) -> None:
     for name in overrides:
         if name not in names:

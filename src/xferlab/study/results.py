@@ -2,7 +2,8 @@
 CIs, confusion matrices, timing), mean ± sd across seeds per configuration, and results.csv / results.json.
 
 Every number is recomputed from each run's predictions.npz (the best epoch's val and test class probabilities), so
-the results can be rebuilt at any time without training.
+the results can be rebuilt at any time without training. A run that diverged (xferlab.engine.guards) has no results:
+it is a row of results.csv with status 'diverged' and its reason, and results.json lists it under diverged_runs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TEST_BN_COLUMNS = ("accuracy", "balanced_accuracy", "auroc")  # results.csv colu
 CONFIG_COLUMNS = ("backbone", "regime", "seed", "weights", "epochs", "batch_size", "lr", "weight_decay", "scheduler")
 TIMING_KEYS = ("feature_seconds", "fit_seconds", "train_seconds", "seconds_per_epoch", "eval_seconds",
                "total_seconds", "inference_images_per_s")
+FINISHED, DIVERGED = "finished", "diverged"  # results.csv's status column
 
 
 @dataclass
@@ -58,12 +60,17 @@ class RunRecord:
 
 @dataclass
 class StudyResults:
+    """What a study folder (or, kind 'run', a single run folder: `xferlab report RUN`) holds, evaluated: the finished
+    runs' records, the runs of the grid not run yet, the runs that diverged."""
+
     out: Path
     study: StudyConfig | None
     settings: BootstrapSettings
     records: list[RunRecord]
     missing: list[str]
     environment: dict | None
+    diverged: list[artifacts.DivergedRun] = field(default_factory=list)
+    kind: str = "study"
 
     @property
     def primary_split(self) -> str:
@@ -76,7 +83,12 @@ def load_run(run_dir: Path, settings: BootstrapSettings,
     """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions: metrics with CIs,
     calibration (temperature fitted on val), operating points chosen on val, degenerate flags. A damaged or
     mismatched file is an error naming it and what to rerun."""
-    run = artifacts.read_run(run_dir)
+    return evaluate_run(artifacts.read_run(run_dir), settings, target_sensitivity)
+
+
+def evaluate_run(run: artifacts.RunFolder, settings: BootstrapSettings,
+                 target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
+    """load_run's work on a run folder already read."""
     check_run(run)
     predictions = run.predictions
     record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions)
@@ -103,12 +115,29 @@ def collect_results(out: str | Path) -> StudyResults:
         names = folder.run_names
         settings = BootstrapSettings()
     finished = [n for n in names if artifacts.is_finished_run(folder.run_dir(n))]
-    if not finished:
+    diverged = [n for n in names if artifacts.is_diverged_run(folder.run_dir(n))]
+    if not finished and not diverged:
         runs = out / artifacts.RUNS
         raise XferlabError(f"{out}: no finished runs under {runs}; run `xferlab study STUDY.yaml --out {out}`")
     target = study.target_sensitivity if study else DEFAULT_TARGET_SENSITIVITY
     records = [load_run(folder.run_dir(n), settings, target) for n in finished]
-    return StudyResults(out, study, settings, records, [n for n in names if n not in finished], folder.environment)
+    missing = [n for n in names if n not in finished and n not in diverged]
+    return StudyResults(out, study, settings, records, missing, folder.environment,
+                        [artifacts.read_diverged_run(folder.run_dir(n)) for n in diverged])
+
+
+def collect_run(run_dir: str | Path) -> StudyResults:
+    """A single run folder evaluated as a study of one run (kind 'run'), with the bootstrap settings its flags were
+    computed with (metrics.json's flags_bootstrap; the defaults for a run saved before runs recorded them)."""
+    run_dir = Path(run_dir)
+    if artifacts.is_diverged_run(run_dir):
+        reason = artifacts.read_diverged_run(run_dir).divergence["reason"]
+        raise XferlabError(f"{run_dir}: this run diverged ({reason}) and has no results to report; retrain it with a "
+                           "lower lr")
+    run = artifacts.read_run(run_dir)
+    saved = run.metrics.get("flags_bootstrap") or {}
+    settings = BootstrapSettings(**saved) if saved else BootstrapSettings()
+    return StudyResults(run_dir, None, settings, [evaluate_run(run, settings)], [], None, kind="run")
 
 
 def timing(record: RunRecord) -> dict[str, float | None]:
@@ -134,6 +163,7 @@ def result_row(record: RunRecord) -> dict:
     m = record.metrics
     return {
         "run": record.name,
+        "status": FINISHED,
         **{key: record.config.get(key) for key in CONFIG_COLUMNS},
         "image_size": (record.config.get("data") or {}).get("image_size"),
         "best_epoch": m.get("best_epoch"),
@@ -150,6 +180,22 @@ def result_row(record: RunRecord) -> dict:
         "test_bn": m.get("test_bn"),  # transductive test-time BatchNorm metrics (xferlab.engine.test_bn), or None
         "config": record.config,
     }
+
+
+def diverged_row(run: artifacts.DivergedRun) -> dict:
+    """The results.json entry of a run that diverged: its settings, what stopped it (epoch, split, loss, rule, reason,
+    lr), the epochs it trained, its resolved config."""
+    return {"run": run.name, "status": DIVERGED, **{key: run.config.get(key) for key in CONFIG_COLUMNS},
+            "image_size": (run.config.get("data") or {}).get("image_size"), "divergence": run.divergence,
+            "epochs_trained": len(run.history), "config": run.config}
+
+
+def diverged_csv_row(row: dict) -> dict:
+    """A diverged run's results.csv row: settings, status and reason; its metric cells stay empty."""
+    flat = {k: v for k, v in row.items() if k not in ("divergence", "config")}
+    flat.update({"diverged_epoch": row["divergence"].get("epoch"), "diverged_split": row["divergence"].get("split"),
+                 "diverged_reason": row["divergence"].get("reason")})
+    return flat
 
 
 def csv_row(row: dict) -> dict:
@@ -222,6 +268,7 @@ def configurations(records: list[RunRecord]) -> list[dict]:
 def write_results(results: StudyResults) -> tuple[Path, Path]:
     """results.csv (one flat row per run) and results.json (rows, per-configuration summaries, settings)."""
     rows = [result_row(r) for r in results.records]
+    diverged = [diverged_row(run) for run in results.diverged]
     doc = {
         "study": results.study.name if results.study else results.out.name,
         "bootstrap": {"method": "percentile, stratified by class", **results.settings.as_kwargs()},
@@ -229,5 +276,7 @@ def write_results(results: StudyResults) -> tuple[Path, Path]:
         "runs": rows,
         "configurations": configurations(results.records),
         "missing_runs": results.missing,
+        "diverged_runs": diverged,
     }
-    return artifacts.write_results(results.out, [csv_row(row) for row in rows], doc)
+    return artifacts.write_results(results.out, [csv_row(row) for row in rows] +
+                                   [diverged_csv_row(row) for row in diverged], doc)

@@ -5,6 +5,10 @@ Resuming relies on engine.run.train's staging: a run folder is renamed into plac
 `.NAME.partial` leftover of a killed run is cleared when that run starts again. So an existing run folder is a
 finished run, and anything else is run (again).
 
+A run whose losses diverge (xferlab.engine.guards.Diverged) does not end the study: its folder records it as diverged
+(config.yaml, history.csv, diverged.json; no results), the rest of the grid runs, and the results and report say so.
+A resumed study keeps a diverged run as it is unless asked to retry it (`retry_diverged`, --retry-diverged).
+
 Job arrays: with shard=(I, N) only the I-th of N disjoint parts of the grid is trained (grid.shard_specs), so N jobs
 can share one study folder. Each writes the same study.yaml and its own environment-shard-I-of-N.json; shard 1 runs
 the audit; results and the report are built once every shard has finished (`xferlab report DIR`).
@@ -36,8 +40,10 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
     environment_file,
     find_environment,
 )
+from xferlab import files
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
 from xferlab.engine.distributed import is_main_process, shutdown
+from xferlab.engine.guards import Diverged
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.study.environment import capture_environment
@@ -58,13 +64,16 @@ class StudyOutcome:
     out: Path
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)  # runs of this study (or shard) recorded as diverged, now or before
     audited: bool = False
     shard: tuple[int, int] | None = None  # (I, N): the I-th of N parts of the grid; None: the whole grid
 
 
 def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress: bool = True,
-              shard: tuple[int, int] | None = None, tracker: Tracker | None = None) -> StudyOutcome:
-    """Train every missing run of `study` under `out`, run its audit if asked; `force` redoes everything.
+              shard: tuple[int, int] | None = None, tracker: Tracker | None = None,
+              retry_diverged: bool = False) -> StudyOutcome:
+    """Train every missing run of `study` under `out`, run its audit if asked; `force` redoes everything,
+    `retry_diverged` the runs recorded as diverged (kept as they are otherwise).
     `shard` (I, N) limits this to the I-th of N parts of the grid (grid.shard_specs); the audit belongs to part 1.
     `tracker`: the study's parent run (xferlab.tracking.session.study_run); by default one is opened, and finished
     on return, when the study asks for `track:`.
@@ -88,6 +97,8 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
 
         grad_cam_classes()
     finished = set() if force else {s.name for s in specs if (out / RUNS / s.name).is_dir()}
+    if retry_diverged:
+        finished -= {name for name in finished if artifacts.is_diverged_run(out / RUNS / name)}
     for spec in specs:
         if spec.name in finished:
             check_finished_run(out / RUNS / spec.name, spec)
@@ -108,7 +119,7 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     if explain:
         from xferlab.explain.run import explain_study
 
-        explain_study(out, [s.name for s in specs], force)
+        explain_study(out, [s.name for s in specs if s.name not in outcome.diverged], force)
     return outcome
 
 
@@ -123,14 +134,31 @@ def _train_runs(specs: list[RunSpec], finished: set[str], out: Path, force: bool
         run_dir = out / RUNS / spec.name
         if spec.name in finished:
             outcome.skipped.append(spec.name)
-            tracking.finished_cell(parent, spec.name, run_dir, bootstrap)
+            if artifacts.is_diverged_run(run_dir):
+                outcome.diverged.append(spec.name)
+            else:
+                tracking.finished_cell(parent, spec.name, run_dir, bootstrap)
         else:
-            with tracking.cell_run(parent, spec.name, spec.config) as tracker:
-                hooks = {"hooks": epoch_hooks(tracker)} if tracker else {}  # untracked: train's call of before
-                train(spec.config, run_dir, overwrite=force, progress=progress, **hooks)
-                tracking.finished_run(tracker, run_dir, bootstrap)
+            try:
+                with tracking.cell_run(parent, spec.name, spec.config) as tracker:
+                    hooks = {"hooks": epoch_hooks(tracker)} if tracker else {}  # untracked: train's call of before
+                    train(spec.config, run_dir, overwrite=force or run_dir.is_dir(), progress=progress,
+                          bootstrap=bootstrap, **hooks)
+                    tracking.finished_run(tracker, run_dir, bootstrap)
+            except Diverged as err:  # the study goes on; the run is recorded as diverged
+                record_diverged(run_dir, spec, err)
+                outcome.diverged.append(spec.name)
             outcome.trained.append(spec.name)
         bar.update()
+
+
+def record_diverged(run_dir: Path, spec: RunSpec, err: Diverged) -> None:
+    """Write a diverged run's folder (config.yaml, history.csv, diverged.json; staged like a finished one), on the
+    main process, and say so on the terminal."""
+    log.warning("%s diverged (%s); the study goes on with the other runs", spec.name, err.divergence.reason())
+    if is_main_process():
+        with files.staged_dir(run_dir, overwrite=True) as stage:
+            artifacts.write_diverged_run(stage, to_yaml(spec.config), err.history, err.divergence.as_dict())
 
 
 def _bar_label(shard: tuple[int, int] | None) -> str:
@@ -144,14 +172,17 @@ def _prepare_folder(out: Path, study: StudyConfig, shard: tuple[int, int] | None
 
 
 def check_finished_run(run_dir: Path, spec: RunSpec) -> None:
-    """A finished run is reused only if it was trained with this study's settings for it; otherwise say so."""
+    """A finished (or diverged) run is reused only if it was trained with this study's settings for it; otherwise
+    say so."""
     saved_file = run_dir / artifacts.CONFIG_YAML
     saved = build(TrainConfig, artifacts.read_run_config(run_dir), where=str(saved_file)).model_dump(mode="json")
     wanted = spec.config.model_dump(mode="json")
+    rerun = "pass --retry-diverged to train it again" if artifacts.is_diverged_run(run_dir) else \
+        "pass --force to rerun it"
     for key in wanted:
         if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
             raise XferlabError(f"{run_dir} was trained with {key} = {saved.get(key)!r}, the study now asks for "
-                               f"{wanted[key]!r}; pass --force to rerun it, or choose another --out")
+                               f"{wanted[key]!r}; {rerun}, or choose another --out")
 
 
 def _audit_function() -> Callable:

@@ -1,5 +1,6 @@
 """The ranked summary of a study (configurations by accuracy on the primary split) and its terminal table, told
-honestly: the split audit's verdict stands above the ranking, ties are shown as ties, degenerate runs are flagged.
+honestly: the split audit's verdict stands above the ranking, ties are shown as ties, degenerate runs are flagged,
+runs that diverged are listed with their reason (they have no results to rank).
 """
 
 from __future__ import annotations
@@ -63,6 +64,26 @@ def ranked(results: StudyResults) -> list[dict]:
     return configs
 
 
+def diverged_by_configuration(results: StudyResults) -> dict[tuple[str, str], list]:
+    """(backbone, regime) -> the runs of that configuration that diverged (artifacts.DivergedRun)."""
+    groups: dict[tuple[str, str], list] = {}
+    for run in results.diverged:
+        groups.setdefault((run.config.get("backbone"), run.config.get("regime")), []).append(run)
+    return groups
+
+
+def diverged_label(config: dict, diverged: dict[tuple[str, str], list]) -> str:
+    """'1 of 3 runs diverged' for a configuration some of whose runs diverged (its numbers are the others'), or ''."""
+    n = len(diverged.get((config["backbone"], config["regime"]), []))
+    return f"{n} of {n + len(config['runs'])} runs diverged" if n else ""
+
+
+def diverged_lines(results: StudyResults) -> list[str]:
+    """'resnet18-finetune-seed0 diverged, epoch 1: train loss 1.8e+14 (...), lr 1e+12: no results', one per run."""
+    return [f"{run.name} diverged, {run.divergence['reason']}, lr {run.divergence.get('lr'):g}: no results"
+            for run in results.diverged]
+
+
 def rank_label(config: dict) -> str:
     """'2' or, for a tie, '2=' (the convention of sports tables)."""
     return f"{config['rank']}=" if config.get("tie") else str(config["rank"])
@@ -72,9 +93,10 @@ def ranking_note(results: StudyResults) -> str:
     """How the table is ranked and what a tie is, in one sentence."""
     split = results.primary_split
     conf = f"{100 * results.settings.confidence:.0f}%"
+    diverged = " A run whose losses diverged has no results: it is listed, not ranked." if results.diverged else ""
     return (f"Ranked by mean {split} {RANK_METRIC}; '=' marks a tie (equal to {DIGITS} decimals, or overlapping "
             f"{conf} CIs, or mean ± sd across seeds); a degenerate run (one class for most cases, sensitivity or "
-            "specificity near 0, or an AUROC CI holding 0.5) is flagged.")
+            f"specificity near 0, or an AUROC CI holding 0.5) is flagged.{diverged}")
 
 
 def audit_verdict(results: StudyResults) -> dict | None:
@@ -119,20 +141,28 @@ def summary_table(results: StudyResults) -> str:
     header = ("#", "backbone", "regime", "val acc", f"test acc [{conf}]", "test AUROC", "train s", "s/epoch", "flags")
     rows, notes = [], []
     configs = ranked(results)
+    diverged = diverged_by_configuration(results)
     for c in configs:
         t = c["timing"]
         flagged = any(c["flags"].values())
+        marks = "; ".join(m for m in ("degenerate" if flagged else "", diverged_label(c, diverged)) if m)
         rows.append((rank_label(c), c["backbone"], c["regime"], format_value(c, "val", "accuracy").split(" [")[0],
                      format_value(c, "test", "accuracy"), format_value(c, "test", "auroc").split(" [")[0],
                      format_seconds(t["train_seconds"]["mean"]), format_seconds(t["seconds_per_epoch"]["mean"]),
-                     "! degenerate" if flagged else ""))
+                     f"! {marks}" if marks else ""))
         if flagged:
             notes.append(f"  ! {c['backbone']} {c['regime']}: {c['flag_text']}")
+    ranked_keys = {(c["backbone"], c["regime"]) for c in configs}
+    for (backbone, regime), runs in diverged.items():
+        if (backbone, regime) not in ranked_keys:  # every run of it diverged: a row without numbers
+            rows.append(("-", backbone, regime, "diverged", "", "", "", "", f"! {len(runs)} diverged"))
+    notes += [f"  ! {line}" for line in diverged_lines(results)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
     sentence = audit_sentence(results)
-    lines = ([sentence] if sentence else []) + lines + [ranking_note(results)] + notes
+    ranking = [ranking_note(results)] if results.kind != "run" else []  # a single run is not ranked
+    lines = ([sentence] if sentence else []) + lines + ranking + notes
     if results.missing:
         lines.append(f"not run yet: {', '.join(results.missing)}")
     return "\n".join(lines)

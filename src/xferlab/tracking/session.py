@@ -93,8 +93,11 @@ def _open(kinds: Sequence[str], name: str, uri: str | None, logdir: Path, fresh:
 
 @contextlib.contextmanager
 def _lifetime(tracker: FanOut, close: bool = True, discard: bool = True) -> Iterator[FanOut]:
-    """Finish the run FINISHED, FAILED (an exception) or KILLED (Ctrl-C), or with `discard` remove it when it ended
-    on bad input (XferlabError: nothing half-written); `close`: then await its queued calls."""
+    """Finish the run FINISHED, FAILED (an exception, or losses that diverged: its epochs are a result) or KILLED
+    (Ctrl-C), or with `discard` remove it when it ended on bad input (XferlabError: nothing half-written); `close`:
+    then await its queued calls."""
+    from xferlab.engine.guards import Diverged
+
     status = "FAILED"
     try:
         yield tracker
@@ -102,8 +105,8 @@ def _lifetime(tracker: FanOut, close: bool = True, discard: bool = True) -> Iter
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except XferlabError:
-        status = "DISCARD" if discard else "FAILED"
+    except XferlabError as err:
+        status = "DISCARD" if discard and not isinstance(err, Diverged) else "FAILED"
         raise
     finally:
         if status == "DISCARD":

@@ -1,11 +1,13 @@
 """A trained run in Python: `load_run(path)` -> LoadedRun with its config, metrics, class names, the model in eval mode
 and predict(x) -> N×K class probabilities, with the run's own preprocessing (image size, then the backbone's input
-record saved in model.pt: channels, intensity mapping, normalisation, fixed side) read from the run folder.
+record saved in model.pt: channels, intensity mapping, normalisation, fixed side) read from the run folder. Loading a
+run flagged degenerate (xferlab.evaluation.flags: one class for most cases, ...) logs one warning.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,8 +24,11 @@ from xferlab.data.images import decode_pil, read_image_file, resize_image, stack
 from xferlab.engine.run import resolve_device
 from xferlab.engine.test_bn import TEST_BN_MODES, adapted_model
 from xferlab.errors import XferlabError, did_you_mean
+from xferlab.evaluation.flags import saved_run_flags
 from xferlab.inputs import InputSpec
 from xferlab.use.runfolder import Checkpoint, TrainedRun, read_trained_run
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -107,7 +112,8 @@ def check_test_bn(mode: str) -> str:
 class LoadedRun:
     """A finished run ready to predict. Attributes: path, config (TrainConfig), metrics (metrics.json),
     class_names, model (TransferModel in eval mode), preprocessing, device, test_bn ("off", or "adapt" for a copy
-    from `adapted`)."""
+    from `adapted`), flags (split -> degenerate-run flags) and degenerate (any split flagged: warned once, on
+    loading)."""
 
     test_bn: str = "off"
 
@@ -120,6 +126,12 @@ class LoadedRun:
         self.device = resolve_device(device)
         self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
         self._preprocess = self.preprocessing.batch_preprocess(self.device)
+        flagged = saved_run_flags(folder.metrics, folder.record.predictions)
+        self.flags: dict[str, list[str]] = flagged["flags"]
+        self.degenerate: bool = flagged["degenerate"]
+        if self.degenerate:
+            log.warning("%s is flagged as a degenerate run (%s): its predictions are unlikely to mean what its "
+                        "accuracy suggests", self.path, flagged["flag_text"])
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "
