@@ -265,7 +265,8 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
     p.add_argument("--retry-diverged", action="store_true",
-                   help="train again the runs recorded as diverged (kept as they are otherwise; docs/runs-that-go-wrong.md)")
+                   help="train again the runs recorded as diverged (kept as they are otherwise; "
+                        "docs/runs-that-go-wrong.md)")
     p.add_argument("--shard", metavar="I/N",
                    help="train only the I-th of N disjoint parts of the grid (1-based, cell k in part k %% N + 1), "
                         "e.g. one job of a job array; no report: run `xferlab report DIR` once every part has finished")

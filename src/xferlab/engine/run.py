@@ -73,12 +73,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
-          hooks: Sequence[object] = (), bootstrap: BootstrapSettings = BootstrapSettings()) -> RunResult:
+          hooks: Sequence[object] = (), bootstrap: BootstrapSettings | None = None) -> RunResult:
     """Run one training configuration and write its run folder to `out` (under torchrun: every rank trains, rank 0
     writes). `hooks`: fit-loop hooks (xferlab.engine.fit) called after every epoch, after the built-in ones.
-    `bootstrap`: the settings of the degenerate-run flags' AUROC interval (a study passes its own, so that the flags
-    in metrics.json equal the study's). Raises xferlab.engine.guards.Diverged, nothing written, when the losses
-    diverge."""
+    `bootstrap`: the settings of the degenerate-run flags' AUROC interval (default: the evaluation's; a study passes
+    its own, so that the flags in metrics.json equal the study's). Raises xferlab.engine.guards.Diverged, nothing
+    written, when the losses diverge."""
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
@@ -113,8 +113,8 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
-        metrics.update(run_flags({s: (_labels(data, s), p) for s, p in best.record.probs.items()}, bootstrap,
-                                 data.class_names))
+        metrics.update(run_flags({s: (_labels(data, s), p) for s, p in best.record.probs.items()},
+                                 bootstrap or BootstrapSettings(), data.class_names))
         if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
             metrics["test_bn"], _ = evaluate_test_bn(
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},

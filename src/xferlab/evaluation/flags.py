@@ -63,12 +63,13 @@ def describe(flags: list[str], split: str, evaluation: dict, class_names: list[s
 RUN_FLAG_KEYS = ("flags", "degenerate", "flag_text", "flags_bootstrap")
 
 
-def run_flags(predictions: dict[str, tuple[np.ndarray, np.ndarray]], settings: BootstrapSettings = BootstrapSettings(),
+def run_flags(predictions: dict[str, tuple[np.ndarray, np.ndarray]], settings: BootstrapSettings | None = None,
               class_names: list[str] | None = None) -> dict:
     """A run's degenerate flags, as metrics.json records them: `flags` (split -> codes), `degenerate` (any split
     flagged), `flag_text` (describe's words for every flagged split) and `flags_bootstrap` (the bootstrap settings of
     the AUROC interval). The same evaluation a study's results make with the same settings, so a run's flags equal
-    its row's in results.csv."""
+    its row's in results.csv. `settings`: default, the evaluation's."""
+    settings = settings or BootstrapSettings()
     evaluations = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
     flags = {s: degenerate_flags(y, p, evaluations[s]) for s, (y, p) in predictions.items()}
     text = "; ".join(t for s in flags if (t := describe(flags[s], s, evaluations[s], class_names)))

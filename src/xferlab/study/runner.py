@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from xferlab import artifacts
+from xferlab import artifacts, files
 from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's names)
     AUDIT,
     AUDIT_JSON,
@@ -40,7 +40,6 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
     environment_file,
     find_environment,
 )
-from xferlab import files
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.engine.guards import Diverged
@@ -64,7 +63,7 @@ class StudyOutcome:
     out: Path
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    diverged: list[str] = field(default_factory=list)  # runs of this study (or shard) recorded as diverged, now or before
+    diverged: list[str] = field(default_factory=list)  # runs of this study (or shard) recorded as diverged
     audited: bool = False
     shard: tuple[int, int] | None = None  # (I, N): the I-th of N parts of the grid; None: the whole grid
 
