@@ -83,9 +83,9 @@ def test_a_split_too_small_for_the_tests_is_reported_not_crashed(tiny_npy, tmp_p
 @pytest.mark.parametrize("argv, message", [
     ([], "no data given; pass --data"),
     (["--backbone", "resnet19"], "unknown backbone 'resnet19' (did you mean 'resnet18'?)"),
-    (["--resplits", "-1"], "'resplits' = -1 is invalid"),
+    (["--resplits", "-1"], "--resplits -1 is out of range; accepted: a whole number >= 0"),
     (["--regime", "partial:x"], "regime 'partial:x': K must be a whole number"),
-    (["--alpha", "1.5"], "'alpha' = 1.5 is invalid"),
+    (["--alpha", "1.5"], "--alpha 1.5 is out of range; accepted: a number > 0 and < 1"),
 ])
 def test_bad_options_are_one_error_line_and_exit_2(argv, message, tiny_npy, tmp_path, capsys):
     data = [] if not argv else ["--data", str(tiny_npy)]

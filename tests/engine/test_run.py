@@ -96,9 +96,9 @@ def test_an_existing_run_folder_is_not_overwritten_silently(tiny_npy, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--backbone", "resnet81"], "did you mean 'resnet18'"),
     (["--regime", "frozn"], "did you mean 'frozen'"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--lr", "-1"], "lr"),
-    (["--epochs", "0"], "epochs"),
+    (["--batch-size", "0"], "--batch-size 0 is out of range"),
+    (["--lr", "-1"], "--lr -1.0 is out of range"),
+    (["--epochs", "0"], "--epochs 0 is out of range"),
     (["--weights", "imagenet", "--backbone", "resnet34"], "resnet34-b627a593.pth"),
 ])
 def test_bad_settings_are_one_line_errors_and_leave_no_run_folder(tiny_npy, tmp_path, capsys, args, message):

@@ -40,11 +40,11 @@ def test_infinity_in_npy_pixels_is_refused(tmp_path, fails):
 
 
 def test_a_nan_learning_rate_option_is_refused(tmp_path, npy, fails):
-    fails(_train(tmp_path, npy, "--lr", "nan"), tmp_path, "'lr'")
+    fails(_train(tmp_path, npy, "--lr", "nan"), tmp_path, "--lr nan", "finite", "accepted: a number > 0")
 
 
 def test_an_infinite_learning_rate_option_is_refused(tmp_path, npy, fails):
-    fails(_train(tmp_path, npy, "--lr", "inf"), tmp_path, "'lr'", "finite")
+    fails(_train(tmp_path, npy, "--lr", "inf"), tmp_path, "--lr inf", "finite")
 
 
 def test_an_infinite_value_in_a_yaml_config_names_its_line(tmp_path, npy, fails):
@@ -62,16 +62,16 @@ def test_a_nan_training_option_in_a_study_is_refused_before_training(tmp_path, n
 
 
 def test_a_zero_batch_size_is_refused(tmp_path, npy, fails):
-    fails(_train(tmp_path, npy, "--batch-size", "0"), tmp_path, "'batch_size'", "greater than 0")
+    fails(_train(tmp_path, npy, "--batch-size", "0"), tmp_path, "--batch-size 0", "a whole number >= 1")
 
 
 def test_an_absurd_image_size_is_refused_before_allocating(tmp_path, npy, fails):
-    fails(_train(tmp_path, npy, "--image-size", "100000"), tmp_path, "'data.image_size'", "4096")
+    fails(_train(tmp_path, npy, "--image-size", "100000"), tmp_path, "--image-size 100000", "from 1 to 4096")
 
 
 def test_an_absurd_thread_count_is_refused(tmp_path, npy, fails):
     fails(["train", "--data", npy, "--out", tmp_path / "run", "--weights", "none", "--num-threads", "100000"],
-          tmp_path, "'num_threads'", "1024")
+          tmp_path, "--num-threads 100000", "from 1 to 1024")
 
 
 def test_absurd_phantom_requests_are_refused_before_allocating(tmp_path, fails):

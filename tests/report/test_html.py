@@ -128,3 +128,48 @@ def test_the_report_shows_calibration_and_operating_points(study_dir):
     youden = record.operating_points[0]
     assert youden["rule"] == "youden" and f"<td>{youden['threshold']:.3f}</td>" in section
     assert "sensitivity 0.95" in section and 'alt="reliability diagrams"' in section
+
+
+def test_xferlab_report_takes_a_run_folder(study_dir, tmp_path, capsys):
+    """`xferlab report RUN`: RUN/report.html with a single run's sections, its flags as a study of one run shows
+    them; nothing else is written."""
+    import json
+
+    from xferlab.report.html import RUN_SECTIONS
+
+    run = tmp_path / "finetune-run"
+    shutil.copytree(study_dir / "runs" / "resnet18-finetune-seed0", run)
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir()) == sorted({*before, "curves.png", "report.html"})  # curves if missing
+    parsed = _parse(run / "report.html")
+    assert parsed.sections == list(RUN_SECTIONS) and not [u for u in parsed.urls if not u[2].startswith(("data:", "#"))]
+    assert f"report: {run / 'report.html'}" in out and "Ranked by" not in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert ("! degenerate" in out) == metrics["degenerate"] and ("degenerate" in (run / "report.html").read_text()) \
+        == metrics["degenerate"]
+
+
+def test_a_study_whose_runs_all_diverged_still_reports(tmp_path, capsys):
+    """No finished run: results.csv and results.json list the diverged runs, the report has its summary (with the
+    reasons) and environment, and `xferlab report` exits 0 (rebuilding the outputs went well)."""
+    from xferlab import artifacts
+    from xferlab.config import DataConfig, TrainConfig, to_yaml
+    from xferlab.report.html import NO_RESULTS_SECTIONS
+
+    for regime, lr in (("frozen", 1e6), ("finetune", 1e12)):
+        run = tmp_path / "out" / "runs" / f"resnet18-{regime}-seed0"
+        run.mkdir(parents=True)
+        cfg = TrainConfig(data=DataConfig(path=tmp_path), regime=regime, lr=lr, weights="none")
+        history = [{"epoch": 1, "train_loss": 1e9, "train_acc": 0.5, "val_loss": 1e9, "val_acc": 0.5,
+                    "test_loss": 1e9, "test_acc": 0.5, "train_seconds": 1.0, "eval_seconds": 0.1}]
+        artifacts.write_diverged_run(run, to_yaml(cfg), history, {"epoch": 1, "split": "train", "loss": 1e9,
+                                                                 "rule": "far above chance", "lr": lr,
+                                                                 "reason": f"epoch 1: train loss 1e+09 ({regime})"})
+    assert main(["report", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "finetune  diverged" in out and "! resnet18-frozen-seed0 diverged, epoch 1: train loss 1e+09 (frozen)" in out
+    assert _parse(tmp_path / "out" / "report.html").sections == [s for s in NO_RESULTS_SECTIONS if s != "audit"]
+    csv_text = (tmp_path / "out" / "results.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("run,status,") and csv_text.count(",diverged,") == 2

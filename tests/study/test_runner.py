@@ -15,11 +15,11 @@ class CountingTrain:
     def __init__(self, fail_on: int | None = None):
         self.calls, self.fail_on, self.real = [], fail_on, engine_run.train
 
-    def __call__(self, cfg, out, overwrite=False, progress=True):
+    def __call__(self, cfg, out, overwrite=False, progress=True, **kwargs):
         self.calls.append(out.name)
         if len(self.calls) == self.fail_on:
             raise KeyboardInterrupt
-        return self.real(cfg, out, overwrite=overwrite, progress=progress)
+        return self.real(cfg, out, overwrite=overwrite, progress=progress, **kwargs)
 
 
 def _mtimes(out):

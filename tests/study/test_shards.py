@@ -50,7 +50,7 @@ class FakeTrain:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, cfg, out, overwrite=False, progress=True):
+    def __call__(self, cfg, out, overwrite=False, progress=True, **_):
         self.calls.append(out.name)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))

@@ -120,3 +120,33 @@ def test_the_checkpoints_input_record_is_used_and_old_checkpoints_get_the_defaul
     assert input_spec(old, tiny_run) == InputSpec(mean=(0.5,) * 3, std=(0.25,) * 3)
     with pytest.raises(XferlabError, match="does not know; update xferlab"):
         input_spec({**old, "preprocessing": {"channels": 3, "gamma": 2.2}}, tiny_run)
+
+
+def test_loading_a_flagged_run_warns_once_and_old_runs_get_their_flags_computed(tiny_run, tmp_path, caplog):
+    """metrics.json's flags decide (a run flagged as degenerate warns once, on loading; predicting warns no more);
+    a run saved before runs recorded flags gets them from its predictions, as a study would."""
+    import json
+    import logging
+    import shutil
+
+    from xferlab.evaluation.flags import RUN_FLAG_KEYS
+    from xferlab.use.model import load_run
+
+    flagged, old = tmp_path / "flagged", tmp_path / "old"
+    for copy in (flagged, old):
+        shutil.copytree(tiny_run, copy)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(RUN_FLAG_KEYS) <= set(metrics)
+    (flagged / "metrics.json").write_text(json.dumps({**metrics, "flags": {"val": ["one_class"], "test": []},
+                                                      "degenerate": True, "flag_text": "val: predicts normal for "
+                                                                                       "100% of cases"}))
+    (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k not in RUN_FLAG_KEYS}))
+    with caplog.at_level(logging.WARNING, logger="xferlab"):
+        run = load_run(flagged)
+        run.predict(np.zeros((2, 32, 32), np.uint8))
+        run.adapted(np.zeros((4, 32, 32), np.uint8), min_images=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "flagged as a degenerate run (val: predicts normal for 100% of cases)" in warnings[0]
+    assert run.degenerate and run.flags == {"val": ["one_class"], "test": []}
+    reloaded = load_run(old)
+    assert reloaded.flags == metrics["flags"] and reloaded.degenerate == metrics["degenerate"]

@@ -117,3 +117,20 @@ def test_test_bn_adapt_predicts_transductively_and_is_refused_below_the_minimum(
     assert status == 2 and "8 images, fewer than the 32" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
+
+
+def test_predict_with_a_flagged_run_warns_once(tiny_run, tiny_data, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    run = tmp_path / "flagged"
+    shutil.copytree(tiny_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "flags": {"val": [], "test": ["low_specificity"]},
+                                                  "degenerate": True, "flag_text": "test: specificity 0.000 < 0.05"}))
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", str(run), str(tiny_data / "test_normal.npy"), "--out", str(tmp_path / "p.csv"),
+                     "--batch-size", "3"]) == 0  # three batches, one warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(run) in warnings[0] and "test: specificity 0.000 < 0.05" in warnings[0]

@@ -34,7 +34,8 @@ def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
                train: dict[str, Any] | None = None) -> StudyConfig:
     """Read and validate a study YAML. `data` replaces data.path; `train` options (e.g. from the command line)
     override the file's, per-backbone and per-regime ones included. The data path is made absolute, so the saved
-    run configs do not depend on the working directory."""
+    run configs do not depend on the working directory. Every run's training options are validated here, so a bad
+    value is an error naming this file and its line before anything runs."""
     values = read_yaml(path)
     data_values = dict(values.get("data") or {})
     if data is not None:
@@ -45,7 +46,9 @@ def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
     values["data"] = data_values
     if train:
         _override_training(values, train)
-    return build(StudyConfig, values, where=str(path))
+    study = build(StudyConfig, values, where=str(path))
+    expand_grid(study, where=str(path), values=values)
+    return study
 
 
 def _override_training(values: dict, options: dict[str, Any]) -> None:
@@ -57,8 +60,9 @@ def _override_training(values: dict, options: dict[str, Any]) -> None:
                            for name, opts in overrides.items()}
 
 
-def expand_grid(study: StudyConfig, where: str = "study") -> list[RunSpec]:
-    """Every backbone × regime × seed, in that nesting order, with its resolved TrainConfig."""
+def expand_grid(study: StudyConfig, where: str = "study", values: dict | None = None) -> list[RunSpec]:
+    """Every backbone × regime × seed, in that nesting order, with its resolved TrainConfig. `values`: the study YAML
+    as read (read_yaml, with key lines), so that a bad training option is named by its line."""
     _check_override_names(study.per_backbone, study.backbones, "per_backbone", "backbones", where)
     _check_override_names(study.per_regime, study.regimes, "per_regime", "regimes", where)
     specs = []
@@ -71,22 +75,29 @@ def expand_grid(study: StudyConfig, where: str = "study") -> list[RunSpec]:
                                    "set it in one place (per_backbone or per_regime)")
             for seed in study.seeds:
                 name = run_name(backbone, regime, seed)
-                values = {**study.train, **by_backbone, **by_regime, "data": study.data, "backbone": backbone,
-                          "regime": regime, "seed": seed}
-                specs.append(RunSpec(name, backbone, regime, seed, build(TrainConfig, values, f"{where}: run {name}")))
+                run_values = {**study.train, **by_backbone, **by_regime, "data": study.data, "backbone": backbone,
+                              "regime": regime, "seed": seed}
+                lines = {(key,): f"{where} line {line}: '{'.'.join(map(str, keys))}' ="
+                         for key in run_values if (keys := _set_at(values, backbone, regime, key))
+                         and (line := values.key_lines[keys])}
+                cfg = build(TrainConfig, run_values, f"{where}: run {name}", options=lines)
+                specs.append(RunSpec(name, backbone, regime, seed, cfg))
     return specs
+
+
+def _set_at(values: dict | None, backbone: str, regime: str, key: str) -> tuple[str, ...] | None:
+    """The YAML key path that set training option `key` of a run, in expand_grid's order of precedence."""
+    lines = getattr(values, "key_lines", {})
+    return next((keys for keys in (("per_regime", regime, key), ("per_backbone", backbone, key), ("train", key))
+                 if keys in lines), None)
 
 
 def option_origin(values: dict, path: str | os.PathLike, config: dict, key: str) -> str:
     """Where the study YAML read into `values` (read_yaml: with key lines) set training option `key` of the run whose
     resolved config is `config`, in expand_grid's order of precedence: 'study.yaml line 12: per_regime.finetune.lr',
     'study.yaml line 9: train.lr', or 'the default'."""
-    lines = getattr(values, "key_lines", {})
-    for keys in (("per_regime", config.get("regime"), key), ("per_backbone", config.get("backbone"), key),
-                 ("train", key)):
-        if keys in lines:
-            return f"{path} line {lines[keys]}: {'.'.join(map(str, keys))}"
-    return "the default"
+    keys = _set_at(values, config.get("backbone"), config.get("regime"), key)
+    return f"{path} line {values.key_lines[keys]}: {'.'.join(map(str, keys))}" if keys else "the default"
 
 
 def _check_override_names(overrides: dict, names: list[str], section: str, grid_key: str, where: str) -> None:
