@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -59,6 +60,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def chance(num_classes: int = 2) -> float:
     return math.log(num_classes)
 
@@ -86,7 +96,8 @@ def stopped_by_rule(history: list[dict], num_classes: int, lr: float):
     return None
 
 
-def _train(cfg: TrainConfig, out: Path) -> tuple[list[dict], Diverged | None]:
+def _train(cfg: TrainConfig, out: Path) -> tuple[list[dict], Diverged | None, dict | None]:
+    """(history, the Diverged that stopped it or None, metrics.json of a finished run or None)."""
     rows: list[dict] = []
 
     class Record:
@@ -95,10 +106,10 @@ def _train(cfg: TrainConfig, out: Path) -> tuple[list[dict], Diverged | None]:
 
     try:
         with num_threads(1):
-            train(cfg, out, overwrite=True, progress=False, hooks=[Record()])
+            result = train(cfg, out, overwrite=True, progress=False, hooks=[Record()])
     except Diverged as err:
-        return err.history, err
-    return rows, None
+        return err.history, err, None
+    return rows, None, result.metrics
 
 
 def healthy_runs(args, data: Path) -> list[dict]:
@@ -111,7 +122,7 @@ def healthy_runs(args, data: Path) -> list[dict]:
                 backbone, weights = BACKBONES[seed * len(BACKBONES) // args.seeds]
                 cfg = TrainConfig(data=DataConfig(path=data), backbone=backbone, weights=weights, regime=regime,
                                   epochs=args.epochs, batch_size=8, lr=lr, seed=seed, device="cpu", num_threads=1)
-                history, err = _train(cfg, args.out / "run")
+                history, err, _ = _train(cfg, args.out / "run")
                 stats.append(loss_stats(history))
                 if err is not None:
                     alarms.append(f"{backbone} lr {lr:g} seed {seed}: {err.divergence.reason()}")
@@ -160,6 +171,11 @@ def sixteen_bit_pngs(phantoms: Path, out: Path) -> Path:
     return out
 
 
+def _finished(history: list[dict], metrics: dict) -> str:
+    flagged = "flagged degenerate" if metrics["degenerate"] else "not flagged"
+    return f"finished: largest training loss {loss_stats(history)['train_x_chance']:.3g} × chance, {flagged}"
+
+
 def catches(args, data: Path, pngs: Path) -> list[dict]:
     """Part 3: what stops runs at learning rates far too high."""
     cases = [(name, path, regime, backbone, weights, 1e12) for name, path in (("phantoms", data), ("16-bit PNGs", pngs))
@@ -172,12 +188,11 @@ def catches(args, data: Path, pngs: Path) -> list[dict]:
         fmt = "folder" if path == pngs else "npy"
         cfg = TrainConfig(data=DataConfig(path=path, format=fmt), backbone=backbone, weights=weights, regime=regime,
                           epochs=args.epochs, batch_size=8, lr=lr, seed=0, device="cpu", num_threads=1)
-        history, err = _train(cfg, args.out / "run")
+        history, err, metrics = _train(cfg, args.out / "run")
         d = err.divergence if err else None
         rows.append({"data": name, "regime": regime, "backbone": backbone, "lr": lr,
                      "stopped": d is not None, "epoch": d.epoch if d else None, "rule": d.rule if d else None,
-                     "reason": d.reason() if d else "not stopped: largest training loss "
-                                                    f"{loss_stats(history)['train_x_chance']:.3g} × chance",
+                     "reason": d.reason() if d else _finished(history, metrics),
                      "error": str(err) if err else None})
         print(rows[-1], flush=True)
     return rows
@@ -193,7 +208,7 @@ def main(argv=None) -> int:
     golden = [p for p in sorted(GOLDEN.iterdir()) if (p / "history.csv").is_file()]
     golden += [p for p in sorted((GOLDEN / "legacy").rglob("history.csv"))]
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()}",
         "thresholds": {"train_chance_multiple": TRAIN_CHANCE_MULTIPLE, "val_chance_multiple": VAL_CHANCE_MULTIPLE,
                        "growth_factor": GROWTH_FACTOR, "growth_floor_multiple": GROWTH_FLOOR_MULTIPLE},
         "healthy": healthy_runs(args, data),

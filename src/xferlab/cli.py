@@ -499,7 +499,8 @@ def _diverged_message(study_file: Path, out: Path, outcome) -> str:
     total = len(outcome.trained) + len(outcome.skipped)
     more = f" and {len(outcome.diverged) - 1} more" if len(outcome.diverged) > 1 else ""
     origin = option_origin(read_yaml(study_file), study_file, first.config, "lr")
-    where = "its results" if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
+    where = f"{out / artifacts.RUNS} (results.csv once `xferlab report {out}` merges the shards)" \
+        if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
     return (f"{len(outcome.diverged)} of {total} runs diverged, recorded as such in {where}: {first.name} "
             f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; lower it there and "
             f"resume with --retry-diverged (the other runs are kept)")
