@@ -169,7 +169,7 @@ def test_cuda_graphs_setting_resolves_per_device():
 
 def test_a_bad_inference_batch_size_is_a_one_line_error(tiny_npy, tmp_path, capsys):
     code = main(["train", "--data", str(tiny_npy), "--out", str(tmp_path / "r"), "--inference-batch-size", "0"])
-    assert code == 2 and "inference_batch_size" in capsys.readouterr().err
+    assert code == 2 and "--inference-batch-size 0 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
