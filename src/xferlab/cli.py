@@ -501,8 +501,9 @@ def _diverged_message(study_file: Path, out: Path, outcome) -> str:
     origin = option_origin(read_yaml(study_file), study_file, first.config, "lr")
     where = f"{out / artifacts.RUNS} (results.csv once `xferlab report {out}` merges the shards)" \
         if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
+    fix = "set a lower lr in the study's train: section" if origin == "the default" else "lower it there"
     return (f"{len(outcome.diverged)} of {total} runs diverged, recorded as such in {where}: {first.name} "
-            f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; lower it there and "
+            f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; {fix} and "
             f"resume with --retry-diverged (the other runs are kept)")
 
 
