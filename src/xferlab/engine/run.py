@@ -36,6 +36,7 @@ from xferlab.backbones.registry import TransferModel, count_parameters, create_m
 from xferlab.config import TrainConfig, to_yaml
 from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
+from xferlab.data.groups import patient_counts
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
@@ -255,6 +256,9 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
         "trainable_params": count_parameters(model, trainable_only=True),
         "device": str(device),
         "counts": data.counts(),
+        # patients per split and images per patient, when the data names them (xferlab.data.groups)
+        "patients": None if data.groups is None else patient_counts(data.groups, data.splits, artifacts.SPLITS),
+        "groups_from": data.meta.get("groups_from"),
         "class_names": data.class_names,
     }
 
@@ -268,4 +272,5 @@ def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, pr
         "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(model.spec.input).items()},
     }
     predictions = {s: (_labels(data, s), p) for s, p in probs.items()}
-    artifacts.write_run(stage, to_yaml(cfg), history, metrics, predictions, checkpoint)
+    groups = None if data.groups is None else {s: data.groups[data.indices(s)] for s in probs}
+    artifacts.write_run(stage, to_yaml(cfg), history, metrics, predictions, checkpoint, groups)

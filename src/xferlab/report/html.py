@@ -23,7 +23,7 @@ from xferlab.report.explain import render_explain_section
 from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment
-from xferlab.study.results import StudyResults, timing
+from xferlab.study.results import StudyResults, bootstrap_method, timing
 from xferlab.study.summary import audit_sentence, rank_label, ranked, ranking_note
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _summary(results: StudyResults) -> str:
                      format_seconds(t["train_seconds"]["mean"]), format_seconds(t["seconds_per_epoch"]["mean"]),
                      flags])
     seeds = sorted({s for c in configs for s in c["seeds"]})
-    ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
+    ci = f"value [{conf} CI: {bootstrap_method(results)}, {results.settings.resamples} resamples]"
     spread = f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
         f"mean ± sd across seeds {', '.join(map(str, seeds))} ({ci} for a single run)"
     intro = (f"{ranking_note(results)} {spread}. Each run's best epoch was chosen on val accuracy; test never "
@@ -205,9 +205,18 @@ def _metrics(results: StudyResults) -> str:
     positive = results.records[0].class_names[1] if k == 2 else None
     how = (f"binary: '{positive}' is the positive class" if positive else
            "multi-class: macro averages, one-vs-rest AUROC")
-    intro = (f"value [{100 * results.settings.confidence:.0f}% CI]: percentile bootstrap stratified by class, "
-             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.")
+    intro = (f"value [{100 * results.settings.confidence:.0f}% CI]: {bootstrap_method(results)}, "
+             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.{_patients_note(results)}")
     return _section("metrics", "".join(parts), intro)
+
+
+def _patients_note(results: StudyResults) -> str:
+    """How many patients each split's intervals resampled, when runs saved patient ids."""
+    counts = {s: ev["patients"] for r in results.records for s, ev in r.evaluation.items() if ev.get("patients")}
+    if not counts:
+        return ""
+    return " Patients resampled: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + \
+        " (a patient drawn twice counts all its images twice; docs/patients.md)."
 
 
 def _comparison(results: StudyResults) -> str:
