@@ -225,7 +225,8 @@ def configurations(records: list[RunRecord]) -> list[dict]:
 def bootstrap_method(results: StudyResults) -> str:
     """The bootstrap(s) behind the study's intervals in words: of images, or of patients where runs saved patient
     ids (evaluation.bootstrap.describe)."""
-    methods = dict.fromkeys(ev.get("bootstrap") or describe(None) for r in results.records for ev in r.evaluation.values())
+    methods = dict.fromkeys(ev.get("bootstrap") or describe(None)
+                            for r in results.records for ev in r.evaluation.values())
     return "; ".join(methods) or describe(None)
 
 
