@@ -4,7 +4,9 @@
 train, the last 20% val), `test_normal.npy`, `test_pneumonia.npy` and `phantoms.json` (every parameter). Each image
 is drawn from its own generators, keyed by (split, class, index), so an image does not depend on how many others were
 asked for, and `shift='acquisition'` (the same test patients imaged at another site) leaves the train pool
-byte-identical. `render_phantom` is the building block: one image from a generator and acquisition settings.
+byte-identical. `render_phantom` is the building block: one image from a generator and acquisition settings. With
+`images_per_patient` K > 1, runs of K images show one patient each, named in a `groups.csv` sidecar
+(docs/patients.md).
 
 Rendering works in an attenuation domain (bright = dense) on a normalised patient-frame coordinate grid, then applies
 the acquisition chain: detector blur, quantum noise, tone curve, optional burned-in marker. Images are rendered in
