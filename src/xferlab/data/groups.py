@@ -121,6 +121,12 @@ def file_groups(names: Sequence[str], files: Sequence[Path], setting: str | None
     return _fill_unmatched(ids, names, unmatched, where, _described(setting)), setting
 
 
+def from_names(setting: str | None) -> bool:
+    """Whether the setting reads patients from the names alone (a preset or a pattern): then they can be matched
+    before any pixel is decoded, so a pattern that fails does so at once."""
+    return setting not in (None, NONE, DICOM)
+
+
 def _match(pattern: re.Pattern, name: str) -> str:
     found = pattern.search(name)
     return (found.group(1) or "") if found else ""

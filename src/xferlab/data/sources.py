@@ -21,7 +21,7 @@ import numpy as np
 
 from xferlab.data.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
-from xferlab.data.groups import file_groups, sidecar_groups
+from xferlab.data.groups import file_groups, from_names, sidecar_groups
 from xferlab.data.images import (
     check_file_sizes,
     check_regular_file,
@@ -166,6 +166,21 @@ def _read_images(
     skipped_files = _skipped_files(paths, sorted(skipped + [candidates[j] for j in failed]), where)
     names = [str(paths[i]) for i in kept]
     return stack_images(images, where, cfg.image_size, names), np.asarray(kept, dtype=np.int64), skipped_files
+
+
+def _load_with_groups(
+    names: Sequence[str], paths: Sequence[Path], cfg: DataConfig, where: str
+) -> tuple[np.ndarray | FileImages, np.ndarray, list[Path], tuple[np.ndarray | None, str | None]]:
+    """_load_images, and the patient ids of the files kept (xferlab.data.groups.file_groups). Ids from names are
+    matched before any pixel is decoded, so a pattern that misses files fails at once; DICOM headers are read for
+    the files kept."""
+    early = file_groups(names, paths, cfg.groups, cfg.unmatched, where) if from_names(cfg.groups) else None
+    images, kept, skipped = _load_images(paths, cfg, where)
+    if early is not None:
+        groups, groups_from = early
+        return images, kept, skipped, (groups[kept], groups_from)
+    return images, kept, skipped, file_groups([names[i] for i in kept], [paths[i] for i in kept], cfg.groups,
+                                              cfg.unmatched, where)
 
 
 def _load_images(
@@ -338,12 +353,11 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     root = Path(cfg.path)
     class_names, paths, labels, splits = _folder_entries(root)
     _check_links_inside(paths, root, cfg.allow_external_links)
-    images, kept, skipped = _load_images(paths, cfg, str(root))
+    names = [p.relative_to(root).as_posix() for p in paths]  # what data.groups patterns match
+    images, kept, skipped, (groups, groups_from) = _load_with_groups(names, paths, cfg, str(root))
     labels = np.asarray(labels, dtype=np.int64)[kept]
     splits = np.asarray(splits, dtype=object)[kept]
     files = [paths[i] for i in kept]
-    names = [f.relative_to(root).as_posix() for f in files]  # what data.groups patterns match
-    groups, groups_from = file_groups(names, files, cfg.groups, cfg.unmatched, str(root))
     carved = not (splits == "val").any()
     if carved:
         splits = _carve(splits, labels, groups, cfg, class_names)
@@ -453,23 +467,18 @@ def load_csv(cfg: DataConfig) -> ImageDataset:
     cols = _manifest_columns(manifest)
     names, labels = np.unique(np.asarray(cols["label"], dtype=str), return_inverse=True)  # sorted class names
     class_names = names.tolist()
-    images, kept, skipped = _load_images(cols["path"], cfg, str(manifest))
+    if cols["group"] is not None and cfg.groups is None:  # the manifest's own column
+        images, kept, skipped = _load_images(cols["path"], cfg, str(manifest))
+        groups, groups_from = np.asarray(cols["group"], dtype=str)[kept], "group column"
+    else:  # or data.groups: a pattern on the path cells as written, dicom or none
+        images, kept, skipped, (groups, groups_from) = _load_with_groups(cols["cell"], cols["path"], cfg,
+                                                                          str(manifest))
     labels = labels.astype(np.int64)[kept]
-    groups, groups_from = _manifest_groups(cols, kept, cfg, str(manifest))
     cells = np.asarray(cols["split"], dtype=object)[kept]
     splits, how = _manifest_splits(cells, labels, groups, cfg, class_names)
     meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "files": [str(cols["path"][i]) for i in kept],
             "groups_from": groups_from}
     return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
-
-
-def _manifest_groups(cols: dict[str, list], kept: np.ndarray, cfg: DataConfig,
-                     where: str) -> tuple[np.ndarray | None, str | None]:
-    """The group column, unless data.groups says otherwise (a pattern on the path cells, dicom, none)."""
-    if cols["group"] is not None and cfg.groups is None:
-        return np.asarray(cols["group"], dtype=str)[kept], "group column"
-    return file_groups([cols["cell"][i] for i in kept], [cols["path"][i] for i in kept], cfg.groups, cfg.unmatched,
-                       where)
 
 
 # ---- medmnist: local .npz files, never downloaded ------------------------------------------------------------------
