@@ -18,7 +18,8 @@ B. Confidence intervals: a logistic-regression head on the pool's features (the 
    further patients from the same generator, and mean width.
 C. Shift tests without a shift: train+val (patients of the pool) against a repetition's test patients, with folds and
    permutations by image and by patient; false alarms of the within-class decision at alpha, against the bound
-   alpha + 2 SE (the SE of a rate of alpha at this many repetitions).
+   alpha + 2 SE (the SE of a rate of alpha at this many repetitions). And their power: the same with test patients
+   imaged at another site (`shift='acquisition'`, the same pool).
 
 Prints progress to stderr, the numbers as JSON (also to --out) and a markdown table for docs/patients.md. Not run by
 the tests.
@@ -64,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-patients", type=int, default=20, help="test patients per class in each repetition")
     p.add_argument("--reps", type=int, default=500, help="repetitions of the coverage experiment (B)")
     p.add_argument("--shift-reps", type=int, default=200, help="repetitions of the shift-test experiment (C)")
+    p.add_argument("--power-reps", type=int, default=50, help="repetitions with an acquisition shift (C)")
+    p.add_argument("--parts", default="ABC", help="which experiments to run, e.g. B")
     p.add_argument("--seeds", type=int, default=10, help="val carvings per unit (A)")
     p.add_argument("--resplits", type=int, default=50, help="re-splits per unit (A)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (the study's default)")
@@ -77,12 +80,18 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def phantoms(args, folder: Path) -> tuple[ImageDataset, np.ndarray]:
-    """The pool (split 'train'/'val' of the npy layout) and the held-out patients ('test'), with their features."""
+def held_out_patients(args) -> int:
+    """Held-out patients per class: the truth, A's test set, and one block per repetition of the parts run."""
+    reps = max(args.reps if "B" in args.parts else 0, args.shift_reps if "C" in args.parts else 0)
+    return args.truth_patients + 100 + reps * args.test_patients
+
+
+def phantoms(args, folder: Path, held_out: int, shift: str | None = None) -> tuple[ImageDataset, np.ndarray]:
+    """The pool (split 'train'/'val' of the npy layout) and `held_out` patients per class ('test'), with their
+    features; `shift` renders the held-out patients at another site (the pool is the same)."""
     k = args.images_per_patient
-    held_out = args.truth_patients + 100 + max(args.reps, args.shift_reps) * args.test_patients
     generate_phantoms(folder, size=SIZE, n_per_class=args.pool_patients * k, n_test_per_class=held_out * k,
-                      images_per_patient=k, seed=args.seed)
+                      images_per_patient=k, seed=args.seed, shift=shift)
     data = load_dataset(DataConfig(path=folder))
     log(f"{len(data.labels)} phantoms rendered; embedding them")
     with num_threads(1):  # one thread: measured 5-10x faster than two on a busy 2-core machine (tests/audit)
@@ -90,13 +99,14 @@ def phantoms(args, folder: Path) -> tuple[ImageDataset, np.ndarray]:
     return data, features
 
 
-def held_out_blocks(data: ImageDataset, args) -> dict[str, np.ndarray]:
-    """Row indices of the held-out parts, by patient: truth, the test set of A, and one block per repetition."""
+def held_out_blocks(data: ImageDataset, args, truth: int) -> dict[str, np.ndarray]:
+    """Row indices of the held-out parts, by patient: `truth` patients per class, the test set of A, and one block
+    per repetition."""
     test = np.flatnonzero(data.splits == "test")
     number = np.array([int(g.rsplit("-", 1)[1]) for g in data.groups[test]])  # patient number within its class
-    t, n = args.truth_patients, args.test_patients
+    t, n = truth, args.test_patients
     blocks = {"truth": test[number < t], "a_test": test[(number >= t) & (number < t + 100)]}
-    for r in range(max(args.reps, args.shift_reps)):
+    for r in range((number.max() + 1 - t - 100) // n):
         lo = t + 100 + r * n
         blocks[r] = test[(number >= lo) & (number < lo + n)]
     return blocks
@@ -162,6 +172,7 @@ def _summary(place: dict) -> dict:
 
 def coverage(data: ImageDataset, features: np.ndarray, blocks: dict, args) -> dict:
     pool = np.flatnonzero(data.splits != "test")
+    features = features.astype(np.float64)  # float32 probabilities sum to 1 only within 1e-7: scikit-learn warns
     scaler = StandardScaler().fit(features[pool])
     head = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(features[pool]), data.labels[pool])
     test = np.flatnonzero(data.splits == "test")
@@ -187,7 +198,8 @@ def coverage(data: ImageDataset, features: np.ndarray, blocks: dict, args) -> di
                 f"by patient {hits['patient']['accuracy'] / (r + 1):.3f}")
     reps = args.reps
     return {"truth": {m: truth[m] for m in METRICS}, "truth_images": int(len(truth_rows)),
-            "test_images": int(len(blocks[0])), "reps": reps, "resamples": args.resamples,
+            "test_images": int(len(blocks[0])), "test_patients": int(len(np.unique(data.groups[blocks[0]]))),
+            "reps": reps, "resamples": args.resamples,
             "accuracy_sd_across_reps": float(np.std(points, ddof=1)),
             **{unit: {m: {"coverage": hits[unit][m] / reps,
                           "se": float(np.sqrt(hits[unit][m] / reps * (1 - hits[unit][m] / reps) / reps)),
@@ -198,11 +210,13 @@ def coverage(data: ImageDataset, features: np.ndarray, blocks: dict, args) -> di
 # ---- C: shift-test false alarms -----------------------------------------------------------------------------------
 
 
-def false_alarms(data: ImageDataset, features: np.ndarray, blocks: dict, args) -> dict:
+def false_alarms(data: ImageDataset, features: np.ndarray, blocks: dict, args, reps: int, what: str) -> dict:
+    """Rejections of the within-class decision over `reps` repetitions (false alarms, or power with shifted test
+    patients)."""
     pool = np.flatnonzero(data.splits != "test")
     cfg = AuditConfig(permutations=199, alpha=args.alpha)
     alarms = {"image": 0, "patient": 0}
-    for r in range(args.shift_reps):
+    for r in range(reps):
         rng = np.random.default_rng(10_000 + r)
         reference = []
         for c in (0, 1):  # 60 patients per class of the pool: 50 train, 10 val
@@ -219,8 +233,7 @@ def false_alarms(data: ImageDataset, features: np.ndarray, blocks: dict, args) -
             result, _ = shift_tests(subset, features[rows], cfg.model_copy(update={"seed": r}))
             alarms[unit] += bool(result["within_class"]["reject"])
         if (r + 1) % 50 == 0:
-            log(f"C: {r + 1} repetitions, false alarms by image {alarms['image']}, by patient {alarms['patient']}")
-    reps = args.shift_reps
+            log(f"C: {r + 1} repetitions, {what} by image {alarms['image']}, by patient {alarms['patient']}")
     bound = args.alpha + 2 * np.sqrt(args.alpha * (1 - args.alpha) / reps)
     return {"reps": reps, "alpha": args.alpha, "bound": float(bound), "permutations": cfg.permutations,
             **{unit: {"alarms": n, "rate": n / reps, "se": float(np.sqrt(n / reps * (1 - n / reps) / reps))}
@@ -231,8 +244,18 @@ def false_alarms(data: ImageDataset, features: np.ndarray, blocks: dict, args) -
 
 
 def table(result: dict) -> str:
-    a, b, c = result["val"], result["coverage"], result["shift"]
     lines = ["| measure | by image | by patient |", "|---|---|---|"]
+    if "val" in result:
+        lines += _table_a(result["val"])
+    if "coverage" in result:
+        lines += _table_b(result["coverage"])
+    if "shift" in result:
+        lines += _table_c(result["shift"], result.get("power"))
+    return "\n".join(lines)
+
+
+def _table_a(a: dict) -> list[str]:
+    lines = []
     for prefix, model in (("", "linear head"), ("nn_", "1-nearest neighbour")):
         for key, name in (("val", "val accuracy"), ("test", "test accuracy (new patients)"), ("gap", "val − test")):
             image, patient = a["image"][prefix + key], a["patient"][prefix + key]
@@ -242,14 +265,27 @@ def table(result: dict) -> str:
     lines.append(f"| A. re-split val − test gap (original {r['original_gap']:+.3f}, R = {r['resplits']}) | "
                  f"{r['image']['gap']['mean']:+.3f} ± {r['image']['gap']['sd']:.3f} | "
                  f"{r['patient']['gap']['mean']:+.3f} ± {r['patient']['gap']['sd']:.3f} |")
+    return lines
+
+
+def _table_b(b: dict) -> list[str]:
+    lines = []
+    patients = f"{b['test_patients']} patients ({b['test_images']} images)"
     for m in METRICS:
         cells = [f"{b[u][m]['coverage']:.3f} ± {b[u][m]['se']:.3f} (width {b[u][m]['mean_width']:.3f})"
                  for u in ("image", "patient")]
-        lines.append(f"| B. 95 % CI coverage of {m} (mean width) | {cells[0]} | {cells[1]} |")
+        lines.append(f"| B. 95 % CI coverage of {m}, {patients} per test set (mean width) | {cells[0]} | "
+                     f"{cells[1]} |")
+    return lines
+
+
+def _table_c(c: dict, power: dict | None) -> list[str]:
     cells = [f"{c[u]['alarms']}/{c['reps']} = {c[u]['rate']:.3f} ± {c[u]['se']:.3f}" for u in ("image", "patient")]
-    lines.append(f"| C. shift-test false alarms at alpha {c['alpha']} (bound {c['bound']:.3f}) | {cells[0]} | "
-                 f"{cells[1]} |")
-    return "\n".join(lines)
+    lines = [f"| C. shift-test false alarms at alpha {c['alpha']} (bound {c['bound']:.3f}) | {cells[0]} | {cells[1]} |"]
+    if power:
+        cells = [f"{power[u]['alarms']}/{power['reps']} = {power[u]['rate']:.3f}" for u in ("image", "patient")]
+        lines.append(f"| C. power against an acquisition shift | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -257,14 +293,22 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=1, user_api="blas"):
-        data, features = phantoms(args, Path(tmp) / "phantoms")
-        blocks = held_out_blocks(data, args)
+        data, features = phantoms(args, Path(tmp) / "phantoms", held_out_patients(args))
+        blocks = held_out_blocks(data, args, args.truth_patients)
         result = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                   "images": int(len(data.labels)), "seconds_setup": time.perf_counter() - start}
-        result["val"] = val_carving(data, features, blocks, args)
-        result["coverage"] = coverage(data, features, blocks, args)
-        result["shift"] = false_alarms(data, features, blocks, args)
+        if "A" in args.parts:
+            result["val"] = val_carving(data, features, blocks, args)
+        if "B" in args.parts:
+            result["coverage"] = coverage(data, features, blocks, args)
+        if "C" in args.parts:
+            result["shift"] = false_alarms(data, features, blocks, args, args.shift_reps, "false alarms")
+            del data, features, blocks
+            shifted, features = phantoms(args, Path(tmp) / "shifted", 100 + args.power_reps * args.test_patients,
+                                         shift="acquisition")
+            blocks = held_out_blocks(shifted, args, 0)
+            result["power"] = false_alarms(shifted, features, blocks, args, args.power_reps, "detections")
     result["seconds"] = time.perf_counter() - start
     text = json.dumps(result, indent=2)
     print(text)
