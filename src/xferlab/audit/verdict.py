@@ -86,7 +86,8 @@ def pixel_finding(pixels: dict, limit: int = 4) -> tuple[str, str] | None:
 
 
 def patients_text(groups: dict, examples: int = 3) -> str:
-    """'3 of 120 patients span more than one split (9 images; train-test 3), e.g. person23 (train 2, test 1)'."""
+    """'3 of 120 groups (patients) span more than one split (9 images; train-test 3), e.g. person23 (train 2, test
+    1); ...'."""
     pairs = ", ".join(f"{k} {v}" for k, v in (groups.get("shared_by_splits") or {}).items() if v)
     shown = "; ".join(f"{g['group']} ({', '.join(f'{s} {n}' for s, n in g['counts'].items())})"
                       for g in groups["overlapping"][:examples])
