@@ -184,7 +184,7 @@ def _dicom_groups(files: Sequence[Path], names: Sequence[str], unmatched: str, w
     ids = [patient_id(f) if is_dicom(f) else "" for f in files]
     present = {g for g in ids if g}
     if len(ids) > 1 and len(present) <= 1:
-        seen = f"'{next(iter(present))}' in every file" if present else "empty in every file"
+        seen = f"'{next(iter(present))}' wherever it is set" if present else "empty in every file"
         log.warning("%s: the DICOM PatientID is %s (anonymised?), so it tells no patients apart: no patient groups; "
                     "pass --groups PATTERN if the file names carry patient ids", where, seen)
         return None
@@ -194,8 +194,8 @@ def _dicom_groups(files: Sequence[Path], names: Sequence[str], unmatched: str, w
 # ---- npy sidecar ----------------------------------------------------------------------------------------------------
 
 
-def sidecar_groups(root: Path, arrays: Sequence[tuple[str, int]], setting: str | None, unmatched: str,
-                   ) -> tuple[np.ndarray | None, str | None]:
+def sidecar_groups(root: Path, arrays: Sequence[tuple[str, int]], setting: str | None,
+                   unmatched: str) -> tuple[np.ndarray | None, str | None]:
     """Patient ids of the npy layout's rows from `root/groups.csv` (None without the file or with data.groups none).
 
     `arrays`: (file name, rows) of every .npy file in dataset order.
