@@ -24,8 +24,9 @@ def save_png16(path: Path, pixels: np.ndarray, sbit: int | None = None) -> Path:
 
 def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2",
                 window: tuple[float, float] | None = None, rescale: tuple[float, float] | None = None,
-                frames: int = 1) -> Path:
-    """An uncompressed single-sample DICOM with 16-bit containers holding `bits_stored` bits."""
+                frames: int = 1, patient_id: str | None = None) -> Path:
+    """An uncompressed single-sample DICOM with 16-bit containers holding `bits_stored` bits (and a PatientID when
+    `patient_id` is given)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -41,6 +42,8 @@ def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int, photometric: s
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
     if frames > 1:
         ds.NumberOfFrames = frames
+    if patient_id is not None:
+        ds.PatientID = patient_id
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if rescale is not None:

@@ -9,8 +9,13 @@ Schema: every folder kind has a SCHEMA_VERSION, stored in its main JSON file (me
 audit.json). Files without one were written before versioning and read as version 1, the format they have; a file
 from a newer xferlab is refused with an error that says to upgrade.
 
+    1  the first format
+    2  predictions.npz may hold {split}_groups (patient ids); audit.json, results.json and metrics.json gained
+       patient fields (the readers take version 1 folders as they are: no groups, every image its own patient)
+
     run folder     config.yaml (resolved TrainConfig), history.csv (one row per epoch), metrics.json,
-                   predictions.npz ({split}_labels, {split}_probs for val and test at the best epoch), model.pt,
+                   predictions.npz ({split}_labels, {split}_probs for val and test at the best epoch, and
+                   {split}_groups, the patient ids, when the data has them: schema 2), model.pt,
                    curves.png (drawn by xferlab.report from the history), model.onnx (only from xferlab export),
                    report.html (only from `xferlab report RUN`)
     diverged run   a study's run whose losses diverged: config.yaml, history.csv (the epochs trained) and
@@ -37,7 +42,7 @@ import numpy as np
 from xferlab import checks, files
 from xferlab.errors import XferlabError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The data splits, in order; the splits evaluated and saved with predictions are the last two (train only trains).
 SPLITS = ("train", "val", "test")
@@ -98,8 +103,9 @@ def _read_json(path: Path) -> dict:
 
 @dataclass
 class RunFolder:
-    """A finished run as saved: the resolved config (YAML values), per-epoch history, metrics.json, and the best
-    epoch's predictions as {split: (labels, probs)}."""
+    """A finished run as saved: the resolved config (YAML values), per-epoch history, metrics.json, the best
+    epoch's predictions as {split: (labels, probs)} and, when the data had them, each split's patient ids as
+    {split: groups} (empty for runs without groups and for folders of schema 1)."""
 
     path: Path
     config: dict[str, Any]
@@ -107,6 +113,7 @@ class RunFolder:
     metrics: dict[str, Any]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]]
     schema_version: int = SCHEMA_VERSION
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -127,14 +134,18 @@ def history_csv(history: list[dict[str, Any]]) -> str:
 
 
 def write_run(folder: Path, config_yaml: str, history: list[dict[str, Any]], metrics: dict[str, Any],
-              predictions: dict[str, tuple[np.ndarray, np.ndarray]], checkpoint: dict[str, Any] | None = None) -> None:
-    """Write a run folder's data files into `folder` (a staging folder: xferlab.files.staged_dir)."""
+              predictions: dict[str, tuple[np.ndarray, np.ndarray]], checkpoint: dict[str, Any] | None = None,
+              groups: dict[str, np.ndarray] | None = None) -> None:
+    """Write a run folder's data files into `folder` (a staging folder: xferlab.files.staged_dir); `groups`: patient
+    ids per split of `predictions`, when the data has them."""
     folder = Path(folder)
     files.write_text(folder / CONFIG_YAML, config_yaml)
     files.write_text(folder / HISTORY_CSV, history_csv(history))
     files.write_json(folder / METRICS_JSON, {**metrics, "schema_version": SCHEMA_VERSION})
-    files.save_npz(folder / PREDICTIONS_NPZ, **{f"{s}_{kind}": arr for s, (labels, probs) in predictions.items()
-                                               for kind, arr in (("labels", labels), ("probs", probs))})
+    arrays = {f"{s}_{kind}": arr for s, (labels, probs) in predictions.items()
+              for kind, arr in (("labels", labels), ("probs", probs))}
+    arrays.update({f"{s}_groups": np.asarray(ids).astype(str) for s, ids in (groups or {}).items()})
+    files.save_npz(folder / PREDICTIONS_NPZ, **arrays)
     if checkpoint is not None:
         files.save_torch(folder / MODEL_PT, checkpoint)
 
@@ -169,8 +180,8 @@ def read_run(folder: Path) -> RunFolder:
     except XferlabError as err:
         raise XferlabError(f"{err} ({checks.rerun_hint(folder)})") from None
     history = checks.read_history(folder / HISTORY_CSV)
-    predictions = checks.read_predictions(folder / PREDICTIONS_NPZ, EVAL_SPLITS, len(metrics["class_names"]))
-    return RunFolder(folder, config, history, metrics, predictions, version)
+    predictions, groups = checks.read_predictions(folder / PREDICTIONS_NPZ, EVAL_SPLITS, len(metrics["class_names"]))
+    return RunFolder(folder, config, history, metrics, predictions, version, groups)
 
 
 @dataclass

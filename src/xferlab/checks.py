@@ -85,10 +85,11 @@ def _number(text: str | None) -> float | int | None:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def read_predictions(path: Path, splits: tuple[str, ...], num_classes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_predictions(path: Path, splits: tuple[str, ...], num_classes: int
+                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
     """A run's predictions.npz: per split of `splits` present, int labels (N) in 0..K-1 and finite class
-    probabilities (N×K) whose rows sum to 1, K = num_classes (metrics.json's class_names). The first split is
-    required."""
+    probabilities (N×K) whose rows sum to 1, K = num_classes (metrics.json's class_names); the first split is
+    required. Also the patient ids (N strings) of the splits that have them ({split}_groups, schema 2)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as saved:
@@ -102,7 +103,17 @@ def read_predictions(path: Path, splits: tuple[str, ...], num_classes: int) -> d
     first = splits[0]
     if f"{first}_labels" not in arrays or f"{first}_probs" not in arrays:
         raise damaged(path, f"has no {first}_labels / {first}_probs (found {sorted(arrays)})")
-    return {s: _split_predictions(path, s, arrays, num_classes) for s in splits if f"{s}_labels" in arrays}
+    predictions = {s: _split_predictions(path, s, arrays, num_classes) for s in splits if f"{s}_labels" in arrays}
+    return predictions, {s: _split_groups(path, s, arrays, len(predictions[s][0])) for s in predictions
+                         if f"{s}_groups" in arrays}
+
+
+def _split_groups(path: Path, split: str, arrays: dict, n: int) -> np.ndarray:
+    groups = arrays[f"{split}_groups"]
+    if groups.shape != (n,) or groups.dtype.kind != "U":
+        raise damaged(path, f"{split}_groups must hold one patient id (text) per {split} case ({n}), got "
+                            f"{groups.dtype} {groups.shape}")
+    return groups
 
 
 def _split_predictions(path: Path, split: str, arrays: dict, k: int) -> tuple[np.ndarray, np.ndarray]:

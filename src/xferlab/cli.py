@@ -23,8 +23,8 @@ log = logging.getLogger("xferlab")
 # The options each command takes from a config model: option name, type, choices, default and help all come from the
 # model's fields (xferlab.config), so they exist once. Options default to None here, so that only the options given
 # on the command line are laid over a YAML file; --help shows the model's default.
-DATA_OPTIONS = ("path", "format", "image_size", "val_split", "medmnist_flag", "skip_unreadable", "allow_external_links",
-                "memory_budget_mb", "loader_workers")
+DATA_OPTIONS = ("path", "format", "image_size", "val_split", "groups", "unmatched", "medmnist_flag", "skip_unreadable",
+                "allow_external_links", "memory_budget_mb", "loader_workers")
 TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "weight_decay", "scheduler", "seed",
                  "device", "num_threads", "cuda_graphs", "inference_batch_size", "test_bn")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="acquisition: render the test split as if from another site; shortcut: a burned-in marker "
                         "with 90%% of pneumonia and 10%% of normal train/val images, none in test")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--images-per-patient", type=_positive_int, default=1,
+                   help="K consecutive images per patient (one anatomy, repositioned and re-imaged), named in "
+                        "groups.csv (docs/patients.md)")
 
     p = sub.add_parser("backbones", help="list registered backbones and whether weights are available offline")
     p.add_argument("--all", action="store_true", help="also every timm model with pretrained weights (timm:NAME) "
@@ -396,7 +399,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
     counts = {k: v for k, v in (("n_per_class", args.n_per_class), ("n_test_per_class", args.n_test_per_class))
               if v is not None}
-    out = generate_phantoms(args.out, size=args.size, shift=args.shift, seed=args.seed, **counts)
+    out = generate_phantoms(args.out, size=args.size, shift=args.shift, seed=args.seed,
+                            images_per_patient=args.images_per_patient, **counts)
     print(f"phantoms written to {out}")
     return 0
 

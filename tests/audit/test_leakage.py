@@ -97,6 +97,7 @@ def test_a_patient_group_leak_is_found(small_phantoms, single_blas_thread):
     assert overlap["status"] == "ok" and overlap["count"] == 2 and overlap["images"] == 5
     assert {o["group"] for o in overlap["overlapping"]} == {groups[train[0]], "shared"}
     assert overlap["overlapping"][0]["counts"].keys() == {"train", "test"}
+    assert overlap["shared_by_splits"] == {"train-val": 0, "train-test": 2, "val-test": 0}
     assert result["leak"] is True
 
 
@@ -107,16 +108,20 @@ def _group_overlap_by_brute_force(data: ImageDataset) -> dict:
         return {"index": i, "split": split, "class": data.class_names[data.labels[i]],
                 "split_index": sum(s == split for s in data.splits[:i]), "group": data.groups[i]}
 
-    spanning = []
+    spanning, present = [], []
     for g in sorted(set(data.groups)):
         members = [i for i in range(len(data.groups)) if data.groups[i] == g]
         splits = [s for s in SPLITS if any(data.splits[i] == s for i in members)]
+        present.append(set(splits))
         if len(splits) > 1:
             spanning.append({"group": g, "counts": {s: sum(data.splits[i] == s for i in members) for s in splits},
                              "examples": [name(next(i for i in members if data.splits[i] == s)) for s in splits],
                              "images": len(members)})
+    shared = {f"{a}-{b}": sum(a in p and b in p for p in present)
+              for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
     return {"status": "ok", "groups": len(set(data.groups)), "count": len(spanning),
-            "images": sum(o["images"] for o in spanning), "overlapping": spanning[:MAX_LISTED]}
+            "images": sum(o["images"] for o in spanning), "shared_by_splits": shared,
+            "overlapping": spanning[:MAX_LISTED]}
 
 
 def test_group_overlap_matches_a_brute_force_count_on_many_groups():

@@ -58,7 +58,7 @@ def test_a_harder_than_random_test_split_is_caught_and_re_splitting_closes_the_g
 def test_a_random_split_is_not_flagged_and_small_r_says_it_cannot_reach_alpha():
     data, features = _features_dataset(np.random.default_rng(1))
     result = resplit_experiment(data, features, AuditConfig(resplits=19, **FAST), progress=False)
-    assert result["note"] is None
+    assert result["note"] is None and result["unit"] == "image" and "by_image" not in result
     assert not result["test_lower"] and not result["gap_larger"]  # a 5 % false alarm is possible; seed 1 is not one
     result = resplit_experiment(data, features, AuditConfig(resplits=5, **FAST), progress=False)
     assert "smallest p-value is 0.167" in result["note"] and "at least 19 re-splits" in result["note"]
@@ -75,9 +75,19 @@ def test_re_splits_keep_patient_groups_whole():
         data.splits[np.isin(groups, patients[-17:])] = "test"
         data.splits[np.isin(groups, patients[-27:-17])] = "val"
     result = resplit_experiment(data, features, AuditConfig(resplits=3, **FAST), progress=False)
-    assert result["status"] == "ok"
+    assert result["status"] == "ok" and result["unit"] == "patient"
     for run in result["runs"]:
         assert abs(run["sizes"]["test"] - 102) <= 15  # group-aware sizes are approximate (data.splits docstring)
+    # beside them, as many re-splits by image, with the original's sizes exactly and the same seeds
+    by_image = result["by_image"]
+    assert [r["seed"] for r in by_image["runs"]] == [r["seed"] for r in result["runs"]]
+    assert all(r["sizes"] == result["sizes"] for r in by_image["runs"])
+    assert set(by_image) >= {"test_accuracy", "gap", "resplit_history_mean", "test_lower", "gap_larger"}
+    from xferlab.audit.verdict import resplit_finding
+
+    text = resplit_finding(result)[1]
+    assert "Re-split (frozen, by patient)" in text and "Re-split by image instead" in text
+    assert f"{by_image['gap']['resplit_mean']:+.3f}" in text
 
 
 def test_a_non_frozen_regime_trains_the_backbone_on_every_re_split(tiny_npy):

@@ -188,3 +188,52 @@ def test_the_note_says_when_permutations_cannot_reach_alpha(single_blas_thread):
     assert "smallest adjusted permutation p-value" in result["within_class"]["note"]
     result, _ = shift.shift_tests(_dataset(labels, splits), emb, AuditConfig(permutations=199))
     assert result["within_class"]["note"] is None
+
+
+def test_ks_by_permutation_has_scipys_statistic_and_moves_whole_patients():
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(80, 3))
+    groups = np.repeat(np.arange(20).astype(str), 4)
+    is_target = np.repeat(rng.random(20) < 0.4, 4)
+    blocks = shift.patient_blocks(groups, is_target)
+    labels = shift.label_matrix(is_target, permutations=50, rng=rng, blocks=blocks)
+    for column in labels.T:  # every permutation keeps each patient's images on one side
+        assert all(len(set(column[blocks == b])) == 1 for b in np.unique(blocks))
+        assert column.sum() == 4 * is_target[::4].sum()  # here all patients have 4 images
+    result = shift.ks_permutation_test(z, labels, components=3)
+    for j in range(3):
+        assert result["d"][j] == pytest.approx(stats.ks_2samp(z[is_target, j], z[~is_target, j]).statistic)
+    assert result["p"] == pytest.approx(min(1.0, 3 * min(result["p_per_component"])))
+    assert result["permutations"] == 50
+
+
+def _patient_effect(rng, patients=60, k=4, dim=30, patient_sd=3.0):
+    """Embeddings dominated by the patient (k images each, a shared offset 3× the image noise), patients split at
+    random between train+val and test: no shift, but images of one patient are far from independent."""
+    labels = np.repeat(np.arange(patients) % 2, k)
+    groups = np.repeat(np.arange(patients).astype(str), k)
+    emb = np.repeat(rng.normal(0, patient_sd, (patients, dim)), k, axis=0) + rng.normal(size=(patients * k, dim))
+    emb[:, 0] += 2.0 * labels
+    side = np.repeat(np.where(rng.random(patients) < 0.35, "test", "train").astype(object), k)
+    for c in (0, 1):  # one patient of each class in val
+        side[groups == groups[np.flatnonzero((side == "train") & (labels == c))[0]]] = "val"
+    return labels, groups, emb, side
+
+
+def test_a_patient_effect_raises_false_alarms_by_image_and_not_by_patient(single_blas_thread):
+    """No shift, strong patient effect: image-level folds and permutations reject far above alpha (the classifier
+    recognises patients across folds; permuting images mixes patients); patient-level ones stay at alpha."""
+    rng = np.random.default_rng(99)
+    cfg = AuditConfig(permutations=99, components=8, ks_components=4)
+    reps = 60
+    rejections = {"image": 0, "patient": 0}
+    for rep in range(reps):
+        labels, groups, emb, splits = _patient_effect(rng)
+        for unit, g in (("image", None), ("patient", groups)):
+            data = ImageDataset(images=np.zeros((len(labels), 4, 4), np.uint8), labels=labels,
+                                class_names=["normal", "pneumonia"], splits=splits, groups=g)
+            result, _ = shift.shift_tests(data, emb, cfg.model_copy(update={"seed": rep}))
+            rejections[unit] += result["within_class"]["reject"]
+            assert result["within_class"]["unit"] == unit
+    assert _not_above_alpha(rejections["patient"], reps), rejections
+    assert rejections["image"] >= reps // 2, rejections

@@ -224,3 +224,42 @@ def test_roi_masks_are_the_lung_fields(plain: Path) -> None:
     from xferlab.data.sources import load_dataset
 
     assert load_dataset(DataConfig(path=str(plain))).class_names == list(CLASS_NAMES)
+
+
+def test_one_image_per_patient_is_what_the_phantoms_always_were(plain: Path, tmp_path: Path) -> None:
+    again = _make(tmp_path / "k1", images_per_patient=1)
+    for name, array in _arrays(plain).items():
+        assert np.array_equal(array, _arrays(again)[name]), name
+    assert not (again / "groups.csv").exists()
+    assert json.loads((again / "phantoms.json").read_text())["images_per_patient"] == 1
+
+
+def test_several_images_per_patient_show_one_recognisable_patient(tmp_path: Path) -> None:
+    """K = 3: consecutive images are one patient, named in groups.csv. They are not copies, and the patient is
+    recognisable: an image's nearest neighbour (pixels standardised per image, which removes the acquisition's
+    brightness and contrast) is another image of its patient far more often than chance (2 of 119)."""
+    folder = _make(tmp_path / "k3", n_per_class=60, images_per_patient=3)
+    from xferlab.config import DataConfig
+    from xferlab.data.sources import load_dataset
+
+    data = load_dataset(DataConfig(path=folder))
+    assert data.meta["groups_from"] == "groups.csv"
+    pool = data.splits != "test"
+    assert data.groups[pool].tolist() == [f"{c}-{i // 3:05d}" for c in ("normal", "pneumonia") for i in range(60)]
+    assert not set(data.groups[data.splits == "val"]) & set(data.groups[data.splits == "train"])
+    x = data.images[pool].reshape(pool.sum(), -1).astype(float)
+    assert len({im.tobytes() for im in data.images[pool]}) == pool.sum()  # no two images alike
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    same = data.groups[pool][dist.argmin(1)] == data.groups[pool]
+    assert same.mean() > 0.8  # measured 1.0 at 32 px (120 images, 40 patients)
+    _make(folder, images_per_patient=1)  # the same folder again, one image per patient: groups.csv goes
+    assert not (folder / "groups.csv").exists()
+
+
+@pytest.mark.parametrize("value", [0, 101, 2.0, True])
+def test_images_per_patient_is_checked(tmp_path: Path, value) -> None:
+    with pytest.raises(XferlabError, match="images_per_patient: must be an integer from 1 to 100"):
+        _make(tmp_path / "bad", images_per_patient=value)
+    assert not (tmp_path / "bad").exists()

@@ -26,11 +26,21 @@ def test_ordered_val_follows_file_order_when_classes_interleave():
     assert np.flatnonzero(mask).tolist() == [16, 17, 18, 19]
 
 
-def test_ordered_val_refuses_groups_on_both_sides():
-    labels = np.zeros(10, dtype=int)
-    groups = np.array(["p1"] * 9 + ["p1"])
-    with pytest.raises(XferlabError, match="patient leakage.*val_split: random"):
-        carve_val(labels, groups, 0.2, "ordered")
+def test_ordered_val_with_groups_is_the_last_fifth_of_each_class_patients_in_order_of_first_appearance():
+    # class 0: patients a..e (a has images at both ends of the file); class 1: f..o; p is mostly class 1
+    groups = np.array(list("abcde") + ["a"] + list("fghijklmno") + ["p", "p", "p"])
+    labels = np.array([0] * 6 + [1] * 10 + [1, 1, 0])
+    mask = carve_val(labels, groups, 0.2, "ordered")
+    # class 0: round(0.2 * 5) = 1 patient (e, the last to appear; a's late image stays with a in train);
+    # class 1 (majority): f..o and p = 11 patients, round(2.2) = 2: o and p, p's class-0 image with it
+    assert sorted(set(groups[mask])) == ["e", "o", "p"]
+    assert not set(groups[mask]) & set(groups[~mask])
+    assert mask[-3:].all() and not mask[5]
+
+
+def test_ordered_val_by_patient_needs_two_patients_per_class():
+    with pytest.raises(XferlabError, match="majority label of 1 patient.*data.groups: none"):
+        carve_val(np.array([0, 0, 1, 1]), np.array(["a", "a", "b", "c"]), 0.2, "ordered")
 
 
 def test_random_val_is_seeded_and_stratified():

@@ -91,3 +91,139 @@ def test_paired_difference_is_narrower_than_separate_intervals_for_correlated_mo
     assert diff["low"] <= diff["value"] <= diff["high"]
     single = metric_intervals(y, a, resamples=500, seed=0)["accuracy"]
     assert diff["high"] - diff["low"] < single[1] - single[0]
+
+
+# ---- weights and the cluster bootstrap (patients, not images) -----------------------------------------------------
+
+
+def _sklearn_metrics(y, probs, w):
+    """Every metric scikit-learn computes with sample_weight (ECE has no scikit-learn version)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        brier_score_loss,
+        f1_score,
+        multilabel_confusion_matrix,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    avg = {"pos_label": 1} if k == 2 else {"average": "macro", "labels": np.arange(k)}
+    mcm = multilabel_confusion_matrix(y, pred, labels=np.arange(k), sample_weight=w)
+    spec = mcm[:, 0, 0] / (mcm[:, 0, 0] + mcm[:, 0, 1])
+    return {"accuracy": accuracy_score(y, pred, sample_weight=w),
+            "balanced_accuracy": balanced_accuracy_score(y, pred, sample_weight=w),
+            "auroc": roc_auc_score(y, probs[:, 1], sample_weight=w) if k == 2 else
+            roc_auc_score(y, probs, multi_class="ovr", average="macro", sample_weight=w),
+            "sensitivity": recall_score(y, pred, sample_weight=w, zero_division=0, **avg),
+            "specificity": spec[1] if k == 2 else spec.mean(),
+            "precision": precision_score(y, pred, sample_weight=w, zero_division=0, **avg),
+            "f1": f1_score(y, pred, sample_weight=w, zero_division=0, **avg),
+            "brier": brier_score_loss(y, probs, sample_weight=w, labels=np.arange(k))}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_weighted_batched_metrics_equal_scikit_learns_sample_weight(k):
+    """Case weights (a cluster bootstrap's patient multiplicities, here also fractions) give scikit-learn's
+    sample_weight numbers, ties included; integer weights give the metrics of the cases repeated, ECE included."""
+    rng = np.random.default_rng(10 + k)
+    y = rng.integers(0, k, 90)
+    probs = _probs(rng, y, k, ties=True)
+    weights = np.vstack([rng.integers(0, 4, (3, 90)), rng.uniform(0.1, 2.0, (2, 90))]).astype(float)
+    weights[:, :k] += 1  # k distinct labels up front (rng) keep every class weighted; checked below
+    assert all(len(np.unique(y[w > 0])) == k for w in weights)
+    batched = batched_metrics(y, probs, weights)
+    assert batched.shape == (len(METRICS), 5)
+    for i, w in enumerate(weights):
+        expected = _sklearn_metrics(y, probs, w)
+        got = dict(zip(METRICS, batched[:, i]))
+        assert {m: got[m] for m in expected} == pytest.approx(expected, rel=1e-12), i
+        if i < 3:  # integers: the repeated cases
+            repeated = np.repeat(np.arange(len(y)), w.astype(int))
+            assert got["ece"] == pytest.approx(point_metrics(y[repeated], probs[repeated])["ece"], rel=1e-12)
+    # weights of one give the unweighted numbers to the bit
+    np.testing.assert_array_equal(batched_metrics(y, probs, np.ones(len(y))), batched_metrics(y, probs))
+
+
+def test_a_cluster_bootstrap_of_one_image_per_patient_is_the_image_bootstrap():
+    """Same seed, same draws: identical intervals (ECE and Brier to float rounding: their sums run in another
+    order), and the same paired differences."""
+    rng = np.random.default_rng(7)
+    y, probs = _simulated_case(rng, 50, 0.6)
+    singletons = np.array([f"p{i}" for i in rng.permutation(len(y))])
+    image = metric_intervals(y, probs, resamples=500, seed=3)
+    cluster = metric_intervals(y, probs, singletons, resamples=500, seed=3)
+    for m in METRICS:
+        assert cluster[m] == (image[m] if m not in ("ece", "brier") else pytest.approx(image[m], rel=1e-12)), m
+    other = probs[rng.permutation(len(y))]
+    a, b = paired_difference(y, probs, other, resamples=300, seed=5), \
+        paired_difference(y, probs, other, singletons, resamples=300, seed=5)
+    assert a["accuracy"] == b["accuracy"] and a["auroc"] == b["auroc"]
+
+
+def test_the_cluster_bootstrap_resamples_whole_patients_within_their_class():
+    """Each resample's weights are the patients' multiplicities: constant within a patient, whole numbers, and
+    per class summing to that class's patient count (a patient's class: its majority label)."""
+    from xferlab.data.groups import patients_of
+    from xferlab.evaluation.bootstrap import stratified_bootstrap
+
+    rng = np.random.default_rng(8)
+    groups = np.repeat([f"p{i}" for i in range(30)], rng.integers(1, 5, 30))
+    patients = patients_of(groups, np.zeros(len(groups), int))
+    y = (patients.index % 3 == 0).astype(int)  # one class per patient: 10 of class 1, 20 of class 0
+    y[0] = 1 - y[0]  # patient p0's first image has the other label: p0 stays in its majority class
+    seen = []
+
+    def record(labels, values, weights):
+        seen.append(weights)
+        return weights.sum(-1)
+
+    stratified_bootstrap(y, np.zeros((len(y), 1)), record, groups=groups, resamples=50, seed=0)
+    weights = np.concatenate(seen)
+    per_patient = weights[:, np.unique(patients.index, return_index=True)[1]]  # the first image of each patient
+    np.testing.assert_array_equal(weights, per_patient[:, patients.index])
+    assert (weights == np.round(weights)).all()
+    label = patients_of(groups, y).label
+    for c, n in ((0, 20), (1, 10)):
+        np.testing.assert_array_equal(per_patient[:, label == c].sum(1), n)
+
+
+def _accuracy(labels, values, weights):
+    """Accuracy from a 0/1 'correct' column: the mean over (resampled or weighted) cases."""
+    correct = values[..., 0]
+    return correct.mean(-1) if weights is None else (correct * weights).sum(-1) / weights.sum(-1)
+
+
+def test_cluster_intervals_cover_where_image_intervals_under_cover():
+    """Patients of 4 images share a strong effect on the score (intra-patient correlation 0.9): images are not
+    independent, so resampling them gives intervals that are too narrow; resampling patients covers ~95 %. (The
+    accuracy alone, through the bootstrap itself, keeps 400 bootstraps cheap; benchmarks/patients.py measures the
+    metric table on phantoms.)"""
+    from xferlab.evaluation.bootstrap import stratified_bootstrap
+
+    separation, patient_sd, image_sd, patients, k, draws = 0.8, 1.5, 0.5, 40, 4, 200
+    true = norm.cdf(separation / np.hypot(patient_sd, image_sd))  # P(correct) of one image, either class
+    rng = np.random.default_rng(2024)
+    groups = np.repeat(np.arange(2 * patients).astype(str), k)
+    y = np.repeat(np.arange(2 * patients) % 2, k)
+    hits = {"image": 0, "patient": 0}
+    for draw in range(draws):
+        effect = np.repeat(rng.normal(0, patient_sd, 2 * patients), k)
+        score = np.where(y == 1, separation, -separation) + effect + rng.normal(0, image_sd, len(y))
+        correct = ((score > 0) == (y == 1)).astype(float)[:, None]
+        for unit, g in (("image", None), ("patient", groups)):
+            low, high = stratified_bootstrap(y, correct, _accuracy, groups=g, resamples=400, seed=draw)
+            hits[unit] += low <= true <= high
+    coverage = {u: h / draws for u, h in hits.items()}
+    assert 0.905 <= coverage["patient"] <= 0.99, coverage  # 3 Monte-Carlo sd of a 95 % rate over 200 draws
+    assert coverage["image"] < 0.85, coverage
+
+
+def test_no_interval_when_a_class_has_fewer_than_two_patients():
+    y = np.array([0, 0, 1, 1, 1])
+    probs = np.tile([0.6, 0.4], (5, 1))
+    assert metric_intervals(y, probs) is not None
+    assert metric_intervals(y, probs, np.array(["a", "b", "c", "c", "c"])) is None

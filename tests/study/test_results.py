@@ -20,9 +20,9 @@ def test_results_hold_one_row_per_run_recomputed_from_its_saved_predictions(trai
     results = collect_results(trained)
     write_results(results)
     doc = json.loads((trained / "results.json").read_text())
-    assert doc["schema_version"] == 1 and doc["primary_split"] == "test" and doc["missing_runs"] == []
-    assert doc["bootstrap"] == {"method": "percentile, stratified by class", "resamples": 200, "confidence": 0.95,
-                                "seed": 0}
+    assert doc["schema_version"] == 2 and doc["primary_split"] == "test" and doc["missing_runs"] == []
+    assert doc["bootstrap"] == {"method": "percentile bootstrap of images, stratified by class", "resamples": 200,
+                                "confidence": 0.95, "seed": 0}
     rows = {row["run"]: row for row in doc["runs"]}
     assert sorted(rows) == sorted(f"resnet18-{r}-seed{s}" for r in ("frozen", "finetune") for s in (0, 1))
     for name, row in rows.items():

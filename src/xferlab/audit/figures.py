@@ -179,28 +179,37 @@ def _curves(ax, history: list[dict], title: str) -> None:
 
 def resplit_figure(resplit: dict, path: Path) -> str:
     """(a) accuracy per epoch on the original split; (b) the mean over re-splits; (c) best-epoch accuracy per split,
-    original (diamonds) against the re-split distribution (boxes and points)."""
+    original (diamonds) against the re-split distribution (boxes and points): with patient groups, re-splits by
+    patient and by image side by side."""
     # 10 in at files.save_figure's 110 dpi fits the report's 1116 px column unshrunk, so 9 pt text stays 9 pt
     fig, axes = plt.subplots(1, 3, figsize=(10, 4.0))
     _curves(axes[0], resplit["original"]["history"], "(a) original split")
-    _curves(axes[1], resplit["resplit_history_mean"], f"(b) after re-splitting (mean of {resplit['resplits']})")
+    unit = " by patient" if resplit.get("unit") == "patient" else ""
+    _curves(axes[1], resplit["resplit_history_mean"], f"(b) re-split{unit} (mean of {resplit['resplits']})")
     lo = min(min(h[s] for h in resplit["original"]["history"] + resplit["resplit_history_mean"]) for s in SPLITS)
     for ax in axes[:2]:
         ax.set_ylim(max(0.0, lo - 0.05), 1.01)
     ax = axes[2]
     keys = ("train", "val", "test", "gap")
+    # with patient groups: the re-splits by patient (filled) beside those by image (hatched), one pair per key
+    ways = [(resplit["runs"], -0.2, None), (resplit["by_image"]["runs"], 0.2, "//")] \
+        if "by_image" in resplit else [(resplit["runs"], 0.0, None)]
+    width = 0.5 / len(ways)
     for i, key in enumerate(keys):
-        values = [r[key] for r in resplit["runs"]]
         colour = SPLIT_COLOURS.get(key, "tab:grey")
-        box = ax.boxplot(values, positions=[i], widths=0.5, patch_artist=True, showfliers=False)
-        box["boxes"][0].set(facecolor=colour, alpha=0.35)
-        jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(values))
-        ax.scatter(i + jitter, values, s=8, color=colour, alpha=0.8)
+        for runs, offset, hatch in ways:
+            values = [r[key] for r in runs]
+            box = ax.boxplot(values, positions=[i + offset], widths=width, patch_artist=True, showfliers=False)
+            box["boxes"][0].set(facecolor=colour, alpha=0.35, hatch=hatch)
+            jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(values)) / len(ways)
+            ax.scatter(i + offset + jitter, values, s=8, color=colour, alpha=0.8)
         ax.scatter([i], [resplit["original"][key]], marker="D", s=60, color="black", zorder=3,
                    label="original split" if i == 0 else None)
     ax.set_xticks(range(len(keys)), ["train", "val", "test", "val − test"])
     ax.axhline(0, color="grey", linewidth=0.5)
-    ax.set(ylabel="best-epoch accuracy; val − test: difference", title="(c) best epoch: original vs re-splits")
+    ways_note = "\nleft: re-splits by patient, right (hatched): by image" if len(ways) > 1 else ""
+    ax.set(ylabel="best-epoch accuracy; val − test: difference",
+           title=f"(c) best epoch: original vs re-splits{ways_note}")
     ax.grid(alpha=0.3, axis="y")
     # One legend above the panels, off every curve and point: splits (a, b) and the original split's marker (c).
     handles, labels = axes[0].get_legend_handles_labels()

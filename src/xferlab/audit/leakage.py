@@ -205,7 +205,8 @@ def _listed(data: ImageDataset, pairs: list, threshold: float, metric: str, cali
 
 
 def group_overlap(data: ImageDataset) -> dict:
-    """Groups (patients) with images in more than one split."""
+    """Groups (patients) with images in more than one split: how many, in which pairs of splits, and each one (up to
+    MAX_LISTED) with its images per split and an example image from each."""
     if data.groups is None:
         return {"status": "skipped", "reason": "the dataset has no groups (patient ids)"}
     names, group = np.unique(data.groups, return_inverse=True)
@@ -217,6 +218,10 @@ def group_overlap(data: ImageDataset) -> dict:
     pair_group = pairs // len(SPLITS)
     spanning = np.flatnonzero(np.bincount(pair_group, minlength=len(names)) > 1)
     sizes = np.bincount(group, minlength=len(names))
+    present = np.zeros((len(names), len(SPLITS)), dtype=bool)
+    present[pair_group, pairs % len(SPLITS)] = True
+    shared = {f"{a}-{b}": int((present[:, i] & present[:, j]).sum())
+              for i, a in enumerate(SPLITS) for j, b in enumerate(SPLITS) if i < j}
     positions = split_positions(data.splits)
     overlap = []
     for g in spanning[:MAX_LISTED]:
@@ -226,7 +231,7 @@ def group_overlap(data: ImageDataset) -> dict:
                         "examples": [describe(data, first[r], positions) for r in rows],
                         "images": int(sizes[g])})
     return {"status": "ok", "groups": len(names), "count": len(spanning), "images": int(sizes[spanning].sum()),
-            "overlapping": overlap}
+            "shared_by_splits": shared, "overlapping": overlap}
 
 
 def aligned_copies(data: ImageDataset, descriptors: np.ndarray, hashes: np.ndarray, cfg: AuditConfig,

@@ -3,7 +3,11 @@ group-aware re-splits with the original sizes, train the chosen regime on each a
 accuracy and val-test gap in the re-split distribution.
 
 If the original split is as good as a random one, its statistics are exchangeable with the R re-splits', so the
-rank p-value (1 + #{re-splits at least as extreme}) / (R + 1) is exact. The frozen regime trains a linear head on
+rank p-value (1 + #{re-splits at least as extreme}) / (R + 1) is exact.
+
+With patient groups the re-splits keep each patient in one split (the test's answer), and R more re-splits by image
+run beside them (`by_image`): the difference between the two is how much of "re-splitting closes the gap" comes from
+patients seen in two splits rather than from the original split itself. The frozen regime trains a linear head on
 the audit's cached embeddings, and the R + 1 heads train together as one batched model (xferlab.engine.stacked: the
 same results as fit_split one split at a time, a fraction of the Python per step) — all of them when the splits have
 equal train sizes (no patient groups), else one batch per train size; other regimes train the backbone anew, one
@@ -170,13 +174,25 @@ def _mean_history(runs: list[dict]) -> list[dict]:
                                 for s in ("train", "val", "test")}} for e in range(epochs)]
 
 
-def _draw_resplits(data: ImageDataset, seeds: list[int]) -> list[np.ndarray] | str:
-    """One fresh re-split with the original sizes per seed; the reason in words if splitting fails."""
+def _draw_resplits(data: ImageDataset, seeds: list[int], groups: np.ndarray | None) -> list[np.ndarray] | str:
+    """One fresh re-split with the original sizes per seed (whole patients with `groups`); the reason in words if
+    splitting fails."""
     sizes = split_counts(data.splits)
     try:
-        return [draw_splits(data.labels, data.groups, sizes, seed, class_names=data.class_names) for seed in seeds]
+        return [draw_splits(data.labels, groups, sizes, seed, class_names=data.class_names) for seed in seeds]
     except XferlabError as err:
         return f"re-splitting failed: {err}"
+
+
+def _placements(original: dict, results: list[dict], seeds: list[int], cfg: AuditConfig) -> dict:
+    """The re-splits' runs, their mean history and where the original's test accuracy and gap fall among them."""
+    runs = [{"seed": seed, **result} for seed, result in zip(seeds, results)]
+    test = placement(original["test"], np.array([r["test"] for r in runs]))
+    gap = placement(original["gap"], np.array([r["gap"] for r in runs]))
+    return {"runs": [{k: v for k, v in r.items() if k != "history"} for r in runs],
+            "resplit_history_mean": _mean_history(runs), "test_accuracy": test, "gap": gap,
+            "test_lower": bool(test["p_lower"] <= cfg.alpha), "gap_larger": bool(gap["p_higher"] <= cfg.alpha),
+            "test_higher": bool(test["p_higher"] <= cfg.alpha)}
 
 
 def _train(data: ImageDataset, inputs: torch.Tensor, make: ModelFactory, cfg: AuditConfig,
@@ -210,21 +226,22 @@ def resplit_experiment(data: ImageDataset, embeddings: np.ndarray, cfg: AuditCon
     # neighbour, 20 frozen re-splits took 16 s on one torch thread and 249 s on two.
     threads = 1 if parse_regime(cfg.regime).cache_features and device.type == "cpu" else None
     with torch_threads(threads):
-        resplits = _draw_resplits(data, seeds[1:])
+        resplits = _draw_resplits(data, seeds[1:], data.groups)
         if isinstance(resplits, str):
             original = _train(data, inputs, make, cfg, [data.splits], seeds[:1], device, progress, stop)[0]
             return skipped(resplits, original=original)
-        original, *results = _train(data, inputs, make, cfg, [data.splits, *resplits], seeds, device, progress,
-                                    stop)
-    runs = [{"seed": seed, **result} for seed, result in zip(seeds[1:], results)]
-    test = placement(original["test"], np.array([r["test"] for r in runs]))
-    gap = placement(original["gap"], np.array([r["gap"] for r in runs]))
+        # beside the patient-wise re-splits, the same number by image (their sizes equal the original's: one stack)
+        by_image = [] if data.groups is None else _draw_resplits(data, seeds[1:], None)
+        by_image = [] if isinstance(by_image, str) else by_image
+        original, *results = _train(data, inputs, make, cfg, [data.splits, *resplits, *by_image],
+                                    seeds + seeds[1:len(by_image) + 1], device, progress, stop)
     smallest = 1.0 / (cfg.resplits + 1)
     note = (f"with {cfg.resplits} re-splits the smallest p-value is {smallest:.3g}, above alpha {cfg.alpha}; "
             f"use at least {math.ceil(1 / cfg.alpha) - 1} re-splits for a test at this alpha"
             if smallest > cfg.alpha else None)
-    return {"status": "ok", "regime": cfg.regime, "resplits": cfg.resplits, "sizes": split_counts(data.splits),
-            "original": original, "runs": [{k: v for k, v in r.items() if k != "history"} for r in runs],
-            "resplit_history_mean": _mean_history(runs), "test_accuracy": test, "gap": gap,
-            "test_lower": bool(test["p_lower"] <= cfg.alpha), "gap_larger": bool(gap["p_higher"] <= cfg.alpha),
-            "test_higher": bool(test["p_higher"] <= cfg.alpha), "note": note}
+    result = {"status": "ok", "regime": cfg.regime, "resplits": cfg.resplits, "sizes": split_counts(data.splits),
+              "unit": "image" if data.groups is None else "patient", "original": original,
+              **_placements(original, results[:len(resplits)], seeds[1:], cfg), "note": note}
+    if by_image:
+        result["by_image"] = _placements(original, results[len(resplits):], seeds[1:], cfg)
+    return result

@@ -27,6 +27,7 @@ from xferlab.audit.verdict import make_verdict
 from xferlab.backbones.regimes import parse_regime
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
+from xferlab.data.groups import patient_counts
 from xferlab.data.sources import load_dataset
 from xferlab.engine.accel import num_threads as torch_threads
 from xferlab.errors import XferlabError
@@ -55,9 +56,12 @@ def _resplit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, secon
 
 
 def _dataset_info(data: ImageDataset) -> dict:
+    """What was audited; with patient groups, where they came from and images per patient per split."""
+    patients = None if data.groups is None else patient_counts(data.groups, data.splits, artifacts.SPLITS)
     return {"source": data.source, "format": data.meta.get("format"), "class_names": data.class_names,
             "counts": data.counts(), "images": len(data.labels), "image_size": list(data.image_size),
-            "channels": data.channels, "groups": data.groups is not None}
+            "channels": data.channels, "groups": data.groups is not None,
+            "groups_from": data.meta.get("groups_from"), "patients": patients}
 
 
 def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict,

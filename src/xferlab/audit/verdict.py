@@ -35,8 +35,9 @@ def shift_finding(shift: dict) -> tuple[str, str]:
     aucs = [r["classifier"]["auc"] for r in tested.values()]
     mp = decision["method_p"]
     adjusted = ", ".join(f"{METHOD_NAMES[m]} {_p(mp[m])}" for m in METHODS)
+    by_patient = "; folds and permutations by patient" if decision.get("unit") == "patient" else ""
     numbers = (f"domain-classifier AUC {_range(aucs)} within classes (0.5 = indistinguishable); adjusted "
-               f"{adjusted}; combined {_p(decision['p'])}")
+               f"{adjusted}; combined {_p(decision['p'])}{by_patient}")
     skipped = decision.get("untested_classes") or {}
     extra = f" Not tested: {'; '.join(skipped.values())}." if skipped else ""
     if decision["reject"]:
@@ -57,7 +58,8 @@ def balance_finding(balance: dict, class_names: list[str]) -> tuple[str, str]:
     test = counts["test"]
     shares = ", ".join(f"{c} {100 * r / sum(ref):.0f} % vs {100 * t / sum(test):.0f} %"
                        for c, r, t in zip(class_names, ref, test))
-    stat = f"chi-square {balance['chi2']:.1f}, {_p(balance['p'])}"
+    unit = " on patients" if balance.get("unit") == "patient" else ""
+    stat = f"chi-square{unit} {balance['chi2']:.1f}, {_p(balance['p'])}"
     if balance["reject"]:
         return "caution", (f"Class balance differs between train+val and test ({shares}; {stat}): accuracy is not "
                            "comparable across the splits; compare balanced accuracy.")
@@ -83,6 +85,17 @@ def pixel_finding(pixels: dict, limit: int = 4) -> tuple[str, str] | None:
     return "caution", "What differs: " + "; ".join(parts) + "."
 
 
+def patients_text(groups: dict, examples: int = 3) -> str:
+    """'3 of 120 groups (patients) span more than one split (9 images; train-test 3), e.g. person23 (train 2, test
+    1); ...'."""
+    pairs = ", ".join(f"{k} {v}" for k, v in (groups.get("shared_by_splits") or {}).items() if v)
+    shown = "; ".join(f"{g['group']} ({', '.join(f'{s} {n}' for s, n in g['counts'].items())})"
+                      for g in groups["overlapping"][:examples])
+    more = f" and {groups['count'] - examples} more" if groups["count"] > examples else ""
+    return (f"{groups['count']} of {groups['groups']} groups (patients) span more than one split "
+            f"({groups['images']} images{'; ' + pairs if pairs else ''}), e.g. {shown}{more}")
+
+
 def leakage_finding(leakage: dict) -> tuple[str, str]:
     exact = leakage["exact"]["cross_split_groups"]
     near = leakage["near_duplicate_images"]
@@ -96,8 +109,7 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
         parts.append(f"{near} val/test image(s) have a near-duplicate in an earlier split ({thresholds}, calibrated "
                      "on within-split nearest neighbours)")
     if groups.get("count"):
-        parts.append(f"{groups['count']} of {groups['groups']} groups (patients) span more than one split "
-                     f"({groups['images']} images)")
+        parts.append(patients_text(groups))
     if leakage["exact"]["label_conflicts"]:
         parts.append(f"{leakage['exact']['label_conflicts']} duplicate group(s) carry conflicting labels")
     within = leakage["exact"]["within_split_groups"]
@@ -117,7 +129,26 @@ def leakage_finding(leakage: dict) -> tuple[str, str]:
     return ("caution" if alike else "ok"), text
 
 
+def by_image_text(resplit: dict) -> str:
+    """The re-splits by image beside those by patient: how much of the gap's closing patients seen twice make."""
+    by_image = resplit.get("by_image")
+    if not by_image:
+        return ""
+    t_patient, t_image = resplit["test_accuracy"], by_image["test_accuracy"]
+    g_patient, g_image = resplit["gap"], by_image["gap"]
+    return (f" Re-split by image instead (a patient's images may then sit in two splits): test accuracy "
+            f"{t_image['resplit_mean']:.3f} vs {t_patient['resplit_mean']:.3f} by patient, val-test gap "
+            f"{g_image['resplit_mean']:+.3f} ± {g_image['resplit_sd']:.3f} vs {g_patient['resplit_mean']:+.3f} ± "
+            f"{g_patient['resplit_sd']:.3f}; the difference is what patients seen in two splits do to re-split "
+            "numbers.")
+
+
 def resplit_finding(resplit: dict) -> tuple[str, str]:
+    level, text = _resplit_finding(resplit)
+    return level, text + (by_image_text(resplit) if is_ok(resplit) else "")
+
+
+def _resplit_finding(resplit: dict) -> tuple[str, str]:
     if not is_ok(resplit):
         return "caution", f"Re-split experiment: not run ({resplit['reason']})."
     t, g, o = resplit["test_accuracy"], resplit["gap"], resplit["original"]
@@ -131,6 +162,8 @@ def resplit_finding(resplit: dict) -> tuple[str, str]:
                f"± {g['resplit_sd']:.3f} after "
                f"re-splitting ({_p(g['p_higher'])} for as large)")
     note = f" ({resplit['note']})" if resplit.get("note") else ""
+    if resplit.get("unit") == "patient":
+        resplit = {**resplit, "regime": f"{resplit['regime']}, by patient"}
     if resplit["test_lower"] or resplit["gap_larger"]:
         closes = (f" Re-splitting closes the gap ({o['gap']:+.3f} -> {g['resplit_mean']:+.3f} on average)."
                   if resplit["gap_larger"] else "")

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from xferlab.data.groups import check_setting
 from xferlab.data.registry import SOURCES
 from xferlab.errors import did_you_mean
 
@@ -57,7 +58,20 @@ class DataConfig(StrictModel):
     loader_workers: int = Field(
         2, ge=0, description="DataLoader worker processes that decode streamed images (0: in the main process)"
     )
+    groups: str | None = Field(
+        None, description="patient ids: a preset (kermany, nih, chexpert), dicom (the header's PatientID), none, or "
+        "a regular expression on each file's path relative to the dataset folder whose first capture group is the "
+        "patient; default: the csv group column, the npy groups.csv, PatientID for DICOM files (docs/patients.md)"
+    )
+    unmatched: Literal["error", "own-group"] = Field(
+        "error", description="files data.groups gives no patient id: an error, or each a patient of its own"
+    )
     seed: Seed = 0
+
+    @field_validator("groups")
+    @classmethod
+    def _known_groups(cls, v: str | None) -> str | None:
+        return None if v is None else check_setting(v)
 
     @field_validator("format")
     @classmethod

@@ -21,6 +21,7 @@ import numpy as np
 
 from xferlab.data.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.data.groups import file_groups, from_names, sidecar_groups
 from xferlab.data.images import (
     check_file_sizes,
     check_regular_file,
@@ -67,6 +68,8 @@ def _dataset(
     groups: np.ndarray | None = None,
     **meta: object,
 ) -> ImageDataset:
+    if groups is not None:
+        _warn_shared_patients(groups, splits, str(cfg.path))
     return ImageDataset(
         images=images,
         labels=labels,
@@ -76,6 +79,17 @@ def _dataset(
         source=str(cfg.path),
         meta={"format": cfg.format, **meta},
     )
+
+
+def _warn_shared_patients(groups: np.ndarray, splits: np.ndarray, where: str) -> None:
+    """Splits the data brought with it (folders, a manifest's split column) may share patients: say so at once."""
+    names, patient = np.unique(groups, return_inverse=True)
+    split_names, split = np.unique(splits.astype(str), return_inverse=True)
+    pairs = np.unique(patient.ravel() * len(split_names) + split.ravel())  # one per (patient, split) present
+    spans = names[np.bincount(pairs // len(split_names), minlength=len(names)) > 1].tolist()
+    if spans:
+        logger.warning("%s: %d patient(s) have images in more than one split (e.g. %s), so the later splits' accuracy "
+                       "is optimistic; `xferlab audit` lists them all", where, len(spans), ", ".join(spans[:3]))
 
 
 def _carve(
@@ -152,6 +166,21 @@ def _read_images(
     skipped_files = _skipped_files(paths, sorted(skipped + [candidates[j] for j in failed]), where)
     names = [str(paths[i]) for i in kept]
     return stack_images(images, where, cfg.image_size, names), np.asarray(kept, dtype=np.int64), skipped_files
+
+
+def _load_with_groups(
+    names: Sequence[str], paths: Sequence[Path], cfg: DataConfig, where: str
+) -> tuple[np.ndarray | FileImages, np.ndarray, list[Path], tuple[np.ndarray | None, str | None]]:
+    """_load_images, and the patient ids of the files kept (xferlab.data.groups.file_groups). Ids from names are
+    matched before any pixel is decoded, so a pattern that misses files fails at once; DICOM headers are read for
+    the files kept."""
+    early = file_groups(names, paths, cfg.groups, cfg.unmatched, where) if from_names(cfg.groups) else None
+    images, kept, skipped = _load_images(paths, cfg, where)
+    if early is not None:
+        groups, groups_from = early
+        return images, kept, skipped, (groups[kept], groups_from)
+    return images, kept, skipped, file_groups([names[i] for i in kept], [paths[i] for i in kept], cfg.groups,
+                                              cfg.unmatched, where)
 
 
 def _load_images(
@@ -234,8 +263,11 @@ def load_npy(cfg: DataConfig) -> ImageDataset:
     labels = np.concatenate([np.full(len(b), c, dtype=np.int64) for b, c in zip(batches, file_labels)])
     splits = np.concatenate([np.full(len(b), s, dtype=object) for b, s in zip(batches, file_splits)])
     images = concat_batches(batches, [str(f) for f in files], str(root))
-    splits = _carve(splits, labels, None, cfg, class_names)
-    return _dataset(cfg, images, labels, class_names, splits, val_carved=cfg.val_split)
+    groups, groups_from = sidecar_groups(root, [(f.name, len(b)) for f, b in zip(files, batches)], cfg.groups,
+                                         cfg.unmatched)
+    splits = _carve(splits, labels, groups, cfg, class_names)
+    return _dataset(cfg, images, labels, class_names, splits, groups, val_carved=cfg.val_split,
+                    groups_from=groups_from)
 
 
 # ---- folder: train/<class>/*.png, optional val/ and test/ ----------------------------------------------------------
@@ -321,15 +353,17 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     root = Path(cfg.path)
     class_names, paths, labels, splits = _folder_entries(root)
     _check_links_inside(paths, root, cfg.allow_external_links)
-    images, kept, skipped = _load_images(paths, cfg, str(root))
+    names = [p.relative_to(root).as_posix() for p in paths]  # what data.groups patterns match
+    images, kept, skipped, (groups, groups_from) = _load_with_groups(names, paths, cfg, str(root))
     labels = np.asarray(labels, dtype=np.int64)[kept]
     splits = np.asarray(splits, dtype=object)[kept]
+    files = [paths[i] for i in kept]
     carved = not (splits == "val").any()
     if carved:
-        splits = _carve(splits, labels, None, cfg, class_names)
+        splits = _carve(splits, labels, groups, cfg, class_names)
     meta = {"val_carved": cfg.val_split if carved else None, "skipped": [str(p) for p in skipped],
-            "files": [str(paths[i]) for i in kept]}
-    return _dataset(cfg, images, labels, class_names, splits, **meta)
+            "files": [str(f) for f in files], "groups_from": groups_from}
+    return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
 
 
 # ---- csv: manifest with path,label[,split][,group] -----------------------------------------------------------------
@@ -377,11 +411,15 @@ def _manifest_split(value: str, line: int, manifest: Path) -> str:
 
 
 def _manifest_columns(manifest: Path) -> dict[str, list]:
-    """Resolved paths, label names, split cells ('' = draw) and groups (None without a group column)."""
+    """Resolved paths, their cells as written, label names, split cells ('' = draw) and groups (None without a
+    group column)."""
     header, rows = _manifest_rows(manifest)
-    cols: dict[str, list] = {"path": [], "label": [], "split": [], "group": [] if "group" in header else None}
+    cols: dict[str, list] = {"path": [], "label": [], "split": [], "group": [] if "group" in header else None,
+                             "cell": []}
     for line, row in rows:
-        path = Path(_cell(row, "path", line, manifest))
+        cell = _cell(row, "path", line, manifest)
+        cols["cell"].append(Path(cell).as_posix())
+        path = Path(cell)
         cols["path"].append(path if path.is_absolute() else manifest.parent / path)
         cols["label"].append(_cell(row, "label", line, manifest))
         cols["split"].append(_manifest_split(_cell(row, "split", line, manifest, required=False), line, manifest))
@@ -429,12 +467,17 @@ def load_csv(cfg: DataConfig) -> ImageDataset:
     cols = _manifest_columns(manifest)
     names, labels = np.unique(np.asarray(cols["label"], dtype=str), return_inverse=True)  # sorted class names
     class_names = names.tolist()
-    images, kept, skipped = _load_images(cols["path"], cfg, str(manifest))
+    if cols["group"] is not None and cfg.groups is None:  # the manifest's own column
+        images, kept, skipped = _load_images(cols["path"], cfg, str(manifest))
+        groups, groups_from = np.asarray(cols["group"], dtype=str)[kept], "group column"
+    else:  # or data.groups: a pattern on the path cells as written, dicom or none
+        images, kept, skipped, (groups, groups_from) = _load_with_groups(cols["cell"], cols["path"], cfg,
+                                                                          str(manifest))
     labels = labels.astype(np.int64)[kept]
-    groups = None if cols["group"] is None else np.asarray(cols["group"], dtype=str)[kept]
     cells = np.asarray(cols["split"], dtype=object)[kept]
     splits, how = _manifest_splits(cells, labels, groups, cfg, class_names)
-    meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "files": [str(cols["path"][i]) for i in kept]}
+    meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "files": [str(cols["path"][i]) for i in kept],
+            "groups_from": groups_from}
     return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
 
 
@@ -525,6 +568,8 @@ def _medmnist_class_names(flag: str, n_labels: int) -> list[str]:
 @register_source("medmnist")
 def load_medmnist(cfg: DataConfig) -> ImageDataset:
     """A local MedMNIST `.npz` (train/val/test images and labels); the splits are the file's own."""
+    if cfg.groups not in (None, "none"):
+        raise XferlabError(f"data.groups {cfg.groups!r}: MedMNIST files carry no patient ids; leave data.groups unset")
     path = _medmnist_file(cfg)
     flag = cfg.medmnist_flag or re.sub(r"_\d+$", "", path.stem)
     arrays = _load_npz(path)

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from xferlab.data.dataset import SPLITS
+from xferlab.data.groups import patients_of
 from xferlab.errors import XferlabError, did_you_mean
 
 VAL_MODES = ("ordered", "random")
@@ -55,13 +56,24 @@ def _ordered_tail(
     return mask
 
 
-def _check_groups_not_shared(mask: np.ndarray, groups: np.ndarray) -> None:
-    shared = np.intersect1d(groups[mask], groups[~mask])
-    if len(shared):
-        raise XferlabError(
-            f"val_split 'ordered' puts groups {shared[:5].tolist()}{' ...' if len(shared) > 5 else ''} in both "
-            "train and val (patient leakage); set val_split: random (group-aware) or provide a val split"
-        )
+def _ordered_tail_by_patient(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, class_names: Sequence[str] | None
+) -> np.ndarray:
+    """All images of the last `fraction` of each class's patients, in order of first appearance (at least one
+    patient, never all); a patient's class is its majority label (data.groups.patients_of)."""
+    patients = patients_of(groups, labels)
+    chosen = np.zeros(len(patients), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(patients.label == label)  # in order of first appearance
+        if len(members) < 2:
+            raise XferlabError(
+                f"class {_class_name(label, class_names)} is the majority label of {len(members)} patient(s) in the "
+                "train pool; carving a validation split by patient needs at least 2 per class; add patients, "
+                "provide a val split, or set data.groups: none to carve by image"
+            )
+        k = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        chosen[members[len(members) - k:]] = True
+    return chosen[patients.index]
 
 
 def _check_stratifiable(labels: np.ndarray, count: int, class_names: Sequence[str] | None) -> None:
@@ -154,7 +166,8 @@ def carve_val(
     """Boolean mask over the train pool: True for images that become validation.
 
     'ordered' takes the last `fraction` of each class in file order (1000 images -> first 800 train, last 200 val),
-    rounding per class, at least 1 and never all; with `groups` it refuses to put a group on both sides.
+    rounding per class, at least 1 and never all; with `groups`, the last `fraction` of each class's patients in
+    order of first appearance (a patient's class is its majority label), so no patient is on both sides.
     'random' is a seeded stratified draw of round(fraction · n) images (at least 1), group-aware when `groups` is
     given (sizes as described in the module docstring).
     """
@@ -162,10 +175,9 @@ def carve_val(
     labels = np.asarray(labels)
     groups = None if groups is None else np.asarray(groups).astype(str)
     if mode == "ordered":
-        mask = _ordered_tail(labels, fraction, class_names)
         if groups is not None:
-            _check_groups_not_shared(mask, groups)
-        return mask
+            return _ordered_tail_by_patient(labels, groups, fraction, class_names)
+        return _ordered_tail(labels, fraction, class_names)
     if mode == "random":
         return _pick(labels, groups, max(1, round(fraction * len(labels))), seed, class_names)
     raise XferlabError(f"val_split must be one of {list(VAL_MODES)}, got '{mode}'{did_you_mean(mode, VAL_MODES)}")

@@ -40,6 +40,7 @@ from xferlab.backbones.registry import TransferModel, count_parameters, create_m
 from xferlab.config import TrainConfig, to_yaml
 from xferlab.data.batches import Preprocess, StreamedImages, as_tensor
 from xferlab.data.dataset import ImageDataset
+from xferlab.data.groups import patient_counts
 from xferlab.data.sources import load_dataset
 from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
@@ -113,8 +114,9 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
-        metrics.update(run_flags({s: (_labels(data, s), p) for s, p in best.record.probs.items()},
-                                 bootstrap or BootstrapSettings(), data.class_names))
+        probs = best.record.probs
+        metrics.update(run_flags({s: (_labels(data, s), p) for s, p in probs.items()}, bootstrap or BootstrapSettings(),
+                                 data.class_names, _split_groups(data, probs)))
         if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
             metrics["test_bn"], _ = evaluate_test_bn(
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},
@@ -176,6 +178,11 @@ def _split_inputs(data: ImageDataset, cfg: TrainConfig,
 
 def _labels(data: ImageDataset, split: str) -> np.ndarray:
     return data.labels[data.indices(split)]
+
+
+def _split_groups(data: ImageDataset, splits) -> dict[str, np.ndarray] | None:
+    """Patient ids of each split named, when the data has them (predictions.npz and the flags' bootstrap)."""
+    return None if data.groups is None else {s: data.groups[data.indices(s)] for s in splits}
 
 
 @dataclass
@@ -268,6 +275,9 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
         "trainable_params": count_parameters(model, trainable_only=True),
         "device": str(device),
         "counts": data.counts(),
+        # patients per split and images per patient, when the data names them (xferlab.data.groups)
+        "patients": None if data.groups is None else patient_counts(data.groups, data.splits, artifacts.SPLITS),
+        "groups_from": data.meta.get("groups_from"),
         "class_names": data.class_names,
     }
 
@@ -281,4 +291,5 @@ def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, pr
         "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(model.spec.input).items()},
     }
     predictions = {s: (_labels(data, s), p) for s, p in probs.items()}
-    artifacts.write_run(stage, to_yaml(cfg), history, metrics, predictions, checkpoint)
+    groups = _split_groups(data, probs)
+    artifacts.write_run(stage, to_yaml(cfg), history, metrics, predictions, checkpoint, groups)

@@ -64,22 +64,24 @@ RUN_FLAG_KEYS = ("flags", "degenerate", "flag_text", "flags_bootstrap")
 
 
 def run_flags(predictions: dict[str, tuple[np.ndarray, np.ndarray]], settings: BootstrapSettings | None = None,
-              class_names: list[str] | None = None) -> dict:
+              class_names: list[str] | None = None, groups: dict[str, np.ndarray] | None = None) -> dict:
     """A run's degenerate flags, as metrics.json records them: `flags` (split -> codes), `degenerate` (any split
     flagged), `flag_text` (describe's words for every flagged split) and `flags_bootstrap` (the bootstrap settings of
     the AUROC interval). The same evaluation a study's results make with the same settings, so a run's flags equal
-    its row's in results.csv. `settings`: default, the evaluation's."""
-    settings = settings or BootstrapSettings()
-    evaluations = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
+    its row's in results.csv. `settings`: default, the evaluation's; `groups`: split -> patient ids, when known (the
+    AUROC interval then resamples patients, as the study's does)."""
+    settings, groups = settings or BootstrapSettings(), groups or {}
+    evaluations = {s: evaluate_split(y, p, settings, groups.get(s)) for s, (y, p) in predictions.items()}
     flags = {s: degenerate_flags(y, p, evaluations[s]) for s, (y, p) in predictions.items()}
     text = "; ".join(t for s in flags if (t := describe(flags[s], s, evaluations[s], class_names)))
     return {"flags": flags, "degenerate": any(flags.values()), "flag_text": text,
             "flags_bootstrap": settings.as_kwargs()}
 
 
-def saved_run_flags(metrics: dict, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def saved_run_flags(metrics: dict, predictions: dict[str, tuple[np.ndarray, np.ndarray]],
+                    groups: dict[str, np.ndarray] | None = None) -> dict:
     """The flags metrics.json holds (run_flags' keys); for a run saved before runs recorded them, computed now from
     its predictions with the default bootstrap settings."""
     if all(key in metrics for key in RUN_FLAG_KEYS):
         return {key: metrics[key] for key in RUN_FLAG_KEYS}
-    return run_flags(predictions, class_names=metrics.get("class_names"))
+    return run_flags(predictions, class_names=metrics.get("class_names"), groups=groups)

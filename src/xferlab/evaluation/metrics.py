@@ -57,12 +57,41 @@ class Metric:
 
 class Batch:
     """Labels (N,) and many prediction sets (..., N, K) on the same cases, with the counts the batched metrics
-    share, each computed once on first use. Every class must be present in `labels`."""
+    share, each computed once on first use. Every class must be present in `labels`.
 
-    def __init__(self, labels: np.ndarray, probs: np.ndarray):
+    `weights` (..., N), broadcast against the prediction sets, weighs each case (scikit-learn's sample_weight): a
+    cluster bootstrap passes each resample's patient multiplicities here instead of copying cases, so one (N, K)
+    prediction set serves every resample. Without weights every count is the plain count (bit for bit as before)."""
+
+    def __init__(self, labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None):
         self.labels, self.probs = np.asarray(labels), probs
-        self.n, self.k = probs.shape[-2:]
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.n_cases, self.k = probs.shape[-2:]
         self.classes = np.arange(self.k)
+        self.shape = probs.shape[:-2] if weights is None else np.broadcast_shapes(probs.shape[:-2],
+                                                                                  self.weights.shape[:-1])
+
+    def total(self, per_case: np.ndarray) -> np.ndarray:
+        """Sum over the cases axis of (..., N, K) values, each case weighted: (..., K)."""
+        if self.weights is None:
+            return per_case.sum(-2)
+        return (per_case * self.weights[..., None]).sum(-2)
+
+    def mean(self, per_case: np.ndarray) -> np.ndarray:
+        """Weighted mean over the last axis of (..., N) values."""
+        if self.weights is None:
+            return per_case.mean(-1)
+        return (per_case * self.weights).sum(-1) / self.weights.sum(-1)
+
+    @cached_property
+    def n(self) -> int | np.ndarray:
+        """The number of cases, or their total weight (...,)."""
+        return self.n_cases if self.weights is None else self.weights.sum(-1)
+
+    @cached_property
+    def n_k(self) -> int | np.ndarray:
+        """n, broadcastable against per-class counts (..., K)."""
+        return self.n if self.weights is None else self.n[..., None]
 
     @cached_property
     def is_true(self) -> np.ndarray:  # (N, K)
@@ -74,15 +103,15 @@ class Batch:
 
     @cached_property
     def tp(self) -> np.ndarray:
-        return (self.is_pred & self.is_true).sum(-2)
+        return self.total(self.is_pred & self.is_true)
 
     @cached_property
     def n_pred(self) -> np.ndarray:
-        return self.is_pred.sum(-2)
+        return self.total(self.is_pred)
 
     @cached_property
     def n_true(self) -> np.ndarray:
-        return self.is_true.sum(0)
+        return self.is_true.sum(0) if self.weights is None else self.total(self.is_true)
 
     @cached_property
     def recall(self) -> np.ndarray:
@@ -120,7 +149,8 @@ def _specificity_point(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def _auroc_batched(b: Batch) -> np.ndarray:
-    return np.stack([_auroc(b.labels == c, b.probs[..., c]) for c in ([1] if b.k == 2 else b.classes)], -1).mean(-1)
+    auroc = _auroc if b.weights is None else lambda positive, scores: _weighted_auroc(positive, scores, b.weights)
+    return np.stack([auroc(b.labels == c, b.probs[..., c]) for c in ([1] if b.k == 2 else b.classes)], -1).mean(-1)
 
 
 def _auroc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -131,8 +161,41 @@ def _auroc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (ranks[..., positive].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def _weighted_auroc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Mann-Whitney AUROC along the last axis: the weighted share of (positive, negative) pairs ranked in
+    order, ties counting one half; equal to roc_auc_score(..., sample_weight=weights) (a trapezoid on the weighted
+    ROC curve). With integer weights it is the AUROC of the cases repeated that many times, to the last bit.
+
+    Through weighted mid-ranks R_i = (weight below s_i) + (weight tied with s_i) / 2: the sum over positives of w_i R_i
+    counts every positive-negative pair once and every positive-positive pair (i, j) as w_i w_j / 2 in all, so
+    U = sum_pos w_i R_i - W_pos^2 / 2. Scores are sorted once per prediction set, so a fixed (N,) set with many
+    weight rows is sorted once."""
+    order = np.argsort(scores, axis=-1, kind="stable")
+    ranked = np.take_along_axis(scores, order, -1)
+    shape = np.broadcast_shapes(scores.shape, weights.shape)
+    w = np.take_along_axis(np.broadcast_to(weights, shape), np.broadcast_to(order, shape), -1)
+    pos = np.broadcast_to(positive[order], shape)
+    n = ranked.shape[-1]
+    index = np.arange(n)
+    starts = np.ones(ranked.shape, dtype=bool)
+    starts[..., 1:] = ranked[..., 1:] != ranked[..., :-1]  # a new score value begins here
+    ends = np.ones(ranked.shape, dtype=bool)
+    ends[..., :-1] = starts[..., 1:]
+    first = np.broadcast_to(np.maximum.accumulate(np.where(starts, index, 0), axis=-1), shape)
+    last = np.broadcast_to(np.flip(np.minimum.accumulate(np.flip(np.where(ends, index, n - 1), -1), axis=-1), -1),
+                           shape)
+    through = np.cumsum(w, -1)
+    below = np.take_along_axis(through - w, first, -1)  # weight strictly below each case's score
+    tied = np.take_along_axis(through, last, -1) - below
+    w_pos = np.where(pos, w, 0.0)
+    total_pos = w_pos.sum(-1)
+    total_neg = w.sum(-1) - total_pos
+    u = (w_pos * (below + 0.5 * tied)).sum(-1) - 0.5 * total_pos**2
+    return u / (total_pos * total_neg)
+
+
 def _specificity_batched(b: Batch) -> np.ndarray:
-    return b.per_class((b.n - b.n_true - b.n_pred + b.tp) / (b.n - b.n_true))
+    return b.per_class((b.n_k - b.n_true - b.n_pred + b.tp) / (b.n_k - b.n_true))
 
 
 def _precision_batched(b: Batch) -> np.ndarray:
@@ -148,14 +211,19 @@ def _f1_batched(b: Batch) -> np.ndarray:
 ECE_BINS = 15  # equal-width bins on top-label confidence, as Guo et al. 2017 (On Calibration of Modern Neural Networks)
 
 
-def _ece(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def _ece(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Expected calibration error along the last two axes (..., N, K): the case-weighted mean over ECE_BINS bins
-    ((m-1)/M, m/M] of |accuracy - mean confidence|, confidence being the top class's probability."""
+    ((m-1)/M, m/M] of |accuracy - mean confidence|, confidence being the top class's probability. `weights`
+    (..., N) weigh the cases (Batch)."""
     confidence = probs.max(-1)
     correct = probs.argmax(-1) == labels
     bins = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
-    gaps = sum(np.abs(np.where(bins == m, correct - confidence, 0.0).sum(-1)) for m in range(ECE_BINS))
-    return gaps / probs.shape[-2]
+    if weights is None:
+        gaps = sum(np.abs(np.where(bins == m, correct - confidence, 0.0).sum(-1)) for m in range(ECE_BINS))
+        return gaps / probs.shape[-2]
+    weighted = (correct - confidence) * weights
+    gaps = sum(np.abs(np.where(bins == m, weighted, 0.0).sum(-1)) for m in range(ECE_BINS))
+    return gaps / weights.sum(-1)
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -175,7 +243,7 @@ def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
 def _brier_batched(b: Batch) -> np.ndarray:
     """Mean squared distance of the probabilities to the one-hot label; halved for binary data, as scikit-learn's
     brier_score_loss (the positive class's squared error)."""
-    squared = ((b.probs - b.is_true) ** 2).sum(-1).mean(-1)
+    squared = b.mean(((b.probs - b.is_true) ** 2).sum(-1))
     return squared / 2 if b.k == 2 else squared
 
 
@@ -197,7 +265,7 @@ METRIC_TABLE: tuple[Metric, ...] = (
     Metric("precision", "precision", _argmax(lambda y, p, k: _positive_or_macro(precision_score, y, p, k)),
            _precision_batched),
     Metric("f1", "F1", _argmax(lambda y, p, k: _positive_or_macro(f1_score, y, p, k)), _f1_batched),
-    Metric("ece", "ECE", expected_calibration_error, lambda b: _ece(b.labels, b.probs),
+    Metric("ece", "ECE", expected_calibration_error, lambda b: _ece(b.labels, b.probs, b.weights),
            uses_probabilities=True, higher_is_better=False),
     Metric("brier", "Brier", brier_score, _brier_batched, uses_probabilities=True, higher_is_better=False),
 )
@@ -231,11 +299,11 @@ def point_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | No
     return _values(METRICS, y_true, probs)
 
 
-def batched_metrics(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Every metric of many prediction sets on the same cases: labels (N,), probs (..., N, K) -> array
-    (len(METRICS), ...). Every class must be present in `labels`."""
-    batch = Batch(labels, probs)
-    return np.stack([np.broadcast_to(m.batched(batch), probs.shape[:-2]) for m in METRIC_TABLE])
+def batched_metrics(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Every metric of many prediction sets on the same cases: labels (N,), probs (..., N, K), optional case
+    weights (..., N) (Batch) -> array (len(METRICS), ...). Every class must be present in `labels` (with weight)."""
+    batch = Batch(labels, probs, weights)
+    return np.stack([np.broadcast_to(m.batched(batch), batch.shape) for m in METRIC_TABLE])
 
 
 def confusion(y_true: np.ndarray, probs: np.ndarray) -> list[list[int]]:

@@ -68,9 +68,11 @@ def _shift(result: dict, audit_dir: Path) -> str:
     d = shift["within_class"]
     if d["status"] == "ok":
         per_method = ", ".join(f"{m} {_fmt(d['method_p'][m])}" for m in METHODS)
+        unit = (" Folds and permutations by patient (each patient's images stay together)."
+                if d.get("unit") == "patient" else "")
         decision = (f"<p>Within-class decision (Bonferroni over classes, then over tests): p = {_fmt(d['p'])} "
                     f"({per_method}); image shift {'detected' if d['reject'] else 'not detected'} at alpha "
-                    f"{d['alpha']}.</p>")
+                    f"{d['alpha']}.{unit}</p>")
         if d.get("note"):
             decision += f'<p class="muted">{escape(d["note"])}</p>'
     else:
@@ -85,7 +87,8 @@ def _balance(result: dict) -> str:
     names = result["dataset"]["class_names"]
     counts = b["counts"]
     rows = [[s] + counts[s] + [sum(counts[s])] for s in ("train", "val", "test") if sum(counts[s])]
-    text = (f"<p>Chi-square train+val vs test: {_fmt(b['chi2'])} (dof {b['dof']}), p = {_fmt(b['p'])}.</p>"
+    unit = " on patients (each by its majority label)" if b.get("unit") == "patient" else ""
+    text = (f"<p>Chi-square train+val vs test{unit}: {_fmt(b['chi2'])} (dof {b['dof']}), p = {_fmt(b['p'])}.</p>"
             if b.get("status") == "ok" and "dof" in b else f"<p>{escape(b.get('reason') or b.get('note') or '')}</p>")
     if b.get("note"):
         text += f'<p class="muted">{escape(b["note"])}</p>'
@@ -125,8 +128,9 @@ def _leakage(result: dict, audit_dir: Path) -> str:
         else:
             rows.append([f"{what}: {label}", None, r.get("reason"), None])
     g = lk["groups"]
-    rows.append(["groups in more than one split", g.get("count"), g.get("reason", f"of {g.get('groups')} groups"),
-                 None])
+    pairs = ", ".join(f"{k} {v}" for k, v in (g.get("shared_by_splits") or {}).items())
+    rows.append(["patients (groups) in more than one split", g.get("count"),
+                 g.get("reason", f"of {g.get('groups')} patients{'; ' + pairs if pairs else ''}"), None])
     table = _table(["check", "findings", "threshold", "within-split rate below threshold"], rows)
     listed = []
     for kind in ("phash", "embedding", "aligned"):
@@ -139,6 +143,9 @@ def _leakage(result: dict, audit_dir: Path) -> str:
     for grp in lk["exact"]["cross_split"][:10]:
         names = ", ".join(f"{i['split']} #{i['split_index']}" for i in grp["images"])
         listed.append(f"<li>exact copy: {escape(names)}</li>")
+    for patient in g.get("overlapping", [])[:10]:
+        where = ", ".join(f"{split} {n}" for split, n in patient["counts"].items())
+        listed.append(f"<li>patient {escape(patient['group'])} in more than one split: {escape(where)} images</li>")
     items = f"<ul>{''.join(listed)}</ul>" if listed else ""
     return (f"<h3>Leakage</h3>{table}{items}"
             f"{_image(audit_dir, result['figures'].get('leakage'), 'leakage findings')}")
@@ -148,14 +155,38 @@ def _resplit(result: dict, audit_dir: Path) -> str:
     r = result["resplit"]
     if r.get("status") != "ok":
         return f"<h3>Re-split experiment</h3><p>Not run: {escape(r['reason'])}.</p>"
-    t, g, o = r["test_accuracy"], r["gap"], r["original"]
-    rows = [[name, o[key], p["resplit_mean"], p["resplit_sd"], p["percentile"], p["p_lower"], p["p_higher"]]
-            for name, key, p in (("test accuracy", "test", t), ("val − test gap", "gap", g))]
+    o = r["original"]
+    ways = [("", r)] if "by_image" not in r else [("by patient: ", r), ("by image: ", r["by_image"])]
+    rows = [[prefix + name, o[key], p[place]["resplit_mean"], p[place]["resplit_sd"], p[place]["percentile"],
+             p[place]["p_lower"], p[place]["p_higher"]]
+            for prefix, p in ways for name, key, place in (("test accuracy", "test", "test_accuracy"),
+                                                           ("val − test gap", "gap", "gap"))]
     table = _table(["", "original", f"re-split mean (R = {r['resplits']})", "sd", "percentile", "p (as low)",
                     "p (as high)"], rows)
     note = f'<p class="muted">{escape(r["note"])}</p>' if r.get("note") else ""
+    if "by_image" in r:
+        note += ('<p class="muted">Re-splits by patient keep each patient in one split; those by image let a '
+                 "patient's images fall into several splits, as re-splitting images does. The difference between "
+                 "the two is what patients seen twice add to \"re-splitting closes the gap\"; the verdict's p-values "
+                 "are the by-patient ones.</p>")
     return (f"<h3>Re-split experiment ({escape(r['regime'])})</h3>{table}{note}"
             f"{_image(audit_dir, result['figures'].get('resplit'), 'accuracy before and after re-splitting')}")
+
+
+def _patients(result: dict) -> str:
+    """Images per patient per split, when the data named patients (audit.json's dataset.patients)."""
+    per_split = result["dataset"].get("patients")
+    if not per_split:
+        return ""
+    rows = [[split, c["patients"], c["images"], c["median"], c["max"], c["share_multi"]]
+            for split, c in per_split.items()]
+    source = result["dataset"].get("groups_from")
+    where = f" (patient ids from {escape(str(source))})" if source else ""
+    return (f"<h3>Patients{where}</h3>"
+            + _table(["split", "patients", "images", "images per patient: median", "max",
+                      "share of patients with more than one"], rows)
+            + '<p class="muted">Splits, re-splits, shift-test folds and permutations, and the bootstrap count '
+              "patients, not images (docs/patients.md).</p>")
 
 
 def _shortcut(result: dict) -> str:
@@ -198,7 +229,8 @@ def render_audit_section(audit_dir: Path) -> str:
     meta = (f'<p class="muted">Backbone {escape(cfg["backbone"])} ({escape(cfg["weights"])}), {cfg["permutations"]} '
             f'permutations, alpha {cfg["alpha"]}, seed {cfg["seed"]}; {result["dataset"]["images"]} images; '
             f'{result["seconds"]["total"]:.0f} s.</p>')
-    parts = [_STYLE, "<h2>Split audit</h2>", _verdict(result["verdict"]), _shift(result, audit_dir), _balance(result),
+    parts = [_STYLE, "<h2>Split audit</h2>", _verdict(result["verdict"]), _patients(result), _shift(result, audit_dir),
+             _balance(result),
              _pixels(result, audit_dir), _leakage(result, audit_dir), _resplit(result, audit_dir), _shortcut(result),
              meta]
     return '<section id="audit">' + "\n".join(parts) + "</section>"

@@ -25,7 +25,7 @@ from xferlab.report.explain import render_explain_section
 from xferlab.report.figures import png_uri  # noqa: F401  (re-exported)
 from xferlab.study.answers import answer_questions
 from xferlab.study.environment import capture_environment
-from xferlab.study.results import StudyResults, timing
+from xferlab.study.results import StudyResults, bootstrap_method, timing
 from xferlab.study.summary import (
     audit_sentence,
     diverged_by_configuration,
@@ -161,7 +161,7 @@ def _summary(results: StudyResults) -> str:
                          Html(f'<span class="flag">{len(runs)} diverged</span>')])
             classes.append("degenerate")
     seeds = sorted({s for c in configs for s in c["seeds"]})
-    ci = f"value [{conf} stratified bootstrap CI, {results.settings.resamples} resamples]"
+    ci = f"value [{conf} CI: {bootstrap_method(results)}, {results.settings.resamples} resamples]"
     spread = ci if not seeds else f"{ci}, seed {seeds[0]}" if len(seeds) == 1 else \
         f"mean ± sd across seeds {', '.join(map(str, seeds))} ({ci} for a single run)"
     ranking = "" if results.kind == "run" else f"{ranking_note(results)} "
@@ -230,9 +230,18 @@ def _metrics(results: StudyResults) -> str:
     positive = results.records[0].class_names[1] if k == 2 else None
     how = (f"binary: '{positive}' is the positive class" if positive else
            "multi-class: macro averages, one-vs-rest AUROC")
-    intro = (f"value [{100 * results.settings.confidence:.0f}% CI]: percentile bootstrap stratified by class, "
-             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.")
+    intro = (f"value [{100 * results.settings.confidence:.0f}% CI]: {bootstrap_method(results)}, "
+             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.{_patients_note(results)}")
     return _section("metrics", "".join(parts), intro)
+
+
+def _patients_note(results: StudyResults) -> str:
+    """How many patients each split's intervals resampled, when runs saved patient ids."""
+    counts = {s: ev["patients"] for r in results.records for s, ev in r.evaluation.items() if ev.get("patients")}
+    if not counts:
+        return ""
+    return " Patients resampled: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + \
+        " (a patient drawn twice counts all its images twice; docs/patients.md)."
 
 
 def _comparison(results: StudyResults) -> str:

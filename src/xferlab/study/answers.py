@@ -72,12 +72,14 @@ def _by_cell(records: list[RunRecord]) -> dict[tuple[str, str, int], RunRecord]:
 
 
 def _compare(results: StudyResults, a: RunRecord, b: RunRecord) -> dict | None:
-    """Paired bootstrap difference a − b of METRIC on the primary split; None if the cases differ."""
+    """Paired bootstrap difference a − b of METRIC on the primary split (resampling patients when the runs saved
+    patient ids); None if the cases differ."""
     split = results.primary_split
     (ya, pa), (yb, pb) = a.predictions[split], b.predictions[split]
     if len(ya) != len(yb) or (ya != yb).any():
         return None
-    diff = paired_difference(ya, pa, pb, **results.settings.as_kwargs())
+    groups = a.groups.get(split, b.groups.get(split))  # the same cases: either run's patient ids
+    diff = paired_difference(ya, pa, pb, groups, **results.settings.as_kwargs())
     return diff[METRIC] if diff else None
 
 

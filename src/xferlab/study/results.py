@@ -20,6 +20,7 @@ from xferlab.artifacts import EVAL_SPLITS, RESULTS_CSV, RESULTS_JSON, SCHEMA_VER
 from xferlab.config import StudyConfig, build
 from xferlab.engine.saved import check_run
 from xferlab.errors import XferlabError
+from xferlab.evaluation.bootstrap import describe
 from xferlab.evaluation.calibration import calibrate
 from xferlab.evaluation.evaluate import BootstrapSettings, evaluate_split
 from xferlab.evaluation.flags import degenerate_flags
@@ -48,6 +49,7 @@ class RunRecord:
     metrics: dict
     history: list[dict]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]]
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # split -> patient ids, when the run saved them
     evaluation: dict[str, dict] = field(default_factory=dict)
     calibration: dict[str, dict] = field(default_factory=dict)  # split -> calibration.Calibration.as_dict()
     operating_points: list[dict] | None = None  # operating.OperatingPoint.as_dict() each; None: not binary
@@ -80,9 +82,9 @@ class StudyResults:
 
 def load_run(run_dir: Path, settings: BootstrapSettings,
              target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
-    """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions: metrics with CIs,
-    calibration (temperature fitted on val), operating points chosen on val, degenerate flags. A damaged or
-    mismatched file is an error naming it and what to rerun."""
+    """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions: metrics with CIs
+    (resampling patients when the run saved patient ids), calibration (temperature fitted on val), operating points
+    chosen on val, degenerate flags. A damaged or mismatched file is an error naming it and what to rerun."""
     return evaluate_run(artifacts.read_run(run_dir), settings, target_sensitivity)
 
 
@@ -91,10 +93,10 @@ def evaluate_run(run: artifacts.RunFolder, settings: BootstrapSettings,
     """load_run's work on a run folder already read."""
     check_run(run)
     predictions = run.predictions
-    record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions)
-    record.evaluation = {s: evaluate_split(y, p, settings) for s, (y, p) in predictions.items()}
+    record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions, run.groups)
+    record.evaluation = {s: evaluate_split(y, p, settings, run.groups.get(s)) for s, (y, p) in predictions.items()}
     record.calibration = {s: c.as_dict() for s, c in calibrate(predictions).items()}
-    points = operating_points(predictions, target_sensitivity, **settings.as_kwargs())
+    points = operating_points(predictions, target_sensitivity, groups=run.groups, **settings.as_kwargs())
     record.operating_points = None if points is None else [p.as_dict() for p in points]
     record.flags = {s: degenerate_flags(y, p, record.evaluation[s]) for s, (y, p) in predictions.items()}
     return record
@@ -205,6 +207,7 @@ def csv_row(row: dict) -> dict:
     for split in SPLITS:
         ev = row.get(split)
         flat[f"{split}_n"] = ev["n"] if ev else None
+        flat[f"{split}_patients"] = ev.get("patients") if ev else None
         for name in METRICS:
             metric = ev["metrics"][name] if ev else {}
             flat[f"{split}_{name}"] = metric.get("value")
@@ -265,13 +268,21 @@ def configurations(records: list[RunRecord]) -> list[dict]:
     return out
 
 
+def bootstrap_method(results: StudyResults) -> str:
+    """The bootstrap(s) behind the study's intervals in words: of images, or of patients where runs saved patient
+    ids (evaluation.bootstrap.describe)."""
+    methods = dict.fromkeys(ev.get("bootstrap") or describe(None)
+                            for r in results.records for ev in r.evaluation.values())
+    return "; ".join(methods) or describe(None)
+
+
 def write_results(results: StudyResults) -> tuple[Path, Path]:
     """results.csv (one flat row per run) and results.json (rows, per-configuration summaries, settings)."""
     rows = [result_row(r) for r in results.records]
     diverged = [diverged_row(run) for run in results.diverged]
     doc = {
         "study": results.study.name if results.study else results.out.name,
-        "bootstrap": {"method": "percentile, stratified by class", **results.settings.as_kwargs()},
+        "bootstrap": {"method": bootstrap_method(results), **results.settings.as_kwargs()},
         "primary_split": results.primary_split,
         "runs": rows,
         "configurations": configurations(results.records),

@@ -154,7 +154,7 @@ def final_metrics(run: artifacts.RunFolder, settings: BootstrapSettings) -> Fina
     final = numeric({name: run.metrics.get(key) for key, name in RUN_SCALARS.items()})
     matrices, flags = {}, {}
     for split, (labels, probs) in run.predictions.items():
-        ev = evaluate_split(labels, probs, settings)
+        ev = evaluate_split(labels, probs, settings, run.groups.get(split))
         for name, m in ev["metrics"].items():
             final.update(numeric({f"{split}_{name}": m["value"], f"{split}_{name}_low": m["low"],
                                   f"{split}_{name}_high": m["high"]}))

@@ -126,7 +126,7 @@ class LoadedRun:
         self.device = resolve_device(device)
         self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
         self._preprocess = self.preprocessing.batch_preprocess(self.device)
-        flagged = saved_run_flags(folder.metrics, folder.record.predictions)
+        flagged = saved_run_flags(folder.metrics, folder.record.predictions, folder.record.groups)
         self.flags: dict[str, list[str]] = flagged["flags"]
         self.degenerate: bool = flagged["degenerate"]
         if self.degenerate:
