@@ -8,6 +8,8 @@ import pytest
 
 from tinydata import write_tiny_npy
 
+LEGACY = Path(__file__).parent / "golden" / "legacy"  # run and study folders written by an earlier version
+
 
 @pytest.fixture(autouse=True)
 def offline_torch_home(tmp_path_factory, monkeypatch) -> Path:
@@ -21,3 +23,17 @@ def offline_torch_home(tmp_path_factory, monkeypatch) -> Path:
 @pytest.fixture
 def tiny_npy(tmp_path) -> Path:
     return write_tiny_npy(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def legacy_report(tmp_path_factory) -> tuple[Path, object, Path]:
+    """A copy of the legacy study folder (tests/golden/legacy/study) with its results and report rebuilt once per
+    session: (the copy, its StudyResults, report.html). Tests only read it."""
+    import shutil
+
+    from xferlab.report import build_outputs
+
+    copy = tmp_path_factory.mktemp("legacy") / "study"
+    shutil.copytree(LEGACY / "study", copy)
+    results, report = build_outputs(copy)
+    return copy, results, report

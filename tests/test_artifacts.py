@@ -26,16 +26,12 @@ def test_a_run_folder_written_before_the_artifacts_module_loads():
     assert run.metrics["best_epoch"] in (1, 2) and run.class_names == ["normal", "pneumonia"]
 
 
-def test_a_study_folder_written_before_the_artifacts_module_loads_and_reports(tmp_path):
-    from xferlab.report import build_outputs
-
+def test_a_study_folder_written_before_the_artifacts_module_loads_and_reports(legacy_report):
     study = artifacts.read_study(LEGACY / "study")
     assert study.study["name"] == "legacy study" and study.run_names == ["resnet18-frozen-seed0"]
     assert study.environment["python"] and study.has_audit()
     assert artifacts.read_results(LEGACY / "study")["runs"][0]["run"] == "resnet18-frozen-seed0"
-    copy = tmp_path / "study"
-    shutil.copytree(LEGACY / "study", copy)
-    results, report = build_outputs(copy)  # results, curves and the report rebuilt from the old files alone
+    copy, results, report = legacy_report  # results, curves and the report rebuilt from the old files alone
     assert [r.name for r in results.records] == ["resnet18-frozen-seed0"]
     assert (copy / "runs" / "resnet18-frozen-seed0" / artifacts.CURVES_PNG).is_file()
     assert 'id="audit"' in report.read_text()
@@ -73,17 +69,12 @@ def test_a_folder_from_a_newer_schema_is_refused(tmp_path):
         artifacts.read_run(tmp_path / "run")
 
 
-def test_a_legacy_study_gains_the_honest_results_fields_when_rebuilt(tmp_path):
+def test_a_legacy_study_gains_the_honest_results_fields_when_rebuilt(legacy_report):
     """results.json of an old folder lacks flags, calibration and operating points; rebuilding adds them (same
     schema version: the fields are additive and every one is recomputed from predictions.npz)."""
-    from xferlab.report import build_outputs
-
     old = artifacts.read_results(LEGACY / "study")["runs"][0]
     assert "flags" not in old and "calibration" not in old
-    copy = tmp_path / "study"
-    shutil.copytree(LEGACY / "study", copy)
-    build_outputs(copy)
-    new = artifacts.read_results(copy)["runs"][0]
+    new = artifacts.read_results(legacy_report[0])["runs"][0]
     assert set(new["flags"]) == set(artifacts.EVAL_SPLITS) and isinstance(new["degenerate"], bool)
     assert new["calibration"]["test"]["ece"] == pytest.approx(new["test"]["metrics"]["ece"]["value"])
     assert new["calibration"]["test"]["brier"] == pytest.approx(new["test"]["metrics"]["brier"]["value"])
