@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,8 @@ def test_the_report_of_a_run_with_patients_resamples_patients(grouped_run):
     assert record.evaluation["test"]["patients"] == len(np.unique(record.groups["test"]))
     doc = artifacts.read_results(out.parent.parent)
     assert "cluster bootstrap of patients" in doc["bootstrap"]["method"]
-    html = report.read_text()
-    assert "cluster bootstrap of patients, stratified by each patient&#x27;s majority class" in html
+    html = unescape(report.read_text())
+    assert "cluster bootstrap of patients, stratified by each patient's majority class" in html
     assert f"Patients resampled: val {record.evaluation['val']['patients']}" in html
 
 

@@ -1,16 +1,19 @@
 """The audit runner: the frozen re-splits train beside the statistics (a thread of their own) and give what they give
-after them; a failure on either side reaches the caller, leaves no audit.json and no thread running."""
+after them; a failure on either side reaches the caller, leaves no audit.json and no thread running. The checks are
+the registry's entries (xferlab.audit.checks), so the tests patch what an entry calls."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-import xferlab.audit.run as audit_run
+import xferlab.audit.checks as checks
 from xferlab.audit import run_audit
+from xferlab.audit.entry import AFTER, BESIDE
 from xferlab.audit.resplit import Stopped, resplit_experiment
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.sources import load_dataset
@@ -25,22 +28,22 @@ def _audit(path, out, **kw):
 
 def _resplits_on_threads(monkeypatch) -> list[str]:
     """The names of the threads resplit_experiment ran on, from here on."""
-    names, real = [], audit_run.resplit_experiment
+    names, real = [], checks.resplit_experiment
 
     def recorded(*args, **kw):
         names.append(threading.current_thread().name)
         return real(*args, **kw)
 
-    monkeypatch.setattr(audit_run, "resplit_experiment", recorded)
+    monkeypatch.setattr(checks, "resplit_experiment", recorded)
     return names
 
 
 def test_re_splits_beside_the_statistics_equal_re_splits_after_them(tiny_npy, tmp_path, monkeypatch):
     threads = _resplits_on_threads(monkeypatch)
     beside = _audit(tiny_npy, tmp_path / "beside")
-    monkeypatch.setattr(audit_run, "_overlaps", lambda cfg: False)
+    monkeypatch.setitem(checks.CHECKS, "resplit", replace(checks.CHECKS["resplit"], stage=AFTER))
     after = _audit(tiny_npy, tmp_path / "after")
-    assert threads[0].startswith("xferlab-resplit") and threads[1] == threading.main_thread().name
+    assert threads[0].startswith("xferlab-audit") and threads[1] == threading.main_thread().name
     assert beside["resplit"]["status"] == "ok"
     assert beside["resplit"] == after["resplit"]
     assert beside["leakage"] == after["leakage"]
@@ -48,14 +51,15 @@ def test_re_splits_beside_the_statistics_equal_re_splits_after_them(tiny_npy, tm
 
 
 def test_a_regime_that_trains_the_backbone_runs_after_the_statistics():
-    assert not audit_run._overlaps(AuditConfig(regime="finetune"))
+    assert checks.resplit_stage(AuditConfig(regime="finetune")) == AFTER
+    assert checks.resplit_stage(AuditConfig(regime="frozen")) == BESIDE
 
 
 def test_a_failure_in_the_background_re_splits_reaches_the_caller(tiny_npy, tmp_path, monkeypatch):
     def broken(*args, **kw):
         raise RuntimeError("re-split broke")
 
-    monkeypatch.setattr(audit_run, "resplit_experiment", broken)
+    monkeypatch.setattr(checks, "resplit_experiment", broken)
     with pytest.raises(RuntimeError, match="re-split broke"):
         _audit(tiny_npy, tmp_path / "audit")
     assert not (tmp_path / "audit" / "audit.json").exists()
@@ -74,12 +78,12 @@ def test_a_failure_in_the_statistics_stops_the_re_splits_beside_them(tiny_npy, t
     def broken(*args, **kw):
         raise RuntimeError("leakage broke")
 
-    monkeypatch.setattr(audit_run, "resplit_experiment", slow_resplits)
-    monkeypatch.setattr(audit_run, "leakage_audit", broken)
+    monkeypatch.setattr(checks, "resplit_experiment", slow_resplits)
+    monkeypatch.setattr(checks, "leakage_audit", broken)
     with pytest.raises(RuntimeError, match="leakage broke"):
         _audit(tiny_npy, tmp_path / "audit")
     assert stopped.is_set()
-    assert not any(t.name.startswith("xferlab-resplit") for t in threading.enumerate())
+    assert not any(t.name.startswith("xferlab-audit") for t in threading.enumerate())
     assert not (tmp_path / "audit" / "audit.json").exists()
 
 

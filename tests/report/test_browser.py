@@ -1,6 +1,7 @@
 """The report in a real browser: headless Chromium (Debian's package) opens a tiny study's report.html from the file
 and the page is checked as a reader gets it: every image decodes, the console stays clean, nothing is fetched from
-the network, nothing but table boxes scrolls sideways at 1280 px, and figures are never shrunk (so their >= 9 pt text
+the network, nothing but table boxes scrolls sideways at 1280 px, the summary table fits its box even with the demo's
+longest names and flags (no column hidden behind a scroll bar), and figures are never shrunk (so their >= 9 pt text
 stays >= 9 pt at 100 % zoom). A full-page screenshot is saved (to $XFERLAB_SCREENSHOT_DIR too, when set).
 
 Run by `make test` when Chromium is installed; .ci/run installs it, so CI always runs it."""
@@ -42,12 +43,23 @@ PAGE_FACTS = """(() => {
           firstSection: document.querySelector('section').id};
 })()"""
 
+# The summary table with the longest names a study shows (the demo's backbone; a flag and a diverged count): its box's
+# scroll width and width. Evaluated after the page's facts, since it rewrites the table's cells.
+SUMMARY_WIDTH = """(() => {
+  const box = document.querySelector('#summary .scroll');
+  for (const row of box.querySelectorAll('tbody tr')) {
+    row.cells[1].textContent = 'efficientnet_lite2';
+    row.cells[row.cells.length - 1].innerHTML = '<span class="flag">degenerate; 1 of 2 runs diverged</span>';
+  }
+  return [box.scrollWidth, box.clientWidth];
+})()"""
+
 
 def _audit_section(audit_dir) -> str:
     """A stand-in audit section with a real (decodable) PNG, as the audit's own renderer embeds its figures."""
     import matplotlib.pyplot as plt
 
-    from xferlab.report.html import figure_uri
+    from xferlab.report.figures import figure_uri
 
     fig, ax = plt.subplots(figsize=(4, 2), dpi=100)
     ax.plot([0, 1], [0, 1])
@@ -75,6 +87,7 @@ def test_the_report_in_headless_chromium(report_with_audit, tmp_path):
         session = browser.open(report_with_audit.resolve().as_uri(), WIDTH, HEIGHT)
         facts = browser.evaluate(PAGE_FACTS, session)
         shot = browser.screenshot(session, tmp_path / "report.png")
+        summary_scroll, summary_width = browser.evaluate(SUMMARY_WIDTH, session)
     finally:
         browser.close()
     if os.environ.get("XFERLAB_SCREENSHOT_DIR"):
@@ -94,4 +107,5 @@ def test_the_report_in_headless_chromium(report_with_audit, tmp_path):
     shrunk = [i["alt"] for i in images if i["shown"] < 0.99 * i["natural"]]
     assert shrunk == []  # a figure shown smaller than drawn would shrink its text below 9 pt
     assert facts["scrollWidth"] <= facts["width"] == WIDTH and facts["overflow"] == []
+    assert summary_scroll <= summary_width  # every column of the summary in view at 1280 px
     assert facts["firstSection"] == "summary" and facts["banner"].startswith("Split audit verdict PROBLEM")

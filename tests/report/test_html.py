@@ -7,7 +7,7 @@ import pytest
 import xferlab.engine.run as engine_run
 from xferlab.cli import main
 from xferlab.report import build_outputs
-from xferlab.report.html import SECTIONS
+from xferlab.report.html import SECTIONS, Section
 
 
 class ReportParser(HTMLParser):
@@ -116,11 +116,10 @@ def test_a_damaged_run_folder_is_a_clear_error(study_dir, tmp_path, missing, cap
 
 def test_the_report_shows_calibration_and_operating_points(study_dir):
     from xferlab.report.calibration import render_calibration_section
-    from xferlab.report.html import _figure, _table
     from xferlab.study import collect_results
 
     results = collect_results(study_dir)
-    section = render_calibration_section(results, _table, _figure)
+    section = render_calibration_section(results)
     assert section.startswith('<section id="calibration">')
     record = results.records[0]
     cal = record.calibration["test"]
@@ -135,8 +134,6 @@ def test_xferlab_report_takes_a_run_folder(study_dir, tmp_path, capsys):
     them; nothing else is written."""
     import json
 
-    from xferlab.report.html import RUN_SECTIONS
-
     run = tmp_path / "finetune-run"
     shutil.copytree(study_dir / "runs" / "resnet18-finetune-seed0", run)
     before = sorted(p.name for p in run.iterdir())
@@ -144,7 +141,7 @@ def test_xferlab_report_takes_a_run_folder(study_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert sorted(p.name for p in run.iterdir()) == sorted({*before, "curves.png", "report.html"})  # curves if missing
     parsed = _parse(run / "report.html")
-    assert parsed.sections == list(RUN_SECTIONS) and not [u for u in parsed.urls if not u[2].startswith(("data:", "#"))]
+    assert parsed.sections == [s.id for s in SECTIONS.values() if s.in_run] and not [u for u in parsed.urls if not u[2].startswith(("data:", "#"))]
     assert f"report: {run / 'report.html'}" in out and "Ranked by" not in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert ("! degenerate" in out) == metrics["degenerate"] and ("degenerate" in (run / "report.html").read_text()) \
@@ -156,7 +153,6 @@ def test_a_study_whose_runs_all_diverged_still_reports(tmp_path, capsys):
     reasons) and environment, and `xferlab report` exits 0 (rebuilding the outputs went well)."""
     from xferlab import artifacts
     from xferlab.config import DataConfig, TrainConfig, to_yaml
-    from xferlab.report.html import NO_RESULTS_SECTIONS
 
     for regime, lr in (("frozen", 1e6), ("finetune", 1e12)):
         run = tmp_path / "out" / "runs" / f"resnet18-{regime}-seed0"
@@ -170,6 +166,7 @@ def test_a_study_whose_runs_all_diverged_still_reports(tmp_path, capsys):
     assert main(["report", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "finetune  diverged" in out and "! resnet18-frozen-seed0 diverged, epoch 1: train loss 1e+09 (frozen)" in out
-    assert _parse(tmp_path / "out" / "report.html").sections == [s for s in NO_RESULTS_SECTIONS if s != "audit"]
+    without_results = [s.id for s in SECTIONS.values() if s.without_results and s.id != "audit"]
+    assert _parse(tmp_path / "out" / "report.html").sections == without_results
     csv_text = (tmp_path / "out" / "results.csv").read_text()
     assert csv_text.splitlines()[0].startswith("run,status,") and csv_text.count(",diverged,") == 2

@@ -1,11 +1,11 @@
-"""The audit top to bottom: data -> embeddings (once) -> shift tests, class balance, pixel statistics, leakage, and
-beside them (frozen regime) the re-split experiment -> verdict -> figures, audit_arrays.npz and audit.json (written
-last: its presence means the audit is complete)."""
+"""The audit top to bottom: data -> embeddings (once) -> every check of xferlab.audit.checks by its stage (the
+statistics: shift tests, class balance, pixel statistics, leakage; beside them, for the frozen regime, the re-split
+experiment; after them, the shortcut check on a trained run) -> verdict -> figures, audit_arrays.npz and audit.json
+(written last: its presence means the audit is complete)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,16 +15,24 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-import xferlab.audit.figures as figures
 from xferlab import artifacts
+from xferlab.audit.checks import CHECKS
 from xferlab.audit.common import jsonable
-from xferlab.audit.leakage import leakage_audit
-from xferlab.audit.pixels import STATS, pixel_audit
-from xferlab.audit.resplit import resplit_experiment
-from xferlab.audit.scan import ImageScan, load_embeddings, scan_dataset
-from xferlab.audit.shift import class_balance, shift_tests
+from xferlab.audit.entry import (
+    AFTER,
+    BESIDE,
+    STATISTICS,
+    AuditCheck,
+    AuditInputs,
+    Computed,
+    is_unavailable,
+    stage_of,
+    unavailable,
+    unavailable_record,
+)
+from xferlab.audit.pixels import STATS
+from xferlab.audit.scan import load_embeddings, scan_dataset
 from xferlab.audit.verdict import make_verdict
-from xferlab.backbones.regimes import parse_regime
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.groups import patient_counts
@@ -36,23 +44,10 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def _timed(seconds: dict, name: str) -> Iterator[None]:
+    """Adds the block's wall-clock seconds to seconds[name] (a check timed with another adds to its entry)."""
     start = time.perf_counter()
     yield
-    seconds[name] = time.perf_counter() - start
-
-
-def _overlaps(cfg: AuditConfig) -> bool:
-    """Whether the re-split experiment trains beside the statistics: when it fits linear heads on the cached
-    embeddings (one torch thread on a CPU, or an accelerator). A regime that trains the backbone uses every thread
-    itself and runs after them. The statistics' faiss searches use every thread too, so on 2 cores the two sides
-    share them; measured at 58,000 phantoms (README), the whole audit took 0.74 of the time it took in sequence."""
-    return parse_regime(cfg.regime).cache_features
-
-
-def _resplit(data: ImageDataset, embeddings: np.ndarray, cfg: AuditConfig, seconds: dict, progress: bool,
-             stop: threading.Event) -> dict:
-    with _timed(seconds, "resplit"):
-        return resplit_experiment(data, embeddings, cfg, progress, stop)
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def _dataset_info(data: ImageDataset) -> dict:
@@ -64,65 +59,48 @@ def _dataset_info(data: ImageDataset) -> dict:
             "groups_from": data.meta.get("groups_from"), "patients": patients}
 
 
-def _statistics(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict,
-                progress: bool) -> tuple[dict, dict]:
-    """Shift, class balance, pixels and leakage; returns the results and the per-image arrays behind them.
-
-    BLAS runs single-threaded here: the matrices are small (at most a few thousand rows), and measured on a shared
-    2-core machine, multi-threaded OpenBLAS LAPACK calls (the PCA) ran 8× slower than one thread under load.
-    """
-    with threadpool_limits(limits=1, user_api="blas"):
-        with _timed(seconds, "shift"):
-            shift, scores = shift_tests(data, scan.embeddings, cfg)
-            balance = class_balance(data, cfg)
-        with _timed(seconds, "pixels"):
-            pixels, values = pixel_audit(data, cfg, scan.pixel_stats)
-        with _timed(seconds, "leakage"):
-            leakage = leakage_audit(data, scan.embeddings, cfg, hashes=scan.hashes, phashes=scan.phashes,
-                                    descriptors=scan.descriptors, progress=progress)
-    results = {"shift": shift, "class_balance": balance, "pixels": pixels, "leakage": leakage}
-    return results, {"domain_scores": scores, "pixel_stats": values}
+def _compute(check: AuditCheck, inputs: AuditInputs, seconds: dict) -> Computed:
+    """One check's record (skipped with the install line when its optional package is missing), timed."""
+    reason = unavailable(check)
+    if reason:
+        return Computed(unavailable_record(check, reason))
+    with _timed(seconds, check.timed_as or check.name):
+        return check.compute(inputs)
 
 
-def _statistics_and_resplits(data: ImageDataset, scan: ImageScan, cfg: AuditConfig, seconds: dict,
-                              progress: bool) -> tuple[dict, dict]:
-    """_statistics, and the re-split experiment beside them when _overlaps (it needs only the embeddings), else
-    after them. Should either side fail or the process be interrupted, the re-splits are stopped at their next epoch
-    and waited for, so that no thread of the audit outlives it."""
-    stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xferlab-resplit") as pool:
-        args = (data, scan.embeddings, cfg, seconds, progress, stop)
-        beside = pool.submit(_resplit, *args) if _overlaps(cfg) else None
+def _run_checks(checks: list[AuditCheck], inputs: AuditInputs, seconds: dict) -> dict[str, Computed]:
+    """Every check by its stage: those BESIDE the statistics start on a worker thread first, the STATISTICS run in
+    order on this one, then the others wait for the checks beside them and the AFTER ones run. Should any fail or the
+    process be interrupted, the checks beside are asked to stop (inputs.stop) and waited for, so that no thread of
+    the audit outlives it.
+
+    BLAS runs single-threaded during the statistics: the matrices are small (at most a few thousand rows), and
+    measured on a shared 2-core machine, multi-threaded OpenBLAS LAPACK calls (the PCA) ran 8× slower than one
+    thread under load."""
+    stages = {c.name: stage_of(c, inputs.cfg) for c in checks}
+    done: dict[str, Computed] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xferlab-audit") as pool:
+        beside = {c.name: pool.submit(_compute, c, inputs, seconds) for c in checks if stages[c.name] == BESIDE}
         try:
-            result, arrays = _statistics(data, scan, cfg, seconds, progress)
-            result["resplit"] = beside.result() if beside else _resplit(*args)
+            with threadpool_limits(limits=1, user_api="blas"):
+                done.update((c.name, _compute(c, inputs, seconds)) for c in checks if stages[c.name] == STATISTICS)
+            for c in checks:
+                if c.name in beside:
+                    done[c.name] = beside[c.name].result()
+                elif stages[c.name] == AFTER:
+                    done[c.name] = _compute(c, inputs, seconds)
         except BaseException:
-            stop.set()  # leaving the block waits for the re-splits' thread to end
+            inputs.stop.set()  # leaving the block waits for the thread beside to end
             raise
-    return result, arrays
+    return {c.name: done[c.name] for c in checks}
 
 
-def _figures(data: ImageDataset, embeddings: np.ndarray, result: dict, arrays: dict, cfg: AuditConfig,
-             out: Path) -> dict:
-    made = {"shift": figures.shift_figure(data, embeddings, result["shift"], cfg.alpha, out / "shift.png"),
-            "pixels": figures.pixel_figure(data, arrays["pixel_stats"], out / "pixels.png"),
-            "test_like": figures.test_like_figure(data, arrays["domain_scores"], cfg.thumbnails, out / "test_like.png"),
-            "leakage": figures.leakage_figure(data, result["leakage"], 2 * cfg.thumbnails, out / "leakage.png")}
-    if result["resplit"].get("status") == "ok":
-        made["resplit"] = figures.resplit_figure(result["resplit"], out / "resplit.png")
+def _figures(checks: list[AuditCheck], inputs: AuditInputs, result: dict, arrays: dict, out: Path) -> dict:
+    made: dict[str, str | None] = {}
+    for check in checks:
+        if check.figures and not is_unavailable(result[check.name]):
+            made.update(check.figures(inputs, result[check.name], arrays, out))
     return {k: v for k, v in made.items() if v}
-
-
-def _shortcut(data: ImageDataset, data_cfg: DataConfig, cfg: AuditConfig, result: dict,
-              seconds: dict) -> dict[str, tuple[str, str]]:
-    """The shortcut check into result["shortcut"]; its verdict finding (make_verdict's `extra`)."""
-    from xferlab.explain.audit_check import audit_shortcut, shortcut_finding
-
-    with _timed(seconds, "shortcut"), torch_threads(cfg.num_threads):
-        result["shortcut"] = audit_shortcut(data, data_cfg.format, Path(data_cfg.path), cfg.shortcut_run, cfg.alpha,
-                                            cfg.seed)
-    finding = shortcut_finding(result["shortcut"])
-    return {"shortcut": (finding["level"], finding["text"])}
 
 
 def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progress: bool = True,
@@ -140,23 +118,23 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
     start = time.perf_counter()
     # Images are read a chunk at a time (scan.py), so data.memory_budget_mb holds as in training.
     data = load_dataset(data_cfg)
-    if audit_cfg.shortcut_run:  # a run that does not fit the data fails now, not after the embeddings
-        from xferlab.explain.audit_check import check_shortcut_run
-
-        check_shortcut_run(data, audit_cfg.shortcut_run)
+    checks = [c for c in CHECKS.values() if c.enabled(audit_cfg)]
+    for check in checks:  # a check that cannot run on this data fails now, not after the embeddings
+        if check.prepare and not unavailable(check):
+            check.prepare(data, audit_cfg)
     given = None if embeddings is None else load_embeddings(embeddings, len(data.labels))
     with torch_threads(audit_cfg.num_threads):
         with _timed(seconds, "embedding"):  # the streaming pass: embeddings, hashes, descriptors, pixel statistics
             scan = scan_dataset(data, audit_cfg, given, progress)
-        embeddings = scan.embeddings
-        result, arrays = _statistics_and_resplits(data, scan, audit_cfg, seconds, progress)
-    result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime, **result,
+        inputs = AuditInputs(data, scan, audit_cfg, data_cfg, progress)
+        computed = _run_checks(checks, inputs, seconds)
+    result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime,
+              **{name: c.record for name, c in computed.items()},
               "config": {"data": data_cfg.model_dump(mode="json"), "audit": audit_cfg.model_dump(mode="json")}}
-    # the shortcut check needs a trained model: the run named in the config
-    extra = _shortcut(data, data_cfg, audit_cfg, result, seconds) if audit_cfg.shortcut_run else None
-    result["verdict"] = make_verdict(result, extra)
+    result["verdict"] = make_verdict(result, checks)
+    arrays = {name: array for c in computed.values() for name, array in c.arrays.items()}
     with _timed(seconds, "figures"):
-        result["figures"] = _figures(data, embeddings, result, arrays, audit_cfg, out)
+        result["figures"] = _figures(checks, inputs, result, arrays, out)
     arrays = {"labels": data.labels, "splits": data.splits.astype(str), "stat_names": np.array(list(STATS)),
               **arrays}
     seconds["total"] = time.perf_counter() - start

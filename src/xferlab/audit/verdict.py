@@ -1,9 +1,13 @@
-"""The verdict in words: one headline and one finding per question (image shift, class balance, what differs,
-leakage, re-split), each with the numbers behind it."""
+"""The verdict in words: one headline and one finding per check (image shift, class balance, what differs, leakage,
+re-split, and any other entry of xferlab.audit.checks), each with the numbers behind it. The findings of the checks
+xferlab ships are written here; make_verdict reads every check's through its entry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from xferlab.audit.common import is_ok
+from xferlab.audit.entry import AuditCheck, check_finding
 from xferlab.audit.pixels import STATS
 from xferlab.audit.shift import METHODS
 
@@ -178,32 +182,29 @@ def _resplit_finding(resplit: dict) -> tuple[str, str]:
     return "ok", f"Re-split ({resplit['regime']}): {numbers}; consistent with a random split."
 
 
-def _headline(level: str, flags: dict[str, str]) -> str:
+HEADLINE_OK = "No evidence against the test split: it behaves like a random held-out sample of the same data."
+HEADLINE_PROBLEM = ("Do not read the test accuracy as held-out performance: the test split is not a random sample of "
+                    "the training distribution.")
+HEADLINE_CAUTION = "The test split mostly holds up, with the cautions below."
+LEAKAGE_HEADLINE = "Do not trust the test accuracy: images or patients leak between splits."  # the leakage check's
+
+
+def _headline(level: str, findings: dict[str, tuple[str, str]], checks: Iterable[AuditCheck]) -> str:
     if level == "ok":
-        return "No evidence against the test split: it behaves like a random held-out sample of the same data."
-    problems = [k for k, v in flags.items() if v == "problem"]
-    if "leakage" in problems:
-        return "Do not trust the test accuracy: images or patients leak between splits."
-    if problems:
-        return ("Do not read the test accuracy as held-out performance: the test split is not a random sample of "
-                "the training distribution.")
-    return "The test split mostly holds up, with the cautions below."
+        return HEADLINE_OK
+    if level == "caution":
+        return HEADLINE_CAUTION
+    problems = [c for c in checks if findings.get(c.name, ("",))[0] == "problem"]
+    return next((c.headline for c in problems if c.headline), HEADLINE_PROBLEM)
 
 
-def make_verdict(result: dict, extra: dict[str, tuple[str, str]] | None = None) -> dict:
-    """Level ('ok', 'caution', 'problem'), a headline and the findings, from a finished audit's results; `extra`:
-    findings of checks outside this package (topic -> (level, text)), e.g. the shortcut check of xferlab.explain."""
-    findings = {"shift": shift_finding(result["shift"]),
-                "class_balance": balance_finding(result["class_balance"], result["dataset"]["class_names"]),
-                "pixels": pixel_finding(result["pixels"]),
-                "leakage": leakage_finding(result["leakage"]),
-                "resplit": resplit_finding(result["resplit"]), **(extra or {})}
-    findings = {k: v for k, v in findings.items() if v is not None}
-    if findings["shift"][0] != "problem" and "pixels" in findings:
-        findings["pixels"] = ("ok", findings["pixels"][1])  # pixel differences alone are context, not a verdict
-    flags = {k: lvl for k, (lvl, _) in findings.items()}
-    level = max(flags.values(), key=LEVELS.index)
-    headline = _headline(level, flags)
+def make_verdict(result: dict, checks: Iterable[AuditCheck]) -> dict:
+    """Level ('ok', 'caution', 'problem'), a headline and the findings, from a finished audit's results: each check's
+    finding (check_finding) in the order given, for the checks whose record `result` holds."""
+    checks = [c for c in checks if c.name in result]
+    findings = {c.name: f for c in checks if (f := check_finding(c, result)) is not None}
+    level = max((lvl for lvl, _ in findings.values()), key=LEVELS.index, default="ok")
+    headline = _headline(level, findings, checks)
     items = [{"topic": k, "level": lvl, "text": text} for k, (lvl, text) in findings.items()]
     return {"level": level, "headline": headline, "findings": items,
             "text": " ".join([headline] + [i["text"] for i in items])}

@@ -5,13 +5,13 @@ Drawn from StudyResults' records only (xferlab.evaluation.calibration and .opera
 from __future__ import annotations
 
 from collections.abc import Sequence
-from html import escape
 
 import matplotlib.pyplot as plt
 
 import xferlab.report.figures as figures
 from xferlab.evaluation.metrics import ECE_BINS
 from xferlab.evaluation.operating import DEFAULT_TARGET_SENSITIVITY
+from xferlab.report.render import render
 from xferlab.study.results import SPLITS, StudyResults
 from xferlab.style import SPLIT_MARKERS
 
@@ -49,8 +49,11 @@ def _rate(rates: dict | None, key: str) -> str:
     return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
 
 
-def render_calibration_section(results: StudyResults, table, figure_html) -> str:
-    """The section's HTML; `table` and `figure_html` are report.html's table and figure helpers."""
+HEADING = "Calibration and operating points"  # the navigation's shorter title is the report's entry's
+
+
+def render_calibration_section(results: StudyResults) -> str:
+    """The section's HTML (`<section id="calibration">`)."""
     cal_rows, op_rows = [], []
     for r in results.records:
         for split in SPLITS:
@@ -63,19 +66,10 @@ def render_calibration_section(results: StudyResults, table, figure_html) -> str
             op_rows.append([r.name, p["rule"], f"{p['threshold']:.3f}", _rate(p["val"], "sensitivity"),
                             _rate(p["val"], "specificity"), _rate(p["test"], "sensitivity"),
                             _rate(p["test"], "specificity")])
-    body = table(["run", "split", "ECE", "ECE after T", "Brier", "Brier after T", "T (fitted on val)"], cal_rows,
-                 text_columns=2)
-    if op_rows:
-        conf = f"{100 * results.settings.confidence:.0f}%"
-        body += ("<h3>Operating points (threshold on the positive-class probability, chosen on val)</h3>"
-                 + table(["run", "rule", "threshold", "val sensitivity", "val specificity",
-                          f"test sensitivity [{conf} CI]", f"test specificity [{conf} CI]"], op_rows, text_columns=2))
-    else:
-        body += "<p>Operating points need binary data with both classes in val.</p>"
     panels = [(r.name, r.calibration) for r in results.records if r.calibration]
-    body += figure_html(reliability_figure(panels), "reliability diagrams",
-                        "Reliability: accuracy against mean top-label confidence per bin; points on the dotted "
-                        "diagonal are calibrated, below it over-confident.")
+    reliability = {"uri": figures.figure_uri(reliability_figure(panels)), "alt": "reliability diagrams",
+                   "caption": "Reliability: accuracy against mean top-label confidence per bin; points on the dotted "
+                              "diagonal are calibrated, below it over-confident."}
     target = results.study.target_sensitivity if results.study else DEFAULT_TARGET_SENSITIVITY
     intro = (f"ECE: expected calibration error over {ECE_BINS} equal-width bins of the top-label confidence "
              "(Guo et al. 2017); "
@@ -84,5 +78,5 @@ def render_calibration_section(results: StudyResults, table, figure_html) -> str
              "Temperature scaling divides the logits by one T fitted on val (it never changes a prediction). "
              f"Thresholds are chosen on val (Youden's J; the highest reaching sensitivity {target:g}) and applied "
              "unchanged to test.")
-    return (f'<section id="calibration"><h2>Calibration and operating points</h2>'
-            f'<p class="muted">{escape(intro)}</p>{body}</section>')
+    return render("calibration.html", sid="calibration", title=HEADING, intro=intro, calibration_rows=cal_rows,
+                  operating_rows=op_rows, conf=f"{100 * results.settings.confidence:.0f}%", reliability=reliability)

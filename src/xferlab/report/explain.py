@@ -4,12 +4,13 @@ explain.json and the contact sheets it names, read through xferlab.artifacts) on
 from __future__ import annotations
 
 import logging
-from html import escape
 from pathlib import Path
 
 from xferlab import artifacts
 from xferlab.errors import XferlabError
 from xferlab.report.figures import png_uri
+from xferlab.report.render import render
+from xferlab.style import format_number
 
 log = logging.getLogger(__name__)
 
@@ -17,34 +18,24 @@ SECTION_ID = "explain"
 TITLE = "Where the models look"
 
 
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def _share(value) -> str:
+    return format_number(None if value is None else float(value), 2, scientific=False)
 
 
 def _rows(name: str, result: dict) -> list[list[str]]:
     rows = []
     for split, part in result["splits"].items():
         for group, values in part["summary"].items():
-            rows.append([name, split, group, str(values["n"]), _fmt(values.get("accuracy")),
-                         _fmt(values.get("border_share")), _fmt(values.get("roi_share")),
-                         _fmt(values.get("marker_share"))])
+            rows.append([name, split, group, str(values["n"]), _share(values.get("accuracy")),
+                         _share(values.get("border_share")), _share(values.get("roi_share")),
+                         _share(values.get("marker_share"))])
     return rows
 
 
-def _table(rows: list[list[str]]) -> str:
-    header = ["run", "split", "images", "n", "accuracy", "border band", "region of interest", "marker"]
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="left">{escape(c)}</td>' if i < 3 else f"<td>{escape(c)}</td>"
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
-
-
-def _sheet(folder: Path, file: str | None, caption: str) -> str:
+def _sheet(folder: Path, file: str | None, caption: str) -> dict | None:
     if not file or not (folder / file).is_file():
-        return ""
-    uri = png_uri((folder / file).read_bytes())
-    return (f'<figure><img src="{uri}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption>'
-            "</figure>")
+        return None
+    return {"uri": png_uri((folder / file).read_bytes()), "alt": caption}
 
 
 def render_explain_section(study_dir: Path) -> str:
@@ -70,6 +61,5 @@ def render_explain_section(study_dir: Path) -> str:
              "text sit), in the data's region of interest (the phantoms' lung fields) and on burned-in markers where "
              "the data records them. Uniform maps would put 44 % in the border band; evidence concentrated there or "
              "outside the region of interest suggests a shortcut.")
-    return (f'<section id="{SECTION_ID}"><h2>{TITLE}</h2><p class="muted">{escape(intro)}</p>{_table(rows)}'
-            f"<details><summary>Contact sheets ({len([s for s in sheets if s])})</summary>{''.join(sheets)}"
-            "</details></section>")
+    return render("explain.html", sid=SECTION_ID, title=TITLE, intro=intro, rows=rows,
+                  sheets=[s for s in sheets if s])

@@ -38,6 +38,11 @@ def png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def figure_uri(fig) -> str:
+    """A matplotlib figure as a data: URI (PNG, base64); the figure is closed."""
+    return png_uri(to_png(fig))
+
+
 def write_run_curves(run_dir: Path, history: Sequence[dict], config: dict, missing_only: bool = False) -> Path:
     """A run folder's curves.png, drawn from its history (the engine writes data, not pictures)."""
     path = Path(run_dir) / artifacts.CURVES_PNG
