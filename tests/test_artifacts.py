@@ -29,7 +29,7 @@ def test_a_run_folder_written_before_the_artifacts_module_loads():
 def test_a_study_folder_written_before_the_artifacts_module_loads_and_reports(legacy_report):
     study = artifacts.read_study(LEGACY / "study")
     assert study.study["name"] == "legacy study" and study.run_names == ["resnet18-frozen-seed0"]
-    assert study.environment["python"] and study.has_audit()
+    assert study.environment["python"] and artifacts.is_finished_audit(study.path / artifacts.AUDIT)
     assert artifacts.read_results(LEGACY / "study")["runs"][0]["run"] == "resnet18-frozen-seed0"
     copy, results, report = legacy_report  # results, curves and the report rebuilt from the old files alone
     assert [r.name for r in results.records] == ["resnet18-frozen-seed0"]
@@ -46,8 +46,8 @@ def test_a_study_folder_written_before_the_artifacts_module_loads_and_reports(le
 def test_an_audit_folder_written_before_the_artifacts_module_loads():
     audit = artifacts.read_audit(LEGACY / "study" / "audit")
     assert audit.schema_version == 1 and "verdict" in audit.result and "shift" in audit.result
-    arrays = artifacts.read_audit_arrays(audit.path)
-    assert len(arrays["labels"]) == len(arrays["splits"]) == audit.result["dataset"]["images"]
+    with np.load(audit.path / artifacts.AUDIT_ARRAYS_NPZ) as arrays:
+        assert len(arrays["labels"]) == len(arrays["splits"]) == audit.result["dataset"]["images"]
 
 
 def test_a_run_record_round_trips(tmp_path):

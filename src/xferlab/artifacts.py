@@ -254,12 +254,6 @@ class StudyFolder:
     def run_dir(self, name: str) -> Path:
         return self.path / RUNS / name
 
-    def audit_dir(self) -> Path:
-        return self.path / AUDIT
-
-    def has_audit(self) -> bool:
-        return is_finished_audit(self.audit_dir())
-
     def explain_dir(self, name: str) -> Path:
         return self.path / EXPLAIN / name
 
@@ -373,11 +367,6 @@ def read_audit(folder: Path) -> AuditFolder:
     version = _check_schema(result, folder / AUDIT_JSON)
     result.pop("schema_version", None)
     return AuditFolder(folder, result, version)
-
-
-def read_audit_arrays(folder: Path) -> dict[str, np.ndarray]:
-    with np.load(Path(folder) / AUDIT_ARRAYS_NPZ) as saved:
-        return {k: saved[k] for k in saved.files}
 
 
 # --------------------------------------------------------------------------------------------------------- explain

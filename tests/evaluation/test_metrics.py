@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from xferlab.evaluation.metrics import classification_metrics
+from xferlab.evaluation.metrics import classification_metrics, mann_whitney_auc
 
 
 def test_binary_metrics_match_hand_counts():
@@ -29,6 +29,19 @@ def test_multiclass_metrics_are_macro_averages():
     assert m["specificity"] == pytest.approx(np.mean(spec))
     assert m["sensitivity"] == pytest.approx(m["balanced_accuracy"])
     assert m["auroc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
+
+
+def test_mann_whitney_auc_equals_scikit_learn_row_by_row_and_column_by_column():
+    """The one AUROC of many score sets (the bootstrap's rows; the audit's permuted label columns), ties included."""
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((5, 60)), 1)  # many ties
+    one_mask = rng.random(60) < 0.4
+    per_row = rng.random((5, 60)) < 0.5
+    for positive in (one_mask, per_row):
+        aucs = mann_whitney_auc(scores, positive)
+        rows = np.broadcast_to(positive, scores.shape)
+        assert aucs == pytest.approx([roc_auc_score(rows[i], scores[i]) for i in range(5)], abs=1e-12)
+    np.testing.assert_array_equal(mann_whitney_auc(scores.T, per_row.T, axis=0), mann_whitney_auc(scores, per_row))
 
 
 @pytest.mark.filterwarnings("ignore:A single label was found")  # scikit-learn, on purpose here

@@ -141,7 +141,8 @@ def test_xferlab_report_takes_a_run_folder(study_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert sorted(p.name for p in run.iterdir()) == sorted({*before, "curves.png", "report.html"})  # curves if missing
     parsed = _parse(run / "report.html")
-    assert parsed.sections == [s.id for s in SECTIONS.values() if s.in_run] and not [u for u in parsed.urls if not u[2].startswith(("data:", "#"))]
+    assert parsed.sections == [s.id for s in SECTIONS.values() if s.in_run]
+    assert not [u for u in parsed.urls if not u[2].startswith(("data:", "#"))]
     assert f"report: {run / 'report.html'}" in out and "Ranked by" not in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert ("! degenerate" in out) == metrics["degenerate"] and ("degenerate" in (run / "report.html").read_text()) \
@@ -170,3 +171,23 @@ def test_a_study_whose_runs_all_diverged_still_reports(tmp_path, capsys):
     assert _parse(tmp_path / "out" / "report.html").sections == without_results
     csv_text = (tmp_path / "out" / "results.csv").read_text()
     assert csv_text.splitlines()[0].startswith("run,status,") and csv_text.count(",diverged,") == 2
+
+
+def test_a_report_section_is_one_entry(legacy_report, monkeypatch):
+    """docs/architecture.md: a section is its render function plus one Section entry; nothing else names it (the
+    navigation, the order and which reports have it come from the entry)."""
+    from xferlab.report import html
+    from xferlab.report.render import render
+
+    def dummy(results):
+        return render("figures.html", sid="dummy", title="Dummy <section>", intro=f"{len(results.records)} run(s)",
+                      figures=[], grid=False, message="text of the dummy section")
+
+    monkeypatch.setitem(html.SECTIONS, "dummy", Section("dummy", "Dummy <section>", dummy, in_run=False))
+    page = ReportParser()
+    page.feed(html.render_report(legacy_report[1]))
+    assert page.sections[-2:] == ["environment", "dummy"]
+    assert ("a", "href", "#dummy") in page.urls
+    text = html.render_report(legacy_report[1])
+    assert '<a href="#dummy">Dummy &lt;section&gt;</a>' in text and "text of the dummy section" in text
+    assert "1 run(s)" in text

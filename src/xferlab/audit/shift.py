@@ -28,6 +28,7 @@ from xferlab.audit.common import bonferroni, domain_masks, permutation_p, size_p
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.groups import patients_of
+from xferlab.evaluation.metrics import mann_whitney_auc
 
 METHODS = ("classifier", "mmd", "ks")
 
@@ -70,14 +71,6 @@ def patient_blocks(groups: np.ndarray, is_target: np.ndarray) -> np.ndarray:
     return np.unique(patient * 2 + is_target.astype(np.int64), return_inverse=True)[1].ravel()
 
 
-def _auc_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """AUC of every column of `scores` against the matching 0/1 column of `labels` (Mann-Whitney U / n1·n0)."""
-    ranks = stats.rankdata(scores, axis=0)
-    n1 = labels.sum(axis=0)  # per column: block permutations move whole patients
-    n0 = len(labels) - n1
-    return ((ranks * labels).sum(axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)
-
-
 def out_of_fold_scores(z: np.ndarray, labels: np.ndarray, folds: int, seed: int,
                        groups: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold ridge-regression scores for every label column at once (N × columns); with `groups`, folds of
@@ -112,7 +105,7 @@ def classifier_test(z: np.ndarray, labels: np.ndarray, folds: int, seed: int,
     units = len(z) if groups is None else len(np.unique(groups))
     folds = int(min(folds, units // 2 if groups is None else units))
     scores = out_of_fold_scores(z, labels, folds, seed, groups)
-    aucs = _auc_columns(scores, labels)
+    aucs = mann_whitney_auc(scores, labels.astype(bool), axis=0)  # per column: its own (permuted) labels
     null = aucs[1:]
     result = {"statistic": "AUC", "auc": float(aucs[0]), "p": permutation_p(aucs[0], null),
               "null_mean": float(null.mean()), "null_q95": float(np.quantile(null, 0.95)), "folds": folds,

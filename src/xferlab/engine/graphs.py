@@ -28,7 +28,6 @@ from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)
 
-EpochTrainer = Callable[[list], tuple[float, float]]  # an epoch's index batches -> (mean loss, accuracy)
 WARMUP_STEPS = 3  # eager full-size steps before capture, as torch's CUDA-graph recipe warms up (cuDNN autotuning)
 
 

@@ -154,11 +154,19 @@ def _auroc_batched(b: Batch) -> np.ndarray:
 
 
 def _auroc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUROC along the last axis (ties count one half, as roc_auc_score's trapezoids do)."""
-    n_pos = positive.sum()
-    n_neg = positive.size - n_pos
-    ranks = rankdata(scores, axis=-1)
-    return (ranks[..., positive].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return mann_whitney_auc(scores, positive)
+
+
+def mann_whitney_auc(scores: np.ndarray, positive: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUROC along `axis` by the Mann-Whitney U statistic, U / (n_pos · n_neg), from mid-ranks (ties count one half,
+    as roc_auc_score's trapezoids do). `positive`: a boolean mask broadcastable to `scores` (one for all rows, or one
+    per row: the audit's permuted labels). scikit-learn scores one set at a time; this scores thousands at once
+    (bootstrap resamples, permutations), and its sums of half-integer ranks are exact."""
+    ranks = rankdata(scores, axis=axis)
+    positive = np.broadcast_to(positive, ranks.shape)
+    n_pos = positive.sum(axis=axis)
+    n_neg = positive.shape[axis] - n_pos
+    return (np.where(positive, ranks, 0.0).sum(axis=axis) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def _weighted_auroc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -105,11 +105,6 @@ def _mean_metric(runs: list[RunRecord], split: str) -> float:
     return sum(values) / len(values)
 
 
-def _runs(records: list[RunRecord], backbone: str, regime: str) -> list[RunRecord]:
-    return sorted((r for r in records if r.config["backbone"] == backbone and r.config["regime"] == regime),
-                  key=lambda r: r.config.get("seed", 0))
-
-
 def _paired(results: StudyResults, a_key: tuple[str, str], b_key: tuple[str, str]) -> list[tuple[RunRecord, RunRecord]]:
     cells = _by_cell(results.records)
     return [(cells[(*a_key, s)], cells[(*b_key, s)]) for (bb, rr, s) in sorted(cells)

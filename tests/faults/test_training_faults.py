@@ -1,5 +1,5 @@
 """Second fault suite, training: a diverging loss, SIGTERM, two writers of one --out, an output folder made
-read-only or removed mid-run (a full disk while writing the report: test_saved_and_report_round2)."""
+read-only or removed mid-run (a full disk while writing the report: test_damaged_folders_and_report.py)."""
 
 from __future__ import annotations
 
