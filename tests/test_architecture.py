@@ -1,10 +1,16 @@
 """The structure's promises: backbones exist once xferlab.backbones is imported, a misspelt backbone fails when the
-config is read, every CLI option shows its default, and fit-loop hooks see every epoch and can stop training."""
+config is read, every CLI option shows its default, fit-loop hooks see every epoch and can stop training, and
+docs/architecture.md's "Where to add things" states how many places each addition touches and names what exists (a
+dummy audit check and a dummy report section, each one entry, are added in tests/audit/test_checks.py and
+tests/report/test_html.py)."""
 
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +60,17 @@ def test_fit_hooks_see_every_epoch_and_can_stop_training(tiny_npy, tmp_path):
     result = train(cfg, tmp_path / "run", progress=False, hooks=[hook])
     assert [e for e, _ in hook.seen] == [1, 2] and len(result.history) == 2
     assert [r["val_acc"] for r in result.history] == [acc for _, acc in hook.seen]
+
+
+def test_where_to_add_things_states_each_count_and_names_what_exists():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    table = text.split("## Where to add things")[1].split("\n## ")[0]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| to add")]
+    assert len(rows) >= 9 and all(re.search(r"\(\d+", r.split(" | ")[0]) for r in rows), rows
+    # the two the dummy entries of the tests exercise: a module (or function) plus one entry
+    assert "| an audit check (2: a module + an entry) |" in table and "`audit/checks.py::CHECKS`" in table
+    assert "| a report section (2: a function + an entry;" in table and "`report/html.py::SECTIONS`" in table
+    named = re.findall(r"`([\w/]+)\.py::(\w+)`", table)
+    assert len(named) >= 6
+    for path, name in named:
+        assert hasattr(importlib.import_module("xferlab." + path.replace("/", ".")), name), (path, name)

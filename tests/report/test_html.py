@@ -184,10 +184,10 @@ def test_a_report_section_is_one_entry(legacy_report, monkeypatch):
                       figures=[], grid=False, message="text of the dummy section")
 
     monkeypatch.setitem(html.SECTIONS, "dummy", Section("dummy", "Dummy <section>", dummy, in_run=False))
+    text = html.render_report(legacy_report[1])
     page = ReportParser()
-    page.feed(html.render_report(legacy_report[1]))
+    page.feed(text)
     assert page.sections[-2:] == ["environment", "dummy"]
     assert ("a", "href", "#dummy") in page.urls
-    text = html.render_report(legacy_report[1])
     assert '<a href="#dummy">Dummy &lt;section&gt;</a>' in text and "text of the dummy section" in text
     assert "1 run(s)" in text

@@ -11,9 +11,12 @@ audit.json.
   neighbours.py  nearest neighbours from faiss HNSW graphs per split, re-ranked exactly
   nearcopy.py  re-exported copies: spectral-descriptor candidates confirmed by alignment
   resplit.py   R stratified group-aware re-splits, trained like the original
-  verdict.py   the findings in words
+  entry.py     AuditCheck: the record of one check (compute, finding, report block, figures, when it runs)
+  checks.py    CHECKS: one entry per check, which the runner, the verdict and the report read
+  blocks.py    each check's report block as neutral data (title, paragraphs, lists, tables, figure files)
+  verdict.py   the findings in words; make_verdict over the entries
   figures.py   PNG figures
-  run.py       run_audit: all of the above, written to a folder
+  run.py       run_audit: the scan, then every check by its stage, written to a folder
 """
 
 from xferlab.audit.run import run_audit

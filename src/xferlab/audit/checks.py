@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import xferlab.audit.blocks as blocks
 import xferlab.audit.figures as figures
-from xferlab.audit import blocks, verdict
+import xferlab.audit.verdict as verdict
 from xferlab.audit.entry import AFTER, BESIDE, AuditCheck, AuditInputs, Computed, Finding
 from xferlab.audit.leakage import leakage_audit
 from xferlab.audit.pixels import pixel_audit

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xferlab.audit import blocks
+import xferlab.audit.blocks as blocks
 from xferlab.audit.common import skipped
 from xferlab.audit.scan import ImageScan
 from xferlab.config import AuditConfig, DataConfig

@@ -107,7 +107,7 @@ CALIBRATION_IMAGES = 15_000
 # nearest-neighbour descriptor distances are aligned. With planted copies in the default phantoms at 32 px
 # (`python benchmarks/audit_scale.py detect`), every 1-pixel crop, 3 % rescale, JPEG 75, brightness, noise and
 # combined copy passes, and at most 16 % of the unplanted val/test images do; so alignment, the step's main cost,
-# runs on about an eighth to a sixth of the queries (README).
+# runs on about an eighth to a sixth of the queries (docs/audit-at-scale.md).
 PREFILTER_QUANTILE = 0.10
 
 

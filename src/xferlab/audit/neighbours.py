@@ -29,11 +29,11 @@ METRICS = ("hamming", "cosine", "euclidean")
 # Per metric: graph links per point (faiss's M), the candidate-list size while searching (efSearch) and the
 # candidates kept (re-ranked exactly for float features; for Hamming the graph's distances are exact already); the
 # candidate-list size while building (efConstruction) is BUILD_CANDIDATES for all. Chosen from recall@1 against the
-# all-pairs search (`python benchmarks/audit_scale.py recall`, README): efConstruction 40 recalled as 80 did at
-# 28,000 phantoms (hashes, descriptors, embeddings 0.9987 / 0.9957 / 0.9999 against 0.9986 / 0.9948 / 0.9999) and
-# built the 58,000-image train graphs in 0.64-0.73 of the time; at 58,000 images (24,560 queries per measure) the
-# spectral descriptors (whose intrinsic dimension is high: 95 principal directions hold 95 % of their variance)
-# recalled 0.9877 with M 32 and efSearch 128, 0.9974 with M 48 and efSearch 256.
+# all-pairs search (`python benchmarks/audit_scale.py recall`, docs/audit-at-scale.md): efConstruction 40 recalled as
+# 80 did at 28,000 phantoms (hashes, descriptors, embeddings 0.9987 / 0.9957 / 0.9999 against 0.9986 / 0.9948 /
+# 0.9999) and built the 58,000-image train graphs in 0.64-0.73 of the time; at 58,000 images (24,560 queries per
+# measure) the spectral descriptors (whose intrinsic dimension is high: 95 principal directions hold 95 % of their
+# variance) recalled 0.9877 with M 32 and efSearch 128, 0.9974 with M 48 and efSearch 256.
 BUILD_CANDIDATES = 40
 SEARCH = {"hamming": (32, 64, 16), "cosine": (32, 64, 32), "euclidean": (48, 256, 64)}  # (M, efSearch, candidates)
 # Float features are searched on this many leading principal directions, then re-ranked in full.

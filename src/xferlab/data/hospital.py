@@ -1,6 +1,6 @@
 """The files hospitals hand out: 12/16-bit grayscale scaled by the bits actually used, and DICOM via pydicom.
 
-Two rules (README, "Using a trained model"):
+Two rules (docs/data.md, "Hospital image files"):
 - Wide integer pixels (16-bit PNG/TIFF) map to 0..255 by 255 / (2^bits - 1), with `bits` from the file when it says
   (PNG sBIT chunk, TIFF MaxSampleValue) and otherwise the smallest common detector depth (8, 10, 12, 14, 16 bits)
   whose maximum is at or above the image's maximum. A 12-bit radiograph (0..4095) in a 16-bit container thus fills

@@ -1,6 +1,6 @@
 """Regions of an image a map's mass is measured in: the border band, and a region of interest when the data has one.
 
-Region of interest formats (documented in README, Explanations):
+Region of interest formats (documented in docs/explanations.md, "Regions of interest"):
 - npy layout: `roi/<stem>.npy` beside each `<stem>.npy`, in the same image order: N×H×W masks (nonzero = inside) or
   N×4 boxes `x0, y0, x1, y1` in pixels, end exclusive (a row of -1: no region for that image). The phantoms write
   their lung fields this way, and `markers/<stem>.npy` boxes for burned-in markers.

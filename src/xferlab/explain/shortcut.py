@@ -16,7 +16,7 @@ as much as the chest wall or the air around them; a model that learnt a burned-i
 goes. A shortcut is named when the p-value is below alpha. The share of the maps' mass in the zone, against the zone's
 area, is reported beside it but no longer gates the alarm: occlusion is the causal evidence, a coarse map is not,
 and on the phantoms the gate removed no false alarm while it cost shortcut draws (benchmarks/shortcut_check.py prints
-both rates). False-alarm rate and power on phantoms: benchmarks/shortcut_check.py (README).
+both rates). False-alarm rate and power on phantoms: benchmarks/shortcut_check.py (docs/explanations.md).
 
 The first design compared the zone's salient window with random windows in the zone; its null failed for sound
 models (false alarms 0.141 at alpha 0.05): the zone holds the chest wall and body outline, which a sound model uses,

@@ -1,10 +1,13 @@
 """The report: figures (matplotlib) and the self-contained report.html, drawn from saved records only.
 
   figures.py  matplotlib figures from records (curves, comparison, timing, confusion, ROC); a run's curves.png
-  html.py     report.html: one function per section, SECTIONS lists them in order
-  audit.py    the audit's section, from the audit folder's record (xferlab.artifacts.read_audit)
+  html.py     report.html: one Section entry per section in SECTIONS (id, title, render function), in order
+  render.py   the Jinja2 environment: templates/ (package data), autoescaped; Cell, a table cell with a note
+  audit.py    the audit's section, from the audit folder's record (xferlab.artifacts.read_audit) and every check's
+              report block (xferlab.audit.checks)
   calibration.py  the calibration section: ECE/Brier before and after temperature scaling, operating points,
                   reliability diagrams
+  explain.py  the "Where the models look" section, from the study's explain folders
 """
 
 from __future__ import annotations

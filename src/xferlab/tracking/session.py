@@ -1,7 +1,7 @@
 """Opening and closing tracked runs for `xferlab train`, `study` and `audit`: which tools, where they write, and the
 run's life (started with params and tags, finished FINISHED / FAILED / KILLED, then its queued calls awaited).
 
-Where things land (README, Tracking): MLflow at --track-uri, else $MLFLOW_TRACKING_URI, else a SQLite store
+Where things land (docs/tracking.md): MLflow at --track-uri, else $MLFLOW_TRACKING_URI, else a SQLite store
 `mlflow.db` beside --out (MLflow 3 refuses its old ./mlruns file store by default and prefers SQLite) with artifacts
 in `mlartifacts/` beside it; experiment $MLFLOW_EXPERIMENT_NAME or 'xferlab'. TensorBoard: a study's runs under
 DIR/tb/<run>, a single run or audit under tb/<name> beside --out.

@@ -1,11 +1,12 @@
-"""Regenerate tests/report/fixed/: an audit folder and an explain folder as the current xferlab writes them (patients
-named in file names, a planted patient leak and an exact copy, the shortcut check on a tiny run; figures left out),
-and the visible text of the reports test_visible_text.py compares with. Run from the repository root:
+"""How tests/report/fixed/ was made: an audit folder and an explain folder as xferlab wrote them before the report
+moved to templates (patients named in file names, a planted patient leak and an exact copy, the shortcut check on a
+tiny run; figures left out), and the visible text of the reports test_visible_text.py compares with, written by the
+f-string renderer of that version. Run from the repository root:
 
     PYTHONPATH=src python tests/report/fixed/make_fixed.py [--text-only]
 
---text-only rewrites only the expected text (from the folders already here). Regenerate the text only for an
-intended change of what a report says, and name the change in test_visible_text.py."""
+--text-only rewrites only the expected text (from the folders already here). The text is the old renderer's record:
+an intended change of what a report says is listed in test_visible_text.py (INTENDED), not written over it."""
 
 from __future__ import annotations
 
