@@ -31,6 +31,7 @@ from xferlab.data.dataset import ImageDataset
 # why). BESIDE: on a worker thread while the statistics run (it must end when `inputs.stop` is set). AFTER: once the
 # statistics (and the checks beside them) are done, e.g. a check that loads a trained model.
 STATISTICS, BESIDE, AFTER = "statistics", "beside", "after"
+STAGES = (STATISTICS, BESIDE, AFTER)
 
 Finding = tuple[str, str]  # (level: 'ok' | 'caution' | 'problem', text)
 
@@ -85,7 +86,10 @@ class AuditCheck:
 
 
 def stage_of(check: AuditCheck, cfg: AuditConfig) -> str:
-    return check.stage(cfg) if callable(check.stage) else check.stage
+    stage = check.stage(cfg) if callable(check.stage) else check.stage
+    if stage not in STAGES:  # a check that never ran would be missing from audit.json without a word
+        raise ValueError(f"audit check {check.name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
+    return stage
 
 
 # ----------------------------------------------------------------------------------- a missing optional package

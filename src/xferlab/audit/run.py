@@ -42,6 +42,7 @@ from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)
 
+
 @contextmanager
 def _timed(seconds: dict, name: str) -> Iterator[None]:
     """Adds the block's wall-clock seconds to seconds[name] (a check timed with another adds to its entry)."""
