@@ -26,7 +26,7 @@ log = logging.getLogger("xferlab")
 DATA_OPTIONS = ("path", "format", "image_size", "val_split", "groups", "unmatched", "medmnist_flag", "skip_unreadable",
                 "allow_external_links", "memory_budget_mb", "loader_workers")
 TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "weight_decay", "scheduler", "seed",
-                 "device", "num_threads", "cuda_graphs", "inference_batch_size", "test_bn")
+                 "device", "num_threads", "cuda_graphs", "inference_batch_size", "test_bn", "runtime")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
 AUDIT_OPTIONS = ("backbone", "weights", "regime", "resplits", "permutations", "alpha", "seed", "device", "num_threads",
                  "runtime", "shortcut_run")

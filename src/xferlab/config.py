@@ -53,6 +53,19 @@ BackboneName = Annotated[str, AfterValidator(_known_backbone)]  # a backbone of 
 
 TrackerName = Literal["mlflow", "tensorboard"]
 
+# How a fixed backbone's passes run (xferlab.engine.runtime, which decides and records it): frozen / adabn features,
+# test-time BatchNorm, predict, the audit's embeddings, Grad-CAM below its layer.
+RuntimeName = Literal["auto", "onnxruntime", "torch", "torch-bf16", "compile"]
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
+# Training steps on a CPU with native bf16 (xferlab.engine.accel): `auto` turns bf16 autocast and channels_last on
+# for a backbone that trains on images of at least this side. At 224 px both made fine-tuning steps faster for every
+# benchmark backbone; at 64 px EfficientNet-Lite0's bf16 step was slower than fp32 (docs/performance-real-sizes.md).
+CPU_BF16_MIN_SIDE = 128
+RUNTIME_HELP = ("what runs a fixed backbone's passes (features, test-time BatchNorm, predict, audit embeddings): "
+                "torch (eager fp32), onnxruntime (CPU), torch-bf16 (native bf16 only), compile; auto: onnxruntime "
+                "on the CPU unless the pass is too small for the export to pay back, torch-bf16 on a GPU with native "
+                "bf16; checked against eager fp32 on the first images, falling back with a warning")
+
 
 TRACK_FIELD = Field([], description="experiment trackers to mirror into (xferlab.tracking): mlflow, tensorboard; "
                    "they never change results")
@@ -87,10 +100,11 @@ class TrainConfig(_Strict):
                                     description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
     amp: Literal["auto", "bf16", "off"] = Field(
-        "auto", description="bf16 autocast; auto: on for a CUDA GPU with native bf16, off (fp32) on CPU"
+        "auto", description="bf16 autocast of training steps; auto: on for a CUDA GPU with native bf16, and on a CPU "
+        f"with native bf16 for finetune / partial:K at images >= {CPU_BF16_MIN_SIDE} px; else off (fp32)"
     )
     channels_last: Literal["auto", "on", "off"] = Field(
-        "auto", description="NHWC memory layout; auto: on for CUDA, off on CPU (see README, Performance)"
+        "auto", description="NHWC memory layout; auto: on for CUDA, and on a CPU where amp's auto turns bf16 on"
     )
     compile: bool = Field(False, description="torch.compile the model (first batches of each shape compile)")
     test_bn: Literal["off", "adapt"] = Field(
@@ -109,6 +123,7 @@ class TrainConfig(_Strict):
         "training batch costs only memory); default: 256 on CUDA, the training batch on CPU. Float rounding aside, "
         "changes no result"
     )
+    runtime: RuntimeName = Field("auto", description=RUNTIME_HELP)
     track: list[TrackerName] = TRACK_FIELD
     track_uri: str | None = TRACK_URI_FIELD
 
@@ -282,9 +297,7 @@ class AuditConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice")
-    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
-        "auto", description="what runs the backbone for the embeddings: auto = ONNX Runtime on the CPU when "
-                            "installed and its features match PyTorch's, else PyTorch")
+    runtime: RuntimeName = Field("auto", description=RUNTIME_HELP)
     shortcut_run: str | None = Field(None, description="a run folder trained on this data: run the shortcut check "
                                      "(Grad-CAM + occlusion, xferlab.explain.shortcut) on its model")
 

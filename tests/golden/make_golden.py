@@ -36,8 +36,11 @@ def untimed_history(run: Path) -> str:
 def golden_config(data: Path, regime: str):
     from xferlab.config import DataConfig, TrainConfig
 
+    # fp32, contiguous, eager: the golden files compare the arithmetic of one path across versions, whatever `auto`
+    # would choose on the machine that runs them
     return TrainConfig(data=DataConfig(path=data), backbone="resnet18", weights="none", regime=regime, epochs=2,
-                       batch_size=8, device="cpu", num_threads=1, seed=0)
+                       batch_size=8, device="cpu", num_threads=1, seed=0, amp="off", channels_last="off",
+                       runtime="torch")
 
 
 def golden_data(root: Path) -> Path:

@@ -1,6 +1,6 @@
-"""Embeddings for the audit: every image through the fixed backbone once (eval mode, BatchNorm frozen), on the
-engine's feature path or, on the CPU, through ONNX Runtime (engine/onnxfeatures.py: about 4× faster there); the
-shift tests, the nearest-neighbour leakage search and every frozen re-split reuse them."""
+"""Embeddings for the audit: every image through the fixed backbone once (eval mode, BatchNorm frozen), through the
+fixed-backbone runtime (xferlab.engine.runtime: ONNX Runtime on the CPU); the shift tests, the nearest-neighbour
+leakage search and every frozen re-split reuse them."""
 
 from __future__ import annotations
 
@@ -16,17 +16,19 @@ from xferlab.config import AuditConfig
 from xferlab.data.batches import Preprocess, as_tensor
 from xferlab.data.dataset import ImageDataset
 from xferlab.engine.loop import extract_features
-from xferlab.engine.onnxfeatures import onnx_features
 from xferlab.engine.run import resolve_device
+from xferlab.engine.runtime import CHECK_IMAGES, fixed_pass
 from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)
 
-# Images handed to extract_features per call: small enough for a progress bar that moves, large enough that the
-# per-call overhead is negligible.
+# Images handed to the embedder per call by embed_dataset: small enough for a progress bar that moves, large enough
+# that the per-call overhead is negligible.
 _CHUNK = 256
-_FEATURE_BATCH = 64
-_ONNX_BATCH = 256  # ONNX Runtime: larger batches amortise its per-call cost
+# Pixels per batch of the pass: about 4 Mpx. 256 images up to 128 px (larger batches amortise ONNX Runtime's per-call
+# cost on small images), 83 at 224 px, floored at 32 (512 px: 32 MB of float input per batch).
+_BATCH_PIXELS = 1 << 22
+_BATCH_RANGE = (32, 256)
 
 
 def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -> TransferModel:
@@ -36,38 +38,33 @@ def fixed_backbone(data: ImageDataset, cfg: AuditConfig, device: torch.device) -
     return model.to(device).eval()
 
 
+def batch_size_for(image_size: tuple[int, int]) -> int:
+    low, high = _BATCH_RANGE
+    return int(np.clip(_BATCH_PIXELS // (image_size[0] * image_size[1]), low, high))
+
+
 class Embedder:
-    """Embeds one chunk of uint8 images at a time with the audit backbone (for the streaming pass, scan.py)."""
+    """Embeds one chunk of uint8 images at a time with the audit backbone (for the streaming pass, scan.py); the
+    runtime is chosen for the whole dataset on its first images. `runtime`: the path that runs (the record's)."""
 
     def __init__(self, data: ImageDataset, cfg: AuditConfig):
         self.cfg = cfg
         device = resolve_device(cfg.device)
         self.model = fixed_backbone(data, cfg, device)
-        self.preprocess = Preprocess.for_input(self.model.spec.input, device)
-        self.onnx = self._onnx(data, device)
-        self.runtime = "onnxruntime" if self.onnx is not None else "torch"
-
-    def _onnx(self, data: ImageDataset, device: torch.device):
-        if self.cfg.runtime == "torch" or device.type != "cpu":
-            if self.cfg.runtime == "onnxruntime":
-                raise XferlabError(f"audit.runtime onnxruntime runs on the CPU, but the device is {device.type}; "
-                                   "use --device cpu or --runtime auto")
-            return None
-        example = self.preprocess(as_tensor(np.asarray(data.images[:2])))
+        preprocess = Preprocess.for_input(self.model.spec.input, device)
+        example = as_tensor(np.asarray(data.images[:CHECK_IMAGES]))
         try:
-            return onnx_features(self.model.body, example, torch.get_num_threads(),
-                                 required=self.cfg.runtime == "onnxruntime")
-        except RuntimeError as err:
-            hint = ("install it with pip install 'xferlab[onnx]', or use --runtime torch"
-                    if isinstance(err.__cause__, ImportError) else "use --runtime torch")
-            raise XferlabError(f"audit.runtime onnxruntime: backbone '{self.cfg.backbone}': {err}; {hint}") from None
+            self.features = fixed_pass(self.model.body, preprocess, example, cfg.runtime, n_images=len(data.labels))
+        except XferlabError as err:
+            raise XferlabError(f"audit.{err}; backbone '{cfg.backbone}'") from None
+        self.batch_size = batch_size_for(data.image_size)
+
+    @property
+    def runtime(self) -> str:
+        return self.features.path
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        if self.onnx is not None:
-            batches = range(0, len(images), _ONNX_BATCH)
-            return np.concatenate([self.onnx(self.preprocess(as_tensor(images[i:i + _ONNX_BATCH]))) for i in batches])
-        features = extract_features(self.model.body, as_tensor(images), self.preprocess, _FEATURE_BATCH)
-        return features.float().cpu().numpy()
+        return extract_features(self.features, as_tensor(images), self.batch_size).cpu().numpy()
 
     def check(self, features: np.ndarray) -> None:
         if not np.isfinite(features).all():

@@ -129,7 +129,7 @@ def run_audit(data_cfg: DataConfig, audit_cfg: AuditConfig, out_dir: Path, progr
             scan = scan_dataset(data, audit_cfg, given, progress)
         inputs = AuditInputs(data, scan, audit_cfg, data_cfg, progress)
         computed = _run_checks(checks, inputs, seconds)
-    result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime,
+    result = {"dataset": _dataset_info(data), "embedding_runtime": scan.runtime, "runtime": scan.runtime_record,
               **{name: c.record for name, c in computed.items()},
               "config": {"data": data_cfg.model_dump(mode="json"), "audit": audit_cfg.model_dump(mode="json")}}
     result["verdict"] = make_verdict(result, checks)

@@ -35,7 +35,8 @@ class ImageScan:
     phashes: np.ndarray  # N × 256 bool perceptual hashes
     descriptors: np.ndarray  # N × D float32 spectral descriptors (nearcopy)
     pixel_stats: np.ndarray  # N × len(pixels.STATS)
-    runtime: str  # what computed the embeddings: onnxruntime, torch or given
+    runtime: str  # what computed the embeddings: a runtime path (xferlab.engine.runtime) or given
+    runtime_record: dict | None = None  # the runtime's choice, reason and check (None for given embeddings)
 
 
 def load_embeddings(source: np.ndarray | str | Path, n: int) -> np.ndarray:
@@ -90,4 +91,6 @@ def scan_dataset(data: ImageDataset, cfg: AuditConfig, embeddings: np.ndarray | 
         embedder.check(arrays["embeddings"])
     else:
         arrays["embeddings"] = embeddings
-    return ImageScan(runtime=embedder.runtime if embedder is not None else "given", **arrays)
+    if embedder is None:
+        return ImageScan(runtime="given", **arrays)
+    return ImageScan(runtime=embedder.runtime, runtime_record=embedder.features.record.as_dict(), **arrays)

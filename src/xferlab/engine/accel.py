@@ -1,9 +1,13 @@
-"""How a run uses its device: precision (bf16 autocast), memory layout (channels_last), torch.compile, cuDNN autotuning
-and whether the uint8 dataset lives on the GPU. Resolved once per run from the config, and checked before any work.
+"""How a run's training steps use the device: precision (bf16 autocast), memory layout (channels_last),
+torch.compile, cuDNN autotuning and whether the uint8 dataset lives on the GPU. Resolved once per run from the
+config, and checked before any work. (A fixed backbone's passes follow the `runtime` setting: engine/runtime.py.)
 
-CPU defaults are fp32 and contiguous (NCHW): bf16 is only allowed where the CPU has native bf16 instructions (it is
-emulated, and far slower, elsewhere), and channels_last is opt-in on CPU because it measured slower for training
-there (README, Performance).
+`auto` on a CUDA GPU: bf16 where it is native, channels_last. On a CPU: bf16 autocast and channels_last for steps
+that train the backbone (finetune, partial:K) at images of at least CPU_BF16_MIN_SIDE px on a CPU with native bf16
+(AVX512-BF16 or AMX, from /proc/cpuinfo's flags; emulated bf16 is far slower and is refused); fp32 and contiguous
+otherwise. Measured in docs/performance-real-sizes.md: faster at 224 px for the benchmark backbones, with
+validation accuracy within the seed-to-seed spread of fp32 runs; at 64 px EfficientNet-Lite0's bf16 step was the
+slower one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from xferlab.config import CPU_BF16_MIN_SIDE
 from xferlab.errors import XferlabError
+from xferlab.hardware import cpu_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +32,13 @@ RESIDENT_FRACTION = 0.25
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does the device compute bf16 natively? CUDA: compute capability >= 8.0. CPU: AVX512-BF16 or AMX."""
+    """Does the device compute bf16 natively? CUDA: compute capability >= 8.0. CPU: AVX512-BF16 or AMX-BF16 among
+    /proc/cpuinfo's flags, or where there is no such file, torch's own CPUID check."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    flags = cpu_native_bf16()
+    if flags is not None:
+        return flags
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
@@ -42,6 +52,7 @@ class Accel:
     amp_dtype: torch.dtype | None  # None: fp32
     channels_last: bool
     compile: bool
+    rule: str = ""  # why `auto` chose what it did
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -78,12 +89,28 @@ class Accel:
 
     def describe(self) -> dict:
         return {"device": str(self.device), "amp": "bf16" if self.amp_dtype else "off",
-                "channels_last": self.channels_last, "compile": self.compile}
+                "channels_last": self.channels_last, "compile": self.compile, "auto_rule": self.rule}
 
 
-def resolve_accel(device: torch.device, amp: str = "auto", channels_last: str = "auto",
-                  compile: bool = False) -> Accel:
-    """Turn the config's 'auto' / 'on' / 'off' choices into settings for `device`; XferlabError if impossible."""
+def cpu_auto_bf16(native: bool, trains_backbone: bool, image_side: int | None) -> bool:
+    """The CPU's `auto` for amp and channels_last: on for steps that train the backbone on images of at least
+    CPU_BF16_MIN_SIDE px, where bf16 is native."""
+    return native and trains_backbone and (image_side or 0) >= CPU_BF16_MIN_SIDE
+
+
+def _cpu_reason(native: bool, trains_backbone: bool) -> str:
+    if not native:
+        return "no native bf16"
+    if not trains_backbone:
+        return "the backbone does not train"
+    return f"native bf16, the backbone trains; images of at least {CPU_BF16_MIN_SIDE} px"
+
+
+def resolve_accel(device: torch.device, amp: str = "auto", channels_last: str = "auto", compile: bool = False, *,
+                  trains_backbone: bool = False, image_side: int | None = None) -> Accel:
+    """Turn the config's 'auto' / 'on' / 'off' choices into settings for `device` (`trains_backbone`: the steps
+    train the backbone, not a head on cached features; `image_side`: the images' side); XferlabError if
+    impossible."""
     if amp not in ("auto", "bf16", "off"):
         raise XferlabError(f"amp must be auto, bf16 or off, got {amp!r}")
     if channels_last not in ("auto", "on", "off"):
@@ -92,16 +119,26 @@ def resolve_accel(device: torch.device, amp: str = "auto", channels_last: str = 
     if amp == "bf16" and not native:
         raise XferlabError(f"amp 'bf16' requested but this {device.type.upper()} has no native bf16 (it would be "
                            "emulated, often 100x slower); use --amp off or auto")
-    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda" and native)
     if compile and device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
         raise XferlabError("compile on CPU needs a C++ compiler (c++ or g++ on PATH); install one or drop --compile")
-    layout = channels_last == "on" or (channels_last == "auto" and device.type == "cuda")
-    return Accel(device, torch.bfloat16 if use_bf16 else None, layout, bool(compile))
+    if device.type == "cuda":
+        auto, rule = native, f"cuda: bf16 {'native' if native else 'emulated, off'}, channels_last"
+        layout_auto = True
+    else:
+        auto = layout_auto = cpu_auto_bf16(native, trains_backbone, image_side)
+        rule = f"cpu: {'bf16 + channels_last' if auto else 'fp32, contiguous'} ({_cpu_reason(native, trains_backbone)})"
+    use_bf16 = amp == "bf16" or (amp == "auto" and auto)
+    layout = channels_last == "on" or (channels_last == "auto" and layout_auto)
+    return Accel(device, torch.bfloat16 if use_bf16 else None, layout, bool(compile), rule)
 
 
-def accel_for(cfg, device: torch.device) -> Accel:
-    """The Accel of a TrainConfig."""
-    return resolve_accel(device, cfg.amp, cfg.channels_last, cfg.compile)
+def accel_for(cfg, device: torch.device, image_side: int | None = None) -> Accel:
+    """The Accel of a TrainConfig for images of `image_side` px (default: the config's data.image_size)."""
+    from xferlab.backbones.regimes import parse_regime
+
+    side = image_side if image_side is not None else cfg.data.image_size
+    return resolve_accel(device, cfg.amp, cfg.channels_last, cfg.compile,
+                         trains_backbone=not parse_regime(cfg.regime).cache_features, image_side=side)
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:

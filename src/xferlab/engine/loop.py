@@ -4,7 +4,8 @@
 Loss and accuracy accumulate on the device and batch indices live where the data lives, so the inner loop has no
 host-device sync (one `.item()` per epoch). Under torchrun (xferlab.engine.distributed) the epoch's sums are
 all-reduced and evaluation / feature extraction gather every rank's share. `adapt_batchnorm` and `extract_features`
-prepare the fixed-backbone regimes: BatchNorm statistics re-estimated once (adabn), then features computed once.
+prepare the fixed-backbone regimes: BatchNorm statistics re-estimated once (adabn), then features computed once
+through the fixed-backbone runtime (xferlab.engine.runtime).
 """
 
 from __future__ import annotations
@@ -80,18 +81,11 @@ def evaluate(forward: Forward, inputs, labels: torch.Tensor, batch_size: int, de
 
 
 @torch.no_grad()
-def extract_features(body: torch.nn.Module, images, preprocess, batch_size: int, dist: Dist = SINGLE) -> torch.Tensor:
-    """Pooled float32 features of a fixed backbone for every image, computed once (eval mode: BN uses running stats);
-    each rank computes its share and every rank gets all of them.
-
-    Call it inside an autocast block to run the backbone in bf16; the features are stored as float32 either way.
-    """
-    was_training = body.training
-    body.eval()
+def extract_features(features: Forward, images, batch_size: int, dist: Dist = SINGLE) -> torch.Tensor:
+    """float32 outputs of a fixed pass (`features`: uint8 batch -> features, xferlab.engine.runtime.fixed_pass) for
+    every image, computed once; each rank computes its share and every rank gets all of them."""
     n = len(images)
-    feats = predict(lambda x: body(preprocess(x)), images, _local_batches(images, n, batch_size, dist))
-    body.train(was_training)
-    return dist.gather(feats, n)
+    return dist.gather(predict(features, images, _local_batches(images, n, batch_size, dist)), n)
 
 
 def adapt_batchnorm(body: torch.nn.Module, images, preprocess, batch_size: int,

@@ -11,9 +11,11 @@ A run that goes wrong says so: a diverged loss (NaN, inf, or finite far above ch
 it with Diverged before anything is saved; a finished run's metrics.json carries its degenerate-run flags
 (xferlab.evaluation.flags.run_flags), computed as a study's results compute them.
 
-Speed (README, Performance): images stay uint8 until a batch is on the device; fixed backbones (frozen, adabn) run
-once over every split and their cached features serve every epoch's training and evaluation; on CUDA the uint8
-dataset stays on the GPU when it fits, with bf16 autocast, channels_last and cuDNN autotuning (xferlab.engine.accel).
+Speed (docs/performance-real-sizes.md): images stay uint8 until a batch is on the device; fixed backbones (frozen,
+adabn) run once over every split, through the fixed-backbone runtime (xferlab.engine.runtime: ONNX Runtime on the
+CPU), and their cached features serve every epoch's training and evaluation; training steps take bf16 autocast and
+channels_last where measured faster (xferlab.engine.accel); on CUDA the uint8 dataset stays on the GPU when it fits,
+with cuDNN autotuning.
 
 Scale-out (xferlab.engine.distributed): under torchrun every rank runs this same code on its share of each batch,
 evaluation and feature extraction; only rank 0 writes the run folder. Data beyond the memory budget streams from
@@ -48,6 +50,7 @@ from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
 from xferlab.engine.guards import DivergingLosses, FiniteLosses
 from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
 from xferlab.engine.progress import EpochProgress
+from xferlab.engine.runtime import CHECK_IMAGES, RuntimeRecord, first_images, fixed_pass
 from xferlab.engine.test_bn import check_adaptable, check_split_counts, evaluate_test_bn
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
@@ -83,11 +86,12 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     t_start = time.perf_counter()
     regime = parse_regime(cfg.regime)
     dist, device = distributed.init(resolve_device(cfg.device))
-    accel = accel_for(cfg, device)
+    accel_for(cfg, device)  # a setting this device cannot honour fails before anything is loaded
     dist.local_batch(cfg.batch_size)  # the global batch must split over the ranks: fail before loading anything
     # threads and accelerator switches (cudnn.benchmark) are the run's own: restored afterwards
     with num_threads(cfg.num_threads), accelerator_scope(), _run_folder(out, overwrite, dist) as stage:
         data = load_dataset(cfg.data)
+        accel = accel_for(cfg, device, max(data.image_size))  # `auto` on a CPU depends on the image size
         if cfg.test_bn == "adapt":  # refuse before training, not after
             check_split_counts({s: len(data.indices(s)) for s in artifacts.EVAL_SPLITS}, cfg.test_bn_min_images)
         torch.manual_seed(cfg.seed)  # the head's initialisation; the sampler draws training batches from the seed
@@ -120,9 +124,11 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
             metrics["test_bn"], _ = evaluate_test_bn(
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},
-                lambda m: accel.forward(m, preprocess), preprocess, cfg.batch_size, device, cfg.seed,
-                cfg.test_bn_min_images, dist)
+                lambda m, images: fixed_pass(m, preprocess, first_images(images, CHECK_IMAGES), _runtime(cfg, accel),
+                                             n_images=len(images), dist=dist),
+                preprocess, cfg.batch_size, device, cfg.seed, cfg.test_bn_min_images, dist)
         metrics["accel"] = {**accel.describe(), **(trainer.describe() if trainer else {"cuda_graphs": False})}
+        metrics["runtime"] = _runtime_record(cfg, prepared, metrics.get("test_bn"))
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
             _write_run(stage, cfg, data, model, history, metrics, best.record.probs)
@@ -198,6 +204,7 @@ class _Prepared:
     seconds: float = 0.0
     images_per_s: float | None = None
     cached: bool = False  # inputs are a fixed backbone's features and `trained` is the head
+    runtime: RuntimeRecord | None = None  # what ran the fixed backbone's pass (cached features only)
 
 
 def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess, splits: dict,
@@ -210,18 +217,33 @@ def _prepare_inputs(cfg, model: TransferModel, regime, accel: Accel, preprocess,
         train_forward = forward if ddp is model else accel.forward(ddp, preprocess)
         return _Prepared({s: x for s, (x, _) in splits.items()}, forward, train_forward, model)
     adapt_timer, extract_timer = Timer(accel.device), Timer(accel.device)
-    with accel.autocast():
-        if regime.adapt_bn:
-            with adapt_timer:  # batches drawn from the run's seed, so repeated adabn runs agree
-                adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
-                                torch.Generator().manual_seed(cfg.seed), dist)
-        body = accel.compiled(model.body)
-        batch = graphs.feature_batch_size(cfg.inference_batch_size, cfg.batch_size, accel.device)
-        with extract_timer:
-            feats = {s: extract_features(body, x, preprocess, batch, dist) for s, (x, _) in splits.items()}
+    if regime.adapt_bn:
+        with adapt_timer, accel.autocast():  # batches drawn from the run's seed, so repeated adabn runs agree
+            adapt_batchnorm(model.body, splits["train"][0], preprocess, cfg.batch_size,
+                            torch.Generator().manual_seed(cfg.seed), dist)
+    batch = graphs.feature_batch_size(cfg.inference_batch_size, cfg.batch_size, accel.device)
     n_images = sum(len(x) for x, _ in splits.values())
+    with extract_timer:  # the runtime's choice, export and check included: the pass end to end
+        runtime = fixed_pass(model.body, preprocess, first_images(splits["train"][0], CHECK_IMAGES),
+                             _runtime(cfg, accel), n_images=n_images, dist=dist)
+        feats = {s: extract_features(runtime, x, batch, dist) for s, (x, _) in splits.items()}
     return _Prepared(feats, model.head, dist.wrap(model.head, accel.device), model.head,
-                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds, cached=True)
+                     adapt_timer.seconds + extract_timer.seconds, n_images / extract_timer.seconds, cached=True,
+                     runtime=runtime.record)
+
+
+def _runtime(cfg: TrainConfig, accel: Accel) -> str:
+    """The fixed pass's runtime setting: `--compile` under `auto` compiles it too, as it compiles the training."""
+    return "compile" if cfg.runtime == "auto" and accel.compile else cfg.runtime
+
+
+def _runtime_record(cfg: TrainConfig, prepared: _Prepared, test_bn: dict | None) -> dict:
+    """metrics.json's `runtime`: what ran the fixed backbone's pass, or why none ran."""
+    if prepared.runtime is not None:
+        return prepared.runtime.as_dict()
+    reason = "no fixed-backbone pass: the backbone trains" + (
+        "; test-time BatchNorm passes: see test_bn.runtime" if test_bn else "")
+    return {"requested": cfg.runtime, "path": None, "reason": reason}
 
 
 def _fit(cfg, model: TransferModel, prepared: _Prepared, labels: dict, num_classes: int, device,

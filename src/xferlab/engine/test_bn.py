@@ -62,13 +62,16 @@ def adapted_model(model: TransferModel, images, preprocess, batch_size: int, see
 def evaluate_test_bn(model: TransferModel, split_images: dict, split_labels: dict[str, torch.Tensor],
                      labels_np: dict[str, np.ndarray], make_forward, preprocess, batch_size: int, device,
                      seed: int = 0, min_images: int = DEFAULT_MIN_IMAGES, dist: Dist = SINGLE) -> tuple[dict, dict]:
-    """metrics.json's `test_bn` record and the adapted class probabilities per split. `make_forward(model)` is the
-    run's forward (autocast, channels_last); each split gets its own adapted copy, never another split's."""
+    """metrics.json's `test_bn` record and the adapted class probabilities per split. `make_forward(model, images)`
+    is the run's fixed pass of the adapted model over those images (xferlab.engine.runtime.fixed_pass: its `record`
+    goes into the record's `runtime`); each split gets its own adapted copy, never another split's."""
     record = {"mode": "adapt", "transductive": True, "min_images": min_images, "note": NOTE}
     probs = {}
     for split, images in split_images.items():
         adapted = adapted_model(model, images, preprocess, batch_size, seed, min_images, dist, where=split)
-        _, _, probs[split] = evaluate(make_forward(adapted), images, split_labels[split], batch_size, device, dist)
+        forward = make_forward(adapted, images)
+        _, _, probs[split] = evaluate(forward, images, split_labels[split], batch_size, device, dist)
         record[split] = classification_metrics(labels_np[split], probs[split])
+        record.setdefault("runtime", {})[split] = forward.record.as_dict()
         del adapted
     return record, probs

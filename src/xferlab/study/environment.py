@@ -6,7 +6,8 @@ import os
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+
+from xferlab.hardware import cpu_model
 
 # Distributions whose versions change results or speed; a missing optional one is reported as None.
 PACKAGES = ("xferlab", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "pydantic", "PyYAML",
@@ -24,17 +25,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_name() -> str:
-    """The CPU model as the OS reports it (Linux: /proc/cpuinfo), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def capture_environment() -> dict:
     import torch
 
@@ -43,7 +33,7 @@ def capture_environment() -> dict:
         "captured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": cuda,

@@ -17,6 +17,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
+    from xferlab.config import RUNTIME_HELP, RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--test-bn", choices=["off", "adapt"], default="off",
                    help="adapt: re-estimate BatchNorm statistics on all the inputs first (AdaBN; transductive, marked "
                         "in the CSV's test_bn column; refused below the run's test_bn_min_images)")
@@ -33,7 +36,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from xferlab.use.predict import check_out, predict_inputs, summary_lines, write_predictions
 
     check_out(args.out)  # before any work is done
-    run = load_run(args.run, args.device)
+    run = load_run(args.run, args.device, args.runtime)
     pred = predict_inputs(run, args.inputs, batch_size=args.batch_size, skip_unreadable=args.skip_unreadable,
                           test_bn=args.test_bn)
     out = write_predictions(pred, args.out)

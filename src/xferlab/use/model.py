@@ -22,6 +22,7 @@ from xferlab.config import TrainConfig
 from xferlab.data.batches import Preprocess
 from xferlab.data.images import decode_pil, read_image_file, resize_image, stack_images, to_uint8
 from xferlab.engine.run import resolve_device
+from xferlab.engine.runtime import CHECK_IMAGES, FixedPass, RuntimeRecord, check_runtime, eager, fixed_pass
 from xferlab.engine.test_bn import TEST_BN_MODES, adapted_model
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.evaluation.flags import saved_run_flags
@@ -109,21 +110,33 @@ def check_test_bn(mode: str) -> str:
     return mode
 
 
+class _Probabilities(torch.nn.Module):
+    """The model with its softmax: what a prediction pass returns, and what the runtime's check compares."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float().softmax(1)
+
+
 class LoadedRun:
     """A finished run ready to predict. Attributes: path, config (TrainConfig), metrics (metrics.json),
-    class_names, model (TransferModel in eval mode), preprocessing, device, test_bn ("off", or "adapt" for a copy
-    from `adapted`), flags (split -> degenerate-run flags) and degenerate (any split flagged: warned once, on
-    loading)."""
+    class_names, model (TransferModel in eval mode), preprocessing, device, runtime (the setting predictions run
+    under, xferlab.engine.runtime), test_bn ("off", or "adapt" for a copy from `adapted`), flags (split ->
+    degenerate-run flags) and degenerate (any split flagged: warned once, on loading)."""
 
     test_bn: str = "off"
 
-    def __init__(self, folder: TrainedRun, device: str = "cpu"):
+    def __init__(self, folder: TrainedRun, device: str = "cpu", runtime: str = "auto"):
         self.path: Path = folder.path
         self.config: TrainConfig = folder.config
         self.metrics: dict = folder.metrics
         self.class_names: list[str] = folder.checkpoint.class_names
         self.preprocessing = Preprocessing.of(folder.checkpoint)
         self.device = resolve_device(device)
+        self.runtime = check_runtime(runtime)
         self.model: TransferModel = build_model(folder.checkpoint).to(self.device)
         self._preprocess = self.preprocessing.batch_preprocess(self.device)
         flagged = saved_run_flags(folder.metrics, folder.record.predictions, folder.record.groups)
@@ -132,6 +145,7 @@ class LoadedRun:
         if self.degenerate:
             log.warning("%s is flagged as a degenerate run (%s): its predictions are unlikely to mean what its "
                         "accuracy suggests", self.path, flagged["flag_text"])
+        self._pass: FixedPass | None = None
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "
@@ -144,11 +158,26 @@ class LoadedRun:
             return images
         return stack_images([resize_image(im, size) for im in images], where, None)
 
-    @torch.inference_mode()
+    def use_runtime(self, example: np.ndarray, n_images: int) -> RuntimeRecord:
+        """Choose (and check on `example`, uint8 images at the run's size) the path the next `n_images` predictions
+        run through (xferlab.engine.runtime.fixed_pass, under this run's `runtime` setting)."""
+        example = torch.from_numpy(np.ascontiguousarray(example[:CHECK_IMAGES]))
+        self._pass = fixed_pass(_Probabilities(self.model), self._preprocess, example, self.runtime,
+                                n_images=n_images)
+        return self._pass.record
+
+    @property
+    def runtime_record(self) -> RuntimeRecord | None:
+        """What ran the last predictions (None before any)."""
+        return None if self._pass is None else self._pass.record
+
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (float32 N×K) of one uint8 batch already at the run's image size."""
-        logits = self.model(self._preprocess(torch.from_numpy(np.ascontiguousarray(batch))))
-        return logits.float().softmax(1).cpu().numpy()
+        """Class probabilities (float32 N×K) of one uint8 batch already at the run's image size, through the path
+        use_runtime chose (eager fp32 PyTorch before it is called)."""
+        if self._pass is None:
+            self._pass = FixedPass(eager(_Probabilities(self.model), self._preprocess),
+                                   RuntimeRecord(self.runtime, "torch", "predict_batch before use_runtime"))
+        return self._pass(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
 
     def predict_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         for batch in batches:
@@ -164,6 +193,7 @@ class LoadedRun:
         other = copy.copy(self)
         other.model = adapted_model(self.model, batch, self._preprocess, batch_size, seed, limit)
         other.test_bn = "adapt"
+        other._pass = None  # another model: its predictions choose their path anew
         return other
 
     def predict(self, x, batch_size: int = DEFAULT_BATCH_SIZE, test_bn: str = "off") -> np.ndarray:
@@ -176,10 +206,12 @@ class LoadedRun:
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         run = self.adapted(images, batch_size) if test_bn == "adapt" else self
+        run.use_runtime(run.prepare(images[:CHECK_IMAGES]), len(images))
         chunks = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
         return np.concatenate(list(run.predict_batches(chunks)))
 
 
-def load_run(path: str | os.PathLike, device: str = "cpu") -> LoadedRun:
-    """Load a run folder written by `xferlab train` (or one run of a study) for prediction on `device`."""
-    return LoadedRun(read_trained_run(path), device)
+def load_run(path: str | os.PathLike, device: str = "cpu", runtime: str = "auto") -> LoadedRun:
+    """Load a run folder written by `xferlab train` (or one run of a study) for prediction on `device`; `runtime`
+    says what runs its predictions (xferlab.engine.runtime: auto, onnxruntime, torch, torch-bf16, compile)."""
+    return LoadedRun(read_trained_run(path), device, runtime)

@@ -40,6 +40,7 @@ class Predictions:
     evaluation: dict | None
     seconds: float
     test_bn: str = "off"  # "adapt": BatchNorm statistics of these inputs (transductive)
+    runtime: dict | None = None  # what ran the predictions (xferlab.engine.runtime.RuntimeRecord.as_dict)
 
     @property
     def images_per_s(self) -> float:
@@ -70,6 +71,8 @@ def predict_inputs(run: LoadedRun, inputs: Sequence[str | os.PathLike], batch_si
             if batches:
                 run = run.adapted(np.concatenate([b for _, b in batches]), batch_size)
         for batch_items, batch in batches:
+            if not probs:  # the runtime is chosen once, on the first batch, for all the inputs
+                run.use_runtime(batch, len(items))
             probs.append(run.predict_batch(batch))
             kept += batch_items
             bar.update(len(batch_items))
@@ -79,7 +82,7 @@ def predict_inputs(run: LoadedRun, inputs: Sequence[str | os.PathLike], batch_si
         raise XferlabError("no readable images among the inputs; check the paths")
     all_probs = np.concatenate(probs)
     return Predictions(kept, all_probs, run.class_names, decoder.skipped, _evaluate(kept, all_probs), seconds,
-                       test_bn)
+                       test_bn, run.runtime_record.as_dict())
 
 
 def _evaluate(items: Sequence[InputItem], probs: np.ndarray) -> dict | None:
@@ -130,6 +133,8 @@ def summary_lines(pred: Predictions) -> list[str]:
     counts = np.bincount(pred.probs.argmax(1), minlength=len(pred.class_names))
     lines = [f"{len(pred.items)} images in {pred.seconds:.1f} s ({pred.images_per_s:.1f} images/s, decoding "
              f"included); predicted: " + ", ".join(f"{c} {n}" for c, n in zip(pred.class_names, counts, strict=True))]
+    if pred.runtime is not None:
+        lines.append(f"runtime: {pred.runtime['path']} ({pred.runtime['reason']})")
     if pred.skipped:
         lines.append(f"skipped {len(pred.skipped)} unreadable file(s)")
     if pred.test_bn != "off":
