@@ -8,10 +8,12 @@ splits. Not run by the tests.
     python benchmarks/audit_scale.py recall --images 28000
     python benchmarks/audit_scale.py clean --splits 100
     python benchmarks/audit_scale.py detect --copies 25   # planted altered copies: detection rate per alteration
+    python benchmarks/audit_scale.py detect --copies 25 --size 224   # the same at 224 px (also 512)
+    python benchmarks/audit_scale.py sizes --sizes 2300 --size 224   # the audit of 2,300 phantoms at 224 px
     python benchmarks/audit_scale.py crop-effect          # how far a 1-pixel crop moves the hash and the embedding
     python benchmarks/audit_scale.py runtimes             # the embedding by PyTorch vs ONNX Runtime
 
-Each size runs in its own process (`one`), so its peak RSS is its own. Phantoms at 32 px, `--resplits 5
+Each size runs in its own process (`one`), so its peak RSS is its own. Phantoms at 32 px (`--size`), `--resplits 5
 --permutations 200`, CPU, `--threads` torch / ONNX Runtime threads (default 1).
 """
 
@@ -33,18 +35,19 @@ from xferlab.data import reexport
 TEST_SHARE = 0.15  # phantoms: test images per class as a share of all images of the class
 
 
-def _phantoms(work: Path, n: int) -> Path:
+def _phantoms(work: Path, n: int, size: int = 32) -> Path:
     from xferlab.data.phantoms import generate_phantoms
 
     per_class = n // 2
     n_test = int(per_class * TEST_SHARE)
-    path = work / f"ph{n}"
+    path = work / (f"ph{n}" if size == 32 else f"ph{n}-{size}px")
     if not (path / "phantoms.json").exists():
-        generate_phantoms(path, size=32, n_per_class=per_class - n_test, n_test_per_class=n_test, seed=0)
+        generate_phantoms(path, size=size, n_per_class=per_class - n_test, n_test_per_class=n_test, seed=0)
     return path
 
 
-def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequence: bool = False) -> dict:
+def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequence: bool = False,
+        size: int = 32) -> dict:
     """One audit of n phantom images; seconds per step, peak RSS. `in_sequence`: the re-splits after the
     statistics rather than beside them, so that each step's seconds are its own."""
     import xferlab.audit.run as audit_run
@@ -54,8 +57,8 @@ def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequenc
     if in_sequence:  # the runner's private switch: this benchmark is its only other user
         audit_run._overlaps = lambda cfg: False
 
-    path = _phantoms(work, n)
-    out = work / f"audit{n}{'-given' if given_embeddings else ''}"
+    path = _phantoms(work, n, size)
+    out = work / f"audit{n}-{size}px{'-given' if given_embeddings else ''}"
     embeddings = None
     if given_embeddings:  # stands in for embeddings computed elsewhere (a GPU box): 1280 columns as Lite0 gives
         count = sum(len(np.load(f, mmap_mode="r")) for f in path.glob("*.npy"))
@@ -65,7 +68,8 @@ def one(n: int, work: Path, given_embeddings: bool, threads: int = 1, in_sequenc
     result = run_audit(DataConfig(path=path), cfg, out, progress=False, embeddings=embeddings)
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return {"images": result["dataset"]["images"], "given_embeddings": given_embeddings, "in_sequence": in_sequence,
+    return {"images": result["dataset"]["images"], "size": size, "runtime": result["embedding_runtime"],
+            "given_embeddings": given_embeddings, "in_sequence": in_sequence,
             "wall_s": wall, "steps_s": result["seconds"], "peak_rss_gib": rss,
             "findings": result["leakage"]["near_duplicate_images"]}
 
@@ -75,7 +79,8 @@ def sizes(args: argparse.Namespace) -> None:
     for n in args.sizes:
         cmd = [sys.executable, __file__, "one", "--n", str(n), "--work", str(args.work)]
         cmd += ["--given-embeddings"] if args.given_embeddings else []
-        cmd += ["--threads", str(args.threads)] + (["--in-sequence"] if args.in_sequence else [])
+        cmd += ["--threads", str(args.threads), "--size", str(args.size)] + (["--in-sequence"] if args.in_sequence
+                                                                             else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -171,9 +176,9 @@ def detect(args: argparse.Namespace) -> None:
     from xferlab.data.phantoms import generate_phantoms
     from xferlab.data.sources import load_dataset
 
-    path = args.work / "default32"
+    path = args.work / f"default{args.size}"
     if not (path / "phantoms.json").exists():
-        generate_phantoms(path, size=32, seed=0)
+        generate_phantoms(path, size=args.size, seed=0)
     base = load_dataset(DataConfig(path=path))
     rng = np.random.default_rng(0)
     images, labels = base.images.copy(), base.labels.copy()
@@ -191,7 +196,8 @@ def detect(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     result, aligned = aligned_copies(data, descriptors, hashes, cfg)
     phash = near_duplicates(data, perceptual_hashes(images), "hamming", PHASH_BITS, hashes, cfg)[1]
-    print(f"{len(base.labels)} images, {args.copies} copies per alteration ({time.perf_counter() - start:.0f} s)")
+    print(f"{len(base.labels)} images at {args.size} px, {args.copies} copies per alteration "
+          f"({time.perf_counter() - start:.0f} s)")
     prefilter = result["calibration"]["prefilter_distance"]
     print("| alteration | aligned | perceptual hash | either | past the descriptor prefilter |")
     for name, idx in planted.items():
@@ -281,6 +287,7 @@ def main() -> None:
     c.add_argument("--first", type=int, default=0, help="first split seed (continue an interrupted run)")
     d = sub.add_parser("detect")
     d.add_argument("--copies", type=int, default=25)
+    d.add_argument("--size", type=int, default=32, help="phantom side in px (the default phantoms' count)")
     e = sub.add_parser("crop-effect")
     e.add_argument("--images", type=int, default=500)
     t = sub.add_parser("runtimes")
@@ -290,11 +297,12 @@ def main() -> None:
         q.add_argument("--work", type=Path, default=Path("/tmp/audit_scale"))
     for q in (s, o):
         q.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads of the audit")
+        q.add_argument("--size", type=int, default=32, help="phantom side in px")
         q.add_argument("--in-sequence", action="store_true", help="re-splits after the statistics, not beside them")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.cmd == "one":
-        print(json.dumps(one(args.n, args.work, args.given_embeddings, args.threads, args.in_sequence)))
+        print(json.dumps(one(args.n, args.work, args.given_embeddings, args.threads, args.in_sequence, args.size)))
     else:
         {"sizes": sizes, "recall": recall, "clean": clean, "detect": detect, "crop-effect": crop_effect,
          "runtimes": runtimes}[args.cmd](args)

@@ -132,6 +132,23 @@ def _add_speed_args(g) -> None:
     from xferlab.config import TrainConfig
 
     add_model_options(g, TrainConfig, SPEED_OPTIONS)
+    for action in g._actions:  # a group shares its parser's list
+        if action.dest == "amp":
+            action.help += _cpu_auto_note()
+
+
+def _cpu_auto_note() -> str:
+    """What amp's and channels_last's `auto` gives on this machine's CPU (read from /proc/cpuinfo, torch-free)."""
+    from xferlab.config import CPU_BF16_MIN_SIDE
+    from xferlab.hardware import cpu_model, cpu_native_bf16
+
+    native = cpu_native_bf16()
+    if native is None:
+        return ""
+    if not native:
+        return f"; this CPU ({cpu_model()}) has no native bf16: auto is fp32, contiguous here"
+    return (f"; this CPU ({cpu_model()}) has native bf16: auto gives bf16 + channels_last to finetune / partial:K at "
+            f">= {CPU_BF16_MIN_SIDE} px, fp32 to anything else")
 
 
 DESCRIPTION = """Transfer-learning studies on chest X-rays (or any image classes), offline.
@@ -222,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--num-threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    from xferlab.config import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what runs the timed inference pass "
+                   "(xferlab.engine.runtime; auto: chosen as for a pass over the reference study's 2,400 images)")
     _add_speed_args(p)
     _add_audit_parser(sub)
     _add_study_parsers(sub)
@@ -385,6 +406,11 @@ def _print_run_summary(result) -> None:
     print(f"{m['backbone']} {m['regime']}: best epoch {m['best_epoch']}, "
           f"val acc {fmt(m['val']['accuracy'])}, test acc {fmt((m['test'] or {}).get('accuracy'))}, "
           f"train {m['train_seconds'] + m['feature_seconds']:.1f}s, total {m['total_seconds']:.1f}s")
+    if m.get("files_per_s"):  # image files decoded into memory: how fast, end to end
+        print(f"  image files read in {m['load_seconds']:.1f}s ({m['files_per_s']:.1f} files/s)")
+    runtime = m.get("runtime") or {}
+    if runtime.get("path"):
+        print(f"  fixed-backbone pass: {m['inference_images_per_s']:.1f} images/s through {runtime['path']}")
     if m.get("test_bn"):
         tb = m["test_bn"]
         print(f"  test-time BatchNorm (transductive): val acc {fmt(tb['val']['accuracy'])}, "
@@ -574,7 +600,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench(args.backbone, args.image_size, args.batch_size, args.device, weights=args.weights,
                    regime=args.regime, amp=args.amp or "auto", channels_last=args.channels_last or "auto",
-                   compile=bool(args.compile), steps=args.steps, warmup=args.warmup, threads=args.num_threads)
+                   compile=bool(args.compile), steps=args.steps, warmup=args.warmup, threads=args.num_threads,
+                   runtime=args.runtime)
     text = json.dumps(result, indent=2)
     if args.out:
         write_text(args.out, text + "\n")

@@ -103,7 +103,7 @@ def _shortcut(inputs: AuditInputs) -> Computed:
 
     cfg, data_cfg = inputs.cfg, inputs.data_cfg
     return Computed(audit_shortcut(inputs.data, data_cfg.format, Path(data_cfg.path), cfg.shortcut_run, cfg.alpha,
-                                   cfg.seed))
+                                   cfg.seed, runtime=cfg.runtime))
 
 
 def _shortcut_finding(record: dict, audit: dict) -> Finding:

@@ -7,6 +7,10 @@ change it at all, a 3 % rescale moves a frequency by 3 % of itself). So each que
 that descriptor is the candidate, and the pair is confirmed the way a person would compare them: register the two
 (scikit-image's phase_cross_correlation, over a few scales), then take the normalised correlation of their
 band-passed pixels, which ignores brightness and contrast and, band-passed, most of the noise and JPEG blocking.
+
+Both work on the images reduced to WORK_SIDE px (antialiased): every constant below is in pixels of 32-64 px images,
+so a 224 or 512 px radiograph is brought to that scale first (its band-pass would otherwise keep only sub-anatomical
+texture, and the alignment's cost grows with the pixels). Exact-content hashes stay at full size (leakage.py).
 """
 
 from __future__ import annotations
@@ -29,9 +33,33 @@ MARGIN = 3  # pixels left out at each border: interpolation and crops make them 
 UPSAMPLE = 4
 
 
+# The side (the longer one) images are reduced to before descriptors and alignment: the scale the constants were
+# tuned at. Planted copies at 224 and 512 px, reduced to it, are found as at 32 px (docs/performance-real-sizes.md,
+# `python benchmarks/audit_scale.py detect --size S`).
+WORK_SIDE = 64
+# Images reduced at once: 256 images at 512 px are 256 MiB of float32.
+_REDUCE_BLOCK = 256
+
+
 def _gray(images: np.ndarray) -> np.ndarray:
     x = np.asarray(images, dtype=np.float32)
     return x.mean(axis=1) if x.ndim == 4 else x
+
+
+def working_size(images: np.ndarray) -> np.ndarray:
+    """N×H×W float32 gray images, reduced (antialiased bilinear, torch's interpolate) so that the longer side is at most
+    WORK_SIDE; smaller images as they are."""
+    h, w = images.shape[-2:]
+    if max(h, w) <= WORK_SIDE:
+        return _gray(images)
+    scale = WORK_SIDE / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = np.empty((len(images), *size), dtype=np.float32)
+    for start in range(0, len(images), _REDUCE_BLOCK):
+        block = torch.from_numpy(_gray(images[start:start + _REDUCE_BLOCK]))[:, None]
+        out[start:start + len(block)] = F.interpolate(block, size=size, mode="bilinear", antialias=True,
+                                                      align_corners=False)[:, 0].numpy()
+    return out
 
 
 def _band(x: np.ndarray) -> np.ndarray:
@@ -43,8 +71,8 @@ def _band(x: np.ndarray) -> np.ndarray:
 
 def spectral_descriptors(images: np.ndarray) -> np.ndarray:
     """N × D float32 unit vectors: log magnitudes of the band-passed, Hann-windowed image's lowest frequencies, centred
-    per image (so brightness and contrast drop out)."""
-    x = _band(_gray(images))
+    per image (so brightness and contrast drop out); taken at working_size."""
+    x = _band(working_size(images))
     h, w = x.shape[-2:]
     window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
     spectrum = np.abs(np.fft.rfft2(x * window))
@@ -114,9 +142,9 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def aligned_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Normalised correlation of the band-passed images of each pair (a[k], b[k]) after registering b[k] onto a[k],
-    best over SCALES: 1 for the same picture under any brightness or contrast change."""
-    a = _band(_gray(a).astype(np.float64))
-    b = _gray(b).astype(np.float64)
+    best over SCALES, at working_size: 1 for the same picture under any brightness or contrast change."""
+    a = _band(working_size(a).astype(np.float64))
+    b = working_size(b).astype(np.float64)
     a_hat = np.fft.fft2(a)
     best = np.full(len(a), -1.0)
     for scale in SCALES:

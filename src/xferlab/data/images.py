@@ -24,6 +24,16 @@ from xferlab.errors import XferlabError
 # antialias=True default), and it does not ring like LANCZOS on the hard edges of X-ray collimation.
 RESAMPLE = Image.Resampling.BILINEAR
 
+# A JPEG read for a known target side decodes through Pillow's draft mode (libjpeg scales the DCT by 1/2, 1/4 or 1/8
+# while decoding) to no less than this many times the target, so the antialiased resize that follows still shrinks
+# it at least that much. Measured on the 300 kermany-sample radiographs (399-2572 px) resized to 224 / 256 / 512 px:
+# against a full decode, mean absolute difference 0.15 / 0.13 / 0.005 grey levels, 99.9th percentile 4 / 4 / 1, the
+# largest 55 / 42 / 32 (on hard edges such as burned-in letters); decoding and resizing 1.75x / 1.4x / 1.3x faster.
+# tests/data/test_images.py holds every file to DRAFT_MEAN_TOLERANCE and DRAFT_P999_TOLERANCE.
+DRAFT_MARGIN = 2
+DRAFT_MEAN_TOLERANCE = 0.5
+DRAFT_P999_TOLERANCE = 8
+
 # Float arrays are converted in slices of about this many elements so no full-size float temporary is made.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -250,8 +260,21 @@ def decode_pil(image: Image.Image, where: str = "image") -> np.ndarray:
     return _decode(image, where, getattr(image, "filename", None) or None)
 
 
-def read_image_file(path: str | os.PathLike) -> np.ndarray:
+def _draft(image: Image.Image, size: int | tuple[int, int] | None) -> None:
+    """Let a JPEG decode at a reduced scale, no smaller than DRAFT_MARGIN × the target on either side (a square bound:
+    EXIF orientation may still swap the sides)."""
+    if size is None or image.format != "JPEG":
+        return
+    side = DRAFT_MARGIN * max(_size_hw(size))
+    image.draft(image.mode, (side, side))
+
+
+def read_image_file(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Decode one PNG/JPEG/TIFF/BMP/... file into uint8 H×W (grayscale) or 3×H×W (colour).
+
+    `size`: the side (or (H, W)) the caller will resize the image to. A JPEG then decodes at a reduced scale where it
+    is at least DRAFT_MARGIN times larger (_draft): fewer pixels decoded, the same pixels after the resize within
+    DRAFT_MEAN_TOLERANCE / DRAFT_P999_TOLERANCE grey levels. The image is returned unresized either way.
 
     Modes: 1/L/LA -> gray; 16-bit (I;16*, I) -> gray scaled by the bits the file uses (hospital.wide_to_uint8);
     F -> gray by to_uint8's float rules; RGB/RGBA/P/CMYK/... -> RGB without alpha. RGB files whose channels are all
@@ -268,6 +291,7 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
             # Pillow warns about palette transparency given as bytes and about large images; both are handled here.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _draft(image, size)
             image.load()
             return _decode(ImageOps.exif_transpose(image), where, path, header=image)
     except XferlabError:

@@ -194,7 +194,7 @@ class FileImages:
     def _read(self, i: int) -> np.ndarray:
         """Image i as H×W or 3×H×W (gray not yet broadcast), checked against the shape the set was built with."""
         path = self.paths[i]
-        image = read_image_file(path)
+        image = read_image_file(path, self.size if self.resize else None)
         if self.resize:
             image = resize_image(image, self.size)
         if tuple(image.shape[-2:]) != self.size or (image.ndim == 3 and not self.rgb):

@@ -1,16 +1,19 @@
 """`xferlab bench`: training-step and inference throughput of one backbone at one image size, and its FLOPs per image.
 
-Synthetic uint8 images go through the engine's own code (Preprocess, train_one_epoch, the accel settings), after
-warm-up steps and with device synchronisation around the timed ones, so the figures are what a `xferlab train` step
-costs. FLOPs come from torch.utils.flop_counter.FlopCounterMode: convolutions and matrix products only (BatchNorm,
-activations and the optimizer are not counted, the usual convention), set beside the machine's measured matmul FLOP/s.
+Synthetic uint8 images go through the engine's own code (Preprocess, train_one_epoch, the accel settings, the
+fixed-backbone runtime), after warm-up steps and with device synchronisation around the timed ones, so the figures
+are what a `xferlab train` step and a fixed pass (features, predict, the audit's embeddings) cost. FLOPs come from
+torch.utils.flop_counter.FlopCounterMode: convolutions and matrix products only (BatchNorm, activations and the
+optimizer are not counted, the usual convention), set beside the machine's matmul FLOP/s measured in the same run:
+in fp32 and, for a bf16 run, in bf16 too, each before, between and after the timed passes (the median), so that a
+busy neighbour slows the yardstick as it slows the passes.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import platform
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -22,21 +25,17 @@ from xferlab.data.batches import Preprocess, batch_indices
 from xferlab.data.config import MAX_IMAGE_SIZE
 from xferlab.engine.accel import Accel, accelerator_scope, native_bf16, num_threads, resolve_accel
 from xferlab.engine.loop import make_adam, train_one_epoch
+from xferlab.engine.runtime import fixed_pass
 from xferlab.errors import XferlabError
 from xferlab.evaluation.timing import Timer, inference_throughput, matmul_flops_per_s, peak_rss_bytes
+from xferlab.hardware import cpu_model
 
 MIN_IMAGE_SIZE = 32  # ResNets downsample 32x: below this the last stage has no spatial extent left
 
 
 def cpu_name() -> str:
     """The CPU model and logical core count, e.g. 'AMD EPYC, 2 cores' (from /proc/cpuinfo where there is one)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -111,21 +110,48 @@ def _model(backbone: str, weights: str, regime: str, image_size: int, accel: Acc
     return accel.prepare(model)
 
 
+# The fixed pass's runtime is chosen for a pass over this many images (`auto` weighs the work of the whole pass):
+# the reference study's 2,000 + 400 images.
+DATASET_IMAGES = 2400
+
+
+class Yardstick:
+    """The matmul FLOP/s in fp32 and, where the device has it natively, bf16, sampled next to the timed passes;
+    `median()` of each."""
+
+    def __init__(self, device: torch.device, size: int | None):
+        self.device, self.size = device, size
+        dtypes = (torch.float32, torch.bfloat16) if native_bf16(device) else (torch.float32,)
+        self.samples: dict[torch.dtype, list[float]] = {dt: [] for dt in dtypes}
+
+    def sample(self) -> None:
+        for dtype, values in self.samples.items():
+            values.append(matmul_flops_per_s(self.device, dtype, size=self.size))
+
+    def median(self, dtype: torch.dtype) -> float:
+        return statistics.median(self.samples[dtype])
+
+
 def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "auto", *, weights: str = "none",
           regime: str = "finetune", amp: str = "auto", channels_last: str = "auto", compile: bool = False,
           steps: int = 4, warmup: int = 2, threads: int | None = None, matmul_size: int | None = None,
-          matmul_flops: float | None = None) -> dict:
+          matmul_flops: float | None = None, runtime: str = "auto", dataset_images: int = DATASET_IMAGES) -> dict:
     """Throughput and FLOPs of `backbone` on image_size² grayscale uint8 images; a JSON-ready dict.
 
-    The training step is the uncached one in `regime` (a frozen backbone still runs forward every step); inference is
-    the whole model in eval mode. `*_matmul_fraction` = achieved FLOP/s / measured matmul FLOP/s (same dtype);
-    `matmul_flops` passes that yardstick in when the caller measured it once for many benches (gpu_study.py).
+    The training step is the uncached one in `regime` (a frozen backbone still runs forward every step) with the
+    accel settings `xferlab train` would resolve for it; inference is the whole model in eval mode through the
+    fixed-backbone runtime (`runtime`, chosen as for a pass over `dataset_images` images). `*_matmul_fraction` =
+    achieved FLOP/s / the run's matmul FLOP/s in the pass's own precision; `*_fp32_matmul_fraction` the same over
+    fp32's (the issue's yardstick: a bf16 pass may exceed 1).
+    `matmul_flops` passes the yardstick in when the caller measured it once for many benches (gpu_study.py).
     """
     from xferlab.engine.run import resolve_device
 
     _check(image_size, batch_size, steps, warmup)
     dev = resolve_device(device)
-    accel = resolve_accel(dev, amp, channels_last, compile)
+    accel = resolve_accel(dev, amp, channels_last, compile, trains_backbone=not parse_regime(regime).cache_features,
+                          image_side=image_size)
+    yardstick = Yardstick(dev, matmul_size)
     with num_threads(threads), accelerator_scope():
         model = _model(backbone, weights, regime, image_size, accel)
         preprocess = Preprocess.for_input(model.spec.input, dev, channels_last=accel.channels_last)
@@ -137,33 +163,48 @@ def bench(backbone: str, image_size: int, batch_size: int = 32, device: str = "a
         with accel.autocast():
             flops = {"train_step": count_flops(model, preprocess(images[:batch_size]), labels[:batch_size]),
                      "inference": count_flops(model, preprocess(images[:batch_size]))}
+        if matmul_flops is None:
+            yardstick.sample()
         train_rate = _train_rate(forward, model, images, labels, batch_size, steps, warmup, dev)
-        model.eval()
-        infer_rate = inference_throughput(forward, images, batch_size, dev, warmup_batches=max(warmup, 1))
-        peak = matmul_flops if matmul_flops is not None else matmul_flops_per_s(
-            dev, accel.amp_dtype or torch.float32, size=matmul_size)
+        if matmul_flops is None:
+            yardstick.sample()
+        inference = fixed_pass(model, preprocess, images[:batch_size], runtime, n_images=dataset_images)
+        infer_rate = inference_throughput(inference, images, batch_size, dev, warmup_batches=max(warmup, 1))
+        if matmul_flops is None:
+            yardstick.sample()
         used_threads = torch.get_num_threads()
+    peaks = ({dt: matmul_flops for dt in yardstick.samples} if matmul_flops is not None
+             else {dt: yardstick.median(dt) for dt in yardstick.samples})
     return _report(backbone, regime, weights, image_size, batch_size, accel, used_threads, steps, warmup,
-                   flops, train_rate, infer_rate, peak)
+                   flops, train_rate, infer_rate, peaks, inference.record.as_dict())
 
 
 def _report(backbone, regime, weights, image_size, batch_size, accel: Accel, threads, steps, warmup,
-            flops, train_rate, infer_rate, peak) -> dict:
+            flops, train_rate, infer_rate, peaks: dict, runtime: dict) -> dict:
     dev = accel.device
+    fp32 = peaks[torch.float32]
+    peak = peaks.get(accel.amp_dtype or torch.float32, fp32)  # the training step's precision
+    infer_peak = peaks.get(torch.bfloat16, fp32) if runtime["path"] == "torch-bf16" else fp32  # the pass's
+    train_flops, infer_flops = train_rate * flops["train_step"], infer_rate * flops["inference"]
     return {
         "backbone": backbone, "regime": regime, "weights": weights, "image_size": image_size,
         "batch_size": batch_size, **accel.describe(), "native_bf16": native_bf16(dev),
         "threads": threads if dev.type == "cpu" else None, "steps": steps, "warmup_steps": warmup,
         "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
+        "runtime": runtime,
         "flops_per_image": flops,
         "train_images_per_s": train_rate,
         "inference_images_per_s": infer_rate,
         "matmul_flops_per_s": peak,
-        "train_flops_per_s": train_rate * flops["train_step"],
-        "inference_flops_per_s": infer_rate * flops["inference"],
-        "train_matmul_fraction": train_rate * flops["train_step"] / peak,
-        "inference_matmul_fraction": infer_rate * flops["inference"] / peak,
+        "fp32_matmul_flops_per_s": fp32,
+        "bf16_matmul_flops_per_s": peaks.get(torch.bfloat16),
+        "train_flops_per_s": train_flops,
+        "inference_flops_per_s": infer_flops,
+        "train_matmul_fraction": train_flops / peak,
+        "inference_matmul_fraction": infer_flops / infer_peak,
+        "train_fp32_matmul_fraction": train_flops / fp32,
+        "inference_fp32_matmul_fraction": infer_flops / fp32,
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "peak_device_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
     }

@@ -301,6 +301,9 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
         "patients": None if data.groups is None else patient_counts(data.groups, data.splits, artifacts.SPLITS),
         "groups_from": data.meta.get("groups_from"),
         "class_names": data.class_names,
+        # reading the data (image files: decoding and resizing included, end to end)
+        "load_seconds": data.meta.get("load_seconds"),
+        "files_per_s": data.meta.get("files_per_s"),
     }
 
 

@@ -19,10 +19,11 @@ MAX_CHECK_IMAGES = 256  # the signed-rank test (exact for small samples) needs t
 MIN_CHECK_IMAGES = 20
 
 
-def check_shortcut_run(data: ImageDataset, run_dir: str | Path, split: str = "val") -> LoadedRun:
+def check_shortcut_run(data: ImageDataset, run_dir: str | Path, split: str = "val",
+                       runtime: str = "auto") -> LoadedRun:
     """The run, if it fits the audited data (classes, image size, enough images); called before the audit's long
-    steps, so a wrong run fails at once."""
-    run = load_run(run_dir)
+    steps, so a wrong run fails at once. `runtime`: what runs its predictions (xferlab.engine.runtime)."""
+    run = load_run(run_dir, runtime=runtime)
     size = run.preprocessing.image_size
     if data.class_names != run.class_names or data.image_size != size:
         raise XferlabError(f"audit.shortcut_run {run_dir}: trained on classes {run.class_names} at {size}, "
@@ -37,9 +38,9 @@ def check_shortcut_run(data: ImageDataset, run_dir: str | Path, split: str = "va
 
 
 def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_dir: str | Path, alpha: float,
-                   seed: int = 0, split: str = "val") -> dict:
+                   seed: int = 0, split: str = "val", runtime: str = "auto") -> dict:
     """The check's record for audit.json: p-value, alarm, shares and changes, the layer and the images used."""
-    run = check_shortcut_run(data, run_dir, split)
+    run = check_shortcut_run(data, run_dir, split, runtime)
     idx = data.indices(split)
     idx = np.sort(np.random.default_rng(seed).permutation(idx)[:MAX_CHECK_IMAGES])
     images = np.asarray(data.images[idx])
@@ -48,7 +49,7 @@ def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_di
     model = run.model
     preprocess = run.preprocessing.batch_preprocess(run.device)  # the run's own input record
     layer = choose_layer(model, run.preprocessing.image_size)
-    cams, _ = grad_cam(model, as_tensor(images), preprocess, layer=layer)
+    cams, _ = grad_cam(model, as_tensor(images), preprocess, layer=layer, runtime=runtime)
     result = shortcut_check(images, cams, run.predict, roi=roi, alpha=alpha)
     record = {**result.as_dict(), "run": str(run_dir), "split": split, "cam_layer": layer,
               "zone": "border band less the region of interest" if roi is not None else "border band",

@@ -23,6 +23,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-images", type=int, default=512, help="maps per split; a seeded sample beyond it")
     p.add_argument("--layer", help="module to read instead of the registry's cam_layer (e.g. layer3 for tiny images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image sample and the overlays drawn (default 0)")
+    from xferlab.config import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what runs the network below the CAM layer (as for predict): auto, onnxruntime, torch, ...")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -34,7 +38,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise XferlabError(f"--{name.replace('_', '-')}: must be >= {1 if name == 'max_images' else 0}, "
                                f"got {getattr(args, name)}")
     opts = ExplainOptions(max_errors=args.max_errors, per_class=args.per_class, max_images=args.max_images,
-                          seed=args.seed, data=args.data, layer=args.layer)
+                          seed=args.seed, data=args.data, layer=args.layer, runtime=args.runtime)
     with staged_dir(args.out, overwrite=args.overwrite) as stage:
         result = explain_run(args.run, stage, inputs=args.inputs, opts=opts)
     for split, part in result["splits"].items():

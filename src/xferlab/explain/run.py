@@ -45,6 +45,7 @@ class ExplainOptions:
     data: str | None = None  # another dataset path for the run's data config (e.g. shortcut phantoms)
     layer: str | None = None  # a module to read; default: the registry's cam_layer, or an earlier stage when its
     # map would be too coarse at this image size (cam.choose_layer)
+    runtime: str = "auto"  # what runs the network below the CAM layer (xferlab.engine.runtime)
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _read_input(path: Path, size: tuple[int, int]) -> np.ndarray:
             raise XferlabError(f"{path}: need a uint8 H×W or N×H×W array, got {array.dtype} {array.shape}")
         frames = [array] if array.ndim == 2 else list(array)
     else:
-        frames = [_gray(read_image_file(path))]
+        frames = [_gray(read_image_file(path, size))]
     return np.stack([resize_image(f, size) for f in frames])
 
 
@@ -192,7 +193,7 @@ def _draw(split: SplitInput, maps, preds, probs, shares, chosen, class_names, st
 def explain_split(run: LoadedRun, split: SplitInput, opts: ExplainOptions, layer: str, stage: Path) -> dict:
     preprocess = run.preprocessing.batch_preprocess(run.device)  # the run's own: channels, value range, mean/std
     maps, probs = grad_cam(run.model, as_tensor(split.images), preprocess, batch_size=opts.batch_size,
-                           layer=layer)
+                           layer=layer, runtime=opts.runtime)
     preds = probs.argmax(1)
     shares = _shares(split, maps)
     chosen = _chosen(split.labels, preds, opts, len(run.class_names))

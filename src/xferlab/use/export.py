@@ -52,7 +52,7 @@ def _onnx_modules():
         import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it)
     except ImportError:
-        raise XferlabError("ONNX export needs onnx and onnxscript; install them with pip install 'xferlab[onnx]'") \
+        raise XferlabError("ONNX export needs onnxscript; install it with pip install 'xferlab[onnx]'") \
             from None
     return onnx
 

@@ -123,16 +123,18 @@ def collect_inputs(inputs: Sequence[str | Path], class_names: Sequence[str]) -> 
 
 class Decoder:
     """Decodes items batch by batch: files with read_image_file (unreadable ones skipped and listed, or an error
-    naming them), .npy stacks from a memory map kept open per file."""
+    naming them; JPEGs far larger than `size`, the side they will be resized to, decode at a reduced scale), .npy
+    stacks from a memory map kept open per file."""
 
-    def __init__(self, skip_unreadable: bool):
+    def __init__(self, skip_unreadable: bool, size: tuple[int, int] | None = None):
         self.skip_unreadable = skip_unreadable
+        self.size = size
         self.skipped: list[InputItem] = []
         self._stacks: dict[Path, np.ndarray] = {}
 
     def _read(self, item: InputItem) -> np.ndarray:
         if item.index is None:
-            return read_image_file(item.path)
+            return read_image_file(item.path, self.size)
         if item.path not in self._stacks:
             self._stacks[item.path] = _open_npy(item.path)
         stack = self._stacks[item.path]

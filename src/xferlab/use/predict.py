@@ -58,7 +58,7 @@ def predict_inputs(run: LoadedRun, inputs: Sequence[str | os.PathLike], batch_si
         raise XferlabError(f"--batch-size must be at least 1, got {batch_size}")
     check_test_bn(test_bn)
     items = collect_inputs(inputs, run.class_names)
-    decoder = Decoder(skip_unreadable)
+    decoder = Decoder(skip_unreadable, run.preprocessing.image_size)
     kept: list[InputItem] = []
     probs: list[np.ndarray] = []
     start = time.perf_counter()
