@@ -280,3 +280,24 @@ def test_a_copy_in_another_split_does_not_hide_the_original(phantoms):
     result = leakage_audit(data, np.random.default_rng(0).normal(size=(len(images), 8)), AuditConfig(seed=0))
     assert result["exact"]["cross_split_groups"] == 1
     assert (altered, a) in _pairs(result["phash"]) | _pairs(result["aligned"])
+
+
+def test_large_images_are_compared_at_the_working_size():
+    from xferlab.audit.nearcopy import WORK_SIDE, working_size
+
+    assert working_size(np.zeros((2, 32, 32), np.uint8)).shape == (2, 32, 32)  # the scale the constants were tuned at
+    assert working_size(np.zeros((2, 224, 224), np.uint8)).shape == (2, WORK_SIDE, WORK_SIDE)
+    assert working_size(np.zeros((1, 3, 300, 200), np.uint8)).shape == (1, WORK_SIDE, 43)  # aspect kept, gray
+
+
+def test_re_exported_copies_at_224_px_align_with_their_originals_and_distinct_images_do_not(tmp_path):
+    path = generate_phantoms(tmp_path / "ph224", size=224, n_per_class=4, n_test_per_class=1, seed=3)
+    images = load_dataset(DataConfig(path=path)).images[:8]
+    rng = np.random.default_rng(0)
+    originals, others = images[:4], images[4:]
+    copies = np.stack([alter(im, rng) for im, alter in zip(originals, list(ALTERATIONS.values())[:4])])
+    same, distinct = aligned_similarities(originals, copies), aligned_similarities(originals, others)
+    assert same.min() > distinct.max()
+    descriptors = spectral_descriptors(np.concatenate([copies, images]))
+    nearest_original = np.linalg.norm(descriptors[:4, None] - descriptors[None, 4:], axis=2).argmin(1)
+    assert (nearest_original == np.arange(4)).all()  # each copy's nearest image by descriptor is its original

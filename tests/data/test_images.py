@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -151,3 +153,41 @@ def test_check_file_sizes_fails_from_headers(tmp_path):
 def test_concat_batches_names_both_files_on_size_mismatch():
     with pytest.raises(XferlabError, match=r"a\.npy holds 8×8 images but b\.npy holds 9×9.*--image-size"):
         concat_batches([np.zeros((2, 8, 8), np.uint8), np.zeros((2, 9, 9), np.uint8)], ["a.npy", "b.npy"], "ds")
+
+
+# The real radiographs beside the repository (<repo root>/../shared/data), absent from a clone of the project alone.
+KERMANY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kermany-sample"
+
+
+def _draft_difference(path: Path, side: int) -> np.ndarray:
+    """|full decode resized - draft decode resized| in grey levels, gray."""
+    full, draft = (resize_image(read_image_file(path, size), side) for size in (None, side))
+    gray = [im if im.ndim == 2 else im.mean(0) for im in (full, draft)]
+    return np.abs(gray[0].astype(np.float64) - gray[1])
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_to_the_same_pixels_after_resizing(tmp_path):
+    from xferlab.data.images import DRAFT_MEAN_TOLERANCE, DRAFT_P999_TOLERANCE
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1200, 0:1600]
+    image = 128 + 60 * np.sin(x / 90.0) * np.cos(y / 70.0) + rng.normal(0, 4, (1200, 1600))
+    image[500:700, 200:260] = 250  # a hard-edged burned-in mark
+    path = tmp_path / "large.jpg"
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=90)
+    with Image.open(path) as im:
+        im.draft(im.mode, (448, 448))
+        assert im.size == (800, 600)  # the DCT scale 1/2: still at least twice the target side
+    diff = _draft_difference(path, 224)
+    assert diff.mean() <= DRAFT_MEAN_TOLERANCE and np.percentile(diff, 99.9) <= DRAFT_P999_TOLERANCE
+    assert read_image_file(path, 1000).shape == (1200, 1600)  # less than twice the target: decoded whole
+
+
+@pytest.mark.skipif(not KERMANY.is_dir(), reason="needs ../shared/data/kermany-sample (real radiographs)")
+def test_real_radiographs_decode_at_a_reduced_scale_within_the_stated_tolerance():
+    from xferlab.data.images import DRAFT_MEAN_TOLERANCE, DRAFT_P999_TOLERANCE
+
+    files = sorted(KERMANY.rglob("*.jpeg"))[::10]  # 30 of the 300: every size and both modes (L, RGB)
+    diffs = np.concatenate([_draft_difference(f, 224).ravel() for f in files])
+    assert len(files) >= 25
+    assert diffs.mean() <= DRAFT_MEAN_TOLERANCE and np.percentile(diffs, 99.9) <= DRAFT_P999_TOLERANCE

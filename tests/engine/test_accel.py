@@ -15,7 +15,34 @@ CPU = torch.device("cpu")
 def test_cpu_defaults_are_fp32_contiguous_and_uncompiled():
     a = resolve_accel(CPU)
     assert a.amp_dtype is None and not a.channels_last and not a.compile
-    assert a.describe() == {"device": "cpu", "amp": "off", "channels_last": False, "compile": False}
+    assert {k: v for k, v in a.describe().items() if k != "auto_rule"} == {
+        "device": "cpu", "amp": "off", "channels_last": False, "compile": False}
+
+
+@pytest.mark.parametrize("native, trains, side, on", [
+    (True, True, 224, True), (True, True, 128, True), (True, True, 64, False),  # Lite0's bf16 step: slower at 64 px
+    (True, False, 224, False),  # a head on cached features: nothing for bf16 to speed up
+    (False, True, 224, False),  # emulated bf16: far slower
+])
+def test_cpu_auto_is_bf16_and_channels_last_for_a_backbone_that_trains_at_real_sizes(monkeypatch, native, trains,
+                                                                                      side, on):
+    monkeypatch.setattr(accel_mod, "native_bf16", lambda device: native)
+    a = resolve_accel(CPU, trains_backbone=trains, image_side=side)
+    assert (a.amp_dtype is torch.bfloat16) == on and a.channels_last == on
+    assert a.describe()["auto_rule"].startswith("cpu: bf16 + channels_last" if on else "cpu: fp32, contiguous")
+    assert resolve_accel(CPU, amp="off", channels_last="off", trains_backbone=trains,
+                         image_side=side).amp_dtype is None  # what the golden runs pin
+
+
+def test_a_runs_accel_follows_its_regime_and_image_size(monkeypatch, tmp_path):
+    from xferlab.config import DataConfig, TrainConfig
+    from xferlab.engine.accel import accel_for
+
+    monkeypatch.setattr(accel_mod, "native_bf16", lambda device: True)
+    cfg = TrainConfig(data=DataConfig(path=tmp_path, image_size=224), regime="finetune", weights="none")
+    assert accel_for(cfg, CPU).amp_dtype is torch.bfloat16
+    assert accel_for(cfg, CPU, image_side=32).amp_dtype is None
+    assert accel_for(cfg.model_copy(update={"regime": "frozen"}), CPU).amp_dtype is None
 
 
 def test_bf16_is_refused_where_the_cpu_has_no_native_bf16(monkeypatch):
@@ -25,10 +52,10 @@ def test_bf16_is_refused_where_the_cpu_has_no_native_bf16(monkeypatch):
     assert resolve_accel(CPU, amp="auto").amp_dtype is None
 
 
-def test_bf16_on_a_cpu_with_native_bf16_is_allowed_but_never_automatic(monkeypatch):
+def test_bf16_on_a_cpu_with_native_bf16_is_allowed_and_automatic_only_for_training_backbones(monkeypatch):
     monkeypatch.setattr(accel_mod, "native_bf16", lambda device: True)
     assert resolve_accel(CPU, amp="bf16").amp_dtype is torch.bfloat16
-    assert resolve_accel(CPU, amp="auto").amp_dtype is None
+    assert resolve_accel(CPU, amp="auto").amp_dtype is None  # what is trained and at what size: unknown, fp32
 
 
 def test_compile_on_cpu_needs_a_compiler(monkeypatch):

@@ -40,6 +40,13 @@ def test_a_run_writes_a_complete_run_folder(tiny_npy, tmp_path, regime):
         assert set(m[split]) == {"accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity"}
     assert m["inference_images_per_s"] > 0 and m["train_seconds"] > 0
     assert m["trainable_params"] < m["params"] if regime == "frozen" else m["trainable_params"] == m["params"]
+    # what ran the fixed backbone's pass, and why (a tiny pass: too little work for an export to pay back)
+    assert m["runtime"]["requested"] == "auto"
+    if regime == "frozen":
+        assert m["runtime"]["path"] == "torch" and "GFLOP" in m["runtime"]["reason"]
+    else:
+        assert m["runtime"]["path"] is None and "the backbone trains" in m["runtime"]["reason"]
+    assert m["accel"]["auto_rule"].startswith("cpu: fp32")  # 32 px: under CPU_BF16_MIN_SIDE whatever the CPU
     # the saved config is complete: it rebuilds the same run configuration
     assert build(TrainConfig, read_yaml(run / "config.yaml")) == _cfg(tiny_npy, regime=regime)
     saved = np.load(run / "predictions.npz")

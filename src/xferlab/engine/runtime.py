@@ -61,6 +61,9 @@ BF16_TOLERANCE = 2e-2
 # the export has paid for itself (docs/performance-real-sizes.md); 500 GFLOP is 140 ResNet-18 or 650 EfficientNet-Lite0
 # images at 224 px, 6,700 ResNet-18 images at 32 px.
 MIN_EXPORT_FLOPS = 500e9
+# torch.compile's backend for the compile path (tests swap in "eager": dynamo's tracing without inductor's C++ build,
+# which takes 20-35 s even for a toy module on this CPU).
+COMPILE_BACKEND = "inductor"
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def _torch_path(module: torch.nn.Module, preprocess, device: torch.device, bf16:
     """PyTorch under bf16 autocast (channels-last, the layout bf16 convolutions are fastest in) or torch.compile."""
     if bf16:
         module.to(memory_format=torch.channels_last)  # in place: the caller's module is only ever run, not trained
-    net = torch.compile(module, dynamic=False) if compiled else module
+    net = torch.compile(module, dynamic=False, backend=COMPILE_BACKEND) if compiled else module
     layout = torch.channels_last if bf16 else torch.contiguous_format
     cast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
