@@ -232,7 +232,9 @@ def _counted(reference: Callable[[torch.Tensor], Output], sample: torch.Tensor) 
     return out, counter.get_total_flops() / max(1, len(sample))
 
 
-def _build(path: str, module, preprocess, example: torch.Tensor, device: torch.device, threads: int):
+def build_path(path: str, module, preprocess, example: torch.Tensor, device: torch.device,
+               threads: int) -> Callable[[torch.Tensor], Output]:
+    """The `path` (not auto, not torch) over `module`, unchecked: what fixed_pass checks (benchmarks time it)."""
     if path == "onnxruntime":
         return _onnx_path(module, preprocess, example, threads)
     return _torch_path(module, preprocess, device, bf16=path == "torch-bf16", compiled=path == "compile")
@@ -261,7 +263,7 @@ def fixed_pass(module: torch.nn.Module, preprocess, example: torch.Tensor, runti
     start = time.perf_counter()
     failure, run, error = None, None, float("nan")
     try:
-        run = _build(path, module, preprocess, sample, device, threads or torch.get_num_threads())
+        run = build_path(path, module, preprocess, sample, device, threads or torch.get_num_threads())
         error = relative_error(run(sample), want)
         if not error <= tolerance:
             failure = f"its output differs from eager fp32 by {error:.2g} of its scale (tolerance {tolerance:g})"

@@ -10,9 +10,11 @@ import io
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +28,7 @@ from xferlab.use.model import LoadedRun, check_test_bn
 DECISION_RULE = "argmax"  # the class with the highest probability: what every metric of the run was computed with
 SHOWN_METRICS = ("accuracy", "balanced_accuracy", "auroc")
 TRANSDUCTIVE = "adapt (transductive)"  # the CSV's test_bn column with --test-bn adapt
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,8 +67,8 @@ def predict_inputs(run: LoadedRun, inputs: Sequence[str | os.PathLike], batch_si
     start = time.perf_counter()
     with tqdm(total=len(items), unit="image", desc="predict", disable=None if progress else True,
               leave=False, dynamic_ncols=True) as bar:  # disable=None: a bar on a terminal only
-        batches = ((batch_items, run.prepare(images, str(batch_items[0].path)))
-                   for batch_items, images in decoder.batches(items, batch_size))
+        batches = ahead((batch_items, run.prepare(images, str(batch_items[0].path)))
+                        for batch_items, images in decoder.batches(items, batch_size))
         if test_bn == "adapt":
             batches = list(batches)  # every input before any prediction: the statistics come from them all
             if batches:
@@ -83,6 +86,19 @@ def predict_inputs(run: LoadedRun, inputs: Sequence[str | os.PathLike], batch_si
     all_probs = np.concatenate(probs)
     return Predictions(kept, all_probs, run.class_names, decoder.skipped, _evaluate(kept, all_probs), seconds,
                        test_bn, run.runtime_record.as_dict())
+
+
+def ahead(items: Iterator[T]) -> Iterator[T]:
+    """`items`, each produced on a worker thread while the caller works on the one before: the next batch decodes
+    (Pillow and libjpeg release the GIL) while the model runs on this one. Errors surface where the item would."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xferlab-decode") as pool:
+        future = pool.submit(next, items, _DONE)
+        while (item := future.result()) is not _DONE:
+            future = pool.submit(next, items, _DONE)
+            yield item
+
+
+_DONE = object()
 
 
 def _evaluate(items: Sequence[InputItem], probs: np.ndarray) -> dict | None:
