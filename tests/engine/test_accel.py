@@ -103,3 +103,15 @@ def test_accelerator_switches_are_restored_after_the_scope():
     with accelerator_scope():
         torch.backends.cudnn.benchmark = not before  # what Accel.prepare does on CUDA
     assert torch.backends.cudnn.benchmark == before
+
+
+@pytest.mark.parametrize("native, says", [(True, "has native bf16: auto gives bf16 + channels_last to finetune"),
+                                          (False, "has no native bf16: auto is fp32")])
+def test_train_help_says_what_auto_gives_on_this_cpu(monkeypatch, capsys, native, says):
+    import xferlab.hardware as hardware
+    from xferlab.cli import main
+
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: native)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert says in " ".join(capsys.readouterr().out.split())

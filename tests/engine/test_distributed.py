@@ -103,9 +103,11 @@ def test_two_gloo_ranks_agree_and_their_gathered_metrics_match_one_process(tiny_
 @pytest.mark.ddp
 def test_frozen_training_on_two_ranks_equals_one_process(tiny_npy, tmp_path):
     """Frozen: the backbone's features are sharded and gathered, and the two ranks' half batches make up the single
-    process's batches, so the head follows the same optimisation (up to float rounding)."""
-    proc = _torchrun(_train_args(tiny_npy, tmp_path / "ddp", "frozen"))
+    process's batches, so the head follows the same optimisation (up to float rounding). The ranks run their shares
+    through ONNX Runtime, each checked, and agree on it; the single process in eager PyTorch."""
+    proc = _torchrun(_train_args(tiny_npy, tmp_path / "ddp", "frozen", runtime="onnxruntime"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["runtime"]["path"] == "onnxruntime"
     cfg = TrainConfig(data=DataConfig(path=tiny_npy), backbone="resnet18", weights="none", regime="frozen", epochs=2,
                       batch_size=8, device="cpu", num_threads=1)
     train(cfg, tmp_path / "one", progress=False)
