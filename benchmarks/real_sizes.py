@@ -81,20 +81,24 @@ def pct(flops_per_s: float, peak: float) -> str:
 # ---- runtimes: the fixed pass through each path ------------------------------------------------------------------
 
 
-def _rate(run, images: torch.Tensor, rounds: int = 2) -> float:
-    """Best images/s of `run` over `rounds` passes of `images` in batches of BATCH, after one warm-up batch."""
-    run(images[:BATCH])
-    best = 0.0
+def _rates(paths: dict, images: torch.Tensor, rounds: int = 3) -> dict[str, float]:
+    """Best images/s of each path over `rounds` passes of `images` in batches of BATCH, after one warm-up batch; the
+    paths take turns within each round, so a busy spell on a shared machine slows all of them, not one."""
+    best = dict.fromkeys(paths, 0.0)
+    for run in paths.values():
+        run(images[:BATCH])
     for _ in range(rounds):
-        start = time.perf_counter()
-        for i in range(0, len(images), BATCH):
-            run(images[i:i + BATCH])
-        best = max(best, len(images) / (time.perf_counter() - start))
+        for name, run in paths.items():
+            start = time.perf_counter()
+            for i in range(0, len(images), BATCH):
+                run(images[i:i + BATCH])
+            best[name] = max(best[name], len(images) / (time.perf_counter() - start))
     return best
 
 
 def runtimes(args: argparse.Namespace) -> None:
-    """Per backbone: eager fp32 (NCHW and channels-last), torch-bf16 and ONNX Runtime over the same images; each
+    """Per backbone: eager fp32 (NCHW and channels-last), torch-bf16 and ONNX Runtime over the same images, taking
+    turns (best of three rounds each); each
     path's largest feature difference from eager fp32 (relative to the largest feature), ONNX Runtime's export
     seconds and the pass size (GFLOP) from which the export has paid for itself against eager fp32."""
     images = real_or_phantom_images(args.images)
@@ -132,7 +136,7 @@ def _runtime_row(name: str, images: torch.Tensor, yard: Yardstick) -> str:
     if runtime.native_bf16(torch.device("cpu")):  # unchecked: Lite's bf16 features fail the check, timed anyway
         paths["bf16"] = runtime.build_path("torch-bf16", copy.deepcopy(model.body), pre, images[:BATCH],
                                            torch.device("cpu"), torch.get_num_threads())
-    rates, peaks, _ = yard.around(lambda: {k: _rate(r, images) for k, r in paths.items()})
+    rates, peaks, _ = yard.around(lambda: _rates(paths, images))
     want = reference(images[:BATCH])
     errors = {k: runtime.relative_error(paths[k](images[:BATCH]), want) for k in ("bf16", "onnxruntime") if k in paths}
     fp32 = peaks[torch.float32]
