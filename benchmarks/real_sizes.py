@@ -362,7 +362,7 @@ def main() -> None:
     q = sub.add_parser("passes")
     q.add_argument("--images", type=int, default=960, help="phantoms of the fixed pass inside `xferlab train`")
     q.add_argument("--steps", type=int, default=3, help="timed fine-tune steps")
-    q.add_argument("--cam-images", type=int, default=64)
+    q.add_argument("--cam-images", type=int, default=256, help="maps timed (explain makes up to 512 per split)")
     a = sub.add_parser("accuracy")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--epochs", type=int, default=3)

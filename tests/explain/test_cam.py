@@ -56,6 +56,7 @@ def _reference_maps(model, images, preprocess, layer):
 @pytest.mark.parametrize("name, layer, runtime", [
     ("resnet18", "layer3", "onnxruntime"),  # a stage: one leaf of the traced graph
     ("efficientnet_lite0", "_blocks.10", "torch"),  # its flatten reads the input's batch size above the cut
+    ("densenet121", "features.norm5", "torch"),  # an in-place ReLU right above the cut
 ])
 def test_maps_split_at_the_cam_layer_equal_whole_network_grad_cam(name, layer, runtime):
     from xferlab.backbones.regimes import apply_regime, parse_regime

@@ -35,8 +35,9 @@ UPSAMPLE = 4
 
 # The side (the longer one) images are reduced to before descriptors and alignment: the scale the constants were
 # tuned at. Planted copies at 224 and 512 px, reduced to it, are found as at 32 px (docs/performance-real-sizes.md,
-# `python benchmarks/audit_scale.py detect --size S`).
-WORK_SIDE = 64
+# `python benchmarks/audit_scale.py detect --size S`); reduced to 64 px, 20 % of the +3 % rescales were missed, and
+# at 80 px a clean 2,300-phantom set at 224 px showed one false finding (96 px: none).
+WORK_SIDE = 96
 # Images reduced at once: 256 images at 512 px are 256 MiB of float32.
 _REDUCE_BLOCK = 256
 
@@ -84,12 +85,12 @@ def spectral_descriptors(images: np.ndarray) -> np.ndarray:
 
 
 def _sample(x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Each image x[k] (N × H × W, float64) read at source rows ys[k] (N × H) and columns xs[k] (N × W), bilinear,
+    """Each image x[k] (N × H × W) read at source rows ys[k] (N × H) and columns xs[k] (N × W), bilinear,
     edges repeated: scipy.ndimage's order=1, mode="nearest" resampling, done by torch's grid_sample (which takes the
-    whole stack in one call; ndimage's per-pixel resampler was half the alignment's time)."""
+    whole stack in one call; ndimage's per-pixel resampler was half the alignment's time), in x's precision."""
     n, h, w = x.shape
-    gy = torch.from_numpy(2.0 * ys / (h - 1) - 1.0)[:, :, None].expand(n, h, w)
-    gx = torch.from_numpy(2.0 * xs / (w - 1) - 1.0)[:, None, :].expand(n, h, w)
+    gy = torch.from_numpy((2.0 * ys / (h - 1) - 1.0).astype(x.dtype))[:, :, None].expand(n, h, w)
+    gx = torch.from_numpy((2.0 * xs / (w - 1) - 1.0).astype(x.dtype))[:, None, :].expand(n, h, w)
     out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(x))[:, None], torch.stack([gx, gy], dim=-1),
                         mode="bilinear", padding_mode="border", align_corners=True)
     return out[:, 0].numpy()
@@ -121,8 +122,8 @@ def _register(a_hat: np.ndarray, b: np.ndarray) -> np.ndarray:
     # the correlation at fractional shifts within one pixel of the peak: its inverse DFT evaluated there
     steps = np.arange(-UPSAMPLE, UPSAMPLE + 1) / UPSAMPLE
     sy, sx = py[:, None] + steps, px[:, None] + steps  # N × S
-    ky = np.exp(2j * np.pi * sy[:, :, None] * np.fft.fftfreq(h)[None, None, :])  # N × S × H
-    kx = np.exp(2j * np.pi * sx[:, :, None] * np.fft.fftfreq(w)[None, None, :])  # N × S × W
+    ky = np.exp(2j * np.pi * sy[:, :, None] * np.fft.fftfreq(h)[None, None, :]).astype(cross.dtype)  # N × S × H
+    kx = np.exp(2j * np.pi * sx[:, :, None] * np.fft.fftfreq(w)[None, None, :]).astype(cross.dtype)  # N × S × W
     fine = np.abs(np.einsum("nsu,nuv,ntv->nst", ky, cross, kx, optimize=True)).reshape(n, -1).argmax(axis=1)
     iy, ix = np.divmod(fine, len(steps))
     dy, dx = sy[np.arange(n), iy], sx[np.arange(n), ix]
@@ -132,9 +133,9 @@ def _register(a_hat: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Normalised correlation of each pair of rows of the stacks, borders left out."""
-    a = a[:, MARGIN:-MARGIN, MARGIN:-MARGIN].reshape(len(a), -1)
-    b = b[:, MARGIN:-MARGIN, MARGIN:-MARGIN].reshape(len(b), -1)
+    """Normalised correlation of each pair of rows of the stacks, borders left out (summed in float64)."""
+    a = a[:, MARGIN:-MARGIN, MARGIN:-MARGIN].reshape(len(a), -1).astype(np.float64)
+    b = b[:, MARGIN:-MARGIN, MARGIN:-MARGIN].reshape(len(b), -1).astype(np.float64)
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     return (a * b).sum(axis=1) / np.maximum(np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1)), 1e-12)
@@ -142,9 +143,12 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def aligned_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Normalised correlation of the band-passed images of each pair (a[k], b[k]) after registering b[k] onto a[k],
-    best over SCALES, at working_size: 1 for the same picture under any brightness or contrast change."""
-    a = _band(working_size(a).astype(np.float64))
-    b = working_size(b).astype(np.float64)
+    best over SCALES, at working_size: 1 for the same picture under any brightness or contrast change.
+
+    In float32 (FFTs, filters, resampling; the correlations summed in float64): half float64's time, which pays for
+    the WORK_SIDE the alignment needs."""
+    a = _band(working_size(a))
+    b = working_size(b)
     a_hat = np.fft.fft2(a)
     best = np.full(len(a), -1.0)
     for scale in SCALES:

@@ -137,7 +137,7 @@ def _batch_read(node: torch.fx.Node, below: set[torch.fx.Node]) -> bool:
 
 def split_at(model: torch.nn.Module, layer: str) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule] | None:
     """The network cut at the output of module `layer` (a qualified name in `model`): `below` (input -> the layer's
-    output) and `above` (that output -> the model's output, through an nn.Identity named `cam_input` that Grad-CAM
+    output) and `above` (that output -> the model's output, through a _Graft named `cam_input` that Grad-CAM
     reads). None when torch.fx cannot trace the model, the layer runs more than once, or the part above needs
     anything from below besides the layer's output and the batch size (a ViT's residual stream): the caller then
     runs the network whole. Both parts share the model's weights."""
@@ -165,7 +165,7 @@ def split_at(model: torch.nn.Module, layer: str) -> tuple[torch.fx.GraphModule, 
     env = {cut: high.call_module("cam_input", (high.placeholder("activation"),))}
     for n in above:
         env[n] = high.call_method("size", (env[cut], 0)) if n in reads else high.node_copy(n, lambda a: env[a])
-    return _graph_module(model, low, {}), _graph_module(model, high, {"cam_input": torch.nn.Identity()})
+    return _graph_module(model, low, {}), _graph_module(model, high, {"cam_input": _Graft()})
 
 
 def _image_side(images: torch.Tensor, preprocess: Preprocess) -> tuple[int, int]:
@@ -187,11 +187,24 @@ def _no_weight_gradients(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+class _Graft(torch.nn.Module):
+    """A leaf activation's copy inside the graph: what grad-cam hooks and what the layers above receive. A copy,
+    because a layer above may work in place (DenseNet's ReLU after norm5), which a leaf that requires gradients
+    refuses, and so that grad-cam sees the output object the layer's own output was."""
+
+    def forward(self, leaf: torch.Tensor) -> torch.Tensor:
+        return leaf.clone()
+
+
+def _leaf(out: torch.Tensor) -> torch.Tensor:
+    return _Graft()(out.detach().requires_grad_(True))
+
+
 @contextmanager
 def _activation_leaf(module: torch.nn.Module) -> Iterator[None]:
-    """The module's output detached as a leaf that requires gradients: the backward pass starts there, and nothing
-    below it records a graph. Registered first, so that grad-cam's hooks see the leaf."""
-    handle = module.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True), prepend=True)
+    """The module's output grafted onto a leaf that requires gradients: the backward pass starts there, and nothing
+    below it records a graph. Registered first, so that grad-cam's hooks see the grafted output."""
+    handle = module.register_forward_hook(lambda _m, _i, out: _leaf(out), prepend=True)
     try:
         yield
     finally:
