@@ -21,9 +21,10 @@ STATS = {
 }
 
 _CHUNK = 512  # images per float32 block: bounds memory for large datasets at full resolution
-_LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float32)[None]
-# Immerkær's mask is the difference of two Laplacians: it cancels image structure up to second order and keeps noise.
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)[None]
+# The Laplacian [[0, 1, 0], [1, -4, 1], [0, 1, 0]] and Immerkær's mask [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] (the
+# difference of two Laplacians: it cancels image structure up to second order and keeps noise), both built from it.
+_SECOND_DIFFERENCE = np.array([1.0, -2.0, 1.0], dtype=np.float32)
+_PERCENTILES = (1, 50, 99)
 
 
 def _gray(images: np.ndarray) -> np.ndarray:
@@ -31,27 +32,64 @@ def _gray(images: np.ndarray) -> np.ndarray:
     return x.mean(axis=1) if x.ndim == 4 else x
 
 
-def _noise_sigma(gray: np.ndarray) -> np.ndarray:
-    """Immerkær (1996), "Fast noise variance estimation": sigma = sqrt(pi/2) / (6 (W-2)(H-2)) · sum |I * N|.
+def _filtered(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Laplacian and Immerkær responses of each gray image (N × H × W float32, edges reflected as
+    scipy.ndimage does), from three 1-D second differences: the Laplacian is the sum of the second differences along
+    rows and along columns, Immerkær's mask their product (the outer product of [1, -2, 1] with itself), so three
+    3-tap passes replace two 9-tap correlations (a third of the time at 224 px)."""
+    dyy = ndimage.correlate1d(gray, _SECOND_DIFFERENCE, axis=1, mode="reflect")
+    dxx = ndimage.correlate1d(gray, _SECOND_DIFFERENCE, axis=2, mode="reflect")
+    return dyy + dxx, ndimage.correlate1d(dyy, _SECOND_DIFFERENCE, axis=2, mode="reflect")
+
+
+def _noise_sigma(response: np.ndarray) -> np.ndarray:
+    """Immerkær (1996), "Fast noise variance estimation": sigma = sqrt(pi/2) / (6 (W-2)(H-2)) · sum |I * N|, from
+    the mask's response (interior pixels).
 
     Written here because it is three lines, while scikit-image's estimate_sigma (a wavelet estimator) would be a
     new dependency for one number per image.
     """
-    response = np.abs(ndimage.correlate(gray, _IMMERKAER, mode="reflect"))[:, 1:-1, 1:-1]
-    h, w = gray.shape[1:]
-    return np.sqrt(np.pi / 2.0) * response.sum(axis=(1, 2)) / (6.0 * (w - 2) * (h - 2))
+    h, w = response.shape[1:]
+    total = np.abs(response[:, 1:-1, 1:-1]).sum(axis=(1, 2), dtype=np.float64)
+    return np.sqrt(np.pi / 2.0) * total / (6.0 * (w - 2) * (h - 2))
+
+
+def _intensity_stats(images: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """N × 5: mean, standard deviation, 1st, 50th and 99th percentile of each image's intensities. uint8 gray images
+    from their 256-bin histograms (exact, numpy's linear percentile rule; no sort of every pixel), others from the
+    float pixels."""
+    if images.dtype != np.uint8 or images.ndim != 3:
+        flat = gray.reshape(len(gray), -1)
+        return np.column_stack([flat.mean(axis=1), flat.std(axis=1), *np.percentile(flat, _PERCENTILES, axis=1)])
+    counts = np.stack([np.bincount(im.ravel(), minlength=256) for im in images]).astype(np.float64)
+    m = counts.sum(axis=1, keepdims=True)
+    levels = np.arange(256, dtype=np.float64)
+    mean = counts @ levels / m[:, 0]
+    std = np.sqrt(np.maximum(counts @ levels**2 / m[:, 0] - mean**2, 0.0))
+    cum = counts.cumsum(axis=1)
+
+    def order_statistic(k: np.ndarray) -> np.ndarray:  # the k-th smallest value (0-based) of each image
+        return (cum <= k[:, None]).sum(axis=1).astype(np.float64)
+
+    columns = []
+    for q in _PERCENTILES:
+        position = q / 100.0 * (m[:, 0] - 1)
+        low = np.floor(position)
+        below, above = order_statistic(low), order_statistic(np.minimum(low + 1, m[:, 0] - 1))
+        columns.append(below + (position - low) * (above - below))
+    return np.column_stack([mean, std, *columns])
 
 
 def image_statistics(images: np.ndarray) -> np.ndarray:
     """N × len(STATS) per-image statistics, columns in STATS order (colour images are averaged to gray first)."""
     rows = []
     for start in range(0, len(images), _CHUNK):
-        gray = _gray(images[start:start + _CHUNK])
-        flat = gray.reshape(len(gray), -1)
-        p01, p50, p99 = np.percentile(flat, [1, 50, 99], axis=1)
-        laplacian = ndimage.correlate(gray, _LAPLACIAN, mode="reflect")
-        rows.append(np.column_stack([flat.mean(axis=1), flat.std(axis=1), p01, p50, p99,
-                                     laplacian.reshape(len(gray), -1).var(axis=1), _noise_sigma(gray)]))
+        block = np.asarray(images[start:start + _CHUNK])
+        gray = _gray(block)
+        laplacian, immerkaer = _filtered(gray)
+        rows.append(np.column_stack([_intensity_stats(block, gray),
+                                     laplacian.reshape(len(gray), -1).var(axis=1, dtype=np.float64),
+                                     _noise_sigma(immerkaer)]))
     return np.concatenate(rows) if rows else np.empty((0, len(STATS)))
 
 
