@@ -4,6 +4,7 @@ sizes.md is their output, pasted, not retyped. Not run by the tests.
 
     python benchmarks/real_sizes.py runtimes     # the fixed pass through each runtime path: speed, error, export cost
     python benchmarks/real_sizes.py passes       # fixed pass in `xferlab train`, fine-tune step, predict, Grad-CAM
+    python benchmarks/real_sizes.py steps        # the fine-tune step in fp32 and in bf16 + channels-last, 64 / 224 px
     python benchmarks/real_sizes.py accuracy     # Lite0 fine-tuned in bf16 vs fp32, the same seeds: val accuracy
     python benchmarks/real_sizes.py reference    # the reference study at 224 px with Lite0: frozen, fine-tuned
 
@@ -266,6 +267,31 @@ def passes(args: argparse.Namespace) -> None:
           "`xferlab train` resolves by default, `predict` from image files (decoding included), Grad-CAM maps")
 
 
+# ---- steps: the fine-tune step in fp32 against bf16 + channels-last ------------------------------------------------
+
+
+def steps(args: argparse.Namespace) -> None:
+    """The fine-tune step of each backbone at each `--sizes` side in fp32 (contiguous: the CPU default before) and in
+    bf16 + channels-last, as xferlab bench times it; the two take turns for `--rounds` rounds, best of each: the
+    measurement behind the CPU's `auto` (bf16 + channels-last for a trained backbone at >= 128 px)."""
+    from xferlab.engine.bench import bench
+
+    print(f"fine-tune step, batch {BATCH}; {machine()}; load average {load_average()} at the start\n")
+    print("| backbone | px | fp32 img/s | bf16 + channels-last img/s | speed-up |")
+    print("|---|---|---|---|---|")
+    settings = {"fp32": ("off", "off"), "bf16": ("bf16", "on")}
+    for name in args.backbones:
+        for side in args.sizes:
+            best = dict.fromkeys(settings, 0.0)
+            for _ in range(args.rounds):
+                for label, (amp, layout) in settings.items():
+                    r = bench(name, side, BATCH, "cpu", weights=weights_for(name), regime="finetune", amp=amp,
+                              channels_last=layout, steps=args.steps, warmup=1, matmul_flops=1.0)
+                    best[label] = max(best[label], r["train_images_per_s"])
+            print(f"| {name} | {side} | {best['fp32']:.1f} | {best['bf16']:.1f} | {best['bf16'] / best['fp32']:.2f}x |",
+                  flush=True)
+
+
 # ---- accuracy: bf16 against fp32 fine-tuning, the same seeds ---------------------------------------------------------
 
 
@@ -363,21 +389,26 @@ def main() -> None:
     q.add_argument("--images", type=int, default=960, help="phantoms of the fixed pass inside `xferlab train`")
     q.add_argument("--steps", type=int, default=3, help="timed fine-tune steps")
     q.add_argument("--cam-images", type=int, default=256, help="maps timed (explain makes up to 512 per split)")
+    t = sub.add_parser("steps")
+    t.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    t.add_argument("--steps", type=int, default=3)
+    t.add_argument("--rounds", type=int, default=2)
     a = sub.add_parser("accuracy")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--epochs", type=int, default=3)
     f = sub.add_parser("reference")
     f.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs run (30 extrapolated)")
-    for c in (r, q):
+    for c in (r, q, t):
         c.add_argument("--backbones", nargs="+", default=list(BACKBONES))
-    for c in (r, q, a, f):
+    for c in (r, q, t, a, f):
         c.add_argument("--threads", type=int)
         c.add_argument("--work", default="/tmp/real_sizes", help="phantoms and run folders (kept between calls)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    {"runtimes": runtimes, "passes": passes, "accuracy": accuracy, "reference": reference}[args.cmd](args)
+    commands = {"runtimes": runtimes, "passes": passes, "steps": steps, "accuracy": accuracy, "reference": reference}
+    commands[args.cmd](args)
     print(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": machine()}))
 
 
