@@ -200,6 +200,7 @@ def detect(args: argparse.Namespace) -> None:
           f"({time.perf_counter() - start:.0f} s)")
     prefilter = result["calibration"]["prefilter_distance"]
     print("| alteration | aligned | perceptual hash | either | past the descriptor prefilter |")
+    print("|---|---|---|---|---|")
     for name, idx in planted.items():
         a, p = np.mean([i in aligned for i in idx]), np.mean([i in phash for i in idx])
         passed = np.mean(np.linalg.norm(descriptors[idx] - descriptors[sources_of[name]], axis=1) <= prefilter)
