@@ -56,7 +56,7 @@ class Embedder:
         try:
             self.features = fixed_pass(self.model.body, preprocess, example, cfg.runtime, n_images=len(data.labels))
         except XferlabError as err:
-            raise XferlabError(f"audit.{err}; backbone '{cfg.backbone}'") from None
+            raise XferlabError(f"audit.{err} (backbone '{cfg.backbone}')") from None
         self.batch_size = batch_size_for(data.image_size)
 
     @property
