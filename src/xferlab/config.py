@@ -59,7 +59,8 @@ RuntimeName = Literal["auto", "onnxruntime", "torch", "torch-bf16", "compile"]
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 # Training steps on a CPU with native bf16 (xferlab.engine.accel): `auto` turns bf16 autocast and channels_last on
 # for a backbone that trains on images of at least this side. At 224 px both made fine-tuning steps faster for every
-# benchmark backbone; at 64 px EfficientNet-Lite0's bf16 step was slower than fp32 (docs/performance-real-sizes.md).
+# benchmark backbone in every run; at 64 px the runs disagreed for EfficientNet-Lite0 (bf16 slower in two, faster in
+# one: docs/performance-real-sizes.md), so small images, where the tests and golden runs live, stay in fp32.
 CPU_BF16_MIN_SIDE = 128
 RUNTIME_HELP = ("what runs a fixed backbone's passes (features, test-time BatchNorm, predict, audit embeddings): "
                 "torch (eager fp32), onnxruntime (CPU), torch-bf16 (native bf16 only), compile; auto: onnxruntime "

@@ -6,8 +6,7 @@ config, and checked before any work. (A fixed backbone's passes follow the `runt
 that train the backbone (finetune, partial:K) at images of at least CPU_BF16_MIN_SIDE px on a CPU with native bf16
 (AVX512-BF16 or AMX, from /proc/cpuinfo's flags; emulated bf16 is far slower and is refused); fp32 and contiguous
 otherwise. Measured in docs/performance-real-sizes.md: faster at 224 px for the benchmark backbones, with
-validation accuracy within the seed-to-seed spread of fp32 runs; at 64 px EfficientNet-Lite0's bf16 step was the
-slower one.
+validation accuracy within the seed-to-seed spread of fp32 runs; at 64 px the runs disagreed (config.CPU_BF16_MIN_SIDE).
 """
 
 from __future__ import annotations
