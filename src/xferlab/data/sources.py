@@ -12,7 +12,6 @@ import csv
 import logging
 import os
 import re
-import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,21 +50,10 @@ MEDMNIST_DEFAULT_SIZE = 28  # `<flag>.npz` holds the original 28×28 release; `<
 
 
 def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Read the dataset cfg describes with the source registered for cfg.format (DataConfig checked the name).
-
-    meta["load_seconds"] is the time it took; for image files decoded here (not streamed), also
-    meta["files_per_s"]: image files read end to end (decoding, resizing, stacking) per second."""
+    """Read the dataset cfg describes with the source registered for cfg.format (DataConfig checked the name)."""
     if not Path(cfg.path).exists():
         raise XferlabError(f"{cfg.path}: data path does not exist; check data.path (--data)")
-    start = time.perf_counter()
-    data = SOURCES[cfg.format](cfg)
-    seconds = time.perf_counter() - start
-    data.meta["load_seconds"] = seconds
-    if data.meta.get("files") is not None and not data.streamed and seconds > 0:
-        data.meta["files_per_s"] = len(data.labels) / seconds
-        logger.info("read %d image files in %.1f s (%.1f files/s, decoding and resizing included)",
-                    len(data.labels), seconds, data.meta["files_per_s"])
-    return data
+    return SOURCES[cfg.format](cfg)
 
 
 # ---- shared steps -------------------------------------------------------------------------------------------------

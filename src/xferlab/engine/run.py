@@ -91,6 +91,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     # threads and accelerator switches (cudnn.benchmark) are the run's own: restored afterwards
     with num_threads(cfg.num_threads), accelerator_scope(), _run_folder(out, overwrite, dist) as stage:
         data = load_dataset(cfg.data)
+        load_seconds = time.perf_counter() - t_start
         accel = accel_for(cfg, device, max(data.image_size))  # `auto` on a CPU depends on the image size
         if cfg.test_bn == "adapt":  # refuse before training, not after
             check_split_counts({s: len(data.indices(s)) for s in artifacts.EVAL_SPLITS}, cfg.test_bn_min_images)
@@ -118,6 +119,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
         metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
+        metrics.update(_loading(data, load_seconds))
         probs = best.record.probs
         metrics.update(run_flags({s: (_labels(data, s), p) for s, p in probs.items()}, bootstrap or BootstrapSettings(),
                                  data.class_names, _split_groups(data, probs)))
@@ -301,10 +303,18 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
         "patients": None if data.groups is None else patient_counts(data.groups, data.splits, artifacts.SPLITS),
         "groups_from": data.meta.get("groups_from"),
         "class_names": data.class_names,
-        # reading the data (image files: decoding and resizing included, end to end)
-        "load_seconds": data.meta.get("load_seconds"),
-        "files_per_s": data.meta.get("files_per_s"),
     }
+
+
+def _loading(data: ImageDataset, seconds: float) -> dict:
+    """How long reading the data took; for image files decoded into memory, their rate end to end (decoding,
+    resizing, stacking; streamed files decode during the passes instead)."""
+    files = data.meta.get("files") is not None and not data.streamed
+    rate = len(data.labels) / seconds if files and seconds > 0 else None
+    if rate is not None:
+        log.info("read %d image files in %.1f s (%.1f files/s, decoding and resizing included)", len(data.labels),
+                 seconds, rate)
+    return {"load_seconds": seconds, "files_per_s": rate}
 
 
 def _write_run(stage: Path, cfg, data: ImageDataset, model, history, metrics, probs: dict) -> None:
