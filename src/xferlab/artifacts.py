@@ -78,6 +78,9 @@ REPORT_HTML = "report.html"
 # audit folder
 AUDIT_JSON = "audit.json"
 AUDIT_ARRAYS_NPZ = "audit_arrays.npz"
+# the label check's flagged images, one per line; the `id` column is what `--exclude` (data.exclude) reads
+LABEL_ISSUES_CSV = "label_issues.csv"
+LABEL_ISSUES_COLUMNS = ("id", "split", "split_index", "index", "given", "suggested", "score")
 
 # explain folder (xferlab explain; in a study: explain/<run name>/)
 EXPLAIN = "explain"
@@ -355,6 +358,17 @@ def write_audit(folder: Path, result: dict[str, Any], arrays: dict[str, np.ndarr
     folder = Path(folder)
     files.save_npz(folder / AUDIT_ARRAYS_NPZ, **arrays)
     files.write_json(folder / AUDIT_JSON, {**result, "schema_version": SCHEMA_VERSION})
+
+
+def write_label_issues(folder: Path, rows: list[dict[str, Any]]) -> Path:
+    """label_issues.csv: the label check's flagged images (LABEL_ISSUES_COLUMNS), the header even when none is."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=LABEL_ISSUES_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(folder) / LABEL_ISSUES_CSV
+    files.write_text(path, out.getvalue())
+    return path
 
 
 def read_audit(folder: Path) -> AuditFolder:

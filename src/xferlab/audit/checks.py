@@ -9,6 +9,7 @@ from pathlib import Path
 
 import xferlab.audit.blocks as blocks
 import xferlab.audit.figures as figures
+import xferlab.audit.labels as labels
 import xferlab.audit.verdict as verdict
 from xferlab.audit.entry import AFTER, BESIDE, AuditCheck, AuditInputs, Computed, Finding
 from xferlab.audit.leakage import leakage_audit
@@ -123,6 +124,9 @@ CHECKS: dict[str, AuditCheck] = {check.name: check for check in (
                blocks.leakage_block, _leakage_figures, headline=verdict.LEAKAGE_HEADLINE),
     AuditCheck("resplit", "Re-split experiment", _resplit, lambda resplit, audit: verdict.resplit_finding(resplit),
                blocks.resplit_block, _resplit_figures, stage=resplit_stage),
+    # cleanlab on out-of-fold probe probabilities; BESIDE: it needs the embeddings only (docs/labels.md times it)
+    AuditCheck("labels", "Label errors", labels.compute, labels.finding, labels.block, labels.figures,
+               stage=BESIDE, needs=("cleanlab", "labels"), headline=labels.HEADLINE),
     # needs a trained model: the run named in the config (xferlab.explain.audit_check)
     AuditCheck("shortcut", "Shortcut check", _shortcut, _shortcut_finding, blocks.shortcut_block, stage=AFTER,
                enabled=_shortcut_enabled, prepare=_shortcut_prepare),

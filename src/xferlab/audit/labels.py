@@ -1,0 +1,284 @@
+"""Label errors: which images' given labels the data contradicts, found with cleanlab's confident learning (Northcutt,
+Jiang and Chuang 2021) on out-of-fold class probabilities of a linear probe, per split and class, ranked.
+
+Every image gets class probabilities from a logistic regression that never saw it: K folds over all splits (by
+patient when the data names patients, so that a patient's other images cannot vouch for a label), trained on the
+audit's own per-image arrays, namely the backbone embeddings reduced to PROBE_COMPONENTS whitened principal components
+(fitted without the labels) beside the scan's spectral descriptors (xferlab.audit.nearcopy). cleanlab then flags the
+images whose given label the probabilities contradict more than the per-class confident thresholds allow
+(`find_label_issues`, pruning by the estimated noise rate), and each image's label quality is its self-confidence, the
+out-of-fold probability of its given label (`get_label_quality_scores`). The list ranks by it, lowest first, so
+confident contradictions (the probe is sure of another class) come before hard images (the probe hesitates between
+classes): a hard but correctly labelled image sits near 1 / classes, a flipped easy one near 0.
+
+The probe is the audit's, not a study's model; what it flags is a list to look at, never a reason to report accuracy
+without those images (`--exclude` re-runs a study without them, which the report names)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import fisher_exact
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+import xferlab.audit.blocks as blocks
+from xferlab import artifacts, files
+from xferlab.audit.common import REFERENCE, TARGET, skipped
+from xferlab.audit.entry import AuditInputs, Computed, Finding
+from xferlab.audit.leakage import describe, split_positions
+from xferlab.data.dataset import SPLITS, ImageDataset
+
+# Measured on 2,400 phantoms at 64 px with 5 % of the test labels flipped (benchmarks/label_errors.py,
+# docs/labels.md): a probe on the 1280 embedding dimensions alone reached 84 % test accuracy and put 10 of the 20
+# flips among the 20 lowest-ranked test images; 64 whitened components beside the spectral descriptors reached 91 %
+# and 15-16 of 20, at a fraction of the fitting time (the components also keep 58,000 images cheap).
+PROBE_COMPONENTS = 64
+# Logistic regression's inverse L2 penalty on those unit-variance features: strong enough that 60 features on a few
+# hundred images per fold do not fit the noise (C = 0.1 and 1 ranked fewer flips first in the same measurement).
+PROBE_C = 0.01
+MAX_LISTED = 200  # flagged images listed per split in audit.json; label_issues.csv holds all of them
+FIGURE_ROWS = 2  # rows of the most doubtful test images in labels.png (cfg.thumbnails per row)
+
+
+def probe_features(embeddings: np.ndarray, descriptors: np.ndarray | None, seed: int) -> np.ndarray:
+    """Whitened principal components of the standardised embeddings, and the standardised descriptors beside them;
+    fitted on every image without the labels."""
+    n, d = embeddings.shape
+    k = int(min(PROBE_COMPONENTS, d, n - 1))
+    scaled = StandardScaler().fit_transform(embeddings.astype(np.float32))
+    parts = [PCA(n_components=k, whiten=True, random_state=seed).fit_transform(scaled)]
+    if descriptors is not None:
+        parts.append(StandardScaler().fit_transform(descriptors.astype(np.float32)))
+    return np.hstack(parts).astype(np.float64)
+
+
+def fold_count(labels: np.ndarray, groups: np.ndarray | None, folds: int) -> int:
+    """At most `folds`, and no more than the smallest class has images (patients with `groups`)."""
+    if groups is None:
+        smallest = int(np.bincount(labels).min())
+    else:
+        smallest = min(len(np.unique(groups[labels == c])) for c in np.unique(labels))
+    return int(min(folds, smallest))
+
+
+class Stopped(Exception):
+    """The audit asked the label check, running beside the statistics, to stop."""
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int,
+                              groups: np.ndarray | None = None,
+                              stop: threading.Event | None = None) -> np.ndarray:
+    """N × classes probabilities, each row from a probe fitted on the other folds (StratifiedKFold; with `groups`,
+    StratifiedGroupKFold, so a patient's images share a fold). `stop` (set by another thread, audit/run.py) ends it
+    with Stopped before the next fold."""
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None else \
+        StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    probs = np.zeros((len(labels), classes))
+    for train, held in splitter.split(features, labels, groups):
+        if stop is not None and stop.is_set():
+            raise Stopped("the label check was stopped by its caller")
+        probe = LogisticRegression(C=PROBE_C, max_iter=1000).fit(features[train], labels[train])
+        probs[np.ix_(held, probe.classes_)] = probe.predict_proba(features[held])
+    return probs
+
+
+def find_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged: N bool, label quality: N self-confidence scores) by cleanlab."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    return np.asarray(flagged, dtype=bool), get_label_quality_scores(labels, probs, method="self_confidence")
+
+
+def image_ids(data: ImageDataset) -> list[str] | None:
+    """Each image's id as `--exclude` takes it (data.meta['ids'], set by the sources), or None."""
+    ids = data.meta.get("ids")
+    return list(ids) if ids is not None and len(ids) == len(data.labels) else None
+
+
+def _split_summary(data: ImageDataset, flagged: np.ndarray, split: str) -> dict:
+    mask = data.splits == split
+    per_class = {}
+    for k, name in enumerate(data.class_names):
+        m = mask & (data.labels == k)
+        per_class[name] = {"images": int(m.sum()), "count": int(flagged[m].sum()),
+                           "share": float(flagged[m].mean()) if m.any() else None}
+    return {"images": int(mask.sum()), "count": int(flagged[mask].sum()),
+            "share": float(flagged[mask].mean()) if mask.any() else None, "per_class": per_class}
+
+
+def _listed(data: ImageDataset, flagged: np.ndarray, quality: np.ndarray, probs: np.ndarray, split: str,
+            positions: np.ndarray, ids: list[str] | None) -> list[dict]:
+    rows = np.flatnonzero(flagged & (data.splits == split))
+    rows = rows[np.argsort(quality[rows], kind="stable")][:MAX_LISTED]
+    out = []
+    for i in rows:
+        suggested = int(probs[i].argmax())
+        entry = {**describe(data, i, positions), "given": data.class_names[data.labels[i]],
+                 "suggested": data.class_names[suggested], "score": float(quality[i]),
+                 "suggested_probability": float(probs[i, suggested])}
+        if ids is not None:
+            entry["id"] = ids[i]
+        out.append(entry)
+    return out
+
+
+def _comparison(flagged: np.ndarray, splits: np.ndarray, alpha: float) -> dict:
+    """Test's flagged share against train+val's: one-sided Fisher exact test (is test's share larger?)."""
+    test, ref = splits == TARGET, np.isin(splits, REFERENCE)
+    a, b = int(flagged[test].sum()), int(flagged[ref].sum())
+    p = float(fisher_exact([[a, int(test.sum()) - a], [b, int(ref.sum()) - b]], alternative="greater")[1])
+    return {"test": a, "train+val": b, "p": p, "alpha": alpha, "test_higher": bool(p <= alpha and a > 0)}
+
+
+def label_audit(data: ImageDataset, embeddings: np.ndarray, descriptors: np.ndarray | None, folds: int, seed: int,
+                alpha: float, stop: threading.Event | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The label check's record (per split and class: count, share, ranked list) and per-image arrays
+    (label_quality, label_issue, suggested_label)."""
+    counts = np.bincount(data.labels, minlength=data.num_classes)
+    if (counts == 0).any() or data.num_classes < 2:
+        return skipped("every class needs images for the probe"), {}
+    k = fold_count(data.labels, data.groups, folds)
+    if k < 2:
+        unit = "patients" if data.groups is not None else "images"
+        return skipped(f"a class has fewer than 2 {unit}, too few for out-of-fold probabilities"), {}
+    features = probe_features(embeddings, descriptors, seed)
+    probs = out_of_fold_probabilities(features, data.labels, data.num_classes, k, seed, data.groups, stop)
+    flagged, quality = find_issues(data.labels, probs)
+    positions, ids = split_positions(data.splits), image_ids(data)
+    present = [s for s in SPLITS if (data.splits == s).any()]
+    record = {"status": "ok", "method": "cleanlab find_label_issues (prune_by_noise_rate); ranked by self-confidence",
+              "probe": {"features": f"{features.shape[1] - (0 if descriptors is None else descriptors.shape[1])} "
+                                    "whitened embedding components" + (" + spectral descriptors"
+                                                                       if descriptors is not None else ""),
+                        "model": f"logistic regression, C = {PROBE_C}", "folds": k,
+                        "accuracy": float(np.mean(probs.argmax(1) == data.labels))},
+              "unit": "image" if data.groups is None else "patient",
+              "per_split": {s: _split_summary(data, flagged, s) for s in present},
+              "listed": {s: _listed(data, flagged, quality, probs, s, positions, ids) for s in present},
+              "file": artifacts.LABEL_ISSUES_CSV}
+    if (data.splits == TARGET).any():
+        record["comparison"] = _comparison(flagged, data.splits, alpha)
+    arrays = {"label_quality": quality.astype(np.float32), "label_issue": flagged,
+              "suggested_label": probs.argmax(1).astype(np.int64)}
+    return record, arrays
+
+
+def compute(inputs: AuditInputs) -> Computed:
+    record, arrays = label_audit(inputs.data, inputs.scan.embeddings, inputs.scan.descriptors, inputs.cfg.folds,
+                                 inputs.cfg.seed, inputs.cfg.alpha, inputs.stop)
+    return Computed(record, arrays)
+
+
+# ------------------------------------------------------------------------------------------- verdict and report
+
+HEADLINE = ("Read small test-accuracy differences with care: more of the test split's labels look wrong than the "
+            "rest of the data's.")
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f} %"
+
+
+def finding(record: dict, audit: dict) -> Finding:
+    """ok: no test image flagged; problem: test's flagged share above train+val's (one-sided Fisher exact test at
+    alpha); caution otherwise: some test labels look wrong, at the rate of the rest of the data, which the
+    probe's own errors reach on clean labels too (docs/labels.md)."""
+    if record.get("status") != "ok":
+        return "caution", f"Labels: not checked ({record['reason']})."
+    test = record["per_split"].get(TARGET)
+    if not test:
+        return "ok", "Labels: no test split to check."
+    comparison = record["comparison"]
+    ref = sum(record["per_split"][s]["count"] for s in REFERENCE if s in record["per_split"])
+    ref_images = sum(record["per_split"][s]["images"] for s in REFERENCE if s in record["per_split"])
+    by_patient = ", folds by patient" if record.get("unit") == "patient" else ""
+    numbers = (f"against {_pct(ref / max(1, ref_images))} of train+val (one-sided Fisher exact p = "
+               f"{comparison['p']:.3g}); cleanlab on the audit's own out-of-fold linear probe (accuracy "
+               f"{record['probe']['accuracy']:.3f}{by_patient})")
+    n = test["count"]
+    head = f"Labels: {n} test image{'s' if n != 1 else ''} ({_pct(test['share'])}) look mislabelled"
+    where = f"; listed in {record['file']}, most doubtful first" if n else ""
+    if comparison["test_higher"]:
+        return "problem", f"{head}, more than elsewhere ({numbers}){where}."
+    if n:
+        return "caution", (f"{head} ({numbers}), no more than elsewhere: the probe's own errors flag a few "
+                           f"correctly labelled images too{where}.")
+    return "ok", f"{head} ({numbers})."
+
+
+def block(record: dict, audit: dict) -> blocks.Block:
+    if record.get("status") != "ok":
+        return blocks.Block("Label errors", [blocks.Text(f"Not run: {record['reason']}.")])
+    rows = []
+    for split, s in record["per_split"].items():
+        rows.append([split, s["images"], s["count"], s["share"]])
+        rows += [[f"{split}: {name}", c["images"], c["count"], c["share"]] for name, c in s["per_class"].items()]
+    parts: list[blocks.Part] = [blocks.Table(["split / class", "images", "flagged", "share"], rows)]
+    listed = record["listed"].get(TARGET, [])[:blocks.LISTED]
+    if listed:
+        parts.append(blocks.Items([f"test #{e['split_index']} ({e.get('file', e.get('id', e['index']))}): given "
+                                   f"{e['given']}, suggested {e['suggested']} (probability of the given label "
+                                   f"{e['score']:.2f})" for e in listed]))
+    parts.append(blocks.Figure((audit.get("figures") or {}).get("labels"),
+                               "the most doubtful test images with their given and suggested labels"))
+    probe = record["probe"]
+    parts.append(blocks.Text(
+        f"Out-of-fold probabilities from a {probe['model']} on {probe['features']} ({probe['folds']} folds"
+        f"{' by patient' if record.get('unit') == 'patient' else ''}), then cleanlab's confident learning; ranked by "
+        f"the probability of the given label, lowest first, so confident contradictions precede hard images. Every "
+        f"flagged image is in {record['file']} (an --exclude file for a re-run); the probe is the audit's, so "
+        "accuracy without those images is not a result.", muted=True))
+    return blocks.Block("Label errors", parts)
+
+
+def _thumbnail_rows(data: ImageDataset, arrays: dict[str, np.ndarray], count: int) -> np.ndarray:
+    rows = np.flatnonzero(arrays["label_issue"] & (data.splits == TARGET))
+    return rows[np.argsort(arrays["label_quality"][rows], kind="stable")][:count]
+
+
+def figures(inputs: AuditInputs, record: dict, arrays: dict, out: Path) -> dict:
+    """label_issues.csv (every flagged image, ids as --exclude takes them) and labels.png (the most doubtful test
+    images with both labels)."""
+    if record.get("status") != "ok":
+        return {"labels": None}
+    data = inputs.data
+    positions, ids = split_positions(data.splits), image_ids(data)
+    rows = np.flatnonzero(arrays["label_issue"])
+    rows = rows[np.lexsort((arrays["label_quality"][rows], [SPLITS.index(s) for s in data.splits[rows]]))]
+    artifacts.write_label_issues(out, [
+        {"id": ids[i] if ids is not None else "", "split": data.splits[i], "split_index": int(positions[i]),
+         "index": int(i), "given": data.class_names[data.labels[i]],
+         "suggested": data.class_names[arrays["suggested_label"][i]],
+         "score": float(arrays["label_quality"][i])} for i in rows])
+    shown = _thumbnail_rows(data, arrays, FIGURE_ROWS * inputs.cfg.thumbnails)
+    return {"labels": _figure(data, shown, arrays, positions, inputs.cfg.thumbnails, out / "labels.png")
+            if len(shown) else None}
+
+
+def _figure(data: ImageDataset, shown: np.ndarray, arrays: dict, positions: np.ndarray, cols: int,
+            path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(10.0, 1.3 * cols), 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        image = data.images[i]
+        ax.imshow(image.transpose(1, 2, 0) if image.ndim == 3 else image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"test #{positions[i]}\ngiven {data.class_names[data.labels[i]]}\nsuggested "
+                     f"{data.class_names[arrays['suggested_label'][i]]}", fontsize=8)
+    fig.tight_layout()
+    files.save_figure(path, fig)
+    plt.close(fig)
+    return path.name
