@@ -24,7 +24,7 @@ log = logging.getLogger("xferlab")
 # model's fields (xferlab.config), so they exist once. Options default to None here, so that only the options given
 # on the command line are laid over a YAML file; --help shows the model's default.
 DATA_OPTIONS = ("path", "format", "image_size", "val_split", "groups", "unmatched", "medmnist_flag", "skip_unreadable",
-                "allow_external_links", "memory_budget_mb", "loader_workers")
+                "allow_external_links", "memory_budget_mb", "loader_workers", "exclude")
 TRAIN_OPTIONS = ("backbone", "weights", "regime", "epochs", "batch_size", "lr", "weight_decay", "scheduler", "seed",
                  "device", "num_threads", "cuda_graphs", "inference_batch_size", "test_bn", "runtime")
 SPEED_OPTIONS = ("amp", "channels_last", "compile")
@@ -286,6 +286,9 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")
     p.add_argument("--out", type=Path, help="study folder (default: runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
+    from xferlab.config import DataConfig
+
+    add_model_options(p.add_argument_group("data"), DataConfig, ("exclude",))  # replaces data.exclude of the YAML
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
     p.add_argument("--retry-diverged", action="store_true",
@@ -486,7 +489,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     study_file = _study_file(args.study)
-    study = load_study(study_file, data=args.data, train={"device": args.device} if args.device else None)
+    study = load_study(study_file, data=args.data, exclude=args.exclude,
+                       train={"device": args.device} if args.device else None)
     _override_tracking(study, args)
     out = args.out or Path("runs") / args.study.stem
     try:

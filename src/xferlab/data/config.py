@@ -66,6 +66,10 @@ class DataConfig(StrictModel):
     unmatched: Literal["error", "own-group"] = Field(
         "error", description="files data.groups gives no patient id: an error, or each a patient of its own"
     )
+    exclude: Path | None = Field(
+        None, description="a CSV of image ids to leave out before the splits are made: the audit's label_issues.csv "
+        "or any CSV with an id column (a path relative to the dataset folder; ARRAY.npy:ROW for npy; docs/labels.md)"
+    )
     seed: Seed = 0
 
     @field_validator("groups")

@@ -21,6 +21,7 @@ import numpy as np
 
 from xferlab.data.config import DataConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.data.exclude import keep_mask, npy_ids
 from xferlab.data.groups import file_groups, from_names, sidecar_groups
 from xferlab.data.images import (
     check_file_sizes,
@@ -265,9 +266,15 @@ def load_npy(cfg: DataConfig) -> ImageDataset:
     images = concat_batches(batches, [str(f) for f in files], str(root))
     groups, groups_from = sidecar_groups(root, [(f.name, len(b)) for f, b in zip(files, batches)], cfg.groups,
                                          cfg.unmatched)
+    ids = [i for f, b in zip(files, batches) for i in npy_ids(f.name, len(b))]
+    keep, excluded = keep_mask(ids, cfg.exclude)
+    if keep is not None:  # before val is carved, so the splits are those of the data without them
+        images, labels, splits = images[keep], labels[keep], splits[keep]
+        groups = None if groups is None else groups[keep]
+        ids = [i for i, k in zip(ids, keep) if k]
     splits = _carve(splits, labels, groups, cfg, class_names)
     return _dataset(cfg, images, labels, class_names, splits, groups, val_carved=cfg.val_split,
-                    groups_from=groups_from)
+                    groups_from=groups_from, ids=ids, excluded=excluded)
 
 
 # ---- folder: train/<class>/*.png, optional val/ and test/ ----------------------------------------------------------
@@ -353,7 +360,10 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     root = Path(cfg.path)
     class_names, paths, labels, splits = _folder_entries(root)
     _check_links_inside(paths, root, cfg.allow_external_links)
-    names = [p.relative_to(root).as_posix() for p in paths]  # what data.groups patterns match
+    names = [p.relative_to(root).as_posix() for p in paths]  # what data.groups patterns match; the images' ids
+    keep, excluded = keep_mask(names, cfg.exclude)
+    if keep is not None:  # before any file is read and before val is carved
+        paths, labels, splits, names = ([x for x, k in zip(seq, keep) if k] for seq in (paths, labels, splits, names))
     images, kept, skipped, (groups, groups_from) = _load_with_groups(names, paths, cfg, str(root))
     labels = np.asarray(labels, dtype=np.int64)[kept]
     splits = np.asarray(splits, dtype=object)[kept]
@@ -362,7 +372,8 @@ def load_folder(cfg: DataConfig) -> ImageDataset:
     if carved:
         splits = _carve(splits, labels, groups, cfg, class_names)
     meta = {"val_carved": cfg.val_split if carved else None, "skipped": [str(p) for p in skipped],
-            "files": [str(f) for f in files], "groups_from": groups_from}
+            "files": [str(f) for f in files], "groups_from": groups_from, "ids": [names[i] for i in kept],
+            "excluded": excluded}
     return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
 
 
@@ -465,6 +476,9 @@ def load_csv(cfg: DataConfig) -> ImageDataset:
     """A manifest `path,label[,split][,group]`; blank or absent splits are drawn with val/test_fraction."""
     manifest = Path(cfg.path)
     cols = _manifest_columns(manifest)
+    keep, excluded = keep_mask(cols["cell"], cfg.exclude)  # ids: the path cells as written
+    if keep is not None:  # before any file is read and before splits are drawn
+        cols = {k: None if v is None else [x for x, m in zip(v, keep) if m] for k, v in cols.items()}
     names, labels = np.unique(np.asarray(cols["label"], dtype=str), return_inverse=True)  # sorted class names
     class_names = names.tolist()
     if cols["group"] is not None and cfg.groups is None:  # the manifest's own column
@@ -477,7 +491,7 @@ def load_csv(cfg: DataConfig) -> ImageDataset:
     cells = np.asarray(cols["split"], dtype=object)[kept]
     splits, how = _manifest_splits(cells, labels, groups, cfg, class_names)
     meta = {"splits_from": how, "skipped": [str(p) for p in skipped], "files": [str(cols["path"][i]) for i in kept],
-            "groups_from": groups_from}
+            "groups_from": groups_from, "ids": [cols["cell"][i] for i in kept], "excluded": excluded}
     return _dataset(cfg, images, labels, class_names, splits, groups, **meta)
 
 
@@ -580,7 +594,12 @@ def load_medmnist(cfg: DataConfig) -> ImageDataset:
         if len(batch) != len(lab):
             raise XferlabError(f"{name}: {len(batch)} images but {len(lab)} labels; download the file again")
     images = concat_batches(batches, names, str(path))
+    ids = [i for s, lab in zip(SPLITS, labels) for i in npy_ids(f"{s}_images", len(lab))]
     splits = np.concatenate([np.full(len(lab), s, dtype=object) for s, lab in zip(SPLITS, labels)])
     labels = np.concatenate(labels)
+    keep, excluded = keep_mask(ids, cfg.exclude)
+    if keep is not None:
+        images, labels, splits = images[keep], labels[keep], splits[keep]
+        ids = [i for i, k in zip(ids, keep) if k]
     class_names = _medmnist_class_names(flag, int(labels.max()) + 1 if len(labels) else 0)
-    return _dataset(cfg, images, labels, class_names, splits, flag=flag, file=str(path))
+    return _dataset(cfg, images, labels, class_names, splits, flag=flag, file=str(path), ids=ids, excluded=excluded)

@@ -302,6 +302,7 @@ def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, thr
         # patients per split and images per patient, when the data names them (xferlab.data.groups)
         "patients": None if data.groups is None else patient_counts(data.groups, data.splits, artifacts.SPLITS),
         "groups_from": data.meta.get("groups_from"),
+        "excluded": data.meta.get("excluded"),  # data.exclude: {file, count} of the images left out, or None
         "class_names": data.class_names,
     }
 

@@ -171,7 +171,8 @@ def _metrics(results: StudyResults) -> str:
     how = (f"binary: '{positive}' is the positive class" if positive else
            "multi-class: macro averages, one-vs-rest AUROC")
     intro = (f"value [{100 * results.settings.confidence:.0f}% CI]: {bootstrap_method(results)}, "
-             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.{_patients_note(results)}")
+             f"{results.settings.resamples} resamples, seed {results.settings.seed}; {how}.{_patients_note(results)}"
+             f"{_excluded_note(results)}")
     return _section("metrics", "tables.html", intro, tables=tables)
 
 
@@ -182,6 +183,16 @@ def _patients_note(results: StudyResults) -> str:
         return ""
     return " Patients resampled: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + \
         " (a patient drawn twice counts all its images twice; docs/patients.md)."
+
+
+def _excluded_note(results: StudyResults) -> str:
+    """The images left out by data.exclude (--exclude), as the runs recorded them (metrics.json's `excluded`)."""
+    excluded = {(e["file"], e["count"]) for r in results.records if (e := r.metrics.get("excluded"))}
+    if not excluded:
+        return ""
+    named = "; ".join(f"{n} images excluded by {file}" for file, n in sorted(excluded))
+    return (f" Data: {named}, before the splits were made (data.exclude); these numbers are of the remaining images, "
+            "not an accuracy on clean labels.")
 
 
 def _figures_section(sid: str, figures_: list[dict], intro: str = "", grid: bool = False, message: str = "",

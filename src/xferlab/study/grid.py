@@ -31,11 +31,11 @@ def run_name(backbone: str, regime: str, seed: int) -> str:
 
 
 def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
-               train: dict[str, Any] | None = None) -> StudyConfig:
-    """Read and validate a study YAML. `data` replaces data.path; `train` options (e.g. from the command line)
-    override the file's, per-backbone and per-regime ones included. The data path is made absolute, so the saved
-    run configs do not depend on the working directory. Every run's training options are validated here, so a bad
-    value is an error naming this file and its line before anything runs."""
+               train: dict[str, Any] | None = None, exclude: str | os.PathLike | None = None) -> StudyConfig:
+    """Read and validate a study YAML. `data` replaces data.path, `exclude` data.exclude; `train` options (e.g. from
+    the command line) override the file's, per-backbone and per-regime ones included. The data path (and the exclude
+    file) is made absolute, so the saved run configs do not depend on the working directory. Every run's training
+    options are validated here, so a bad value is an error naming this file and its line before anything runs."""
     values = read_yaml(path)
     data_values = dict(values.get("data") or {})
     if data is not None:
@@ -43,6 +43,10 @@ def load_study(path: str | os.PathLike, data: str | os.PathLike | None = None,
     if "path" not in data_values:
         raise XferlabError(f"{path}: no data path; pass --data DIR (or set data.path in the study YAML)")
     data_values["path"] = str(Path(data_values["path"]).expanduser().resolve())
+    if exclude is not None:
+        data_values["exclude"] = str(exclude)
+    if data_values.get("exclude"):  # absolute too: the runs' config.yaml names the file wherever they run
+        data_values["exclude"] = str(Path(data_values["exclude"]).expanduser().resolve())
     values["data"] = data_values
     if train:
         _override_training(values, train)
