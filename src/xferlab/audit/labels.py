@@ -92,7 +92,8 @@ def find_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.n
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: the check runs on a thread beside others, where forking worker processes is unsafe
+    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     return np.asarray(flagged, dtype=bool), get_label_quality_scores(labels, probs, method="self_confidence")
 
 
