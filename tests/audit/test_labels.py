@@ -1,0 +1,124 @@
+"""The label check (xferlab.audit.labels): planted flips on a small embedding set are ranked first, hard but correct
+images come after them, folds keep patients whole, the record names each image as the leakage list does, the verdict
+has its own words and headline, and without cleanlab the check is skipped with the install line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import xferlab.audit.labels as labels
+from xferlab import artifacts
+from xferlab.audit import run_audit
+from xferlab.audit.checks import CHECKS
+from xferlab.audit.entry import unavailable
+from xferlab.audit.verdict import HEADLINE_PROBLEM, make_verdict
+from xferlab.config import AuditConfig, DataConfig
+from xferlab.data.dataset import ImageDataset
+
+pytest.importorskip("cleanlab")
+
+
+def _blobs(n_per_class: int = 150, dims: int = 4, seed: int = 0, groups: bool = False):
+    """Two well separated Gaussian classes (their means 6 apart along one axis), every 4th image test, the rest
+    train/val; with `groups`, runs of 3 images are one patient."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n_per_class)
+    x = rng.normal(size=(len(y), dims)).astype(np.float32)
+    x[:, 0] += np.where(y == 1, 3.0, -3.0)
+    splits = np.array(["train", "train", "val", "test"] * (len(y) // 4) + ["train"] * (len(y) % 4), dtype=object)
+    patient = np.array([f"p{i // 3}" for i in range(len(y))]) if groups else None
+    data = ImageDataset(images=np.zeros((len(y), 8, 8), dtype=np.uint8), labels=y, class_names=["normal", "pneumonia"],
+                        splits=splits, groups=patient, meta={"ids": [f"img{i}.png" for i in range(len(y))]})
+    return data, x
+
+
+def test_planted_flips_come_first_and_hard_images_after(single_blas_thread):
+    data, x = _blobs()
+    test = np.flatnonzero(data.splits == "test")
+    flips, hard = test[:6], test[10:16]
+    x[hard, 0] = np.where(data.labels[hard] == 1, 0.3, -0.3)  # near the boundary, on their own label's side
+    y = data.labels.copy()
+    y[flips] = 1 - y[flips]
+    data.labels = y
+    record, arrays = labels.label_audit(data, x, None, folds=5, seed=0, alpha=0.05)
+
+    ranked = test[np.argsort(arrays["label_quality"][test], kind="stable")]
+    assert set(ranked[:len(flips)]) == set(flips)  # confident contradictions first
+    assert min(np.flatnonzero(np.isin(ranked, hard))) >= len(flips)  # hard but correct ones after every flip
+    assert set(flips) <= set(np.flatnonzero(arrays["label_issue"]))
+    assert record["per_split"]["test"]["count"] == int(arrays["label_issue"][test].sum())
+    listed = record["listed"]["test"]
+    assert [e["index"] for e in listed[:len(flips)]] == ranked[:len(flips)].tolist()  # audit.json's order
+    first = listed[0]
+    i = first["index"]
+    assert first["given"] == data.class_names[y[i]] and first["suggested"] == data.class_names[1 - y[i]]
+    assert first["split"] == "test" and first["split_index"] == int(np.flatnonzero(test == i)[0])
+    assert first["id"] == f"img{i}.png" and first["score"] < 0.5 < first["suggested_probability"]
+    assert record["comparison"]["test_higher"]  # 6 flips in 75 test images, none in train+val
+    assert labels.finding(record, {})[0] == "problem"
+
+
+def test_clean_labels_are_not_a_problem(single_blas_thread):
+    data, x = _blobs(seed=1)
+    record, _ = labels.label_audit(data, x, None, folds=5, seed=0, alpha=0.05)
+    level, text = labels.finding(record, {})
+    assert level in ("ok", "caution") and text.startswith("Labels: ")
+    normal_test = int(np.count_nonzero((data.splits == "test") & (data.labels == 0)))
+    assert record["per_split"]["test"]["per_class"]["normal"]["images"] == normal_test
+
+
+def test_folds_keep_each_patient_whole(monkeypatch, single_blas_thread):
+    seen = []
+    real = labels.StratifiedGroupKFold
+
+    class Recording(real):
+        def split(self, X, y=None, groups=None):
+            for train, held in super().split(X, y, groups):
+                seen.append((set(groups[train]), set(groups[held])))
+                yield train, held
+
+    monkeypatch.setattr(labels, "StratifiedGroupKFold", Recording)
+    data, x = _blobs(groups=True)
+    record, _ = labels.label_audit(data, x, None, folds=5, seed=0, alpha=0.05)
+    assert record["unit"] == "patient" and len(seen) == record["probe"]["folds"] == 5
+    assert all(not (train & held) for train, held in seen)
+
+
+def _record(test_count: int, test_higher: bool) -> dict:
+    split = {"images": 400, "count": test_count, "share": test_count / 400, "per_class": {}}
+    ref = {"images": 2000, "count": 40, "share": 0.02, "per_class": {}}
+    return {"status": "ok", "unit": "image", "probe": {"accuracy": 0.9, "folds": 5, "model": "m", "features": "f"},
+            "per_split": {"train": ref, "test": split}, "listed": {"test": []}, "file": artifacts.LABEL_ISSUES_CSV,
+            "comparison": {"test": test_count, "train+val": 40, "p": 0.001 if test_higher else 0.4, "alpha": 0.05,
+                           "test_higher": test_higher}}
+
+
+def test_verdict_words_and_headline():
+    level, text = labels.finding(_record(12, True), {})
+    assert level == "problem"
+    assert text.startswith("Labels: 12 test images (3.0 %) look mislabelled, more than elsewhere")
+    assert "label_issues.csv" in text
+    assert labels.finding(_record(8, False), {})[0] == "caution"
+    assert labels.finding(_record(0, False), {})[0] == "ok"
+    verdict = make_verdict({"labels": _record(12, True)}, [CHECKS["labels"]])
+    assert verdict["level"] == "problem" and verdict["headline"] == labels.HEADLINE != HEADLINE_PROBLEM
+
+
+def test_without_cleanlab_the_check_is_skipped_with_the_install_line(tiny_npy, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else real(name, *a))
+    assert "pip install 'xferlab[labels]'" in unavailable(CHECKS["labels"])
+    out = tmp_path / "audit"
+    n = sum(len(np.load(f, mmap_mode="r")) for f in tiny_npy.glob("*.npy"))
+    embeddings = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
+    run_audit(DataConfig(path=tiny_npy), AuditConfig(resplits=0, permutations=20, device="cpu", num_threads=1), out,
+              progress=False, embeddings=embeddings)
+    saved = json.loads((out / artifacts.AUDIT_JSON).read_text())
+    assert saved["labels"]["status"] == "skipped" and saved["labels"]["missing"] == "cleanlab"
+    finding = next(f for f in saved["verdict"]["findings"] if f["topic"] == "labels")
+    assert finding["level"] == "ok" and finding["text"].startswith("Label errors: not checked (needs the optional")
+    assert not (out / artifacts.LABEL_ISSUES_CSV).exists()
