@@ -122,3 +122,71 @@ def test_without_cleanlab_the_check_is_skipped_with_the_install_line(tiny_npy, t
     finding = next(f for f in saved["verdict"]["findings"] if f["topic"] == "labels")
     assert finding["level"] == "ok" and finding["text"].startswith("Label errors: not checked (needs the optional")
     assert not (out / artifacts.LABEL_ISSUES_CSV).exists()
+
+
+def _flipped_npy(root):
+    """tiny_npy's layout with images of one class filed under the other: 2 in the train pool, 1 in test. The
+    embeddings given to the audit carry each image's true class, so the probe contradicts those three labels."""
+    from tinydata import write_tiny_npy
+
+    write_tiny_npy(root, n=30, n_test=12)
+    arrays = {f.name: np.load(f) for f in root.glob("*.npy")}
+    for source, target, count in (("normal.npy", "pneumonia.npy", 2), ("test_normal.npy", "test_pneumonia.npy", 1)):
+        arrays[target] = np.concatenate([arrays[target], arrays[source][:count]])
+        arrays[source] = arrays[source][count:]
+    for name, array in arrays.items():
+        np.save(root / name, array)
+    truth = np.concatenate([np.full(len(arrays[f]), 0 if "normal" in f else 1) for f in sorted(arrays)])
+    truth[len(arrays["normal.npy"]) + 30:len(arrays["normal.npy"]) + 32] = 0  # pneumonia.npy's last 2 are normal
+    n_test_normal = len(arrays["test_normal.npy"])
+    truth[-1] = 0  # test_pneumonia.npy's last image is normal
+    assert n_test_normal == 11
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(len(truth), 8)).astype(np.float32)
+    embeddings[:, 0] += np.where(truth == 1, 4.0, -4.0)
+    return root, embeddings
+
+
+def test_exclude_round_trip(tmp_path, capsys):
+    """The audit's label_issues.csv given to --exclude: train and study run without exactly those images, the run's
+    config.yaml records the file, the study report names it; ids the data does not hold are exit status 2."""
+    import yaml
+
+    from xferlab.cli import main
+
+    root, embeddings = _flipped_npy(tmp_path / "flipped")
+    np.save(tmp_path / "embeddings.npy", embeddings)
+    audit = tmp_path / "audit"
+    assert main(["audit", "--data", str(root), "--out", str(audit), "--embeddings", str(tmp_path / "embeddings.npy"),
+                 "--resplits", "0", "--permutations", "20", "--device", "cpu", "-q"]) == 0
+    issues = audit / artifacts.LABEL_ISSUES_CSV
+    lines = issues.read_text().splitlines()
+    ids = [line.split(",")[0] for line in lines[1:]]
+    assert "test_pneumonia.npy:12" in ids and set(ids) <= {"pneumonia.npy:30", "pneumonia.npy:31",
+                                                           "test_pneumonia.npy:12"}  # the planted ones only
+
+    train = ["--weights", "none", "--backbone", "resnet18", "--regime", "frozen", "--epochs", "1", "--batch-size", "16",
+             "--device", "cpu", "--num-threads", "1"]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--exclude", str(issues), "--out", str(run), *train]) == 0
+    assert yaml.safe_load((run / artifacts.CONFIG_YAML).read_text())["data"]["exclude"] == str(issues)
+    metrics = json.loads((run / artifacts.METRICS_JSON).read_text())
+    assert metrics["excluded"] == {"file": str(issues), "count": len(ids)}
+    assert sum(map(sum, metrics["counts"].values())) == len(embeddings) - len(ids)
+
+    doc = {"name": "excluded", "data": {"path": str(root)}, "backbones": ["resnet18"], "regimes": ["frozen"],
+           "bootstrap_resamples": 100, "train": {"weights": "none", "epochs": 1, "batch_size": 16, "device": "cpu",
+                                                "num_threads": 1}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(doc))
+    study = tmp_path / "study"
+    assert main(["study", str(tmp_path / "study.yaml"), "--out", str(study), "--exclude", str(issues)]) == 0
+    report = (study / artifacts.REPORT_HTML).read_text()
+    assert f"{len(ids)} images excluded by {issues.resolve()}" in report
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id\nnormal.npy:999\n")
+    capsys.readouterr()
+    assert main(["train", "--data", str(root), "--exclude", str(bad), "--out", str(tmp_path / "run2"), *train]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.csv" in err and "normal.npy:999" in err
+    assert not (tmp_path / "run2").exists()

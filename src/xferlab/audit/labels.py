@@ -204,7 +204,8 @@ def finding(record: dict, audit: dict) -> Finding:
                f"{comparison['p']:.3g}); cleanlab on the audit's own out-of-fold linear probe (accuracy "
                f"{record['probe']['accuracy']:.3f}{by_patient})")
     n = test["count"]
-    head = f"Labels: {n} test image{'s' if n != 1 else ''} ({_pct(test['share'])}) look mislabelled"
+    plural = ("s", "") if n != 1 else ("", "s")
+    head = f"Labels: {n} test image{plural[0]} ({_pct(test['share'])}) look{plural[1]} mislabelled"
     where = f"; listed in {record['file']}, most doubtful first" if n else ""
     if comparison["test_higher"]:
         return "problem", f"{head}, more than elsewhere ({numbers}){where}."
