@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test,docs,medmnist,timm,xrv,dicom,onnx,mlflow,tensorboard,explain]'
+	$(BIN)/pip install -q -e '.[test,docs,medmnist,timm,xrv,dicom,onnx,mlflow,tensorboard,explain,labels]'
 	touch $(STAMP)
 
 install: $(STAMP)

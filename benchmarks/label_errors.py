@@ -2,6 +2,7 @@
 the check adds to the audit. Not run by the tests; docs/labels.md holds the numbers.
 
     python benchmarks/label_errors.py flips --work /tmp/label_errors            # the detection table
+    python benchmarks/label_errors.py clean --seeds 10 --work /tmp/label_errors  # no flips, other phantom seeds
     python benchmarks/label_errors.py seconds --n 2400 --work /tmp/label_errors  # the audit with and without it
     python benchmarks/label_errors.py seconds --n 58000 --size 32 --work /tmp/label_errors
 
@@ -13,6 +14,9 @@ draws): precision at k (k = flips planted: the share of the k lowest-ranked test
 flagged test set, its size against k, and the verdict's level. The "hard" condition first replaces 20 test pneumonia
 images by ambiguous but correctly labelled ones (the same patient rendered with and without its lesions, averaged:
 lesions at half contrast), then plants 5 % flips elsewhere and counts the hard images among the k lowest ranked.
+
+`clean`: the same phantoms drawn with other seeds and no flips: the verdict's level and the share flagged per seed
+(what the check says about clean labels).
 
 `seconds`: the whole audit (benchmarks/audit_scale.py's `one`: --resplits 5 --permutations 200, CPU, one thread) with
 the label check and with it removed from the registry, alternating, each in its own process.
@@ -35,14 +39,14 @@ HARD = 20  # ambiguous, correctly labelled test images in the "hard" condition
 CONDITIONS = {"no flips": 0.0, "1 %": 0.01, "5 %": 0.05, "10 %": 0.10, "5 %, one class": 0.05, "5 % + hard": 0.05}
 
 
-def _dataset(work: Path):
+def _dataset(work: Path, seed: int = 0):
     from xferlab.config import DataConfig
     from xferlab.data.phantoms import generate_phantoms
     from xferlab.data.sources import load_dataset
 
-    path = work / "phantoms64"
+    path = work / ("phantoms64" if seed == 0 else f"phantoms64-seed{seed}")
     if not (path / "phantoms.json").exists():
-        generate_phantoms(path, size=SIZE, n_per_class=PER_CLASS, n_test_per_class=TEST_PER_CLASS, seed=0)
+        generate_phantoms(path, size=SIZE, n_per_class=PER_CLASS, n_test_per_class=TEST_PER_CLASS, seed=seed)
     return load_dataset(DataConfig(path=path))
 
 
@@ -125,6 +129,19 @@ def flips(args: argparse.Namespace) -> None:
     print(json.dumps({"cpu": _cpu(), "draws": args.draws, "rows": {k: _summary(v) for k, v in rows.items()}}))
 
 
+def clean(args: argparse.Namespace) -> None:
+    rows = []
+    for seed in range(1, args.seeds + 1):
+        data = _dataset(args.work, seed)
+        row = {"seed": seed, **_measure(data, *_features(data), np.empty(0, dtype=np.int64), np.empty(0))}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    levels = [r["level"] for r in rows]
+    print(json.dumps({"cpu": _cpu(), "seeds": args.seeds, "levels": {k: levels.count(k) for k in set(levels)},
+                      "flagged_share": _summary(rows)["flagged_share"], "train_val_share":
+                      _summary(rows)["train_val_share"]}))
+
+
 def _summary(draws: list[dict]) -> dict:
     out = {}
     for key in draws[0]:
@@ -179,6 +196,10 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/label_errors"))
     p.add_argument("--draws", type=int, default=5)
     p.set_defaults(fn=flips)
+    p = sub.add_parser("clean")
+    p.add_argument("--work", type=Path, default=Path("/tmp/label_errors"))
+    p.add_argument("--seeds", type=int, default=10)
+    p.set_defaults(fn=clean)
     for name, fn in (("seconds", seconds), ("one", one)):
         p = sub.add_parser(name)
         p.add_argument("--n", type=int, default=2400)

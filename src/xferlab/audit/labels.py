@@ -41,17 +41,22 @@ PROBE_COMPONENTS = 64
 # Logistic regression's inverse L2 penalty on those unit-variance features: strong enough that 60 features on a few
 # hundred images per fold do not fit the noise (C = 0.1 and 1 ranked fewer flips first in the same measurement).
 PROBE_C = 0.01
+# The components are fitted on at most this many images (a seeded sample), then applied to all: at 58,000 images the
+# PCA of every embedding was most of the check's time (docs/labels.md), and 64 components of 1280 settle long before.
+PCA_SAMPLE = 10_000
 MAX_LISTED = 200  # flagged images listed per split in audit.json; label_issues.csv holds all of them
 FIGURE_ROWS = 2  # rows of the most doubtful test images in labels.png (cfg.thumbnails per row)
 
 
 def probe_features(embeddings: np.ndarray, descriptors: np.ndarray | None, seed: int) -> np.ndarray:
     """Whitened principal components of the standardised embeddings, and the standardised descriptors beside them;
-    fitted on every image without the labels."""
+    fitted without the labels (the components on a seeded sample of PCA_SAMPLE images, applied to every image)."""
     n, d = embeddings.shape
     k = int(min(PROBE_COMPONENTS, d, n - 1))
     scaled = StandardScaler().fit_transform(embeddings.astype(np.float32))
-    parts = [PCA(n_components=k, whiten=True, random_state=seed).fit_transform(scaled)]
+    sample = np.random.default_rng(seed).permutation(n)[:PCA_SAMPLE] if n > PCA_SAMPLE else slice(None)
+    pca = PCA(n_components=k, whiten=True, random_state=seed).fit(scaled[sample])
+    parts = [pca.transform(scaled)]
     if descriptors is not None:
         parts.append(StandardScaler().fit_transform(descriptors.astype(np.float32)))
     return np.hstack(parts).astype(np.float64)
