@@ -2,6 +2,7 @@
 the check adds to the audit. Not run by the tests; docs/labels.md holds the numbers.
 
     python benchmarks/label_errors.py flips --work /tmp/label_errors            # the detection table
+    python benchmarks/label_errors.py flips --embeddings-only                    # the probe on embeddings alone
     python benchmarks/label_errors.py clean --seeds 10 --work /tmp/label_errors  # no flips, other phantom seeds
     python benchmarks/label_errors.py seconds --n 2400 --work /tmp/label_errors  # the audit with and without it
     python benchmarks/label_errors.py seconds --n 58000 --size 32 --work /tmp/label_errors
@@ -108,6 +109,7 @@ def _measure(data, embeddings, descriptors, planted: np.ndarray, hard: np.ndarra
 def flips(args: argparse.Namespace) -> None:
     data = _dataset(args.work)
     embeddings, descriptors = _features(data)
+    descriptors = None if args.embeddings_only else descriptors
     hard = np.flatnonzero((data.splits == "test") & (data.labels == 1))[:HARD]
     hard_data = None
     rows = {}
@@ -119,6 +121,7 @@ def flips(args: argparse.Namespace) -> None:
                 images[hard] = _hard_images(len(hard))
                 hard_data = replace(data, images=images)
                 hard_features = _features(hard_data)
+                hard_features = (hard_features[0], None if args.embeddings_only else hard_features[1])
             base, feats, avoid = hard_data, hard_features, hard
         draws = []
         for draw in range(args.draws):
@@ -195,6 +198,7 @@ def main() -> None:
     p = sub.add_parser("flips")
     p.add_argument("--work", type=Path, default=Path("/tmp/label_errors"))
     p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--embeddings-only", action="store_true", help="the probe without the spectral descriptors")
     p.set_defaults(fn=flips)
     p = sub.add_parser("clean")
     p.add_argument("--work", type=Path, default=Path("/tmp/label_errors"))

@@ -1,7 +1,7 @@
 """The audit top to bottom: data -> embeddings (once) -> every check of xferlab.audit.checks by its stage (the
-statistics: shift tests, class balance, pixel statistics, leakage; beside them, for the frozen regime, the re-split
-experiment; after them, the shortcut check on a trained run) -> verdict -> figures, audit_arrays.npz and audit.json
-(written last: its presence means the audit is complete)."""
+statistics: shift tests, class balance, pixel statistics, leakage; beside them the label check and, for the frozen
+regime, the re-split experiment; after them, the shortcut check on a trained run) -> verdict -> figures,
+audit_arrays.npz and audit.json (written last: its presence means the audit is complete)."""
 
 from __future__ import annotations
 
