@@ -11,6 +11,7 @@ audit.json.
   neighbours.py  nearest neighbours from faiss HNSW graphs per split, re-ranked exactly
   nearcopy.py  re-exported copies: spectral-descriptor candidates confirmed by alignment
   resplit.py   R stratified group-aware re-splits, trained like the original
+  labels.py    label errors: cleanlab on out-of-fold probe probabilities, ranked; label_issues.csv, labels.png
   entry.py     AuditCheck: the record of one check (compute, finding, report block, figures, when it runs)
   checks.py    CHECKS: one entry per check, which the runner, the verdict and the report read
   blocks.py    each check's report block as neutral data (title, paragraphs, lists, tables, figure files)
