@@ -151,8 +151,8 @@ def _summary(draws: list[dict]) -> dict:
         values = [d[key] for d in draws]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             out[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
-        else:
-            out[key] = sorted({str(v) for v in values})
+        else:  # the verdict's levels, or None where a measure does not apply: how often each
+            out[key] = {str(v): values.count(v) for v in dict.fromkeys(values)}
     return out
 
 
