@@ -44,6 +44,10 @@ PROBE_C = 0.01
 # The components are fitted on at most this many images (a seeded sample), then applied to all: at 58,000 images the
 # PCA of every embedding was most of the check's time (docs/labels.md), and 64 components of 1280 settle long before.
 PCA_SAMPLE = 10_000
+# Each fold's probe trains on at most this many images of the other folds (a seeded sample; all of them below about
+# 12,500 images): the check runs beside the statistics on the same cores, and at 58,000 images fitting on all ~46,000
+# doubled its share of them (docs/labels.md).
+FIT_SAMPLE = 10_000
 MAX_LISTED = 200  # flagged images listed per split in audit.json; label_issues.csv holds all of them
 FIGURE_ROWS = 2  # rows of the most doubtful test images in labels.png (cfg.thumbnails per row)
 
@@ -53,10 +57,10 @@ def probe_features(embeddings: np.ndarray, descriptors: np.ndarray | None, seed:
     fitted without the labels (the components on a seeded sample of PCA_SAMPLE images, applied to every image)."""
     n, d = embeddings.shape
     k = int(min(PROBE_COMPONENTS, d, n - 1))
-    scaled = StandardScaler().fit_transform(embeddings.astype(np.float32))
     sample = np.random.default_rng(seed).permutation(n)[:PCA_SAMPLE] if n > PCA_SAMPLE else slice(None)
-    pca = PCA(n_components=k, whiten=True, random_state=seed).fit(scaled[sample])
-    parts = [pca.transform(scaled)]
+    scaler = StandardScaler().fit(embeddings[sample])
+    pca = PCA(n_components=k, whiten=True, random_state=seed).fit(scaler.transform(embeddings[sample]))
+    parts = [pca.transform(scaler.transform(embeddings))]
     if descriptors is not None:
         parts.append(StandardScaler().fit_transform(descriptors.astype(np.float32)))
     return np.hstack(parts).astype(np.float64)
@@ -84,9 +88,12 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes:
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None else \
         StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     probs = np.zeros((len(labels), classes))
+    rng = np.random.default_rng(seed)
     for train, held in splitter.split(features, labels, groups):
         if stop is not None and stop.is_set():
             raise Stopped("the label check was stopped by its caller")
+        if len(train) > FIT_SAMPLE:  # a seeded sample of the other folds trains the probe; every held image is scored
+            train = np.sort(rng.choice(train, FIT_SAMPLE, replace=False))
         probe = LogisticRegression(C=PROBE_C, max_iter=1000).fit(features[train], labels[train])
         probs[np.ix_(held, probe.classes_)] = probe.predict_proba(features[held])
     return probs
