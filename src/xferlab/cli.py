@@ -523,15 +523,19 @@ def _diverged_message(study_file: Path, out: Path, outcome) -> str:
     from xferlab import artifacts
     from xferlab.config import read_yaml
     from xferlab.engine.guards import lr_hint
-    from xferlab.study.grid import option_origin
+    from xferlab.study.grid import option_origin, retry_advice
 
-    first = artifacts.read_diverged_run(out / artifacts.RUNS / outcome.diverged[0])
+    runs = out / artifacts.RUNS
+    diverged = [artifacts.read_diverged_run(runs / name) for name in outcome.diverged]
+    first = diverged[0]
     total = len(outcome.trained) + len(outcome.skipped)
     more = f" and {len(outcome.diverged) - 1} more" if len(outcome.diverged) > 1 else ""
-    origin = option_origin(read_yaml(study_file), study_file, first.config, "lr")
-    where = f"{out / artifacts.RUNS} (results.csv once `xferlab report {out}` merges the shards)" \
+    values = read_yaml(study_file)
+    origin = option_origin(values, study_file, first.config, "lr")
+    where = f"{runs} (results.csv once `xferlab report {out}` merges the shards)" \
         if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
-    fix = "set a lower lr in the study's train: section" if origin == "the default" else "lower it there"
+    finished = [artifacts.read_run_config(runs / name) for name in outcome.trained + outcome.skipped]
+    fix = retry_advice(values, [run.config for run in diverged], finished)
     return (f"{len(outcome.diverged)} of {total} runs diverged, recorded as such in {where}: {first.name} "
             f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; {fix} and "
             f"resume with --retry-diverged (the other runs are kept)")
