@@ -15,6 +15,7 @@ from typing import Any
 
 from xferlab.errors import XferlabError
 from xferlab.explain import commands as explain_commands
+from xferlab.options import MAX_SEED, positive_int, whole_number
 from xferlab.use import commands as use_commands
 
 log = logging.getLogger("xferlab")
@@ -192,17 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantoms", help="write synthetic chest-radiograph phantoms in the npy layout")
     p.add_argument("out", type=Path, help="folder to write (<class>.npy, test_<class>.npy, phantoms.json)")
-    p.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
+    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
                    help="image side in pixels")
-    p.add_argument("--n-per-class", type=_positive_int,
+    p.add_argument("--n-per-class", type=positive_int,
                    help=f"train-pool images per class, 80%% train and 20%% val (default: {DEFAULT_N_PER_CLASS})")
-    p.add_argument("--n-test-per-class", type=_positive_int,
+    p.add_argument("--n-test-per-class", type=positive_int,
                    help=f"test images per class (default: {DEFAULT_N_TEST_PER_CLASS})")
     p.add_argument("--shift", choices=["none", "acquisition", "shortcut"], default="none",
                    help="acquisition: render the test split as if from another site; shortcut: a burned-in marker "
                         "with 90%% of pneumonia and 10%% of normal train/val images, none in test")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--images-per-patient", type=_positive_int, default=1,
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="random seed")
+    p.add_argument("--images-per-patient", type=positive_int, default=1,
                    help="K consecutive images per patient (one anatomy, repositioned and re-imaged), named in "
                         "groups.csv (docs/patients.md)")
 
@@ -224,20 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="train every run this many epochs, >= 1 (a quick look); default: configs/demo.yaml's")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
 
     p = sub.add_parser("bench", help="training-step and inference throughput and FLOPs per image, as JSON")
     p.add_argument("--backbone", required=True, help="registered backbone (xferlab backbones)")
-    p.add_argument("--image-size", type=int, required=True, help="square image side S")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=whole_number(1, 4096), required=True, help="square image side S")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--regime", default="finetune", help="what the timed training step trains (default finetune)")
     p.add_argument("--weights", default="none", help="none (default: speed does not depend on them), imagenet, file")
-    p.add_argument("--steps", type=int, default=4, help="timed training steps (and inference batches)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    p.add_argument("--steps", type=positive_int, default=4, help="timed training steps (and inference batches)")
+    p.add_argument("--warmup", type=whole_number(0), default=2, help="untimed steps first")
+    p.add_argument("--num-threads", type=positive_int, help="CPU threads for torch")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     from xferlab.config import RUNTIMES
 
@@ -271,14 +272,6 @@ class _SubcommandsWithParents:
         return self.sub.choices
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give one >= 1, e.g. 3") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is less than 1; give a whole number >= 1, e.g. 3")
-    return value
 
 
 def _add_study_parsers(sub) -> None:
