@@ -11,6 +11,8 @@ from PIL import Image
 from xferlab.data.images import (
     check_file_sizes,
     concat_batches,
+    gray_levels,
+    gray_uint8,
     read_image_file,
     resize_image,
     resize_images,
@@ -191,3 +193,14 @@ def test_real_radiographs_decode_at_a_reduced_scale_within_the_stated_tolerance(
     diffs = np.concatenate([_draft_difference(f, 224).ravel() for f in files])
     assert len(files) >= 25
     assert diffs.mean() <= DRAFT_MEAN_TOLERANCE and np.percentile(diffs, 99.9) <= DRAFT_P999_TOLERANCE
+
+
+def test_gray_levels_is_the_channel_mean_and_gray_passes_through():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    np.testing.assert_allclose(gray_levels(colour), colour.astype(np.float64).mean(axis=1), rtol=1e-6)
+    assert gray_levels(colour).dtype == np.float32
+    np.testing.assert_array_equal(gray_uint8(colour), np.round(colour.astype(np.float64).mean(axis=1)))
+    gray = colour[:, 0]
+    assert gray_uint8(gray) is gray
+    np.testing.assert_array_equal(gray_levels(gray), gray)
