@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from xferlab.data.images import (
+    channels_first,
     check_file_sizes,
     concat_batches,
     gray_levels,
@@ -204,3 +205,14 @@ def test_gray_levels_is_the_channel_mean_and_gray_passes_through():
     gray = colour[:, 0]
     assert gray_uint8(gray) is gray
     np.testing.assert_array_equal(gray_levels(gray), gray)
+
+
+def test_channels_first_reads_each_layout_once():
+    nchw = np.zeros((2, 3, 5, 7), dtype=np.uint8)
+    assert channels_first(nchw.transpose(0, 2, 3, 1), "x").shape == (2, 3, 5, 7)
+    assert channels_first(nchw, "x") is nchw
+    assert channels_first(np.zeros((2, 1, 5, 7)), "x").shape == (2, 5, 7)
+    assert channels_first(np.zeros((2, 5, 7, 1)), "x").shape == (2, 5, 7)
+    assert channels_first(np.zeros((5, 7, 3))[None], "x")[0].shape == (3, 5, 7)  # one image
+    with pytest.raises(XferlabError, match="x: array shape .* is not images"):
+        channels_first(np.zeros((2, 5, 7, 4)), "x")

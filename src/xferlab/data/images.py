@@ -154,6 +154,28 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
     return out
 
 
+def channels_first(array: np.ndarray, where: str) -> np.ndarray:
+    """N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3) -> N×H×W or N×3×H×W, as a view.
+
+    A 4-D shape that reads both ways (N×3×H×3) is taken as channel-first, xferlab's own layout. The one reading of
+    an array's layout for data sources, `predict`'s arrays and its .npy inputs (one image: channels_first(x[None])[0]).
+    """
+    if array.ndim == 4:
+        first, last = array.shape[1] in (1, 3), array.shape[-1] in (1, 3)
+        if last and not first:
+            array = array.transpose(0, 3, 1, 2)
+        if array.shape[1] == 1:
+            return array[:, 0]
+        if array.shape[1] == 3:
+            return array
+    elif array.ndim == 3:
+        return array
+    raise XferlabError(
+        f"{where}: array shape {array.shape} is not images; expected N×H×W, N×H×W×C or N×C×H×W with C = 1 or 3 "
+        "(3D volumes are not supported)"
+    )
+
+
 def gray_levels(images: np.ndarray) -> np.ndarray:
     """N×H×W float32 gray levels of N×H×W or N×C×H×W images: the mean of their channels.
 
