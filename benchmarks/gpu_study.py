@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def environment(ctx) -> dict:
     import torch
 
-    from xferlab.engine.bench import cpu_name
+    from xferlab.hardware import cpu_name
 
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
            "cpu": cpu_name(), "device": "cpu"}
