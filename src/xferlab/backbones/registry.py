@@ -18,10 +18,8 @@ from torch import nn
 
 from xferlab.backbones.weights import StateDict, load_state_dict_file
 from xferlab.errors import XferlabError, did_you_mean
-from xferlab.inputs import InputSpec
+from xferlab.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs (x - 127) / 128 in 0..255 units (efficientnet_lite_builder.py, MEAN_RGB /
 # STDDEV_RGB in the TensorFlow TPU repository); expressed here in 0..1 units.
 LITE_MEAN = (127.0 / 255,) * 3
