@@ -445,13 +445,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def _list_all_backbones(pattern: str | None) -> int:
     """Registered backbones and family members by name, without building them (timm alone lists over a thousand)."""
     from xferlab.backbones.registry import list_available, list_families
+    from xferlab.extras import install_line
 
     rows = [(n, "yes" if w.available() else "no", w.describe()) for n, w in list_available(pattern)]
     _print_table(("backbone", "offline weights", "weights source"), rows)
     print(f"{len(rows)} backbones, {sum(r[1] == 'yes' for r in rows)} with weights on this machine")
     for family in list_families():
         if not family.installed():
-            print(f"{family.prefix}: not installed (pip install 'xferlab[{family.extra}]')")
+            print(f"{family.prefix}: not installed ({install_line(family.extra)})")
     return 0
 
 

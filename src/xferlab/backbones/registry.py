@@ -8,7 +8,6 @@ parametrizes over `list_backbones()` pick it up at once. A family (`timm:NAME`, 
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +15,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from xferlab import extras
 from xferlab.backbones.weights import StateDict, load_state_dict_file
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
@@ -81,7 +81,7 @@ class Family:
     example: str
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.package) is not None
+        return extras.installed(self.package)
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xferlab import extras
 from xferlab.backbones.registry import BackboneSpec, Family
 from xferlab.backbones.weights import (
     OFFLINE_ENV,
@@ -26,7 +27,6 @@ from xferlab.backbones.weights import (
     WeightsUnavailable,
     is_offline,
     load_state_dict_file,
-    require_extra,
 )
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.inputs import IMAGENET_MEAN, IMAGENET_STD
@@ -36,7 +36,7 @@ HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _timm():
-    return require_extra("timm", "timm")
+    return extras.require("timm", "timm", "this backbone")
 
 
 def _hf_offline() -> bool:
