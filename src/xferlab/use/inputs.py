@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,6 @@ class InputItem:
     path: Path
     index: int | None = None
     label: int | None = None  # index into the run's class names, when known
-
-
-@dataclass
-class Inputs:
-    items: list[InputItem]
-    skipped: list[str] = field(default_factory=list)  # unreadable files left out (--skip-unreadable)
 
 
 def _class_of(name: str, class_names: Sequence[str]) -> int | None:
