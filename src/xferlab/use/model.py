@@ -23,7 +23,7 @@ from xferlab.data.batches import Preprocess
 from xferlab.data.images import channels_first, decode_pil, read_image_file, resize_image, stack_images, to_uint8
 from xferlab.engine.run import resolve_device
 from xferlab.engine.runtime import CHECK_IMAGES, FixedPass, RuntimeRecord, check_runtime, eager, fixed_pass
-from xferlab.engine.test_bn import TEST_BN_MODES, adapted_model
+from xferlab.engine.testtime_bn import TEST_BN_MODES, adapted_model
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.evaluation.flags import saved_run_flags
 from xferlab.inputs import InputSpec
@@ -169,7 +169,7 @@ class LoadedRun:
     def adapted(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
                 seed: int = 0, min_images: int | None = None) -> LoadedRun:
         """A copy of this run whose BatchNorm statistics are re-estimated on `images` (test-time BatchNorm, AdaBN:
-        xferlab.engine.test_bn.adapted_model); this run is untouched. Its predictions are transductive: they depend
+        xferlab.engine.testtime_bn.adapted_model); this run is untouched. Its predictions are transductive: they depend
         on the other images given. Refused below `min_images` (default: the run's test_bn_min_images)."""
         batch = torch.from_numpy(np.ascontiguousarray(self.prepare(images))).to(self.device)
         limit = self.config.test_bn_min_images if min_images is None else min_images
