@@ -125,8 +125,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_track_args(p: argparse.ArgumentParser, model) -> None:
-    """--track and --track-uri, from `model`'s track and track_uri fields (README, Experiment tracking)."""
-    add_model_options(p.add_argument_group("experiment tracking (README, Experiment tracking)"), model, TRACK_OPTIONS)
+    """--track and --track-uri, from `model`'s track and track_uri fields (docs/tracking.md)."""
+    add_model_options(p.add_argument_group("experiment tracking (docs/tracking.md)"), model, TRACK_OPTIONS)
 
 
 def _add_speed_args(g) -> None:
