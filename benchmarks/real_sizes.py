@@ -62,8 +62,7 @@ class Yardstick:
 
 
 def machine() -> str:
-    from xferlab.engine.bench import cpu_name
-    from xferlab.hardware import cpu_native_bf16
+    from xferlab.hardware import cpu_name, cpu_native_bf16
 
     return (f"{cpu_name()}, native bf16: {cpu_native_bf16()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")

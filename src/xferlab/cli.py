@@ -125,8 +125,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_track_args(p: argparse.ArgumentParser, model) -> None:
-    """--track and --track-uri, from `model`'s track and track_uri fields (README, Experiment tracking)."""
-    add_model_options(p.add_argument_group("experiment tracking (README, Experiment tracking)"), model, TRACK_OPTIONS)
+    """--track and --track-uri, from `model`'s track and track_uri fields (docs/tracking.md)."""
+    add_model_options(p.add_argument_group("experiment tracking (docs/tracking.md)"), model, TRACK_OPTIONS)
 
 
 def _add_speed_args(g) -> None:
@@ -233,15 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="registered backbone (xferlab backbones)")
     p.add_argument("--image-size", type=whole_number(1, 4096), required=True, help="square image side S")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    from xferlab.config import DEVICES, RUNTIMES
+
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--regime", default="finetune", help="what the timed training step trains (default finetune)")
     p.add_argument("--weights", default="none", help="none (default: speed does not depend on them), imagenet, file")
     p.add_argument("--steps", type=positive_int, default=4, help="timed training steps (and inference batches)")
     p.add_argument("--warmup", type=whole_number(0), default=2, help="untimed steps first")
     p.add_argument("--num-threads", type=positive_int, help="CPU threads for torch")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
-    from xferlab.config import RUNTIMES
-
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what runs the timed inference pass "
                    "(xferlab.engine.runtime; auto: chosen as for a pass over the reference study's 2,400 images)")
     _add_speed_args(p)
@@ -279,7 +279,9 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")
     p.add_argument("--out", type=Path, help="study folder (default: runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
+    from xferlab.config import DEVICES
+
+    p.add_argument("--device", choices=DEVICES, help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
     p.add_argument("--retry-diverged", action="store_true",
                    help="train again the runs recorded as diverged (kept as they are otherwise; "
@@ -443,13 +445,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def _list_all_backbones(pattern: str | None) -> int:
     """Registered backbones and family members by name, without building them (timm alone lists over a thousand)."""
     from xferlab.backbones.registry import list_available, list_families
+    from xferlab.extras import install_line
 
     rows = [(n, "yes" if w.available() else "no", w.describe()) for n, w in list_available(pattern)]
     _print_table(("backbone", "offline weights", "weights source"), rows)
     print(f"{len(rows)} backbones, {sum(r[1] == 'yes' for r in rows)} with weights on this machine")
     for family in list_families():
         if not family.installed():
-            print(f"{family.prefix}: not installed (pip install 'xferlab[{family.extra}]')")
+            print(f"{family.prefix}: not installed ({install_line(family.extra)})")
     return 0
 
 

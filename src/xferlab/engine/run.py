@@ -52,7 +52,7 @@ from xferlab.engine.guards import DivergingLosses, FiniteLosses
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam
 from xferlab.engine.progress import EpochProgress
 from xferlab.engine.runtime import CHECK_IMAGES, RuntimeRecord, first_images, fixed_pass
-from xferlab.engine.test_bn import check_adaptable, check_split_counts, evaluate_test_bn
+from xferlab.engine.testtime_bn import check_adaptable, check_split_counts, evaluate_test_bn
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.evaluation.flags import run_flags
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         metrics.update(_loading(data, load_seconds))
         metrics.update(run_flags({s: (_labels(data, s), p) for s, p in probs.items()}, bootstrap or BootstrapSettings(),
                                  data.class_names, _split_groups(data, probs)))
-        if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
+        if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.testtime_bn)
             metrics["test_bn"], _ = evaluate_test_bn(
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},
                 lambda m, images: fixed_pass(m, preprocess, first_images(images, CHECK_IMAGES), _runtime(cfg, accel),

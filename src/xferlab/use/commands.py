@@ -16,11 +16,11 @@ def add_parsers(sub) -> None:
                    help="image files (PNG/JPEG/TIFF/BMP/DICOM), folders (recursive; a subfolder per class gives "
                         "labels), a CSV manifest (path[,label]) or .npy stacks")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    from xferlab.config import DEVICES, RUNTIME_HELP, RUNTIMES
+
+    p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
-    from xferlab.config import RUNTIME_HELP, RUNTIMES
-
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--test-bn", choices=["off", "adapt"], default="off",
                    help="adapt: re-estimate BatchNorm statistics on all the inputs first (AdaBN; transductive, marked "
