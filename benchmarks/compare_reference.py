@@ -142,8 +142,9 @@ def machine_yardsticks(args) -> dict:
     import torch
 
     from xferlab.backbones.registry import create_model
-    from xferlab.engine.bench import count_flops, cpu_name
+    from xferlab.engine.bench import count_flops
     from xferlab.evaluation.timing import matmul_flops_per_s
+    from xferlab.hardware import cpu_name
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_study.py                 # one CUDA GPU: about 6 minutes on an H200, start-up included
     python benchmarks/gpu_study.py --smoke         # the same code paths on the CPU at toy sizes (tests run it)
-    python benchmarks/gpu_readme.py                # then: docs/performance/gpu.md's section rewritten from the JSON
+    python benchmarks/gpu_docs.py                # then: docs/performance/gpu.md's section rewritten from the JSON
 
 What it measures, in this order (the most important first, so a run cut short keeps them; the JSON is rewritten
 after every section, and a section that fails records its error instead of stopping the rest):
@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def environment(ctx) -> dict:
     import torch
 
-    from xferlab.engine.bench import cpu_name
+    from xferlab.hardware import cpu_name
 
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
            "cpu": cpu_name(), "device": "cpu"}

@@ -2,9 +2,9 @@
 # Issue #18's GPU session in one command, from the repository root of a machine with one CUDA GPU (~7 min on an H200):
 #   1. the CUDA tests of the graph trainers, resident data and bench (tests/engine/test_headfit.py, test_accel.py);
 #   2. every measurement, in one process: benchmarks/gpu_study.py -> $OUT/gpu_study.json (+ its log);
-#   3. the docs GPU page's section rendered from that JSON into $OUT/gpu_section.md (benchmarks/gpu_readme.py --print).
+#   3. the docs GPU page's section rendered from that JSON into $OUT/gpu_section.md (benchmarks/gpu_docs.py --print).
 # Back on the development machine: copy $OUT/gpu_study.json to benchmarks/results/ and run
-# `python benchmarks/gpu_readme.py` to rewrite docs/performance/gpu.md's section; commit both.
+# `python benchmarks/gpu_docs.py` to rewrite docs/performance/gpu.md's section; commit both.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_study.sh
 #
@@ -28,5 +28,5 @@ timeout 480 $PY benchmarks/gpu_study.py --out "$OUT/gpu_study.json" 2>"$OUT/gpu_
 echo "exit $?"; tail -5 "$OUT/gpu_study.log"
 
 step "docs page section"
-$PY benchmarks/gpu_readme.py --json "$OUT/gpu_study.json" --print | tee "$OUT/gpu_section.md"
+$PY benchmarks/gpu_docs.py --json "$OUT/gpu_study.json" --print | tee "$OUT/gpu_section.md"
 step "done"

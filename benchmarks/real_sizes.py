@@ -7,6 +7,7 @@ sizes.md is their output, pasted, not retyped. Not run by the tests.
     python benchmarks/real_sizes.py steps        # the fine-tune step in fp32 and in bf16 + channels-last, 64 / 224 px
     python benchmarks/real_sizes.py accuracy     # Lite0 fine-tuned in bf16 vs fp32, the same seeds: val accuracy
     python benchmarks/real_sizes.py reference    # the reference study at 224 px with Lite0: frozen, fine-tuned
+    python benchmarks/real_sizes.py decoding     # JPEG draft-mode decoding: pixels against a full decode, speed
 
 Real files: `<repo root>/../shared/data/kermany-sample` (300 pediatric chest radiographs, JPEG, 399-2572 px) where
 present, phantoms at 224 px otherwise. ResNet-18, DenseNet-121 and the ViT run with random weights (speed does not
@@ -61,8 +62,7 @@ class Yardstick:
 
 
 def machine() -> str:
-    from xferlab.engine.bench import cpu_name
-    from xferlab.hardware import cpu_native_bf16
+    from xferlab.hardware import cpu_name, cpu_native_bf16
 
     return (f"{cpu_name()}, native bf16: {cpu_native_bf16()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
@@ -221,29 +221,32 @@ def _passes_row(name: str, data: Path, files: Path, work: Path, yard: Yardstick,
     from xferlab.use.predict import predict_inputs
 
     folder = work / f"run-{name.replace(':', '-')}"
-    metrics, peaks = _frozen_run(name, data, folder, yard)
+    metrics, fixed_peaks = _frozen_run(name, data, folder, yard)
     run = load_run(folder)
     pre = run.preprocessing.batch_preprocess()
     x = torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)
     body_flops, model_flops = count_flops(run.model.body, pre(x)), count_flops(run.model, pre(x))
     rate = metrics["inference_images_per_s"]
-    fixed = f"{rate:.1f} ({pct(rate * body_flops, peaks[torch.float32])}, {metrics['runtime']['path']})"
+    fixed = f"{rate:.1f} ({pct(rate * body_flops, fixed_peaks[torch.float32])}, {metrics['runtime']['path']})"
     step = bench(name, SIZE, BATCH, "cpu", weights=weights_for(name), regime="finetune", steps=args.steps, warmup=1)
     settings = ("bf16" if step["amp"] == "bf16" else "fp32") + (" + channels-last" if step["channels_last"] else "")
     tuned = f"{step['train_images_per_s']:.1f} ({100 * step['train_fp32_matmul_fraction']:.0f} %, {settings})"
-    pred, peaks, _ = yard.around(lambda: predict_inputs(run, [files], batch_size=BATCH, progress=False))
-    predicted = (f"{pred.images_per_s:.1f} ({pct(pred.images_per_s * model_flops, peaks[torch.float32])}, "
+    pred, pred_peaks, _ = yard.around(lambda: predict_inputs(run, [files], batch_size=BATCH, progress=False))
+    predicted = (f"{pred.images_per_s:.1f} ({pct(pred.images_per_s * model_flops, pred_peaks[torch.float32])}, "
                  f"{pred.runtime['path']})")
     images = real_or_phantom_images(args.cam_images)
     layer = choose_layer(run.model, (SIZE, SIZE))
     per_map = cam_flops(run.model, images[:2], pre, layer)
-    _, peaks, seconds = yard.around(lambda: grad_cam(run.model, images, pre, batch_size=BATCH, layer=layer))
+    _, cam_peaks, seconds = yard.around(lambda: grad_cam(run.model, images, pre, batch_size=BATCH, layer=layer))
     maps = len(images) / seconds
-    cam = f"{maps:.1f} ({pct(maps * per_map, peaks[torch.float32])}, {layer})"
+    cam = f"{maps:.1f} ({pct(maps * per_map, cam_peaks[torch.float32])}, {layer})"
     gflop = {"body": body_flops, "model": model_flops, "step": step["flops_per_image"]["train_step"], "map": per_map}
     return (f"| {name} | {fixed} | {tuned} | {predicted} | {cam} |\n<!-- {name}: GFLOP per image: "
             + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in gflop.items())
-            + f"; fp32 matmul {peaks[torch.float32] / 1e9:.0f} GFLOP/s; load {load_average()} -->")
+            + "; fp32 matmul GFLOP/s around each pass: "
+            + ", ".join(f"{k} {v[torch.float32] / 1e9:.0f}" for k, v in
+                        (("fixed", fixed_peaks), ("predict", pred_peaks), ("Grad-CAM", cam_peaks)))
+            + f" (the fine-tune step: its own, inside bench); load {load_average()} -->")
 
 
 def passes(args: argparse.Namespace) -> None:
@@ -380,6 +383,37 @@ def reference(args: argparse.Namespace) -> None:
         print(f"<!-- {regime}: accel {m['accel']}, runtime {m['runtime']['path']}, load {load_average()} -->")
 
 
+# ---- decoding: JPEG draft mode against a full decode ----------------------------------------------------------------
+
+
+def decoding(args: argparse.Namespace) -> None:
+    """The kermany-sample JPEGs read for each `--sizes` side (xferlab.data.images.read_image_file: draft mode, then
+    the resize) against a full decode and the same resize: grey-level differences (mean, 99.9th percentile, largest)
+    and images/s of each way on one thread (decoding and resizing)."""
+    from xferlab.data.images import read_image_file, resize_image
+
+    if not KERMANY.is_dir():
+        sys.exit(f"decoding needs the real files in {KERMANY}")
+    paths = sorted(KERMANY.rglob("*.jpeg"))
+    torch.set_num_threads(1)
+    print(f"{len(paths)} kermany-sample JPEGs; {machine()}; load average {load_average()}\n")
+    print("| side px | mean abs diff | 99.9th pct | largest | draft img/s | full img/s |")
+    print("|---|---|---|---|---|---|")
+    for side in args.sizes:
+        diffs, seconds = [], {"draft": 0.0, "full": 0.0}
+        for path in paths:
+            images = {}
+            for way, size in (("draft", side), ("full", None)):
+                start = time.perf_counter()
+                images[way] = resize_image(read_image_file(path, size), side)
+                seconds[way] += time.perf_counter() - start
+            gray = [im.astype(np.float64) if im.ndim == 2 else im.mean(0) for im in images.values()]
+            diffs.append(np.abs(gray[0] - gray[1]).ravel())
+        d = np.concatenate(diffs)
+        print(f"| {side} | {d.mean():.3f} | {np.percentile(d, 99.9):.0f} | {d.max():.0f} | "
+              f"{len(paths) / seconds['draft']:.0f} | {len(paths) / seconds['full']:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -398,16 +432,19 @@ def main() -> None:
     a.add_argument("--epochs", type=int, default=3)
     f = sub.add_parser("reference")
     f.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs run (30 extrapolated)")
+    d = sub.add_parser("decoding")
+    d.add_argument("--sizes", type=int, nargs="+", default=[224, 256, 512])
     for c in (r, q, t):
         c.add_argument("--backbones", nargs="+", default=list(BACKBONES))
-    for c in (r, q, t, a, f):
+    for c in (r, q, t, a, f, d):
         c.add_argument("--threads", type=int)
         c.add_argument("--work", default="/tmp/real_sizes", help="phantoms and run folders (kept between calls)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    commands = {"runtimes": runtimes, "passes": passes, "steps": steps, "accuracy": accuracy, "reference": reference}
+    commands = {"runtimes": runtimes, "passes": passes, "steps": steps, "accuracy": accuracy, "reference": reference,
+                "decoding": decoding}
     commands[args.cmd](args)
     print(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": machine()}))
 

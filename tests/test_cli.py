@@ -32,7 +32,7 @@ def test_version_and_user_facing_help(capsys):
 
 def test_demo_epochs_zero_is_refused(capsys):
     status, _, err = _run(capsys, ["demo", "--epochs", "0", "--out", "unused"])
-    assert status == 2 and "0 is less than 1" in err
+    assert status == 2 and "argument --epochs: 0 is out of range; accepted: a whole number >= 1" in err
 
 
 def test_partial_without_k_says_how(capsys, tiny_npy, tmp_path):
@@ -139,3 +139,23 @@ def test_a_degenerate_run_says_so_on_the_terminals_last_line(tmp_path, capsys):
     last = out.splitlines()[-1]
     assert last == f"! degenerate run (do not read its accuracy as a result): {metrics['flag_text']}"
     assert out.splitlines()[-2] == f"run folder: {tmp_path / 'run'}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--backbone", "resnet18", "--image-size", "32", "--num-threads", "-1"],
+     "argument --num-threads: -1 is out of range; accepted: a whole number >= 1"),
+    (["bench", "--backbone", "resnet18", "--image-size", "32", "--warmup", "-1"],
+     "argument --warmup: -1 is out of range; accepted: a whole number >= 0"),
+    (["predict", "run", "x.png", "--batch-size", "0"], "argument --batch-size: 0 is out of range"),
+    (["explain", "run", "--out", "o", "--max-images", "0"], "argument --max-images: 0 is out of range"),
+    (["explain", "run", "--out", "o", "--seed", "4294967296"],
+     "argument --seed: 4294967296 is out of range; accepted: a whole number from 0 to 4294967295"),
+    (["phantoms", "--out", "o", "--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["bench", "--backbone", "resnet18", "--image-size", "32", "--steps", "two"],
+     "argument --steps: 'two' is not a whole number; accepted: a whole number >= 1"),
+])
+def test_options_outside_the_configs_name_the_value_and_the_accepted_range(argv, message, capsys):
+    """bench, predict, explain and phantoms options (not config fields) are checked by their argparse type: exit 2
+    before anything runs, never a traceback (bench --num-threads -1 was one)."""
+    status, _, err = _run(capsys, argv)
+    assert status == 2 and f"error: {message}" in err and "Traceback" not in err

@@ -83,6 +83,9 @@ def test_the_report_of_a_run_with_patients_resamples_patients(grouped_run):
     html = unescape(report.read_text())
     assert "cluster bootstrap of patients, stratified by each patient's majority class" in html
     assert f"Patients resampled: val {record.evaluation['val']['patients']}" in html
+    train = record.metrics["patients"]["train"]  # images per patient per split, as the audit shows them
+    assert f"Images per patient: train {train['patients']} patients, {train['images']} images, median " \
+           f"{train['median']:g}, max {train['max']}, {100 * train['share_multi']:.0f} % with more than one" in html
 
 
 def test_without_groups_xferlab_names_the_option(patient_folder, tmp_path, caplog):

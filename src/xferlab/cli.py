@@ -15,6 +15,7 @@ from typing import Any
 
 from xferlab.errors import XferlabError
 from xferlab.explain import commands as explain_commands
+from xferlab.options import MAX_SEED, positive_int, whole_number
 from xferlab.use import commands as use_commands
 
 log = logging.getLogger("xferlab")
@@ -124,8 +125,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_track_args(p: argparse.ArgumentParser, model) -> None:
-    """--track and --track-uri, from `model`'s track and track_uri fields (README, Experiment tracking)."""
-    add_model_options(p.add_argument_group("experiment tracking (README, Experiment tracking)"), model, TRACK_OPTIONS)
+    """--track and --track-uri, from `model`'s track and track_uri fields (docs/tracking.md)."""
+    add_model_options(p.add_argument_group("experiment tracking (docs/tracking.md)"), model, TRACK_OPTIONS)
 
 
 def _add_speed_args(g) -> None:
@@ -192,17 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantoms", help="write synthetic chest-radiograph phantoms in the npy layout")
     p.add_argument("out", type=Path, help="folder to write (<class>.npy, test_<class>.npy, phantoms.json)")
-    p.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
+    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
                    help="image side in pixels")
-    p.add_argument("--n-per-class", type=_positive_int,
+    p.add_argument("--n-per-class", type=positive_int,
                    help=f"train-pool images per class, 80%% train and 20%% val (default: {DEFAULT_N_PER_CLASS})")
-    p.add_argument("--n-test-per-class", type=_positive_int,
+    p.add_argument("--n-test-per-class", type=positive_int,
                    help=f"test images per class (default: {DEFAULT_N_TEST_PER_CLASS})")
     p.add_argument("--shift", choices=["none", "acquisition", "shortcut"], default="none",
                    help="acquisition: render the test split as if from another site; shortcut: a burned-in marker "
                         "with 90%% of pneumonia and 10%% of normal train/val images, none in test")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--images-per-patient", type=_positive_int, default=1,
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="random seed")
+    p.add_argument("--images-per-patient", type=positive_int, default=1,
                    help="K consecutive images per patient (one anatomy, repositioned and re-imaged), named in "
                         "groups.csv (docs/patients.md)")
 
@@ -224,23 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: a study of EfficientNet-Lite0/2 × frozen/finetune on the "
                                     "phantoms, with the split audit")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="study folder")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="train every run this many epochs, >= 1 (a quick look); default: configs/demo.yaml's")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
 
     p = sub.add_parser("bench", help="training-step and inference throughput and FLOPs per image, as JSON")
     p.add_argument("--backbone", required=True, help="registered backbone (xferlab backbones)")
+    # a number out of range is bench's own one-line error (engine/bench.py: the backbones' sizes)
     p.add_argument("--image-size", type=int, required=True, help="square image side S")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    from xferlab.config import DEVICES, RUNTIMES
+
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--regime", default="finetune", help="what the timed training step trains (default finetune)")
     p.add_argument("--weights", default="none", help="none (default: speed does not depend on them), imagenet, file")
-    p.add_argument("--steps", type=int, default=4, help="timed training steps (and inference batches)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--num-threads", type=int, help="CPU threads for torch")
+    p.add_argument("--steps", type=positive_int, default=4, help="timed training steps (and inference batches)")
+    p.add_argument("--warmup", type=whole_number(0), default=2, help="untimed steps first")
+    p.add_argument("--num-threads", type=positive_int, help="CPU threads for torch")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
-    from xferlab.config import RUNTIMES
-
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what runs the timed inference pass "
                    "(xferlab.engine.runtime; auto: chosen as for a pass over the reference study's 2,400 images)")
     _add_speed_args(p)
@@ -271,14 +273,6 @@ class _SubcommandsWithParents:
         return self.sub.choices
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give one >= 1, e.g. 3") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is less than 1; give a whole number >= 1, e.g. 3")
-    return value
 
 
 def _add_study_parsers(sub) -> None:
@@ -286,10 +280,10 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")
     p.add_argument("--out", type=Path, help="study folder (default: runs/<YAML name>)")
     p.add_argument("--data", help="dataset path; replaces data.path of the YAML")
-    from xferlab.config import DataConfig
+    from xferlab.config import DEVICES, DataConfig
 
     add_model_options(p.add_argument_group("data"), DataConfig, ("exclude",))  # replaces data.exclude of the YAML
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run")
+    p.add_argument("--device", choices=DEVICES, help="device of every run")
     p.add_argument("--force", action="store_true", help="rerun finished runs and the audit")
     p.add_argument("--retry-diverged", action="store_true",
                    help="train again the runs recorded as diverged (kept as they are otherwise; "
@@ -453,13 +447,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def _list_all_backbones(pattern: str | None) -> int:
     """Registered backbones and family members by name, without building them (timm alone lists over a thousand)."""
     from xferlab.backbones.registry import list_available, list_families
+    from xferlab.extras import install_line
 
     rows = [(n, "yes" if w.available() else "no", w.describe()) for n, w in list_available(pattern)]
     _print_table(("backbone", "offline weights", "weights source"), rows)
     print(f"{len(rows)} backbones, {sum(r[1] == 'yes' for r in rows)} with weights on this machine")
     for family in list_families():
         if not family.installed():
-            print(f"{family.prefix}: not installed (pip install 'xferlab[{family.extra}]')")
+            print(f"{family.prefix}: not installed ({install_line(family.extra)})")
     return 0
 
 
@@ -527,15 +522,19 @@ def _diverged_message(study_file: Path, out: Path, outcome) -> str:
     from xferlab import artifacts
     from xferlab.config import read_yaml
     from xferlab.engine.guards import lr_hint
-    from xferlab.study.grid import option_origin
+    from xferlab.study.grid import option_origin, retry_advice
 
-    first = artifacts.read_diverged_run(out / artifacts.RUNS / outcome.diverged[0])
+    runs = out / artifacts.RUNS
+    diverged = [artifacts.read_diverged_run(runs / name) for name in outcome.diverged]
+    first = diverged[0]
     total = len(outcome.trained) + len(outcome.skipped)
     more = f" and {len(outcome.diverged) - 1} more" if len(outcome.diverged) > 1 else ""
-    origin = option_origin(read_yaml(study_file), study_file, first.config, "lr")
-    where = f"{out / artifacts.RUNS} (results.csv once `xferlab report {out}` merges the shards)" \
+    values = read_yaml(study_file)
+    origin = option_origin(values, study_file, first.config, "lr")
+    where = f"{runs} (results.csv once `xferlab report {out}` merges the shards)" \
         if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
-    fix = "set a lower lr in the study's train: section" if origin == "the default" else "lower it there"
+    finished = [artifacts.read_run_config(runs / name) for name in outcome.trained + outcome.skipped]
+    fix = retry_advice(values, [run.config for run in diverged], finished)
     return (f"{len(outcome.diverged)} of {total} runs diverged, recorded as such in {where}: {first.name} "
             f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; {fix} and "
             f"resume with --retry-diverged (the other runs are kept)")

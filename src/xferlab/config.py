@@ -53,6 +53,10 @@ BackboneName = Annotated[str, AfterValidator(_known_backbone)]  # a backbone of 
 
 TrackerName = Literal["mlflow", "tensorboard"]
 
+# Where runs, the audit's re-splits, bench and predict compute (xferlab.engine.run.resolve_device): the one list of
+# --device choices.
+DeviceName = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(DeviceName)
 # How a fixed backbone's passes run (xferlab.engine.runtime, which decides and records it): frozen / adabn features,
 # test-time BatchNorm, predict, the audit's embeddings, Grad-CAM below its layer.
 RuntimeName = Literal["auto", "onnxruntime", "torch", "torch-bf16", "compile"]
@@ -96,7 +100,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     scheduler: Literal["cosine", "none"] = Field("cosine", description="learning-rate schedule, stepped per batch")
     seed: Seed = Field(0, description="seed of the head's initialisation and of the training batches")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
+    device: DeviceName = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice")
     # Speed settings (xferlab.engine.accel); the defaults pick what measured fastest without changing results on CPU.
@@ -295,7 +299,7 @@ class AuditConfig(_Strict):
     epochs: int = Field(30, gt=0, description="re-split training epochs (the reference study's 30)")
     batch_size: int = Field(32, gt=0)
     lr: float = Field(DEFAULT_LR, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
+    device: DeviceName = Field("auto", description="auto: cuda when a GPU is visible")
     num_threads: int | None = Field(None, gt=0, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice")
     runtime: RuntimeName = Field("auto", description=RUNTIME_HELP)

@@ -4,6 +4,7 @@ from it): the model name, and whether it computes bf16 natively (the flags avx51
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def _cpuinfo() -> dict[str, str]:
 def cpu_model() -> str:
     """The CPU model as the OS reports it (Linux: /proc/cpuinfo), else platform.processor()."""
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The CPU model and logical core count, e.g. 'AMD EPYC, 2 cores': how benchmarks name the machine."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def cpu_native_bf16() -> bool | None:

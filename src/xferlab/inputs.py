@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# ImageNet's per-channel mean and standard deviation (RGB, 0..1 units): torchvision's and timm's defaults.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -19,7 +23,7 @@ class InputSpec:
     """
 
     channels: int = 3
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     value_range: tuple[float, float] = (0.0, 1.0)
     size: int | None = None

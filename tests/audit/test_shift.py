@@ -77,6 +77,22 @@ def test_mmd_equals_the_unbiased_estimator_written_out():
 def test_permutation_p_is_never_zero_and_counts_ties():
     assert permutation_p(5.0, np.array([1.0, 2.0, 3.0])) == pytest.approx(1 / 4)
     assert permutation_p(2.0, np.array([1.0, 2.0, 3.0])) == pytest.approx(3 / 4)
+    # an undefined permuted statistic is never evidence against the null
+    assert permutation_p(5.0, np.array([1.0, np.nan, 3.0])) == pytest.approx(2 / 4)
+
+
+def test_scopes_with_too_few_patients_on_a_side_get_no_p_value(single_blas_thread):
+    """By patient, the unit is the patient: one test patient with 12 images is one unit, however many images (before,
+    block permutations that left one image on the test side gave NaN statistics and a p-value far too small)."""
+    rng = np.random.default_rng(5)
+    splits = np.array(["train"] * 40 + ["test"] * 12, dtype=object)
+    groups = np.array([f"p{i}" for i in range(40)] + ["p40"] * 12)
+    z = rng.normal(size=(52, 16))
+    result = shift.scope_tests(z, np.arange(52), splits == "test", AuditConfig(permutations=199), 0, "all classes",
+                               groups)[0]
+    assert result["status"] == "skipped" and "only 1 test patient;" in result["reason"]
+    assert shift.scope_tests(z, np.arange(52), splits == "test", AuditConfig(permutations=199), 0, "all classes",
+                             None)[0]["status"] == "ok"  # by image the same scope is tested
 
 
 def test_without_shift_each_test_rejects_at_most_alpha_synthetic(single_blas_thread):
@@ -208,7 +224,7 @@ def test_ks_by_permutation_has_scipys_statistic_and_moves_whole_patients():
     assert result["permutations"] == 50
 
 
-def _patient_effect(rng, patients=60, k=4, dim=30, patient_sd=3.0):
+def _patient_effect(rng, patients=100, k=4, dim=30, patient_sd=3.0):
     """Embeddings dominated by the patient (k images each, a shared offset 3× the image noise), patients split at
     random between train+val and test: no shift, but images of one patient are far from independent."""
     labels = np.repeat(np.arange(patients) % 2, k)

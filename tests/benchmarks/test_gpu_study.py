@@ -1,5 +1,5 @@
 """benchmarks/gpu_study.py in its --smoke mode (the GPU script's code paths on the CPU at toy sizes, so the script
-cannot rot between GPU sessions) and benchmarks/gpu_readme.py, which turns its JSON into the docs site's GPU page
+cannot rot between GPU sessions) and benchmarks/gpu_docs.py, which turns its JSON into the docs site's GPU page
 (docs/performance/gpu.md)."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_smoke_mode_measures_every_section(smoke):
 
 @pytest.mark.slow
 def test_docs_page_section_is_rewritten_from_the_json(smoke, tmp_path):
-    page_script = _load("gpu_readme")
+    page_script = _load("gpu_docs")
     (tmp_path / "study.json").write_text(json.dumps(smoke))
     page = tmp_path / "gpu.md"
     page.write_text("# GPU\n\nprose\n<!-- gpu-study:begin: old -->\nold numbers\n<!-- gpu-study:end -->\n\n## Next\n")
@@ -66,7 +66,7 @@ def test_docs_page_section_is_rewritten_from_the_json(smoke, tmp_path):
 
 def test_the_script_writes_the_docs_page_by_default():
     """Its default target is the site's GPU page, which holds the pair of markers it replaces between."""
-    page_script = _load("gpu_readme")
+    page_script = _load("gpu_docs")
     assert page_script.PAGE == GPU_PAGE
     text = GPU_PAGE.read_text()
     assert text.index(page_script.BEGIN) < text.index(page_script.END)
@@ -74,5 +74,5 @@ def test_the_script_writes_the_docs_page_by_default():
 
 
 def test_script_without_json_is_an_error_line(tmp_path, capsys):
-    assert _load("gpu_readme").main(["--json", str(tmp_path / "missing.json"), "--page", str(tmp_path / "P")]) == 2
+    assert _load("gpu_docs").main(["--json", str(tmp_path / "missing.json"), "--page", str(tmp_path / "P")]) == 2
     assert "run benchmarks/gpu_study.py first" in capsys.readouterr().err

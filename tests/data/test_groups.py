@@ -177,7 +177,8 @@ def test_an_anonymised_patient_id_is_a_warning_and_no_groups(tmp_path, caplog, i
 
 @pytest.mark.skipif(not KERMANY_SAMPLE.is_dir(), reason="../shared/data/kermany-sample is not here (a lone clone)")
 def test_every_file_of_the_kermany_sample_has_its_patient(caplog):
-    """Headers only (memory_budget_mb 0 streams): 100 NORMAL images of 94 patients, 200 PNEUMONIA of 162 (README)."""
+    """Headers only (memory_budget_mb 0 streams): 100 NORMAL images of 94 patients, 200 PNEUMONIA of 162 (the
+    sample's own README)."""
     with caplog.at_level(logging.WARNING, logger="xferlab.data.groups"):
         plain = load_dataset(DataConfig(path=KERMANY_SAMPLE, format="folder", memory_budget_mb=0, image_size=64))
     assert plain.groups is None and "pass --groups kermany" in caplog.text

@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 
 from xferlab.data.images import (
+    channels_first,
     check_file_sizes,
     concat_batches,
+    gray_levels,
+    gray_uint8,
     read_image_file,
     resize_image,
     resize_images,
@@ -191,3 +194,25 @@ def test_real_radiographs_decode_at_a_reduced_scale_within_the_stated_tolerance(
     diffs = np.concatenate([_draft_difference(f, 224).ravel() for f in files])
     assert len(files) >= 25
     assert diffs.mean() <= DRAFT_MEAN_TOLERANCE and np.percentile(diffs, 99.9) <= DRAFT_P999_TOLERANCE
+
+
+def test_gray_levels_is_the_channel_mean_and_gray_passes_through():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    np.testing.assert_allclose(gray_levels(colour), colour.astype(np.float64).mean(axis=1), rtol=1e-6)
+    assert gray_levels(colour).dtype == np.float32
+    np.testing.assert_array_equal(gray_uint8(colour), np.round(colour.astype(np.float64).mean(axis=1)))
+    gray = colour[:, 0]
+    assert gray_uint8(gray) is gray
+    np.testing.assert_array_equal(gray_levels(gray), gray)
+
+
+def test_channels_first_reads_each_layout_once():
+    nchw = np.zeros((2, 3, 5, 7), dtype=np.uint8)
+    assert channels_first(nchw.transpose(0, 2, 3, 1), "x").shape == (2, 3, 5, 7)
+    assert channels_first(nchw, "x") is nchw
+    assert channels_first(np.zeros((2, 1, 5, 7)), "x").shape == (2, 5, 7)
+    assert channels_first(np.zeros((2, 5, 7, 1)), "x").shape == (2, 5, 7)
+    assert channels_first(np.zeros((5, 7, 3))[None], "x")[0].shape == (3, 5, 7)  # one image
+    with pytest.raises(XferlabError, match="x: array shape .* is not images"):
+        channels_first(np.zeros((2, 5, 7, 4)), "x")

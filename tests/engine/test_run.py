@@ -192,3 +192,23 @@ def test_a_runs_thread_count_does_not_outlive_the_run(tiny_npy, tmp_path):
     before = torch.get_num_threads()
     train(_cfg(tiny_npy, epochs=1, num_threads=1 if before != 1 else 2), tmp_path / "run", progress=False)
     assert torch.get_num_threads() == before
+
+
+def test_a_bf16_run_saves_fp32_probabilities_of_its_best_weights(tiny_npy, tmp_path, monkeypatch):
+    """Epochs are evaluated under bf16 autocast; what is saved (predictions.npz, metrics.json) is the best weights
+    evaluated in fp32, as `predict` gives them."""
+    import xferlab.engine.accel as accel_mod
+    from xferlab import artifacts
+    from xferlab.use.model import load_run
+    from xferlab.use.predict import predict_inputs
+
+    monkeypatch.setattr(accel_mod, "native_bf16", lambda device: True)  # emulated where the CPU lacks it: slow, exact
+    result = train(_cfg(tiny_npy, regime="finetune", epochs=2, amp="bf16"), tmp_path / "run", progress=False)
+    assert result.metrics["accel"]["amp"] == "bf16" and result.metrics["accel"]["final_eval"].startswith("fp32")
+    saved = artifacts.read_run(tmp_path / "run").predictions["test"][1]
+    run = load_run(tmp_path / "run", runtime="torch")
+    predicted = predict_inputs(run, [tiny_npy / "test_normal.npy", tiny_npy / "test_pneumonia.npy"], batch_size=8,
+                               progress=False)
+    np.testing.assert_allclose(predicted.probs, saved, atol=1e-5, rtol=0)
+    labels = artifacts.read_run(tmp_path / "run").predictions["test"][0]
+    assert result.metrics["test"]["accuracy"] == pytest.approx(float((saved.argmax(1) == labels).mean()))

@@ -1,8 +1,10 @@
 import pytest
+import yaml
 
 from xferlab.demo import config_path
 from xferlab.errors import XferlabError
-from xferlab.study.grid import expand_grid, load_study, preflight, run_name
+from xferlab.files import read_yaml
+from xferlab.study.grid import expand_grid, load_study, preflight, retry_advice, run_name
 
 
 def test_the_grid_is_every_backbone_regime_and_seed_with_its_overrides(study_yaml):
@@ -76,3 +78,20 @@ def test_the_reference_config_is_the_reference_study(tiny_npy):
             (30, 1e-3, 32, "cosine", "imagenet", "npy")
     with pytest.raises(XferlabError, match="pass --data"):
         load_study(config_path("reference.yaml"))
+
+
+@pytest.mark.parametrize("doc, advice", [
+    # only the diverged run reads its rate there: lower it where it is
+    ({"per_regime": {"finetune": {"lr": 0.1}}}, "lower per_regime.finetune.lr in the study YAML"),
+    # train.lr is also the finished frozen run's: lowering it there would make the resumed study refuse that run
+    ({"train": {"lr": 0.1}}, "set a lower lr for them under per_regime: per_regime.finetune.lr"),
+    ({}, "set a lower lr for them under per_regime: per_regime.finetune.lr"),  # the default
+    # a per_backbone lr forbids a per_regime one; the frozen run of the same backbone finished: no clean place
+    ({"per_backbone": {"resnet18": {"lr": 0.1}}}, "finished runs whose lr changes with it are refused on resume"),
+])
+def test_retry_advice_names_a_place_that_leaves_finished_runs_as_they_were(tmp_path, doc, advice):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc) if doc else "name: s\n")
+    finished = [{"backbone": "resnet18", "regime": "frozen"}]
+    diverged = [{"backbone": "resnet18", "regime": "finetune"}]
+    assert advice in retry_advice(read_yaml(path), diverged, finished)

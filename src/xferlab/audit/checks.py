@@ -110,8 +110,7 @@ def _shortcut(inputs: AuditInputs) -> Computed:
 def _shortcut_finding(record: dict, audit: dict) -> Finding:
     from xferlab.explain.audit_check import shortcut_finding
 
-    finding = shortcut_finding(record)
-    return finding["level"], finding["text"]
+    return shortcut_finding(record)
 
 
 CHECKS: dict[str, AuditCheck] = {check.name: check for check in (

@@ -28,9 +28,11 @@ def is_ok(result: dict | None) -> bool:
 
 
 def permutation_p(observed: float, null: np.ndarray) -> float:
-    """(1 + #{T_b >= T}) / (B + 1): never zero, and exact under exchangeability (Phipson & Smyth 2010)."""
+    """(1 + #{T_b >= T}) / (B + 1): never zero, and exact under exchangeability (Phipson & Smyth 2010). A permuted
+    statistic that is undefined (NaN: e.g. a block permutation that left one image on a side) counts as at least the
+    observed one, so it can only make the test more conservative, never reject."""
     null = np.asarray(null)
-    return float((1 + np.count_nonzero(null >= observed)) / (len(null) + 1))
+    return float((1 + np.count_nonzero((null >= observed) | np.isnan(null))) / (len(null) + 1))
 
 
 def bonferroni(pvalues: list[float]) -> float | None:
@@ -44,14 +46,15 @@ def domain_masks(data: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
     return ref, data.splits == TARGET
 
 
-def size_problem(n_ref: int, n_target: int, where: str) -> str | None:
-    """The reason a two-sample test cannot be run on these sizes, or None when it can."""
+def size_problem(n_ref: int, n_target: int, where: str, unit: str = "image") -> str | None:
+    """The reason a two-sample test cannot be run on these sizes (of images, or of patients when permutations move
+    whole patients), or None when it can."""
     if n_target == 0:
-        return f"{where}: the test split has no images"
+        return f"{where}: the test split has no {unit}s"
     small = [(name, n) for name, n in (("test", n_target), ("train+val", n_ref)) if n < MIN_PER_SIDE]
     if small:
         name, n = small[0]
-        return (f"{where}: only {n} {name} image{'s' if n != 1 else ''}; the shift tests need at least "
+        return (f"{where}: only {n} {name} {unit}{'s' if n != 1 else ''}; the shift tests need at least "
                 f"{MIN_PER_SIDE} per side, so no p-value is reported")
     return None
 

@@ -13,7 +13,6 @@ it and the report shows the note, without the check's own functions being called
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import xferlab.audit.blocks as blocks
+from xferlab import extras
 from xferlab.audit.common import skipped
 from xferlab.audit.scan import ImageScan
 from xferlab.config import AuditConfig, DataConfig
@@ -97,12 +97,7 @@ def stage_of(check: AuditCheck, cfg: AuditConfig) -> str:
 
 def unavailable(check: AuditCheck) -> str | None:
     """Why the check cannot run here (its optional package is not installed), or None."""
-    if check.needs is None:
-        return None
-    module, extra = check.needs
-    if importlib.util.find_spec(module) is not None:
-        return None
-    return f"needs the optional package {module}: pip install 'xferlab[{extra}]'"
+    return None if check.needs is None else extras.missing(*check.needs)
 
 
 def is_unavailable(record: dict) -> bool:

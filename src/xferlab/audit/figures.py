@@ -34,12 +34,13 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def _for_imshow(image: np.ndarray) -> np.ndarray:
+    """H×W as it is, 3×H×W as H×W×3: imshow's layout (a colour image is shown in colour, not made gray)."""
     return image.transpose(1, 2, 0) if image.ndim == 3 else image
 
 
 def _show(ax, image: np.ndarray, title: str) -> None:
-    ax.imshow(_gray(image), cmap="gray", vmin=0, vmax=255)
+    ax.imshow(_for_imshow(image), cmap="gray", vmin=0, vmax=255)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
 

@@ -166,10 +166,10 @@ def label_audit(data: ImageDataset, embeddings: np.ndarray, descriptors: np.ndar
     flagged, quality = find_issues(data.labels, probs)
     positions, ids = split_positions(data.splits), image_ids(data)
     present = [s for s in SPLITS if (data.splits == s).any()]
+    components = features.shape[1] - (0 if descriptors is None else descriptors.shape[1])
+    described = "" if descriptors is None else f" + {descriptors.shape[1]} spectral descriptors"
     record = {"status": "ok", "method": "cleanlab find_label_issues (prune_by_noise_rate); ranked by self-confidence",
-              "probe": {"features": f"{features.shape[1] - (0 if descriptors is None else descriptors.shape[1])} "
-                                    "whitened embedding components" + (" + spectral descriptors"
-                                                                       if descriptors is not None else ""),
+              "probe": {"features": f"{components} whitened embedding components{described}",
                         "model": f"logistic regression, C = {PROBE_C}", "folds": k,
                         "accuracy": float(np.mean(probs.argmax(1) == data.labels))},
               "unit": "image" if data.groups is None else "patient",

@@ -23,6 +23,7 @@ from xferlab.audit.nearcopy import pair_similarities, spectral_descriptors
 from xferlab.audit.neighbours import NeighbourSearch
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.data.images import gray_uint8
 
 # Findings listed in audit.json per kind; the counts always cover all of them.
 MAX_LISTED = 200
@@ -87,7 +88,7 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     PHASH_SIZE): imagehash's Lanczos resize with Pillow per image, then its DCT (type II, unnormalised) and median
     rule over the whole stack at once. imagehash takes one PIL image per call, and its per-call overhead made
     perceptual hashing the largest part of the audit's image pass; tests compare the bits with imagehash.phash."""
-    gray = images.mean(axis=1).round().astype(np.uint8) if images.ndim == 4 else images
+    gray = gray_uint8(images)
     side = PHASH_SIZE * PHASH_HIGHFREQ
     resized = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.LANCZOS))
                         for im in gray]).astype(np.float64)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from xferlab.data.images import gray_levels
+
 # Band-pass (difference of Gaussians, pixels at 32-64 px): below 0.8 px is noise and JPEG blocking, above 3 px the
 # anatomy every chest X-ray shares; what is left tells one radiograph from another.
 BAND = (0.8, 3.0)
@@ -42,22 +44,17 @@ WORK_SIDE = 96
 _REDUCE_BLOCK = 256
 
 
-def _gray(images: np.ndarray) -> np.ndarray:
-    x = np.asarray(images, dtype=np.float32)
-    return x.mean(axis=1) if x.ndim == 4 else x
-
-
 def working_size(images: np.ndarray) -> np.ndarray:
     """N×H×W float32 gray images, reduced (antialiased bilinear, torch's interpolate) so that the longer side is at most
     WORK_SIDE; smaller images as they are."""
     h, w = images.shape[-2:]
     if max(h, w) <= WORK_SIDE:
-        return _gray(images)
+        return gray_levels(images)
     scale = WORK_SIDE / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     out = np.empty((len(images), *size), dtype=np.float32)
     for start in range(0, len(images), _REDUCE_BLOCK):
-        block = torch.from_numpy(_gray(images[start:start + _REDUCE_BLOCK]))[:, None]
+        block = torch.from_numpy(gray_levels(images[start:start + _REDUCE_BLOCK]))[:, None]
         out[start:start + len(block)] = F.interpolate(block, size=size, mode="bilinear", antialias=True,
                                                       align_corners=False)[:, 0].numpy()
     return out

@@ -9,6 +9,7 @@ from scipy import ndimage, stats
 from xferlab.audit.common import domain_masks, size_problem, skipped
 from xferlab.config import AuditConfig
 from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.data.images import gray_levels
 
 STATS = {
     "mean": "mean intensity (0-255)",
@@ -25,11 +26,6 @@ _CHUNK = 512  # images per float32 block: bounds memory for large datasets at fu
 # difference of two Laplacians: it cancels image structure up to second order and keeps noise), both built from it.
 _SECOND_DIFFERENCE = np.array([1.0, -2.0, 1.0], dtype=np.float32)
 _PERCENTILES = (1, 50, 99)
-
-
-def _gray(images: np.ndarray) -> np.ndarray:
-    x = images.astype(np.float32)
-    return x.mean(axis=1) if x.ndim == 4 else x
 
 
 def _filtered(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +81,7 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     rows = []
     for start in range(0, len(images), _CHUNK):
         block = np.asarray(images[start:start + _CHUNK])
-        gray = _gray(block)
+        gray = gray_levels(block)
         laplacian, immerkaer = _filtered(gray)
         rows.append(np.column_stack([_intensity_stats(block, gray),
                                      laplacian.reshape(len(gray), -1).var(axis=1, dtype=np.float64),

@@ -207,6 +207,9 @@ def scope_tests(embeddings: np.ndarray, rows: np.ndarray, is_target: np.ndarray,
     n_ref = len(is_target) - n_target
     scores = np.full(len(is_target), np.nan)
     problem = size_problem(n_ref, n_target, where)
+    if not problem and groups is not None:  # block permutations move patients: count them
+        problem = size_problem(len(np.unique(groups[~is_target])), len(np.unique(groups[is_target])), where,
+                               unit="patient")
     if problem:
         return skipped(problem, n_ref=n_ref, n_test=n_target), scores
     rng = np.random.default_rng(seed)

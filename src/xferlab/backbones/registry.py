@@ -8,7 +8,6 @@ parametrizes over `list_backbones()` pick it up at once. A family (`timm:NAME`, 
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,12 +15,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from xferlab import extras
 from xferlab.backbones.weights import StateDict, load_state_dict_file
 from xferlab.errors import XferlabError, did_you_mean
-from xferlab.inputs import InputSpec
+from xferlab.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs (x - 127) / 128 in 0..255 units (efficientnet_lite_builder.py, MEAN_RGB /
 # STDDEV_RGB in the TensorFlow TPU repository); expressed here in 0..1 units.
 LITE_MEAN = (127.0 / 255,) * 3
@@ -83,7 +81,7 @@ class Family:
     example: str
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.package) is not None
+        return extras.installed(self.package)
 
 
 _FAMILIES: dict[str, Family] = {}

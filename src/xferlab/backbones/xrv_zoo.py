@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from xferlab import extras
 from xferlab.backbones.registry import BackboneSpec, Family, load_body_weights
 from xferlab.backbones.weights import (
     OFFLINE_ENV,
@@ -22,7 +23,6 @@ from xferlab.backbones.weights import (
     WeightsUnavailable,
     is_offline,
     load_pickled_module_state,
-    require_extra,
 )
 from xferlab.errors import XferlabError, did_you_mean
 
@@ -36,7 +36,7 @@ _OUTPUT_BUFFERS = ("op_threshs",)
 
 
 def _xrv():
-    return require_extra("torchxrayvision", "xrv")
+    return extras.require("torchxrayvision", "xrv", "this backbone")
 
 
 @dataclass(frozen=True)

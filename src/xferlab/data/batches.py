@@ -58,6 +58,8 @@ class Preprocess:
         if x.shape[1] == 1 and self.channels > 1:
             x = x.expand(-1, self.channels, -1, -1)  # a view: the grayscale channel is read three times, not copied
         elif x.shape[1] > 1 and self.channels == 1:
+            # the model's own input rule, kept as it is: the channel mean on the device (the audit's and explain's
+            # rule, xferlab.data.images.gray_levels, is the same mean on the host)
             x = x.mean(1, keepdim=True)
         x = torch.addcmul(self.shift, x, self.scale)
         if self.size is not None and x.shape[-2:] != (self.size, self.size):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from xferlab.data.groups import check_setting
 from xferlab.data.registry import SOURCES
 from xferlab.errors import did_you_mean
+from xferlab.options import MAX_SEED
 
 
 class StrictModel(BaseModel):
@@ -24,7 +25,6 @@ class StrictModel(BaseModel):
 
 # Seeds reach numpy's generators (which refuse negative seeds) and scikit-learn's random_state (at most 2**32 - 1):
 # every seed of a config is a whole number in that range, so a bad one is a config error, not a traceback mid-run.
-MAX_SEED = 2**32 - 1
 Seed = Annotated[int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED)]
 
 # Upper bound that catches a typo (an extra zero) before it allocates: 4096 px is beyond every registered backbone's

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from xferlab import extras
 from xferlab.errors import XferlabError
 
 log = logging.getLogger(__name__)
@@ -124,11 +125,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
 
 
 def _pydicom():
-    try:
-        import pydicom
-    except ImportError:
-        raise XferlabError("reading DICOM files needs pydicom; install it with pip install 'xferlab[dicom]'") from None
-    return pydicom
+    return extras.require("pydicom", "dicom", "reading DICOM files")
 
 
 def _read_dataset(path: str | os.PathLike, header_only: bool):

@@ -24,6 +24,7 @@ from xferlab.data.dataset import SPLITS, ImageDataset
 from xferlab.data.exclude import keep_mask, npy_ids
 from xferlab.data.groups import file_groups, from_names, sidecar_groups
 from xferlab.data.images import (
+    channels_first,
     check_file_sizes,
     check_regular_file,
     concat_batches,
@@ -106,29 +107,8 @@ def _carve(
     return splits
 
 
-def _channels_first(array: np.ndarray, where: str) -> np.ndarray:
-    """N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3) -> N×H×W or N×3×H×W, as a view.
-
-    A 4-D shape that reads both ways (N×3×H×3) is taken as channel-first, xferlab's own layout.
-    """
-    if array.ndim == 4:
-        first, last = array.shape[1] in (1, 3), array.shape[-1] in (1, 3)
-        if last and not first:
-            array = array.transpose(0, 3, 1, 2)
-        if array.shape[1] == 1:
-            return array[:, 0]
-        if array.shape[1] == 3:
-            return array
-    elif array.ndim == 3:
-        return array
-    raise XferlabError(
-        f"{where}: array shape {array.shape} is not images; expected N×H×W, N×H×W×C or N×C×H×W with C = 1 or 3 "
-        "(3D volumes are not supported)"
-    )
-
-
 def _prepare_batch(array: np.ndarray, where: str, image_size: int | None) -> np.ndarray:
-    batch = to_uint8(_channels_first(array, where), where)
+    batch = to_uint8(channels_first(array, where), where)
     return batch if image_size is None else resize_images(batch, image_size)
 
 

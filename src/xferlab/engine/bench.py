@@ -12,7 +12,6 @@ busy neighbour slows the yardstick as it slows the passes.
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 
 import torch
@@ -28,14 +27,9 @@ from xferlab.engine.loop import make_adam, train_one_epoch
 from xferlab.engine.runtime import fixed_pass
 from xferlab.errors import XferlabError
 from xferlab.evaluation.timing import Timer, inference_throughput, matmul_flops_per_s, peak_rss_bytes
-from xferlab.hardware import cpu_model
+from xferlab.hardware import cpu_name
 
 MIN_IMAGE_SIZE = 32  # ResNets downsample 32x: below this the last stage has no spatial extent left
-
-
-def cpu_name() -> str:
-    """The CPU model and logical core count, e.g. 'AMD EPYC, 2 cores' (from /proc/cpuinfo where there is one)."""
-    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

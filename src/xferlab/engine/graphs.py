@@ -1,7 +1,8 @@
 """CUDA graphs for training: whether a run uses them (`cuda_graphs: auto|on|off`) and which epoch trainer it gets.
 
 At the reference study's batch 32 a GPU step is a few hundred short kernels, so launching them from Python costs as
-much as running them (README, GPU). A CUDA graph records a step's kernels once and replays them with one launch:
+much as running them (docs/performance/gpu.md). A CUDA graph records a step's kernels once and replays them with one
+launch:
 - a fixed backbone's head (frozen, adabn) trains a whole epoch per replay (xferlab.engine.headfit);
 - fine-tuning replays each full-size step (`GraphedSteps`): forward under autocast, backward and a fused, capturable
   Adam step read a static input batch; a batch of another size (the short last batch of an epoch) runs eagerly on

@@ -1,14 +1,13 @@
 """Training a head on cached features without a kernel launch per step: one epoch, one CUDA graph replay.
 
 A fixed backbone's run (frozen, adabn) trains a small linear head for epochs × ceil(n / batch) steps of a few tiny
-kernels each: on a GPU every step is bound by launch latency, not arithmetic (README, GPU). `HeadTrainer` computes a
-whole epoch on the device from a static index buffer: the epoch's shuffled order (the same DistributedSampler batches
-today's loop gets) is copied in, each step reads its learning rate from a precomputed schedule (the values
+kernels each: on a GPU every step is bound by launch latency, not arithmetic (docs/performance/gpu.md). `HeadTrainer`
+computes a whole epoch on the device from a static index buffer: the epoch's shuffled order (the same DistributedSampler
+batches today's loop gets) is copied in, each step reads its learning rate from a precomputed schedule (the values
 CosineAnnealingLR steps through) and the optimizer is torch's fused Adam with a tensor learning rate and device-side
-step counts, so nothing in the epoch needs the host. On CUDA the epoch is captured once as a CUDA graph and replayed;
-on CPU (or with cuda_graphs off) the same epoch body runs eagerly. Either way the epoch's loss and accuracy are read
-back in one host-device sync, as in xferlab.engine.loop.train_one_epoch, whose results it reproduces within float
-tolerance.
+step counts, so nothing in the epoch needs the host. On CUDA the epoch is captured once as a CUDA graph and replayed; on
+CPU (or with cuda_graphs off) the same epoch body runs eagerly. Either way the epoch's loss and accuracy are read back
+in one host-device sync, as in xferlab.engine.loop.train_one_epoch, whose results it reproduces within float tolerance.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ disk per batch (StreamedImages).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,10 +49,10 @@ from xferlab.engine import distributed, graphs
 from xferlab.engine.accel import Accel, accel_for, accelerator_scope, num_threads, place
 from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
 from xferlab.engine.guards import DivergingLosses, FiniteLosses
-from xferlab.engine.loop import adapt_batchnorm, extract_features, make_adam
+from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam
 from xferlab.engine.progress import EpochProgress
 from xferlab.engine.runtime import CHECK_IMAGES, RuntimeRecord, first_images, fixed_pass
-from xferlab.engine.test_bn import check_adaptable, check_split_counts, evaluate_test_bn
+from xferlab.engine.testtime_bn import check_adaptable, check_split_counts, evaluate_test_bn
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
 from xferlab.evaluation.flags import run_flags
@@ -118,22 +119,24 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
         model.load_state_dict(best.kept, strict=False)  # the rest of the weights never changed
         # images/s of the whole model: the cached backbone pass, else the last (warm) epoch's val and test pass
         throughput = prepared.images_per_s or n_eval / history[-1]["eval_seconds"]
-        metrics = _metrics(cfg, data, model, history, best, prepared.seconds, throughput, device, t_start)
+        probs, final_eval = _final_probs(model, preprocess, prepared, labels, best, accel, cfg.batch_size, dist)
+        metrics = _metrics(cfg, data, model, history, probs, best.epoch, prepared.seconds, throughput, device,
+                           t_start)
         metrics.update(_loading(data, load_seconds))
-        probs = best.record.probs
         metrics.update(run_flags({s: (_labels(data, s), p) for s, p in probs.items()}, bootstrap or BootstrapSettings(),
                                  data.class_names, _split_groups(data, probs)))
-        if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.test_bn)
+        if adapt_images:  # transductive numbers beside the plain ones (xferlab.engine.testtime_bn)
             metrics["test_bn"], _ = evaluate_test_bn(
                 model, adapt_images, labels, {s: _labels(data, s) for s in adapt_images},
                 lambda m, images: fixed_pass(m, preprocess, first_images(images, CHECK_IMAGES), _runtime(cfg, accel),
                                              n_images=len(images), dist=dist),
                 preprocess, cfg.batch_size, device, cfg.seed, cfg.test_bn_min_images, dist)
-        metrics["accel"] = {**accel.describe(), **(trainer.describe() if trainer else {"cuda_graphs": False})}
+        metrics["accel"] = {**accel.describe(), **(trainer.describe() if trainer else {"cuda_graphs": False}),
+                            "final_eval": final_eval}
         metrics["runtime"] = _runtime_record(cfg, prepared, metrics.get("test_bn"))
         metrics["distributed"] = {**dist.describe(), "weight_digests": _weight_digests(model, dist)}
         if stage is not None:
-            _write_run(stage, cfg, data, model, history, metrics, best.record.probs)
+            _write_run(stage, cfg, data, model, history, metrics, probs)
     return RunResult(Path(out), metrics, history)
 
 
@@ -282,12 +285,29 @@ def _changing_state(model: TransferModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(fixed)}
 
 
-def _metrics(cfg, data: ImageDataset, model, history, best, feature_seconds, throughput, device, t_start) -> dict:
-    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in best.record.probs.items()}
+def _final_probs(model: TransferModel, preprocess, prepared: _Prepared, labels: dict, best: BestEpoch, accel: Accel,
+                 batch_size: int, dist: distributed.Dist) -> tuple[dict[str, np.ndarray], str]:
+    """The saved val/test probabilities of the best weights (now loaded in `model`), and in what precision.
+
+    Under bf16 autocast the epochs were evaluated, and the best one chosen, in bf16; the best weights are evaluated
+    once more in fp32, the precision `predict` is checked against (xferlab.engine.runtime), so predictions.npz,
+    metrics.json and `xferlab predict` on the same images agree (bf16 moved Lite0's probabilities by up to 1e-2)."""
+    if accel.amp_dtype is None or prepared.cached:
+        return best.record.probs, "as evaluated in the best epoch"
+    model.eval()
+    fp32 = dataclasses.replace(accel, amp_dtype=None, compile=False).forward(model, preprocess)
+    probs = {s: evaluate(fp32, prepared.inputs[s], labels[s], batch_size, accel.device, dist)[2]
+             for s in best.record.probs}
+    return probs, "fp32: the best weights evaluated again (the epochs were chosen on bf16 evaluations)"
+
+
+def _metrics(cfg, data: ImageDataset, model, history, probs: dict, best_epoch: int, feature_seconds, throughput,
+             device, t_start) -> dict:
+    split_metrics = {s: classification_metrics(_labels(data, s), p) for s, p in probs.items()}
     return {
         "backbone": cfg.backbone,
         "regime": cfg.regime,
-        "best_epoch": best.epoch,
+        "best_epoch": best_epoch,
         "val": split_metrics["val"],
         "test": split_metrics.get("test"),
         "train_seconds": sum(r["train_seconds"] for r in history),

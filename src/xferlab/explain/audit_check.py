@@ -62,8 +62,8 @@ def audit_shortcut(data: ImageDataset, data_format: str, data_path: Path, run_di
     return record
 
 
-def shortcut_finding(record: dict) -> dict:
-    """An audit verdict finding for the check."""
+def shortcut_finding(record: dict) -> tuple[str, str]:
+    """The check's finding for the audit's verdict: (level, text), the audit's Finding (xferlab.audit.entry)."""
     where, ref = record["zone"], record["reference"]
     changes = (f"mean largest change {record['zone_change']:.3f} vs {record['roi_change']:.3f}, the zone's larger on "
                f"{record['zone_wins']:.0%} of the images; p = {record['p_value']:.3g}, alpha {record['alpha']}")
@@ -71,7 +71,7 @@ def shortcut_finding(record: dict) -> dict:
     if record["alarm"]:
         text = (f"Likely shortcut: occluding the run's most salient windows in the {where} changes its predictions "
                 f"more than occluding those of the {ref} ({changes}); {maps}.")
-        return {"topic": "shortcut", "level": "caution", "text": text}
+        return "caution", text
     text = (f"No shortcut found: occluding the most salient windows in the {where} changes predictions no more than "
             f"occluding those of the {ref} beyond chance ({changes}); {maps}.")
-    return {"topic": "shortcut", "level": "ok", "text": text}
+    return "ok", text

@@ -20,20 +20,18 @@ import numpy as np
 import torch
 import torch.fx
 
+from xferlab import extras
 from xferlab.backbones.registry import TransferModel
 from xferlab.data.batches import Preprocess
 from xferlab.engine.runtime import CHECK_IMAGES, fixed_pass
 from xferlab.errors import XferlabError
 
-EXTRA_HINT = "pip install 'xferlab[explain]'"
-
 
 def grad_cam_classes():
-    try:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError as err:
-        raise XferlabError(f"explanations need the grad-cam package ({err}); install it with {EXTRA_HINT}") from None
+    extras.require("pytorch_grad_cam", "explain", "Grad-CAM (xferlab explain, the audit's shortcut check)")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     return GradCAM, ClassifierOutputTarget
 
 

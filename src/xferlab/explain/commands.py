@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from xferlab.errors import XferlabError
+from xferlab.options import MAX_SEED, positive_int, whole_number
 
 
 def add_parsers(sub) -> None:
@@ -18,11 +19,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--data", help="explain on this dataset path instead of the run's (same format and classes)")
-    p.add_argument("--max-errors", type=int, default=16, help="overlays of misclassified images per split")
-    p.add_argument("--per-class", type=int, default=4, help="overlays of correct images per class and split")
-    p.add_argument("--max-images", type=int, default=512, help="maps per split; a seeded sample beyond it")
+    p.add_argument("--max-errors", type=whole_number(0), default=16, help="overlays of misclassified images per split")
+    p.add_argument("--per-class", type=whole_number(0), default=4,
+                   help="overlays of correct images per class and split")
+    p.add_argument("--max-images", type=positive_int, default=512, help="maps per split; a seeded sample beyond it")
     p.add_argument("--layer", help="module to read instead of the registry's cam_layer (e.g. layer3 for tiny images)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image sample and the overlays drawn (default 0)")
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0,
+                   help="seed of the image sample and the overlays drawn (default 0)")
     from xferlab.config import RUNTIMES
 
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",

@@ -21,7 +21,7 @@ import torch
 from xferlab import artifacts, files
 from xferlab.data.batches import as_tensor
 from xferlab.data.config import DataConfig
-from xferlab.data.images import read_image_file, resize_image
+from xferlab.data.images import gray_uint8, read_image_file, resize_image
 from xferlab.data.sources import load_dataset
 from xferlab.errors import XferlabError
 from xferlab.explain.cam import choose_layer, grad_cam
@@ -89,13 +89,6 @@ def dataset_splits(run: LoadedRun, opts: ExplainOptions) -> list[SplitInput]:
     return out
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    """uint8 H×W, or 3×H×W reduced to its luma (ITU-R 601, as Pillow's "L"): the maps are drawn over gray images."""
-    if image.ndim == 2:
-        return image
-    return np.round(np.tensordot((0.299, 0.587, 0.114), image.astype(np.float32), axes=1)).astype(np.uint8)
-
-
 def _read_input(path: Path, size: tuple[int, int]) -> np.ndarray:
     """One INPUT file as K×H×W uint8 at the run's size: an .npy array (H×W or N×H×W) or an image file decoded as
     `xferlab predict` decodes it (xferlab.data.images.read_image_file: DICOM and 16-bit included)."""
@@ -112,7 +105,7 @@ def _read_input(path: Path, size: tuple[int, int]) -> np.ndarray:
             raise XferlabError(f"{path}: need a uint8 H×W or N×H×W array, got {array.dtype} {array.shape}")
         frames = [array] if array.ndim == 2 else list(array)
     else:
-        frames = [_gray(read_image_file(path, size))]
+        frames = [gray_uint8(read_image_file(path, size)[None])[0]]  # the maps are drawn over gray images
     return np.stack([resize_image(f, size) for f in frames])
 
 

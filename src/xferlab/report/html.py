@@ -181,8 +181,12 @@ def _patients_note(results: StudyResults) -> str:
     counts = {s: ev["patients"] for r in results.records for s, ev in r.evaluation.items() if ev.get("patients")}
     if not counts:
         return ""
+    per_split = next((r.metrics["patients"] for r in results.records if r.metrics.get("patients")), {})
+    shown = "; ".join(f"{s} {c['patients']} patients, {c['images']} images, median {c['median']:g}, max {c['max']}, "
+                      f"{100 * c['share_multi']:.0f} % with more than one" for s, c in per_split.items())
     return " Patients resampled: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + \
-        " (a patient drawn twice counts all its images twice; docs/patients.md)."
+        " (a patient drawn twice counts all its images twice; docs/patients.md)." + \
+        (f" Images per patient: {shown}." if shown else "")
 
 
 def _excluded_note(results: StudyResults) -> str:

@@ -104,6 +104,28 @@ def option_origin(values: dict, path: str | os.PathLike, config: dict, key: str)
     return f"{path} line {values.key_lines[keys]}: {'.'.join(map(str, keys))}" if keys else "the default"
 
 
+def retry_advice(values: dict, diverged: list[dict], finished: list[dict], key: str = "lr") -> str:
+    """Where to lower option `key` for the diverged runs (their resolved configs) without changing it for a finished
+    run, which a resumed study would then refuse (study.runner.check_finished_run): the YAML section that set it when
+    only diverged runs read it there, else a per_regime (or per_backbone) entry of its own for the diverged runs."""
+    def readers(keys: tuple[str, ...] | None, pick) -> list[dict]:
+        return [c for c in finished if _set_at(values, c.get("backbone"), c.get("regime"), key) == keys and pick(c)]
+
+    first = diverged[0]
+    keys = _set_at(values, first.get("backbone"), first.get("regime"), key)
+    if keys is not None and not readers(keys, lambda c: True):
+        return f"lower {'.'.join(map(str, keys))} in the study YAML"
+    lines = getattr(values, "key_lines", {})
+    for section, coordinate, other in (("per_regime", "regime", "per_backbone"), ("per_backbone", "backbone",
+                                                                                  "per_regime")):
+        names = sorted({c.get(coordinate) for c in diverged})
+        clash = any(k[0] == other and k[-1] == key for k in lines)  # one key set by both kinds of override: an error
+        if not clash and not [c for c in finished if c.get(coordinate) in names]:
+            return f"set a lower {key} for them under {section}: " + ", ".join(f"{section}.{n}.{key}" for n in names)
+    return (f"lower {key} for them in the study YAML; finished runs whose {key} changes with it are refused on "
+            "resume: give their cells their own value or rerun everything with --force")
+
+
 def _check_override_names(overrides: dict, names: list[str], section: str, grid_key: str, where: str) -> None:
     for name in overrides:
         if name not in names:

@@ -179,7 +179,7 @@ def result_row(record: RunRecord) -> dict:
         "calibration": record.calibration,
         "operating_points": record.operating_points,
         "timing": timing(record),
-        "test_bn": m.get("test_bn"),  # transductive test-time BatchNorm metrics (xferlab.engine.test_bn), or None
+        "test_bn": m.get("test_bn"),  # transductive test-time BatchNorm metrics (xferlab.engine.testtime_bn), or None
         "config": record.config,
     }
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from xferlab import artifacts
+from xferlab import artifacts, extras
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
@@ -43,9 +42,7 @@ def tools(track: Sequence[str]) -> tuple[str, ...]:
     for tool in chosen:
         if tool not in TOOLS:
             raise XferlabError(f"unknown tracker '{tool}'; choose mlflow or tensorboard")
-        if importlib.util.find_spec(tool) is None:
-            raise XferlabError(f"--track {tool} needs the {tool} package; install it with "
-                               f"pip install 'xferlab[{EXTRA[tool]}]'")
+        extras.check_installed(tool, EXTRA[tool], f"--track {tool}")
     return chosen
 
 

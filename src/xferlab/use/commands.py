@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xferlab.options import positive_int
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("predict", help="class probabilities for new images with a trained run, into a CSV")
@@ -14,11 +16,11 @@ def add_parsers(sub) -> None:
                    help="image files (PNG/JPEG/TIFF/BMP/DICOM), folders (recursive; a subfolder per class gives "
                         "labels), a CSV manifest (path[,label]) or .npy stacks")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
-    from xferlab.config import RUNTIME_HELP, RUNTIMES
+    from xferlab.config import DEVICES, RUNTIME_HELP, RUNTIMES
 
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--test-bn", choices=["off", "adapt"], default="off",
                    help="adapt: re-estimate BatchNorm statistics on all the inputs first (AdaBN; transductive, marked "
@@ -28,7 +30,7 @@ def add_parsers(sub) -> None:
     p.add_argument("run", type=Path, help="a run folder written by xferlab train")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", type=Path, help="output file (default: RUN/model.onnx)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

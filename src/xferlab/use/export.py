@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import xferlab
-from xferlab import artifacts, files
+from xferlab import artifacts, extras, files
 from xferlab.errors import XferlabError
 from xferlab.use.model import LoadedRun, Preprocessing, load_run
 
@@ -48,13 +48,8 @@ class _WithPreprocessing(nn.Module):
 
 
 def _onnx_modules():
-    try:
-        import onnx
-        import onnxscript  # noqa: F401  (torch's exporter needs it)
-    except ImportError:
-        raise XferlabError("ONNX export needs onnxscript; install it with pip install 'xferlab[onnx]'") \
-            from None
-    return onnx
+    extras.require("onnxscript", "onnx", "ONNX export")  # torch's exporter needs it
+    return extras.require("onnx", "onnx", "ONNX export")
 
 
 def metadata(run: LoadedRun) -> dict[str, str]:

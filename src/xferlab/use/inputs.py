@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from xferlab.data.hospital import is_dicom
-from xferlab.data.images import describe_files, read_image_file, to_uint8
+from xferlab.data.images import channels_first, describe_files, read_image_file, to_uint8
 from xferlab.data.sources import IMAGE_EXTENSIONS, NPY_TEST_PREFIX
 from xferlab.errors import XferlabError, did_you_mean
 
@@ -30,12 +30,6 @@ class InputItem:
     path: Path
     index: int | None = None
     label: int | None = None  # index into the run's class names, when known
-
-
-@dataclass
-class Inputs:
-    items: list[InputItem]
-    skipped: list[str] = field(default_factory=list)  # unreadable files left out (--skip-unreadable)
 
 
 def _class_of(name: str, class_names: Sequence[str]) -> int | None:
@@ -138,12 +132,8 @@ class Decoder:
         if item.path not in self._stacks:
             self._stacks[item.path] = _open_npy(item.path)
         stack = self._stacks[item.path]
-        image = np.asarray(stack[item.index])
-        if image.ndim == 3 and image.shape[0] not in (1, 3) and image.shape[-1] in (1, 3):
-            image = image.transpose(2, 0, 1)  # H×W×C -> C×H×W
-        if image.ndim == 3 and image.shape[0] == 1:
-            image = image[0]
-        return to_uint8(image, f"{item.path}[{item.index}]")
+        where = f"{item.path}[{item.index}]"
+        return to_uint8(channels_first(np.asarray(stack[item.index])[None], where)[0], where)
 
     def batches(self, items: Sequence[InputItem], batch_size: int
                 ) -> Iterator[tuple[list[InputItem], list[np.ndarray]]]:

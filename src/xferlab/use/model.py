@@ -20,10 +20,10 @@ from PIL import Image
 from xferlab.backbones.registry import TransferModel, create_model
 from xferlab.config import TrainConfig
 from xferlab.data.batches import Preprocess
-from xferlab.data.images import decode_pil, read_image_file, resize_image, stack_images, to_uint8
+from xferlab.data.images import channels_first, decode_pil, read_image_file, resize_image, stack_images, to_uint8
 from xferlab.engine.run import resolve_device
 from xferlab.engine.runtime import CHECK_IMAGES, FixedPass, RuntimeRecord, check_runtime, eager, fixed_pass
-from xferlab.engine.test_bn import TEST_BN_MODES, adapted_model
+from xferlab.engine.testtime_bn import TEST_BN_MODES, adapted_model
 from xferlab.errors import XferlabError, did_you_mean
 from xferlab.evaluation.flags import saved_run_flags
 from xferlab.inputs import InputSpec
@@ -64,27 +64,10 @@ def build_model(checkpoint: Checkpoint) -> TransferModel:
     return model.eval()
 
 
-def _channels_first(array: np.ndarray) -> np.ndarray:
-    """N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3) -> N×H×W or N×3×H×W."""
-    if array.ndim == 2:
-        return array[None]
-    if array.ndim == 3:
-        return array
-    if array.ndim == 4:
-        if array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):
-            array = array.transpose(0, 3, 1, 2)
-        if array.shape[1] == 1:
-            return array[:, 0]
-        if array.shape[1] == 3:
-            return array
-    raise XferlabError(f"array of shape {array.shape} is not images; give N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3), "
-                       "or one H×W image")
-
-
 def as_images(x) -> list[np.ndarray] | np.ndarray:
     """predict's input as uint8 images (H×W or 3×H×W each): a path, PIL image, array, or a sequence of them."""
     if isinstance(x, np.ndarray):
-        return to_uint8(_channels_first(x), "array")
+        return to_uint8(channels_first(x[None] if x.ndim == 2 else x, "array"), "array")
     if isinstance(x, (str, os.PathLike, Image.Image)):
         x = [x]
     if not isinstance(x, Sequence) or isinstance(x, (str, bytes)):
@@ -186,7 +169,7 @@ class LoadedRun:
     def adapted(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
                 seed: int = 0, min_images: int | None = None) -> LoadedRun:
         """A copy of this run whose BatchNorm statistics are re-estimated on `images` (test-time BatchNorm, AdaBN:
-        xferlab.engine.test_bn.adapted_model); this run is untouched. Its predictions are transductive: they depend
+        xferlab.engine.testtime_bn.adapted_model); this run is untouched. Its predictions are transductive: they depend
         on the other images given. Refused below `min_images` (default: the run's test_bn_min_images)."""
         batch = torch.from_numpy(np.ascontiguousarray(self.prepare(images))).to(self.device)
         limit = self.config.test_bn_min_images if min_images is None else min_images

@@ -18,7 +18,7 @@ from xferlab.data.config import DataConfig
 from xferlab.data.phantoms import generate_phantoms
 from xferlab.engine.accel import num_threads
 from xferlab.engine.run import train
-from xferlab.engine.test_bn import adapted_model
+from xferlab.engine.testtime_bn import adapted_model
 from xferlab.errors import XferlabError
 
 

@@ -1,8 +1,8 @@
 """Rewrite the docs site's GPU page (docs/performance/gpu.md) from the JSON benchmarks/gpu_study.py wrote, so its
 figures are never retyped.
 
-    python benchmarks/gpu_readme.py                    # benchmarks/results/gpu_study.json -> docs/performance/gpu.md
-    python benchmarks/gpu_readme.py --json J --page P  # other files; --print shows the section instead
+    python benchmarks/gpu_docs.py                    # benchmarks/results/gpu_study.json -> docs/performance/gpu.md
+    python benchmarks/gpu_docs.py --json J --page P  # other files; --print shows the section instead
 
 Only the text between the `<!-- gpu-study:begin -->` and `<!-- gpu-study:end -->` lines is replaced; the page's prose
 around them is kept. `mkdocs build --strict` (in `make test`) then renders it.
@@ -46,7 +46,7 @@ def _header(doc: dict) -> list[str]:
         f"{gpu}; {env['cpu']}; torch {env['torch']} (CUDA {env['cuda']}), Python {env['python']}. Command: "
         "`bash benchmarks/gpu_study.sh` (CUDA tests, then `python benchmarks/gpu_study.py`, "
         f"{_f(doc['seconds'].get('total'), 0)} s in one process), this section written by "
-        "`python benchmarks/gpu_readme.py` from `benchmarks/results/gpu_study.json`. Data: "
+        "`python benchmarks/gpu_docs.py` from `benchmarks/results/gpu_study.json`. Data: "
         f"{2 * s['n_per_class']:,} train-pool / {2 * s['n_test_per_class']:,} test acquisition-shifted phantoms at "
         f"{s['image']}², {s['epochs']} epochs, batch {s['batch']}, Adam 1e-3, cosine; random initial weights (the "
         "GPU machine is offline: timings are comparable with the report's, accuracies are not). Measured "
@@ -136,7 +136,7 @@ def render(doc: dict) -> str:
     return "\n".join(_header(doc) + _study(doc) + _bench(doc) + _zoo(doc))
 
 
-MARKER = f"{BEGIN}: written by benchmarks/gpu_readme.py from benchmarks/results/gpu_study.json; do not edit -->"
+MARKER = f"{BEGIN}: written by benchmarks/gpu_docs.py from benchmarks/results/gpu_study.json; do not edit -->"
 
 
 def replace_section(page: str, body: str) -> str:
