@@ -50,14 +50,17 @@ def test_audit_end_to_end_flags_a_shifted_test_split(small_shifted, tmp_path, ca
     assert result["resplit"]["status"] == "ok" and len(result["resplit"]["runs"]) == 19
     assert result["verdict"]["level"] == "problem"
     assert {f["topic"] for f in result["verdict"]["findings"]} == {"shift", "class_balance", "pixels", "leakage",
-                                                                  "resplit"}
+                                                                  "resplit", "labels"}
+    labels = next(f for f in result["verdict"]["findings"] if f["topic"] == "labels")
+    assert labels["level"] != "problem"  # beside an image shift, more flags in test are not told apart from it
     assert set(result["seconds"]) >= {"embedding", "shift", "pixels", "leakage", "resplit", "figures", "total"}
     arrays = np.load(out / "audit_arrays.npz")
     assert arrays["pixel_stats"].shape == (110, len(arrays["stat_names"]))
 
     html = render_audit_section(out)
     assert html.startswith('<section id="audit">') and html.endswith("</section>")
-    assert html.count("<img ") == 4 and html.count("data:image/png;base64,") == 4
+    shown = 4 + (out / "labels.png").exists()  # the label check's thumbnails, when it flags test images
+    assert html.count("<img ") == shown and html.count("data:image/png;base64,") == shown
     assert "Split audit" in html and "Re-split experiment" in html and "nan" not in html.lower().split("base64")[0]
     assert re.search(r'class="verdict problem"', html)
 

@@ -108,6 +108,13 @@ def test_verdict_words_and_headline():
     assert verdict["level"] == "problem" and verdict["headline"] == labels.HEADLINE != HEADLINE_PROBLEM
 
 
+def test_beside_an_image_shift_more_flags_in_test_are_a_caution(monkeypatch):
+    """A probe fits shifted test images worse and flags more of them: that is not told apart from label errors."""
+    monkeypatch.setattr(labels.verdict, "shift_finding", lambda shift: ("problem", "Image shift: ..."))
+    level, text = labels.finding(_record(12, True), {"shift": {}})
+    assert level == "caution" and "image shift" in text
+
+
 def test_without_cleanlab_the_check_is_skipped_with_the_install_line(tiny_npy, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else real(name, *a))

@@ -27,7 +27,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 import xferlab.audit.blocks as blocks
-from xferlab import artifacts, files
+import xferlab.audit.verdict as verdict
+from xferlab import artifacts, extras, files
 from xferlab.audit.common import REFERENCE, TARGET, skipped
 from xferlab.audit.entry import AuditInputs, Computed, Finding
 from xferlab.audit.leakage import describe, split_positions
@@ -101,12 +102,12 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes:
 
 def find_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(flagged: N bool, label quality: N self-confidence scores) by cleanlab."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
+    cleanlab_filter = extras.require("cleanlab.filter", "labels", "the audit's label check")
+    cleanlab_rank = extras.require("cleanlab.rank", "labels", "the audit's label check")
     # n_jobs=1: the check runs on a thread beside others, where forking worker processes is unsafe
-    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
-    return np.asarray(flagged, dtype=bool), get_label_quality_scores(labels, probs, method="self_confidence")
+    flagged = cleanlab_filter.find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
+    return np.asarray(flagged, dtype=bool), cleanlab_rank.get_label_quality_scores(labels, probs,
+                                                                                   method="self_confidence")
 
 
 def image_ids(data: ImageDataset) -> list[str] | None:
@@ -199,10 +200,15 @@ def _pct(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.1f} %"
 
 
+def _shifted(audit: dict) -> bool:
+    return "shift" in audit and verdict.shift_finding(audit["shift"])[0] == "problem"
+
+
 def finding(record: dict, audit: dict) -> Finding:
     """ok: no test image flagged; problem: test's flagged share above train+val's (one-sided Fisher exact test at
-    alpha); caution otherwise: some test labels look wrong, at the rate of the rest of the data, which the
-    probe's own errors reach on clean labels too (docs/labels.md)."""
+    alpha), unless the test images differ from train+val's (then a caution: the shift alone raises the share);
+    caution otherwise: some test labels look wrong, at the rate of the rest of the data, which the probe's own errors
+    reach on clean labels too (docs/labels.md)."""
     if record.get("status") != "ok":
         return "caution", f"Labels: not checked ({record['reason']})."
     test = record["per_split"].get(TARGET)
@@ -219,6 +225,10 @@ def finding(record: dict, audit: dict) -> Finding:
     plural = ("s", "") if n != 1 else ("", "s")
     head = f"Labels: {n} test image{plural[0]} ({_pct(test['share'])}) look{plural[1]} mislabelled"
     where = f"; listed in {record['file']}, most doubtful first" if n else ""
+    if comparison["test_higher"] and _shifted(audit):
+        return "caution", (f"{head}, more than elsewhere ({numbers}){where}; but the test images differ from "
+                           "train+val's (image shift), and a probe flags more of the images it fits worse, so this "
+                           "is not told apart from the shift.")
     if comparison["test_higher"]:
         return "problem", f"{head}, more than elsewhere ({numbers}){where}."
     if n:
