@@ -80,6 +80,7 @@ def test_the_id_column_is_found_by_its_header(tmp_path):
 def test_real_files_are_excluded_by_their_relative_path(tmp_path):
     files = sorted(p.relative_to(KERMANY).as_posix() for p in KERMANY.rglob("*.jp*g"))
     drop = [files[0], files[-1]]
-    data = load_dataset(DataConfig(path=KERMANY, format="folder", image_size=32,
+    # groups given: the preset hint is logged once per process, and tests/data/test_groups.py looks for it
+    data = load_dataset(DataConfig(path=KERMANY, format="folder", image_size=32, groups="kermany",
                                    exclude=_ids_file(tmp_path / "ex.csv", drop)))
-    assert len(data.labels) == len(files) - 2 and not set(drop) & set(data.meta["ids"])
+    assert len(data.labels) == len(data.groups) == len(files) - 2 and not set(drop) & set(data.meta["ids"])
