@@ -294,15 +294,16 @@ def _figure(data: ImageDataset, shown: np.ndarray, arrays: dict, positions: np.n
     import matplotlib.pyplot as plt
 
     rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(min(10.0, 1.3 * cols), 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(10.0, 1.3 * cols), 0.4 + 1.9 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, shown):
         image = data.images[i]
         ax.imshow(image.transpose(1, 2, 0) if image.ndim == 3 else image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"test #{positions[i]}\ngiven {data.class_names[data.labels[i]]}\nsuggested "
+        ax.set_title(f"test #{positions[i]}\n{data.class_names[data.labels[i]]} →\n"
                      f"{data.class_names[arrays['suggested_label'][i]]}", fontsize=8)
-    fig.tight_layout()
+    fig.suptitle("most doubtful test images: given label → suggested label", fontsize=9)
     files.save_figure(path, fig)
     plt.close(fig)
     return path.name
