@@ -102,7 +102,7 @@ def _measure(data, embeddings, descriptors, planted: np.ndarray, hard: np.ndarra
             "flagged": len(flagged), "flagged_share": len(flagged) / len(test),
             "hard_in_top_k": int(np.isin(ranked[:max(k, 1)], hard).sum()) if len(hard) else None,
             "level": finding(record, audit)[0], "probe_accuracy": record["probe"]["accuracy"],
-            "train_val_share": record["comparison"]["train+val"] / int(np.count_nonzero(data.splits != "test")),
+            "train_val_share": record["comparison"]["train_val"] / int(np.count_nonzero(data.splits != "test")),
             "p": record["comparison"]["p"], "seconds": seconds}
 
 

@@ -93,7 +93,7 @@ def _record(test_count: int, test_higher: bool) -> dict:
     ref = {"images": 2000, "count": 40, "share": 0.02, "per_class": {}}
     return {"status": "ok", "unit": "image", "probe": {"accuracy": 0.9, "folds": 5, "model": "m", "features": "f"},
             "per_split": {"train": ref, "test": split}, "listed": {"test": []}, "file": artifacts.LABEL_ISSUES_CSV,
-            "comparison": {"test": test_count, "train+val": 40, "p": 0.001 if test_higher else 0.4, "alpha": 0.05,
+            "comparison": {"test": test_count, "train_val": 40, "p": 0.001 if test_higher else 0.4, "alpha": 0.05,
                            "test_higher": test_higher}}
 
 

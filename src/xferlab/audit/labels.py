@@ -148,7 +148,7 @@ def _comparison(flagged: np.ndarray, splits: np.ndarray, alpha: float) -> dict:
     test, ref = splits == TARGET, np.isin(splits, REFERENCE)
     a, b = int(flagged[test].sum()), int(flagged[ref].sum())
     p = float(fisher_exact([[a, int(test.sum()) - a], [b, int(ref.sum()) - b]], alternative="greater")[1])
-    return {"test": a, "train+val": b, "p": p, "alpha": alpha, "test_higher": bool(p <= alpha and a > 0)}
+    return {"test": a, "train_val": b, "p": p, "alpha": alpha, "test_higher": bool(p <= alpha and a > 0)}
 
 
 def label_audit(data: ImageDataset, embeddings: np.ndarray, descriptors: np.ndarray | None, folds: int, seed: int,
