@@ -6,6 +6,7 @@ the check adds to the audit. Not run by the tests; docs/labels.md holds the numb
     python benchmarks/label_errors.py clean --seeds 10 --work /tmp/label_errors  # no flips, other phantom seeds
     python benchmarks/label_errors.py seconds --n 2400 --work /tmp/label_errors  # the audit with and without it
     python benchmarks/label_errors.py seconds --n 58000 --size 32 --work /tmp/label_errors
+    python benchmarks/label_errors.py probes --work /tmp/label_errors            # other probes on the same draws
 
 `flips`: phantoms at 64 px, 2,000 train-pool + 400 test images (1,000 + 200 per class), EfficientNet-Lite0 embeddings
 (the audit's default backbone) and spectral descriptors computed once; then, per condition and draw, the test labels
@@ -18,6 +19,10 @@ lesions at half contrast), then plants 5 % flips elsewhere and counts the hard i
 
 `clean`: the same phantoms drawn with other seeds and no flips: the verdict's level and the share flagged per seed
 (what the check says about clean labels).
+
+`probes`: at 5 % flips, the same draws with other probes on the same features in place of the check's logistic
+regression (its C, a small MLP): precision at k, recall, the flagged count and the seconds per draw (the choice of
+probe, measured).
 
 `seconds`: the whole audit (benchmarks/audit_scale.py's `one`: --resplits 5 --permutations 200, CPU, one thread) with
 the label check and with it removed from the registry, alternating, each in its own process.
@@ -192,6 +197,32 @@ def seconds(args: argparse.Namespace) -> None:
                       "ratio_of_medians": float(np.median(with_) / np.median(without_))}))
 
 
+def probes(args: argparse.Namespace) -> None:
+    """The check's pipeline (label_audit) at 5 % flips with its probe swapped for others on the same features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    import xferlab.audit.labels as labels
+
+    data = _dataset(args.work)
+    embeddings, descriptors = _features(data)
+    candidates = {f"logistic regression, C = {c}": (lambda c=c: LogisticRegression(C=c, max_iter=1000))
+                  for c in (0.003, 0.01, 0.03, 0.1)}
+    candidates["MLP, 64 hidden units, alpha 1"] = lambda: MLPClassifier((64,), alpha=1.0, max_iter=300,
+                                                                        random_state=0)
+    planted = [_plant(data, 0.05, False, np.random.default_rng(draw), np.empty(0, dtype=np.int64))
+               for draw in range(args.draws)]
+    original = labels.LogisticRegression
+    try:
+        for name, make in candidates.items():
+            labels.LogisticRegression = lambda make=make, **kwargs: make()  # the check builds its probe by this name
+            draws = [_measure(flipped, embeddings, descriptors, flips, np.empty(0)) for flipped, flips in planted]
+            print(json.dumps({"probe": name, **_summary(draws)}), flush=True)
+    finally:
+        labels.LogisticRegression = original
+    print(json.dumps({"cpu": _cpu(), "draws": args.draws}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -200,6 +231,10 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--embeddings-only", action="store_true", help="the probe without the spectral descriptors")
     p.set_defaults(fn=flips)
+    p = sub.add_parser("probes")
+    p.add_argument("--work", type=Path, default=Path("/tmp/label_errors"))
+    p.add_argument("--draws", type=int, default=5)
+    p.set_defaults(fn=probes)
     p = sub.add_parser("clean")
     p.add_argument("--work", type=Path, default=Path("/tmp/label_errors"))
     p.add_argument("--seeds", type=int, default=10)
