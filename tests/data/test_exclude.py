@@ -84,3 +84,28 @@ def test_real_files_are_excluded_by_their_relative_path(tmp_path):
     data = load_dataset(DataConfig(path=KERMANY, format="folder", image_size=32, groups="kermany",
                                    exclude=_ids_file(tmp_path / "ex.csv", drop)))
     assert len(data.labels) == len(data.groups) == len(files) - 2 and not set(drop) & set(data.meta["ids"])
+
+
+def test_a_study_with_unknown_ids_writes_nothing(tmp_path, capsys):
+    import yaml
+
+    from xferlab.cli import main
+
+    root = write_tiny_npy(tmp_path / "tiny")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"data": {"path": str(root)}, "backbones": ["resnet18"], "regimes": ["frozen"],
+                                     "train": {"weights": "none", "epochs": 1}}))
+    bad = _ids_file(tmp_path / "bad.csv", ["normal.npy:999"])
+    assert main(["study", str(study), "--exclude", str(bad), "--out", str(tmp_path / "out"), "-q"]) == 2
+    assert "bad.csv: 1 id(s) not in this dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_that_names_no_images_cannot_exclude(tmp_path, monkeypatch):
+    from xferlab.data import sources
+
+    root = write_tiny_npy(tmp_path / "tiny")
+    plain = sources.SOURCES["npy"]
+    monkeypatch.setitem(sources.SOURCES, "npy", lambda cfg: plain(cfg.model_copy(update={"exclude": None})))
+    with pytest.raises(XferlabError, match="the 'npy' source gives its images no ids"):
+        load_dataset(DataConfig(path=root, exclude=_ids_file(tmp_path / "ex.csv", ["normal.npy:0"])))

@@ -125,7 +125,7 @@ CHECKS: dict[str, AuditCheck] = {check.name: check for check in (
                blocks.resplit_block, _resplit_figures, stage=resplit_stage),
     # cleanlab on out-of-fold probe probabilities; BESIDE: it needs the embeddings only (docs/labels.md times it)
     AuditCheck("labels", "Label errors", labels.compute, labels.finding, labels.block, labels.figures,
-               stage=BESIDE, needs=("cleanlab", "labels"), headline=labels.HEADLINE),
+               stage=BESIDE, needs=("cleanlab", "labels"), headline=labels.HEADLINE, headline_defers=True),
     # needs a trained model: the run named in the config (xferlab.explain.audit_check)
     AuditCheck("shortcut", "Shortcut check", _shortcut, _shortcut_finding, blocks.shortcut_block, stage=AFTER,
                enabled=_shortcut_enabled, prepare=_shortcut_prepare),

@@ -69,7 +69,8 @@ class AuditCheck:
     this audit runs it at all; `stage`: when it runs (a stage, or a function of the config giving one);
     `prepare(data, cfg)`: raises before the long steps when the check cannot run on this
     data; `needs`: (module, extra) of an optional package; `headline`: the verdict's headline when this check's finding
-    is a problem (the first such check in registry order wins; None: 'the test split is not a random sample')."""
+    is a problem (the first such check in registry order wins; None: 'the test split is not a random sample');
+    `headline_defers`: its headline only when no other check's finding is a problem (a lesser concern, e.g. labels)."""
 
     name: str
     title: str
@@ -82,6 +83,7 @@ class AuditCheck:
     prepare: Callable[[ImageDataset, AuditConfig], None] | None = None
     needs: tuple[str, str] | None = None
     headline: str | None = None
+    headline_defers: bool = False
     timed_as: str | None = None
 
 

@@ -195,6 +195,9 @@ def _headline(level: str, findings: dict[str, tuple[str, str]], checks: Iterable
     if level == "caution":
         return HEADLINE_CAUTION
     problems = [c for c in checks if findings.get(c.name, ("",))[0] == "problem"]
+    leading = [c for c in problems if not c.headline_defers]
+    if leading:  # the first leading check's own headline, else the general one
+        return next((c.headline for c in leading if c.headline), HEADLINE_PROBLEM)
     return next((c.headline for c in problems if c.headline), HEADLINE_PROBLEM)
 
 

@@ -55,7 +55,18 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     """Read the dataset cfg describes with the source registered for cfg.format (DataConfig checked the name)."""
     if not Path(cfg.path).exists():
         raise XferlabError(f"{cfg.path}: data path does not exist; check data.path (--data)")
-    return SOURCES[cfg.format](cfg)
+    data = SOURCES[cfg.format](cfg)
+    if cfg.exclude is not None and not data.meta.get("excluded"):  # a source that ignores it would exclude nothing
+        raise XferlabError(f"data.exclude (--exclude {cfg.exclude}): the '{cfg.format}' source gives its images no "
+                           "ids, so it cannot leave any out; remove data.exclude or use a source that names its "
+                           "images (npy, folder, csv, medmnist)")
+    return data
+
+
+def check_exclude(cfg: DataConfig) -> None:
+    """Raise the error data.exclude would raise when the data is loaded (a missing file, unknown ids), without
+    decoding images (file headers only): a study calls it before writing its folder."""
+    load_dataset(cfg.model_copy(update={"memory_budget_mb": 0}))
 
 
 # ---- shared steps -------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
     find_environment,
 )
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
+from xferlab.data.sources import check_exclude
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.engine.guards import Diverged
 from xferlab.errors import XferlabError
@@ -101,6 +102,8 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     for spec in specs:
         if spec.name in finished:
             check_finished_run(out / RUNS / spec.name, spec)
+    if main and study.data.exclude is not None:  # unknown ids fail now, before the study folder is written
+        check_exclude(study.data)
     if main:
         _prepare_folder(out, study, shard)
     outcome = StudyOutcome(out, shard=shard)
