@@ -237,6 +237,19 @@ def test_exclude_round_trip(tmp_path, capsys):
     report = (study / artifacts.REPORT_HTML).read_text()
     assert f"{len(ids)} images excluded by {issues.resolve()}" in report
 
+    # an audit of the data without them says so too (audit.json, the report's audit section)
+    from xferlab.data.sources import load_dataset
+    from xferlab.report.audit import render_audit_section
+
+    kept = [i for i, name in enumerate(load_dataset(DataConfig(path=root)).meta["ids"]) if name not in set(ids)]
+    np.save(tmp_path / "kept.npy", embeddings[kept])
+    assert main(["audit", "--data", str(root), "--exclude", str(issues), "--out", str(tmp_path / "audit2"),
+                 "--embeddings", str(tmp_path / "kept.npy"), "--resplits", "0", "--permutations", "20",
+                 "--device", "cpu", "-q"]) == 0
+    saved = json.loads((tmp_path / "audit2" / artifacts.AUDIT_JSON).read_text())
+    assert saved["dataset"]["excluded"]["count"] == len(ids)
+    assert f"({len(ids)} more excluded by " in render_audit_section(tmp_path / "audit2")
+
     bad = tmp_path / "bad.csv"
     bad.write_text("id\nnormal.npy:999\n")
     capsys.readouterr()

@@ -57,7 +57,8 @@ def _dataset_info(data: ImageDataset) -> dict:
     return {"source": data.source, "format": data.meta.get("format"), "class_names": data.class_names,
             "counts": data.counts(), "images": len(data.labels), "image_size": list(data.image_size),
             "channels": data.channels, "groups": data.groups is not None,
-            "groups_from": data.meta.get("groups_from"), "patients": patients}
+            "groups_from": data.meta.get("groups_from"), "patients": patients,
+            "excluded": data.meta.get("excluded")}  # data.exclude: {file, count} of the images left out, or None
 
 
 def _compute(check: AuditCheck, inputs: AuditInputs, seconds: dict) -> Computed:

@@ -43,12 +43,17 @@ def _blocks(result: dict, audit_dir: Path) -> list[dict]:
             for b in blocks if b is not None]
 
 
+def _excluded(result: dict) -> str:
+    excluded = result["dataset"].get("excluded")  # an audit.json written before data.exclude has no such key
+    return f" ({excluded['count']} more excluded by {excluded['file']})" if excluded else ""
+
+
 def render_audit_section(audit_dir: Path) -> str:
     """`<section id="audit">` with the verdict, tables and inline figures of the audit saved in `audit_dir`."""
     audit = artifacts.read_audit(Path(audit_dir))
     result = audit.result
     cfg = result["config"]["audit"]
     meta = (f"Backbone {cfg['backbone']} ({cfg['weights']}), {cfg['permutations']} permutations, alpha "
-            f"{cfg['alpha']}, seed {cfg['seed']}; {result['dataset']['images']} images; "
+            f"{cfg['alpha']}, seed {cfg['seed']}; {result['dataset']['images']} images{_excluded(result)}; "
             f"{result['seconds']['total']:.0f} s.")
     return render("audit.html", title=TITLE, verdict=result["verdict"], blocks=_blocks(result, audit.path), meta=meta)
