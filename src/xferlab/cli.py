@@ -533,7 +533,9 @@ def _diverged_message(study_file: Path, out: Path, outcome) -> str:
     origin = option_origin(values, study_file, first.config, "lr")
     where = f"{runs} (results.csv once `xferlab report {out}` merges the shards)" \
         if outcome.shard is not None else f"{out / artifacts.RESULTS_CSV} and the report"
-    finished = [artifacts.read_run_config(runs / name) for name in outcome.trained + outcome.skipped]
+    # every finished run of the study (other shards' too), not the diverged ones this call trained or kept
+    finished = [artifacts.read_run_config(run) for run in sorted(runs.iterdir())
+                if artifacts.is_finished_run(run) and not artifacts.is_diverged_run(run)]
     fix = retry_advice(values, [run.config for run in diverged], finished)
     return (f"{len(outcome.diverged)} of {total} runs diverged, recorded as such in {where}: {first.name} "
             f"({first.divergence['reason']}){more}; {lr_hint(first.divergence['lr'], origin)}; {fix} and "

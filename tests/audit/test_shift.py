@@ -79,6 +79,7 @@ def test_permutation_p_is_never_zero_and_counts_ties():
     assert permutation_p(2.0, np.array([1.0, 2.0, 3.0])) == pytest.approx(3 / 4)
     # an undefined permuted statistic is never evidence against the null
     assert permutation_p(5.0, np.array([1.0, np.nan, 3.0])) == pytest.approx(2 / 4)
+    assert permutation_p(np.nan, np.array([1.0, 2.0])) == 1.0
 
 
 def test_scopes_with_too_few_patients_on_a_side_get_no_p_value(single_blas_thread):

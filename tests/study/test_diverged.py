@@ -75,7 +75,8 @@ def test_the_terminal_says_which_run_diverged_why_and_how_to_retry(diverged_stud
     assert sum(line.startswith("error") for line in err) == 1  # the lines before it: the study's progress bar
     line = read_yaml(study).key_lines[("per_regime", "adabn", "lr")]
     assert f"lr = 1e+06 ({study} line {line}: per_regime.adabn.lr) is likely too high: the default is 0.001" in err[-1]
-    assert err[-1].endswith("resume with --retry-diverged (the other runs are kept)")
+    assert err[-1].endswith("; lower per_regime.adabn.lr in the study YAML and resume with --retry-diverged (the "
+                            "other runs are kept)")
 
 
 def test_a_resumed_study_retries_a_diverged_run_only_when_asked(diverged_study, capsys, tmp_path):

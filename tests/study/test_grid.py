@@ -95,3 +95,12 @@ def test_retry_advice_names_a_place_that_leaves_finished_runs_as_they_were(tmp_p
     finished = [{"backbone": "resnet18", "regime": "frozen"}]
     diverged = [{"backbone": "resnet18", "regime": "finetune"}]
     assert advice in retry_advice(read_yaml(path), diverged, finished)
+
+
+def test_retry_advice_covers_every_diverged_run(tmp_path):
+    """Two runs diverged reading the rate from two places: the advice names a place for each, not the first's."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"per_regime": {"adabn": {"lr": 0.1}}}))
+    diverged = [{"backbone": "resnet18", "regime": "adabn"}, {"backbone": "resnet18", "regime": "finetune"}]
+    advice = retry_advice(read_yaml(path), diverged, [{"backbone": "resnet18", "regime": "frozen"}])
+    assert advice == "set a lower lr for them under per_regime: per_regime.adabn.lr, per_regime.finetune.lr"

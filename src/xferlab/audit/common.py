@@ -31,6 +31,8 @@ def permutation_p(observed: float, null: np.ndarray) -> float:
     """(1 + #{T_b >= T}) / (B + 1): never zero, and exact under exchangeability (Phipson & Smyth 2010). A permuted
     statistic that is undefined (NaN: e.g. a block permutation that left one image on a side) counts as at least the
     observed one, so it can only make the test more conservative, never reject."""
+    if np.isnan(observed):  # nothing observed to test
+        return 1.0
     null = np.asarray(null)
     return float((1 + np.count_nonzero((null >= observed) | np.isnan(null))) / (len(null) + 1))
 

@@ -20,10 +20,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binomtest, fisher_exact
+from scipy.stats import fisher_exact, mannwhitneyu
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 import xferlab.audit.blocks as blocks
@@ -33,6 +33,7 @@ from xferlab.audit.common import REFERENCE, TARGET, skipped
 from xferlab.audit.entry import AuditInputs, Computed, Finding
 from xferlab.audit.leakage import describe, split_positions
 from xferlab.data.dataset import SPLITS, ImageDataset
+from xferlab.evaluation.metrics import mann_whitney_auc
 
 # Measured on 2,400 phantoms at 64 px with 5 % of the test labels flipped (benchmarks/label_errors.py,
 # docs/labels.md): a probe on the 1280 embedding dimensions alone reached 84 % test accuracy and put 10 of the 20
@@ -89,22 +90,41 @@ class Stopped(Exception):
     """The audit asked the label check, running beside the statistics, to stop."""
 
 
+def stratified_sample(rows: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """About `size` of `rows`, each class's share kept and every class present (at least one image): a rare class
+    drawn at random could vanish from a probe's training sample and get probability 0 everywhere. (scikit-learn's
+    train_test_split(stratify=) refuses classes of one image and samples too close to the whole.)"""
+    picked = []
+    for c in np.unique(labels):
+        members = rows[labels == c]
+        take = min(len(members), max(1, round(size * len(members) / len(rows))))
+        picked.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 class Inconclusive(Exception):
     """The probe cannot say anything about the labels (a class missing from a fold, or no better than chance)."""
 
 
 def chance_level(labels: np.ndarray, probs: np.ndarray, alpha: float) -> str | None:
-    """Why the probe's disagreements say nothing about the labels, or None: its out-of-fold accuracy is not above
-    always answering the majority class (one-sided binomial test at alpha). Without this, features that carry no
-    class signal had half of a 2,000-image dataset 'look mislabelled'."""
-    correct = int(np.sum(probs.argmax(1) == labels))
-    majority = float(np.bincount(labels).max() / len(labels))
-    p = float(binomtest(correct, len(labels), majority, alternative="greater").pvalue)
+    """Why the probe's disagreements say nothing about the labels, or None: for some class, the probe's probability
+    of that class does not rank its images above the others' (one-sided Mann-Whitney test at alpha, every class
+    required: an intersection-union test needs no adjustment). Ranking, not accuracy against the majority share: a
+    strongly penalised probe on imbalanced classes rarely predicts the minority class yet ranks it well. Without
+    this, features that carry no class signal had half of a 2,000-image dataset 'look mislabelled'. (With patient
+    ids images are not independent, so the test is somewhat liberal.)"""
+    tests = {}
+    for c in np.unique(labels):
+        mine = labels == c
+        tests[c] = (float(mann_whitney_auc(probs[:, c], mine)),
+                    float(mannwhitneyu(probs[mine, c], probs[~mine, c], alternative="greater").pvalue))
+    worst = max(tests, key=lambda c: tests[c][1])
+    auc, p = tests[worst]
     if p <= alpha:
         return None
-    return (f"inconclusive: the probe's out-of-fold accuracy {correct / len(labels):.3f} is not above always answering "
-            f"the majority class ({majority:.3f}; one-sided binomial p = {p:.3g}), so its disagreements with the "
-            "labels say nothing about them")
+    return (f"inconclusive: the probe's out-of-fold probabilities do not separate class {int(worst)} from the others "
+            f"(AUROC {auc:.3f}; one-sided Mann-Whitney p = {p:.3g}), so its disagreements with those labels say "
+            "nothing about them")
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int,
@@ -122,10 +142,8 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes:
             raise Stopped("the label check was stopped by its caller")
         if len(np.unique(labels[train])) < classes:  # that fold's probe could not give a class any probability
             raise Inconclusive("a fold's training side holds no image of a class (its patients are too few)")
-        if len(train) > FIT_SAMPLE:  # a seeded sample of the other folds trains the probe (stratified: a rare class
-            # keeps its share); every held image is scored
-            train = np.sort(train_test_split(train, train_size=FIT_SAMPLE, stratify=labels[train],
-                                             random_state=int(rng.integers(2**31)))[0])
+        if len(train) > FIT_SAMPLE:  # a seeded sample of the other folds trains the probe; every held image is scored
+            train = stratified_sample(train, labels[train], FIT_SAMPLE, rng)
         probe = LogisticRegression(C=PROBE_C, max_iter=1000).fit(features[train], labels[train])
         probs[np.ix_(held, probe.classes_)] = probe.predict_proba(features[held])
     return probs
@@ -243,9 +261,9 @@ def _shifted(audit: dict) -> bool:
 
 def finding(record: dict, audit: dict) -> Finding:
     """problem: test's flagged share above train+val's (one-sided Fisher exact test at alpha), unless the test images
-    differ from train+val's (then a caution: the shift alone raises the share); caution: above it, but not
-    significantly; ok: no higher than train+val's, which the probe's own errors reach on clean labels too
-    (docs/labels.md). The count is said at every level."""
+    differ from train+val's (then a caution: the shift alone raises the share); ok otherwise: a share no larger than
+    the rest of the data's, within chance, is what the probe's own errors reach on clean labels too (docs/labels.md).
+    The count is said at every level."""
     if record.get("status") != "ok":
         return "caution", f"Labels: not checked ({record['reason']})."
     test = record["per_split"].get(TARGET)
@@ -268,11 +286,9 @@ def finding(record: dict, audit: dict) -> Finding:
                            "is not told apart from the shift.")
     if comparison["test_higher"]:
         return "problem", f"{head}, more than elsewhere ({numbers}){where}."
-    if n and test["share"] > ref / max(1, ref_images):
-        return "caution", (f"{head}, a larger share than elsewhere but not significantly ({numbers}){where}.")
     if n:
-        return "ok", (f"{head} ({numbers}), no more than elsewhere: the probe's own errors flag a few correctly "
-                      f"labelled images at this rate on clean labels{where}.")
+        return "ok", (f"{head} ({numbers}), not significantly more than elsewhere: the probe's own errors flag a "
+                      f"few correctly labelled images at such rates on clean labels{where}.")
     return "ok", f"{head} ({numbers})."
 
 

@@ -236,7 +236,8 @@ def _decision(per_class: dict[str, dict], cfg: AuditConfig) -> dict:
     tested = [name for name, r in per_class.items() if r["status"] == "ok"]
     untested = {name: r["reason"] for name, r in per_class.items() if r["status"] != "ok"}
     if not tested:
-        return {"status": "skipped", "reason": "no class has enough images on both sides to test",
+        unit = "patients" if any("patient" in r for r in untested.values()) else "images"
+        return {"status": "skipped", "reason": f"no class has enough {unit} on both sides to test",
                 "untested_classes": untested, "reject": None}
     methods = {m: bonferroni([per_class[c][m]["p"] for c in tested]) for m in METHODS}
     p = bonferroni(list(methods.values()))

@@ -64,8 +64,10 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
 
 
 def check_exclude(cfg: DataConfig) -> None:
-    """Raise the error data.exclude would raise when the data is loaded (a missing file, unknown ids), without
-    decoding images (file headers only): a study calls it before writing its folder."""
+    """Raise the error data.exclude would raise when the data is loaded (a missing file, unknown ids): a study calls
+    it before writing its folder. It reads the data as a run does, streamed where the source can (folder and csv
+    files are opened once more; npy arrays are memory-mapped), so it costs one extra pass over a folder's headers
+    (and over its RGB files, whose colour is checked), not a training's."""
     load_dataset(cfg.model_copy(update={"memory_budget_mb": 0}))
 
 

@@ -106,15 +106,15 @@ def option_origin(values: dict, path: str | os.PathLike, config: dict, key: str)
 
 def retry_advice(values: dict, diverged: list[dict], finished: list[dict], key: str = "lr") -> str:
     """Where to lower option `key` for the diverged runs (their resolved configs) without changing it for a finished
-    run, which a resumed study would then refuse (study.runner.check_finished_run): the YAML section that set it when
-    only diverged runs read it there, else a per_regime (or per_backbone) entry of its own for the diverged runs."""
-    def readers(keys: tuple[str, ...] | None, pick) -> list[dict]:
-        return [c for c in finished if _set_at(values, c.get("backbone"), c.get("regime"), key) == keys and pick(c)]
+    run (`finished`: every finished, not diverged, run of the study), which a resumed study would then refuse
+    (study.runner.check_finished_run): the YAML key that set it when every diverged run reads it there and no
+    finished run does, else a per_regime (or per_backbone) entry for the diverged runs alone."""
+    def readers(keys: tuple[str, ...]) -> list[dict]:
+        return [c for c in finished if _set_at(values, c.get("backbone"), c.get("regime"), key) == keys]
 
-    first = diverged[0]
-    keys = _set_at(values, first.get("backbone"), first.get("regime"), key)
-    if keys is not None and not readers(keys, lambda c: True):
-        return f"lower {'.'.join(map(str, keys))} in the study YAML"
+    keys = {_set_at(values, c.get("backbone"), c.get("regime"), key) for c in diverged}
+    if len(keys) == 1 and None not in keys and not readers(next(iter(keys))):
+        return f"lower {'.'.join(map(str, next(iter(keys))))} in the study YAML"
     lines = getattr(values, "key_lines", {})
     for section, coordinate, other in (("per_regime", "regime", "per_backbone"), ("per_backbone", "backbone",
                                                                                   "per_regime")):
