@@ -55,3 +55,30 @@ def test_acquisition_shift_shows_in_the_pixels_and_a_clean_split_does_not(phanto
     clean, _ = phantom_embeddings["clean"]
     result, _ = pixel_audit(clean, AuditConfig())
     assert result["differs"] == []
+
+
+def test_with_patient_ids_the_pixel_tests_count_patients(single_blas_thread):
+    """A strong patient effect and no shift (patients split at random): testing images as if independent rejects
+    often; testing each patient's mean keeps the Bonferroni-adjusted tests at alpha."""
+    from xferlab.data.dataset import ImageDataset
+
+    rng = np.random.default_rng(7)
+    patients, k, reps = 80, 6, 40
+    rejections = {"image": 0, "patient": 0}
+    for _ in range(reps):
+        labels = np.repeat(np.arange(patients) % 2, k)
+        groups = np.repeat(np.arange(patients).astype(str), k)
+        values = np.repeat(rng.normal(0, 3, (patients, len(STATS))), k, axis=0) + rng.normal(size=(patients * k,
+                                                                                                   len(STATS)))
+        side = np.where(rng.random(patients) < 0.3, "test", "train").astype(object)
+        for c in (0, 1):  # the dataset needs a val split with both classes
+            side[np.flatnonzero((side == "train") & (np.arange(patients) % 2 == c))[0]] = "val"
+        splits = np.repeat(side, k)
+        for unit, g in (("image", None), ("patient", groups)):
+            data = ImageDataset(images=np.zeros((len(labels), 4, 4), np.uint8), labels=labels,
+                                class_names=["normal", "pneumonia"], splits=splits, groups=g)
+            result, _ = pixel_audit(data, AuditConfig(), values)
+            assert result["unit"] == unit
+            rejections[unit] += bool(result["differs"])
+    assert rejections["patient"] <= 0.05 * reps + 2 * np.sqrt(0.05 * 0.95 * reps), rejections
+    assert rejections["image"] >= reps // 2, rejections

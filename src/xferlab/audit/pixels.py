@@ -104,6 +104,15 @@ def _compare(ref: np.ndarray, test: np.ndarray) -> dict:
             "auc": float(res.statistic / (len(ref) * len(test))), "p": float(res.pvalue)}
 
 
+def per_patient(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each patient's mean of every statistic (patients × statistics): with several images a patient, the unit of a
+    test is the patient; testing images as if independent rejected on a single patient's images."""
+    _, patient = np.unique(groups, return_inverse=True)
+    sums = np.zeros((patient.max() + 1, values.shape[1]))
+    np.add.at(sums, patient.ravel(), values)
+    return sums / np.bincount(patient.ravel())[:, None]
+
+
 def pixel_audit(data: ImageDataset, cfg: AuditConfig, values: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """Per split and class summaries and within-class tests. Returns the results and the per-image table (`values`:
     image_statistics already computed by the audit's streaming pass)."""
@@ -115,11 +124,14 @@ def pixel_audit(data: ImageDataset, cfg: AuditConfig, values: np.ndarray | None 
                for s in SPLITS if (data.splits == s).any()}
     ref, target = domain_masks(data)
     tests: dict[str, dict] = {}
+    unit = "image" if data.groups is None else "patient"
     for k, c in enumerate(data.class_names):
         r, t = ref & (data.labels == k), target & (data.labels == k)
-        problem = size_problem(int(r.sum()), int(t.sum()), f"class '{c}'")
+        rv, tv = (values[r], values[t]) if data.groups is None else \
+            (per_patient(values[r], data.groups[r]), per_patient(values[t], data.groups[t]))
+        problem = size_problem(len(rv), len(tv), f"class '{c}'", unit=unit)
         tests[c] = skipped(problem) if problem else {
-            "status": "ok", **{stat: _compare(values[r, j], values[t, j]) for j, stat in enumerate(names)}}
+            "status": "ok", **{stat: _compare(rv[:, j], tv[:, j]) for j, stat in enumerate(names)}}
     tested = [c for c, r in tests.items() if r["status"] == "ok"]
     m = len(tested) * len(names)
     differs = []
@@ -132,5 +144,5 @@ def pixel_audit(data: ImageDataset, cfg: AuditConfig, values: np.ndarray | None 
                 differs.append({"class": c, "stat": stat, **entry})
     differs.sort(key=lambda d: -abs(d["auc"] - 0.5))
     result = {"status": "ok", "stats": STATS, "summary": summary, "tests": tests, "tests_count": m,
-              "differs": differs}
+              "differs": differs, "unit": unit}
     return result, values

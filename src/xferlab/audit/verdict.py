@@ -74,8 +74,9 @@ def pixel_finding(pixels: dict, limit: int = 4) -> tuple[str, str] | None:
     """The pixel statistics that differ most (largest effect first), one mention per statistic."""
     if not pixels.get("differs"):
         tested = [c for c, r in pixels.get("tests", {}).items() if r.get("status") == "ok"]
+        by = ", patients as the unit" if pixels.get("unit") == "patient" else ""
         return ("ok", f"Pixel statistics: no significant difference within classes ({pixels['tests_count']} "
-                      "Bonferroni-adjusted tests).") if tested else None
+                      f"Bonferroni-adjusted tests{by}).") if tested else None
     seen, parts = set(), []
     for d in pixels["differs"]:
         if d["stat"] in seen:
@@ -86,7 +87,8 @@ def pixel_finding(pixels: dict, limit: int = 4) -> tuple[str, str] | None:
                      f"class {d['class']}, P(test > train+val) = {d['auc']:.2f}, adjusted {_p(d['p_adjusted'])})")
         if len(parts) == limit:
             break
-    return "caution", "What differs: " + "; ".join(parts) + "."
+    by = " (patients as the unit: each patient's mean)" if pixels.get("unit") == "patient" else ""
+    return "caution", f"What differs{by}: " + "; ".join(parts) + "."
 
 
 def patients_text(groups: dict, examples: int = 3) -> str:
