@@ -18,6 +18,7 @@ from xferlab.audit.entry import AuditCheck, unavailable
 from xferlab.audit.verdict import HEADLINE_PROBLEM, make_verdict
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
+from xferlab.data.exclude import file_digest
 
 pytest.importorskip("cleanlab")
 
@@ -244,7 +245,7 @@ def test_exclude_round_trip(tmp_path, capsys):
     assert main(["train", "--data", str(root), "--exclude", str(issues), "--out", str(run), *train]) == 0
     assert yaml.safe_load((run / artifacts.CONFIG_YAML).read_text())["data"]["exclude"] == str(issues)
     metrics = json.loads((run / artifacts.METRICS_JSON).read_text())
-    assert metrics["excluded"] == {"file": str(issues), "count": len(ids)}
+    assert metrics["excluded"] == {"file": str(issues), "count": len(ids), "sha256": file_digest(issues)}
     assert sum(map(sum, metrics["counts"].values())) == len(embeddings) - len(ids)
 
     doc = {"name": "excluded", "data": {"path": str(root)}, "backbones": ["resnet18"], "regimes": ["frozen"],
@@ -276,3 +277,9 @@ def test_exclude_round_trip(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.csv" in err and "normal.npy:999" in err
     assert not (tmp_path / "run2").exists()
+
+    # the same exclude file with other contents: the resumed study refuses its finished runs
+    resolved = issues.resolve()
+    resolved.write_text("\n".join(lines[:-1]) + "\n")
+    assert main(["study", str(tmp_path / "study.yaml"), "--out", str(study), "--exclude", str(issues), "-q"]) == 2
+    assert "the file has changed since (its sha256 differs); pass --force" in capsys.readouterr().err

@@ -9,6 +9,7 @@ for other data is not silently ignored."""
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,4 +59,13 @@ def keep_mask(ids: Sequence[str], exclude: Path | None) -> tuple[np.ndarray | No
                            "data or fix the file")
     dropped = set(wanted)
     keep = np.fromiter((i not in dropped for i in ids), dtype=bool, count=len(ids))
-    return keep, {"file": str(path), "count": int((~keep).sum())}
+    return keep, {"file": str(path), "count": int((~keep).sum()), "sha256": file_digest(path)}
+
+
+def file_digest(path: Path) -> str:
+    """The exclude file's content digest: a run records it, so a resumed study notices a file edited since."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:  # hashlib.file_digest needs Python 3.11; xferlab supports 3.10
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -41,6 +41,7 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
     find_environment,
 )
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
+from xferlab.data.exclude import file_digest
 from xferlab.data.sources import check_exclude
 from xferlab.engine.distributed import is_main_process, shutdown
 from xferlab.engine.guards import Diverged
@@ -185,6 +186,18 @@ def check_finished_run(run_dir: Path, spec: RunSpec) -> None:
         if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
             raise XferlabError(f"{run_dir} was trained with {key} = {saved.get(key)!r}, the study now asks for "
                                f"{wanted[key]!r}; {rerun}, or choose another --out")
+    _check_exclude_unchanged(run_dir, spec, rerun)
+
+
+def _check_exclude_unchanged(run_dir: Path, spec: RunSpec, rerun: str) -> None:
+    """The same data.exclude path with other contents is other data: a finished run recorded its file's digest."""
+    exclude = spec.config.data.exclude
+    if exclude is None or not artifacts.is_finished_run(run_dir) or not Path(exclude).is_file():
+        return  # a missing file is the data loader's error, with its fix
+    recorded = (artifacts.read_run(run_dir).metrics.get("excluded") or {}).get("sha256")
+    if recorded is not None and recorded != file_digest(Path(exclude)):
+        raise XferlabError(f"{run_dir} was trained without the images {exclude} listed then; the file has changed "
+                           f"since (its sha256 differs); {rerun}, or choose another --out")
 
 
 def _audit_function() -> Callable:
