@@ -405,6 +405,8 @@ def _print_run_summary(result) -> None:
           f"train {m['train_seconds'] + m['feature_seconds']:.1f}s, total {m['total_seconds']:.1f}s")
     if m.get("files_per_s"):  # image files decoded into memory: how fast, end to end
         print(f"  image files read in {m['load_seconds']:.1f}s ({m['files_per_s']:.1f} files/s)")
+    if m.get("excluded"):  # data.exclude: the images are not in any split
+        print(f"  {m['excluded']['count']} images excluded by {m['excluded']['file']}")
     runtime = m.get("runtime") or {}
     if runtime.get("path"):
         print(f"  fixed-backbone pass: {m['inference_images_per_s']:.1f} images/s through {runtime['path']}")

@@ -243,6 +243,7 @@ def test_exclude_round_trip(tmp_path, capsys):
              "--device", "cpu", "--num-threads", "1"]
     run = tmp_path / "run"
     assert main(["train", "--data", str(root), "--exclude", str(issues), "--out", str(run), *train]) == 0
+    assert f"  {len(ids)} images excluded by {issues}" in capsys.readouterr().out
     assert yaml.safe_load((run / artifacts.CONFIG_YAML).read_text())["data"]["exclude"] == str(issues)
     metrics = json.loads((run / artifacts.METRICS_JSON).read_text())
     assert metrics["excluded"] == {"file": str(issues), "count": len(ids), "sha256": file_digest(issues)}
