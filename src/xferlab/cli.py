@@ -273,8 +273,6 @@ class _SubcommandsWithParents:
         return self.sub.choices
 
 
-
-
 def _add_study_parsers(sub) -> None:
     p = sub.add_parser("study", help="train a grid of backbones × regimes × seeds; results.csv/json and report.html")
     p.add_argument("study", type=Path, help="study YAML, or the name of a bundled one: reference, demo, pretraining")

@@ -59,7 +59,9 @@ def test_audit_end_to_end_flags_a_shifted_test_split(small_shifted, tmp_path, ca
 
     html = render_audit_section(out)
     assert html.startswith('<section id="audit">') and html.endswith("</section>")
-    shown = 4 + (out / "labels.png").exists()  # the label check's thumbnails, when it flags test images
+    flagged = result["labels"].get("status") == "ok" and result["labels"]["per_split"]["test"]["count"] > 0
+    assert (out / "labels.png").exists() == flagged  # the label check's thumbnails, when it flags test images
+    shown = 4 + flagged
     assert html.count("<img ") == shown and html.count("data:image/png;base64,") == shown
     assert "Split audit" in html and "Re-split experiment" in html and "nan" not in html.lower().split("base64")[0]
     assert re.search(r'class="verdict problem"', html)

@@ -13,8 +13,9 @@ import pytest
 
 import xferlab.audit.checks as checks
 from xferlab.audit import run_audit
+from xferlab.audit.common import Stopped
 from xferlab.audit.entry import AFTER, BESIDE
-from xferlab.audit.resplit import Stopped, resplit_experiment
+from xferlab.audit.resplit import resplit_experiment
 from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.sources import load_dataset
 

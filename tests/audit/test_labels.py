@@ -20,7 +20,9 @@ from xferlab.config import AuditConfig, DataConfig
 from xferlab.data.dataset import ImageDataset
 from xferlab.data.exclude import file_digest
 
-pytest.importorskip("cleanlab")
+# only the tests that run cleanlab need it: the verdict's words and the missing-package path do not
+needs_cleanlab = pytest.mark.skipif(importlib.util.find_spec("cleanlab") is None,
+                                    reason="the labels extra (cleanlab) is not installed")
 
 
 def _blobs(n_per_class: int = 150, dims: int = 4, seed: int = 0, groups: bool = False):
@@ -37,6 +39,7 @@ def _blobs(n_per_class: int = 150, dims: int = 4, seed: int = 0, groups: bool = 
     return data, x
 
 
+@needs_cleanlab
 def test_planted_flips_come_first_and_hard_images_after(single_blas_thread):
     data, x = _blobs()
     test = np.flatnonzero(data.splits == "test")
@@ -63,6 +66,7 @@ def test_planted_flips_come_first_and_hard_images_after(single_blas_thread):
     assert labels.finding(record, {})[0] == "problem"
 
 
+@needs_cleanlab
 def test_clean_labels_are_not_a_problem(single_blas_thread):
     data, x = _blobs(seed=1)
     record, _ = labels.label_audit(data, x, None, folds=5, seed=0, alpha=0.05)
@@ -72,6 +76,7 @@ def test_clean_labels_are_not_a_problem(single_blas_thread):
     assert record["per_split"]["test"]["per_class"]["normal"]["images"] == normal_test
 
 
+@needs_cleanlab
 def test_folds_keep_each_patient_whole(monkeypatch, single_blas_thread):
     seen = []
     real = labels.StratifiedGroupKFold
@@ -132,6 +137,7 @@ def test_a_probe_at_chance_is_inconclusive_not_a_list(single_blas_thread):
     assert level == "caution" and "inconclusive" in text
 
 
+@needs_cleanlab
 def test_an_imbalanced_probe_that_ranks_well_is_not_called_chance(single_blas_thread):
     """10 % minority with real signal: the penalised probe rarely predicts it (accuracy near the majority share), but
     its probabilities rank it: the check runs."""
@@ -221,6 +227,7 @@ def _flipped_npy(root):
     return root, embeddings
 
 
+@needs_cleanlab
 def test_exclude_round_trip(tmp_path, capsys):
     """The audit's label_issues.csv given to --exclude: train and study run without exactly those images, the run's
     config.yaml records the file, the study report names it; ids the data does not hold are exit status 2."""

@@ -57,8 +57,7 @@ def _pixels_figures(inputs: AuditInputs, pixels: dict, arrays: dict, out: Path) 
 def _pixels_finding(pixels: dict, audit: dict) -> Finding | None:
     """Pixel differences alone are context, not a verdict: a caution only beside an image shift."""
     finding = verdict.pixel_finding(pixels)
-    shifted = "shift" in audit and verdict.shift_finding(audit["shift"])[0] == "problem"
-    return finding if finding is None or shifted else ("ok", finding[1])
+    return finding if finding is None or verdict.shift_detected(audit) else ("ok", finding[1])
 
 
 def _leakage(inputs: AuditInputs) -> Computed:

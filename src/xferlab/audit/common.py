@@ -4,6 +4,7 @@ permutation p-values."""
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,16 @@ TARGET = "test"
 # A two-sample test on fewer images per side is not worth reporting: 5-fold cross-validation leaves a fold with one
 # or two images of the smaller side, and per-class power is near zero, so a p-value there would only mislead.
 MIN_PER_SIDE = 10
+
+
+class Stopped(Exception):
+    """The audit set a check's `stop` event (the audit around it failed or was interrupted): a check running beside
+    the statistics ends at its next step."""
+
+
+def check_stop(stop: threading.Event | None, what: str) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped(f"{what} was stopped by its caller")
 
 
 def skipped(reason: str, **extra: Any) -> dict:

@@ -29,11 +29,10 @@ from sklearn.preprocessing import StandardScaler
 import xferlab.audit.blocks as blocks
 import xferlab.audit.verdict as verdict
 from xferlab import artifacts, extras, files
-from xferlab.audit.common import REFERENCE, TARGET, skipped
+from xferlab.audit.common import REFERENCE, TARGET, check_stop, skipped
 from xferlab.audit.entry import AuditInputs, Computed, Finding
 from xferlab.audit.leakage import describe, split_positions
 from xferlab.data.dataset import SPLITS, ImageDataset
-from xferlab.evaluation.metrics import mann_whitney_auc
 
 # Measured on 2,400 phantoms at 64 px with 5 % of the test labels flipped (benchmarks/label_errors.py,
 # docs/labels.md): a probe on the 1280 embedding dimensions alone reached 84 % test accuracy and put 10 of the 20
@@ -86,10 +85,6 @@ def fold_count(labels: np.ndarray, groups: np.ndarray | None, folds: int) -> int
     return int(min(folds, smallest_class(labels, groups)))
 
 
-class Stopped(Exception):
-    """The audit asked the label check, running beside the statistics, to stop."""
-
-
 def stratified_sample(rows: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """About `size` of `rows`, each class's share kept and every class present (at least one image): a rare class
     drawn at random could vanish from a probe's training sample and get probability 0 everywhere. (scikit-learn's
@@ -116,8 +111,8 @@ def chance_level(labels: np.ndarray, probs: np.ndarray, alpha: float) -> str | N
     tests = {}
     for c in np.unique(labels):
         mine = labels == c
-        tests[c] = (float(mann_whitney_auc(probs[:, c], mine)),
-                    float(mannwhitneyu(probs[mine, c], probs[~mine, c], alternative="greater").pvalue))
+        res = mannwhitneyu(probs[mine, c], probs[~mine, c], alternative="greater")
+        tests[c] = (float(res.statistic / (mine.sum() * (~mine).sum())), float(res.pvalue))  # (AUROC, p)
     worst = max(tests, key=lambda c: tests[c][1])
     auc, p = tests[worst]
     if p <= alpha:
@@ -138,8 +133,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes:
     probs = np.zeros((len(labels), classes))
     rng = np.random.default_rng(seed)
     for train, held in splitter.split(features, labels, groups):
-        if stop is not None and stop.is_set():
-            raise Stopped("the label check was stopped by its caller")
+        check_stop(stop, "the label check")
         if len(np.unique(labels[train])) < classes:  # that fold's probe could not give a class any probability
             raise Inconclusive("a fold's training side holds no image of a class (its patients are too few)")
         if len(train) > FIT_SAMPLE:  # a seeded sample of the other folds trains the probe; every held image is scored
@@ -255,10 +249,6 @@ def _pct(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.1f} %"
 
 
-def _shifted(audit: dict) -> bool:
-    return "shift" in audit and verdict.shift_finding(audit["shift"])[0] == "problem"
-
-
 def finding(record: dict, audit: dict) -> Finding:
     """problem: test's flagged share above train+val's (one-sided Fisher exact test at alpha), unless the test images
     differ from train+val's (then a caution: the shift alone raises the share); ok otherwise: a share no larger than
@@ -280,7 +270,7 @@ def finding(record: dict, audit: dict) -> Finding:
     plural = ("s", "") if n != 1 else ("", "s")
     head = f"Labels: {n} test image{plural[0]} ({_pct(test['share'])}) look{plural[1]} mislabelled"
     where = f"; listed in {record['file']}, most doubtful first" if n else ""
-    if comparison["test_higher"] and _shifted(audit):
+    if comparison["test_higher"] and verdict.shift_detected(audit):
         return "caution", (f"{head}, more than elsewhere ({numbers}){where}; but the test images differ from "
                            "train+val's (image shift), and a probe flags more of the images it fits worse, so this "
                            "is not told apart from the shift.")

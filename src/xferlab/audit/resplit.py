@@ -26,7 +26,7 @@ from scipy.stats import percentileofscore
 from torch import nn
 from tqdm.auto import tqdm
 
-from xferlab.audit.common import skipped
+from xferlab.audit.common import check_stop, skipped
 from xferlab.backbones.regimes import apply_regime, parse_regime
 from xferlab.backbones.registry import create_model
 from xferlab.config import AuditConfig
@@ -102,13 +102,8 @@ def fit_split(inputs: torch.Tensor, labels: np.ndarray, splits: np.ndarray, make
     return _summary(fit(task, cfg.epochs), splits)
 
 
-class Stopped(Exception):
-    """The caller set the experiment's `stop` event (the audit around it failed or was interrupted)."""
-
-
 def _check(stop: threading.Event | None) -> None:
-    if stop is not None and stop.is_set():
-        raise Stopped("the re-split experiment was stopped by its caller")
+    check_stop(stop, "the re-split experiment")
 
 
 def fit_heads_together(features: torch.Tensor, labels: np.ndarray, assignments: list[np.ndarray],

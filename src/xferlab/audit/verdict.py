@@ -29,6 +29,11 @@ def _range(values: list[float]) -> str:
     return f"{lo:.2f}" if abs(hi - lo) < 0.005 else f"{lo:.2f}-{hi:.2f}"
 
 
+def shift_detected(audit: dict) -> bool:
+    """Whether the audit's image-shift finding is a problem (other checks' findings read differently beside it)."""
+    return "shift" in audit and shift_finding(audit["shift"])[0] == "problem"
+
+
 def shift_finding(shift: dict) -> tuple[str, str]:
     """(level, text) for the within-class image-shift decision, with the pooled tests as context."""
     decision = shift["within_class"]

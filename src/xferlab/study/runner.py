@@ -40,6 +40,7 @@ from xferlab.artifacts import (  # noqa: F401  (re-exported: the study folder's 
     environment_file,
     find_environment,
 )
+from xferlab.checks import read_metrics
 from xferlab.config import AuditConfig, DataConfig, StudyConfig, TrainConfig, build, to_yaml
 from xferlab.data.exclude import file_digest
 from xferlab.data.sources import check_exclude
@@ -100,11 +101,13 @@ def run_study(study: StudyConfig, out: str | Path, force: bool = False, progress
     finished = set() if force else {s.name for s in specs if (out / RUNS / s.name).is_dir()}
     if retry_diverged:
         finished -= {name for name in finished if artifacts.is_diverged_run(out / RUNS / name)}
+    digest = file_digest(Path(study.data.exclude)) if study.data.exclude and Path(study.data.exclude).is_file() \
+        else None
     for spec in specs:
         if spec.name in finished:
-            check_finished_run(out / RUNS / spec.name, spec)
-    if main and study.data.exclude is not None:  # unknown ids fail now, before the study folder is written
-        check_exclude(study.data)
+            check_finished_run(out / RUNS / spec.name, spec, digest)
+    if main and study.data.exclude is not None and any(s.name not in finished for s in specs):
+        check_exclude(study.data)  # unknown ids fail now, before the study folder is written
     if main:
         _prepare_folder(out, study, shard)
     outcome = StudyOutcome(out, shard=shard)
@@ -174,9 +177,9 @@ def _prepare_folder(out: Path, study: StudyConfig, shard: tuple[int, int] | None
     artifacts.write_study_header(out, to_yaml(study), capture_environment(), shard)
 
 
-def check_finished_run(run_dir: Path, spec: RunSpec) -> None:
-    """A finished (or diverged) run is reused only if it was trained with this study's settings for it; otherwise
-    say so."""
+def check_finished_run(run_dir: Path, spec: RunSpec, exclude_digest: str | None = None) -> None:
+    """A finished (or diverged) run is reused only if it was trained with this study's settings for it (and, with
+    data.exclude, the file's contents then: `exclude_digest`, its sha256 now); otherwise say so."""
     saved_file = run_dir / artifacts.CONFIG_YAML
     saved = build(TrainConfig, artifacts.read_run_config(run_dir), where=str(saved_file)).model_dump(mode="json")
     wanted = spec.config.model_dump(mode="json")
@@ -186,18 +189,12 @@ def check_finished_run(run_dir: Path, spec: RunSpec) -> None:
         if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
             raise XferlabError(f"{run_dir} was trained with {key} = {saved.get(key)!r}, the study now asks for "
                                f"{wanted[key]!r}; {rerun}, or choose another --out")
-    _check_exclude_unchanged(run_dir, spec, rerun)
-
-
-def _check_exclude_unchanged(run_dir: Path, spec: RunSpec, rerun: str) -> None:
-    """The same data.exclude path with other contents is other data: a finished run recorded its file's digest."""
-    exclude = spec.config.data.exclude
-    if exclude is None or not artifacts.is_finished_run(run_dir) or not Path(exclude).is_file():
-        return  # a missing file is the data loader's error, with its fix
-    recorded = (artifacts.read_run(run_dir).metrics.get("excluded") or {}).get("sha256")
-    if recorded is not None and recorded != file_digest(Path(exclude)):
-        raise XferlabError(f"{run_dir} was trained without the images {exclude} listed then; the file has changed "
-                           f"since (its sha256 differs); {rerun}, or choose another --out")
+    if exclude_digest is None or not artifacts.is_finished_run(run_dir):
+        return  # no exclude file (a missing one is the data loader's error, with its fix), or no metrics
+    recorded = (read_metrics(run_dir / artifacts.METRICS_JSON).get("excluded") or {}).get("sha256")
+    if recorded is not None and recorded != exclude_digest:
+        raise XferlabError(f"{run_dir} was trained without the images {spec.config.data.exclude} listed then; the "
+                           f"file has changed since (its sha256 differs); {rerun}, or choose another --out")
 
 
 def _audit_function() -> Callable:
