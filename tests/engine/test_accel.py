@@ -30,6 +30,8 @@ def test_cpu_auto_is_bf16_and_channels_last_for_a_backbone_that_trains_at_real_s
     a = resolve_accel(CPU, trains_backbone=trains, image_side=side)
     assert (a.amp_dtype is torch.bfloat16) == on and a.channels_last == on
     assert a.describe()["auto_rule"].startswith("cpu: bf16 + channels_last" if on else "cpu: fp32, contiguous")
+    if native and trains and not on:  # the rule names the condition that failed: the image size
+        assert "under 128" in a.describe()["auto_rule"]
     assert resolve_accel(CPU, amp="off", channels_last="off", trains_backbone=trains,
                          image_side=side).amp_dtype is None  # what the golden runs pin
 

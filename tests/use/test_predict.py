@@ -169,3 +169,20 @@ def test_predict_says_which_path_ran_and_why(tiny_run, png_folder, tmp_path, cap
     assert main(["predict", str(tiny_run), str(png_folder), "--out", str(tmp_path / "p.csv"),
                  "--runtime", "onnxruntime"]) == 0
     assert "runtime: onnxruntime (asked for)" in capsys.readouterr().out
+
+
+def test_the_runtime_is_chosen_once_for_repeated_predictions(tiny_run, test_images, monkeypatch):
+    """The same model predicting the same amount again keeps its checked path (the audit's shortcut check predicts
+    three times: one export and check, not three); more images than it was chosen for choose again."""
+    import xferlab.use.model as model_mod
+
+    calls = []
+    real = model_mod.fixed_pass
+    monkeypatch.setattr(model_mod, "fixed_pass", lambda *a, **kw: calls.append(kw["n_images"]) or real(*a, **kw))
+    run = model_mod.load_run(tiny_run)
+    first = run.predict(test_images)
+    np.testing.assert_array_equal(run.predict(test_images), first)
+    run.predict(test_images[:4])
+    assert calls == [len(test_images)]
+    run.predict(np.concatenate([test_images, test_images]))
+    assert calls == [len(test_images), 2 * len(test_images)]

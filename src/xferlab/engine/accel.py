@@ -97,12 +97,17 @@ def cpu_auto_bf16(native: bool, trains_backbone: bool, image_side: int | None) -
     return native and trains_backbone and (image_side or 0) >= CPU_BF16_MIN_SIDE
 
 
-def _cpu_reason(native: bool, trains_backbone: bool) -> str:
+def _cpu_reason(native: bool, trains_backbone: bool, image_side: int | None) -> str:
+    """Why cpu_auto_bf16 says what it says (each of its conditions, the first that fails)."""
     if not native:
         return "no native bf16"
     if not trains_backbone:
         return "the backbone does not train"
-    return f"native bf16, the backbone trains; images of at least {CPU_BF16_MIN_SIDE} px"
+    if image_side is None:
+        return f"native bf16, the backbone trains; on for images of at least {CPU_BF16_MIN_SIDE} px"
+    if image_side < CPU_BF16_MIN_SIDE:
+        return f"images of {image_side} px, under {CPU_BF16_MIN_SIDE}"
+    return f"native bf16, the backbone trains; images of {image_side} px, at least {CPU_BF16_MIN_SIDE}"
 
 
 def resolve_accel(device: torch.device, amp: str = "auto", channels_last: str = "auto", compile: bool = False, *,
@@ -125,7 +130,8 @@ def resolve_accel(device: torch.device, amp: str = "auto", channels_last: str = 
         layout_auto = True
     else:
         auto = layout_auto = cpu_auto_bf16(native, trains_backbone, image_side)
-        rule = f"cpu: {'bf16 + channels_last' if auto else 'fp32, contiguous'} ({_cpu_reason(native, trains_backbone)})"
+        why = _cpu_reason(native, trains_backbone, image_side)
+        rule = f"cpu: {'bf16 + channels_last' if auto else 'fp32, contiguous'} ({why})"
     use_bf16 = amp == "bf16" or (amp == "auto" and auto)
     layout = channels_last == "on" or (channels_last == "auto" and layout_auto)
     return Accel(device, torch.bfloat16 if use_bf16 else None, layout, bool(compile), rule)

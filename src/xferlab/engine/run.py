@@ -25,7 +25,6 @@ disk per batch (StreamedImages).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +50,7 @@ from xferlab.engine.fit import BestEpoch, EpochRecord, FitTask, fit
 from xferlab.engine.guards import DivergingLosses, FiniteLosses
 from xferlab.engine.loop import adapt_batchnorm, evaluate, extract_features, make_adam
 from xferlab.engine.progress import EpochProgress
-from xferlab.engine.runtime import CHECK_IMAGES, RuntimeRecord, first_images, fixed_pass
+from xferlab.engine.runtime import CHECK_IMAGES, RuntimeRecord, eager, first_images, fixed_pass
 from xferlab.engine.testtime_bn import check_adaptable, check_split_counts, evaluate_test_bn
 from xferlab.errors import XferlabError
 from xferlab.evaluation.evaluate import BootstrapSettings
@@ -295,8 +294,7 @@ def _final_probs(model: TransferModel, preprocess, prepared: _Prepared, labels: 
     if accel.amp_dtype is None or prepared.cached:
         return best.record.probs, "as evaluated in the best epoch"
     model.eval()
-    fp32 = dataclasses.replace(accel, amp_dtype=None, compile=False).forward(model, preprocess)
-    probs = {s: evaluate(fp32, prepared.inputs[s], labels[s], batch_size, accel.device, dist)[2]
+    probs = {s: evaluate(eager(model, preprocess), prepared.inputs[s], labels[s], batch_size, accel.device, dist)[2]
              for s in best.record.probs}
     return probs, "fp32: the best weights evaluated again (the epochs were chosen on bf16 evaluations)"
 

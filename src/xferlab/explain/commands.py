@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xferlab.errors import XferlabError
 from xferlab.options import MAX_SEED, positive_int, whole_number
 
 
@@ -36,10 +35,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from xferlab.explain.run import ExplainOptions, explain_run
     from xferlab.files import staged_dir
 
-    for name in ("max_errors", "per_class", "max_images"):
-        if getattr(args, name) < (1 if name == "max_images" else 0):
-            raise XferlabError(f"--{name.replace('_', '-')}: must be >= {1 if name == 'max_images' else 0}, "
-                               f"got {getattr(args, name)}")
     opts = ExplainOptions(max_errors=args.max_errors, per_class=args.per_class, max_images=args.max_images,
                           seed=args.seed, data=args.data, layer=args.layer, runtime=args.runtime)
     with staged_dir(args.out, overwrite=args.overwrite) as stage:

@@ -129,6 +129,7 @@ class LoadedRun:
             log.warning("%s is flagged as a degenerate run (%s): its predictions are unlikely to mean what its "
                         "accuracy suggests", self.path, flagged["flag_text"])
         self._pass: FixedPass | None = None
+        self._chosen_for = 0  # images the runtime choice of `_pass` was made for (use_runtime; 0: none made)
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, backbone={self.config.backbone!r}, regime={self.config.regime!r}, "
@@ -144,9 +145,12 @@ class LoadedRun:
     def use_runtime(self, example: np.ndarray, n_images: int) -> RuntimeRecord:
         """Choose (and check on `example`, uint8 images at the run's size) the path the next `n_images` predictions
         run through (xferlab.engine.runtime.fixed_pass, under this run's `runtime` setting)."""
+        if self._pass is not None and self._chosen_for >= n_images:  # the same model: a choice made for as much work
+            return self._pass.record  # holds (the audit's shortcut check predicts three times on the same images)
         example = torch.from_numpy(np.ascontiguousarray(example[:CHECK_IMAGES]))
         self._pass = fixed_pass(_Probabilities(self.model), self._preprocess, example, self.runtime,
                                 n_images=n_images)
+        self._chosen_for = n_images
         return self._pass.record
 
     @property
@@ -176,7 +180,7 @@ class LoadedRun:
         other = copy.copy(self)
         other.model = adapted_model(self.model, batch, self._preprocess, batch_size, seed, limit)
         other.test_bn = "adapt"
-        other._pass = None  # another model: its predictions choose their path anew
+        other._pass, other._chosen_for = None, 0  # another model: its predictions choose their path anew
         return other
 
     def predict(self, x, batch_size: int = DEFAULT_BATCH_SIZE, test_bn: str = "off") -> np.ndarray:
