@@ -218,3 +218,22 @@ def resplit_figure(resplit: dict, path: Path) -> str:
     fig.legend(handles + extra_h, labels + extra_l, loc="upper center", ncol=4, fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, path)
+
+
+def label_figure(data: ImageDataset, shown: np.ndarray, suggested: np.ndarray, positions: np.ndarray, cols: int,
+                 path: Path) -> str:
+    """The label check's most doubtful test images (`shown`, dataset rows), each with its given and suggested label
+    (`suggested`: every image's suggested class)."""
+    cols = min(cols, len(shown))  # a few images: no empty columns
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(10.0, max(4.0, 1.3 * cols)), 0.4 + 1.9 * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        _show(ax, data.images[i], f"test #{positions[i]}\n{data.class_names[data.labels[i]]} →\n"
+                                  f"{data.class_names[suggested[i]]}")
+        ax.title.set_fontsize(8)
+    fig.suptitle("most doubtful test images: given label → suggested label", fontsize=9)
+    return _save(fig, path)
+

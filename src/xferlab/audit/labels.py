@@ -28,9 +28,10 @@ from sklearn.preprocessing import StandardScaler
 
 import xferlab.audit.blocks as blocks
 import xferlab.audit.verdict as verdict
-from xferlab import artifacts, extras, files
+from xferlab import artifacts, extras
 from xferlab.audit.common import REFERENCE, TARGET, check_stop, skipped
 from xferlab.audit.entry import AuditInputs, Computed, Finding
+from xferlab.audit.figures import label_figure
 from xferlab.audit.leakage import describe, split_positions
 from xferlab.data.dataset import SPLITS, ImageDataset
 
@@ -327,28 +328,5 @@ def figures(inputs: AuditInputs, record: dict, arrays: dict, out: Path) -> dict:
          "suggested": data.class_names[arrays["suggested_label"][i]],
          "score": float(arrays["label_quality"][i])} for i in rows])
     shown = _thumbnail_rows(data, arrays, FIGURE_ROWS * inputs.cfg.thumbnails)
-    return {"labels": _figure(data, shown, arrays, positions, inputs.cfg.thumbnails, out / "labels.png")
-            if len(shown) else None}
-
-
-def _figure(data: ImageDataset, shown: np.ndarray, arrays: dict, positions: np.ndarray, cols: int,
-            path: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(min(10.0, 1.3 * cols), 0.4 + 1.9 * rows), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, shown):
-        image = data.images[i]
-        ax.imshow(image.transpose(1, 2, 0) if image.ndim == 3 else image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"test #{positions[i]}\n{data.class_names[data.labels[i]]} →\n"
-                     f"{data.class_names[arrays['suggested_label'][i]]}", fontsize=8)
-    fig.suptitle("most doubtful test images: given label → suggested label", fontsize=9)
-    files.save_figure(path, fig)
-    plt.close(fig)
-    return path.name
+    return {"labels": label_figure(data, shown, arrays["suggested_label"], positions, inputs.cfg.thumbnails,
+                                   out / "labels.png") if len(shown) else None}
